@@ -1,0 +1,2 @@
+// Precompiled header shared by every target that uses LibTorch.
+#include <torch/torch.h>

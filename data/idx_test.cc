@@ -1,0 +1,170 @@
+#include "data/idx.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <zlib.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "common/testing/status_matchers.h"
+
+namespace distill::data {
+namespace {
+
+using ::distill::testing::IsOk;
+using ::distill::testing::StatusIs;
+using ::testing::AllOf;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+// A fresh directory per test, removed afterwards.
+class IdxTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string pattern =
+        (std::filesystem::temp_directory_path() / "idx_test_XXXXXX").string();
+    ASSERT_NE(mkdtemp(pattern.data()), nullptr);
+    dir_ = pattern;
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  std::string Path(const std::string& name) const { return dir_ + "/" + name; }
+
+  std::string dir_;
+};
+
+std::vector<uint8_t> IdxBytes(uint8_t type, const std::vector<uint32_t>& dims,
+                              const std::vector<uint8_t>& payload) {
+  std::vector<uint8_t> bytes = {0, 0, type, static_cast<uint8_t>(dims.size())};
+  for (const uint32_t d : dims) {
+    bytes.push_back(d >> 24);
+    bytes.push_back(d >> 16);
+    bytes.push_back(d >> 8);
+    bytes.push_back(d);
+  }
+  bytes.insert(bytes.end(), payload.begin(), payload.end());
+  return bytes;
+}
+
+void WriteRaw(const std::string& path, const std::vector<uint8_t>& bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  ASSERT_TRUE(out.good()) << path;
+}
+
+void WriteGzip(const std::string& path, const std::vector<uint8_t>& bytes) {
+  gzFile file = gzopen(path.c_str(), "wb");
+  ASSERT_NE(file, nullptr) << path;
+  ASSERT_EQ(gzwrite(file, bytes.data(), bytes.size()),
+            static_cast<int>(bytes.size()));
+  ASSERT_EQ(gzclose(file), Z_OK);
+}
+
+const std::vector<uint8_t> kPayload = {1, 2, 3, 4, 5, 6, 250, 0, 255, 7, 8, 9};
+
+TEST_F(IdxTest, ReadsRawFile) {
+  WriteRaw(Path("a.idx"), IdxBytes(0x08, {2, 3, 2}, kPayload));
+  absl::StatusOr<IdxArray> array = ReadIdxFile(Path("a.idx"));
+  ASSERT_THAT(array, IsOk());
+  EXPECT_THAT(array->dims, ElementsAre(2, 3, 2));
+  EXPECT_EQ(array->data, kPayload);
+}
+
+TEST_F(IdxTest, ReadsGzipFile) {
+  WriteGzip(Path("a.idx.gz"), IdxBytes(0x08, {12}, kPayload));
+  absl::StatusOr<IdxArray> array = ReadIdxFile(Path("a.idx.gz"));
+  ASSERT_THAT(array, IsOk());
+  EXPECT_THAT(array->dims, ElementsAre(12));
+  EXPECT_EQ(array->data, kPayload);
+}
+
+TEST_F(IdxTest, ReadsEmptyArray) {
+  WriteRaw(Path("empty.idx"), IdxBytes(0x08, {0, 28, 28}, {}));
+  absl::StatusOr<IdxArray> array = ReadIdxFile(Path("empty.idx"));
+  ASSERT_THAT(array, IsOk());
+  EXPECT_THAT(array->dims, ElementsAre(0, 28, 28));
+  EXPECT_TRUE(array->data.empty());
+}
+
+TEST_F(IdxTest, TruncatedRawPayloadIsDataLoss) {
+  const std::vector<uint8_t> short_payload(kPayload.begin(),
+                                           kPayload.end() - 3);
+  WriteRaw(Path("short.idx"), IdxBytes(0x08, {2, 3, 2}, short_payload));
+  EXPECT_THAT(ReadIdxFile(Path("short.idx")),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       AllOf(HasSubstr("truncated"), HasSubstr(Path("short.idx")),
+                             HasSubstr("expected 12"), HasSubstr("found 9"))));
+}
+
+TEST_F(IdxTest, TruncatedGzipStreamIsDataLoss) {
+  // A gzip stream cut in the middle, as by an interrupted download.
+  const std::vector<uint8_t> payload(5000, 42);
+  WriteGzip(Path("full.gz"), IdxBytes(0x08, {5000}, payload));
+  std::ifstream in(Path("full.gz"), std::ios::binary);
+  std::vector<uint8_t> compressed((std::istreambuf_iterator<char>(in)),
+                                  std::istreambuf_iterator<char>());
+  ASSERT_GT(compressed.size(), 20u);
+  compressed.resize(compressed.size() / 2);
+  WriteRaw(Path("cut.gz"), compressed);
+  EXPECT_THAT(ReadIdxFile(Path("cut.gz")),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       AllOf(HasSubstr("truncated"), HasSubstr(Path("cut.gz")))));
+}
+
+TEST_F(IdxTest, TruncatedHeaderIsDataLoss) {
+  std::vector<uint8_t> bytes = IdxBytes(0x08, {2, 3, 2}, {});
+  bytes.resize(9);
+  WriteRaw(Path("header.idx"), bytes);
+  EXPECT_THAT(ReadIdxFile(Path("header.idx")),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       AllOf(HasSubstr("truncated"),
+                             HasSubstr(Path("header.idx")))));
+}
+
+TEST_F(IdxTest, TrailingBytesAreDataLoss) {
+  std::vector<uint8_t> payload = kPayload;
+  payload.push_back(99);
+  WriteRaw(Path("long.idx"), IdxBytes(0x08, {12}, payload));
+  EXPECT_THAT(ReadIdxFile(Path("long.idx")),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       AllOf(HasSubstr("trailing"), HasSubstr(Path("long.idx")),
+                             HasSubstr("expected 12"), HasSubstr("found 13"))));
+}
+
+TEST_F(IdxTest, BadMagicIsDataLoss) {
+  std::vector<uint8_t> bytes = IdxBytes(0x08, {12}, kPayload);
+  bytes[0] = 0x50;  // "PK", as if a zip archive had been saved instead.
+  bytes[1] = 0x4b;
+  WriteRaw(Path("zip.idx"), bytes);
+  EXPECT_THAT(ReadIdxFile(Path("zip.idx")),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       AllOf(HasSubstr("magic"), HasSubstr(Path("zip.idx")))));
+}
+
+TEST_F(IdxTest, UnknownTypeCodeIsDataLoss) {
+  WriteRaw(Path("type.idx"), IdxBytes(0x42, {12}, kPayload));
+  EXPECT_THAT(ReadIdxFile(Path("type.idx")),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("magic")));
+}
+
+TEST_F(IdxTest, NonUnsignedByteTypeIsUnimplemented) {
+  // Type 0x0D (float32): a valid IDX file the reader does not support.
+  WriteRaw(Path("float.idx"),
+           IdxBytes(0x0D, {3}, std::vector<uint8_t>(12, 0)));
+  EXPECT_THAT(ReadIdxFile(Path("float.idx")),
+              StatusIs(absl::StatusCode::kUnimplemented,
+                       AllOf(HasSubstr("0x0d"), HasSubstr(Path("float.idx")))));
+}
+
+TEST_F(IdxTest, MissingFileIsNotFound) {
+  EXPECT_THAT(ReadIdxFile(Path("nope.idx")),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr(Path("nope.idx"))));
+}
+
+}  // namespace
+}  // namespace distill::data

@@ -1,0 +1,423 @@
+// Numerics of the built-in losses: hand-computed values, the dense/top-k and
+// [N, S, V]/[N*S, V] equivalences, extreme logits, finite differences, and
+// a comparison with torch.nn.functional run by Python.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "common/testing/status_matchers.h"
+#include "losses/loss.h"
+#include "losses/registry.h"
+#include "losses/teacher_targets.h"
+#include "nlohmann/json.hpp"
+
+namespace distill::losses {
+namespace {
+
+using ::distill::testing::IsOk;
+using ::distill::testing::StatusIs;
+using ::testing::HasSubstr;
+
+const std::vector<std::string> kTeacherLosses = {"kd_kl", "reverse_kl", "js",
+                                                 "soft_ce", "mse_logits"};
+const std::vector<std::string> kTopKLosses = {"kd_kl", "reverse_kl", "js",
+                                              "soft_ce"};
+
+absl::StatusOr<torch::Tensor> RunLoss(const std::string& name,
+                                      const torch::Tensor& student,
+                                      const TeacherTargets* teacher,
+                                      const torch::Tensor& labels = {},
+                                      const LossParams& params = {}) {
+  DISTILL_ASSIGN_OR_RETURN(std::unique_ptr<Loss> loss,
+                           LossRegistry::Global().Create(name, params));
+  LossInputs inputs;
+  inputs.student_logits = student;
+  inputs.teacher = teacher;
+  inputs.labels = labels;
+  return loss->Compute(inputs);
+}
+
+struct ValueAndGrad {
+  double value = 0.0;
+  torch::Tensor grad;
+};
+
+ValueAndGrad Evaluate(const std::string& name, const torch::Tensor& student,
+                      const TeacherTargets* teacher,
+                      const torch::Tensor& labels = {},
+                      const LossParams& params = {}) {
+  torch::Tensor x = student.detach().clone().requires_grad_(true);
+  absl::StatusOr<torch::Tensor> loss =
+      RunLoss(name, x, teacher, labels, params);
+  EXPECT_THAT(loss, IsOk()) << name;
+  if (!loss.ok()) return {};
+  EXPECT_EQ(loss->dim(), 0) << name;
+  loss->backward();
+  return {loss->item<double>(), x.grad()};
+}
+
+torch::Tensor Randn(std::vector<int64_t> shape, double scale = 2.0) {
+  return torch::randn(shape, torch::kDouble) * scale;
+}
+
+// log softmax(z / T) of one row, by the textbook formula.
+std::vector<double> HandLogSoftmax(const std::vector<double>& z, double t) {
+  const double max = *std::max_element(z.begin(), z.end());
+  double sum = 0.0;
+  for (double v : z) sum += std::exp((v - max) / t);
+  std::vector<double> out;
+  for (double v : z) out.push_back((v - max) / t - std::log(sum));
+  return out;
+}
+
+std::vector<double> Row(const torch::Tensor& t, int64_t i) {
+  torch::Tensor row = t[i].contiguous().to(torch::kDouble);
+  return {row.data_ptr<double>(), row.data_ptr<double>() + row.numel()};
+}
+
+// Mean over rows of KL(softmax(t / T) || softmax(s / T)).
+double HandKl(const torch::Tensor& s, const torch::Tensor& t, double temp) {
+  double total = 0.0;
+  for (int64_t i = 0; i < s.size(0); ++i) {
+    const std::vector<double> log_q = HandLogSoftmax(Row(s, i), temp);
+    const std::vector<double> log_p = HandLogSoftmax(Row(t, i), temp);
+    for (size_t c = 0; c < log_p.size(); ++c) {
+      total += std::exp(log_p[c]) * (log_p[c] - log_q[c]);
+    }
+  }
+  return total / s.size(0);
+}
+
+TEST(KdKlTest, IdenticalDistributionsGiveZero) {
+  torch::manual_seed(1);
+  const torch::Tensor logits = Randn({4, 10});
+  for (double temp : {1.0, 3.0}) {
+    const TeacherTargets dense = TeacherTargets::DenseFromLogits(logits, temp);
+    EXPECT_NEAR(Evaluate("kd_kl", logits, &dense).value, 0.0, 1e-12);
+    const TeacherTargets dense32 =
+        TeacherTargets::DenseFromLogits(logits.to(torch::kFloat), temp);
+    EXPECT_NEAR(Evaluate("kd_kl", logits.to(torch::kFloat), &dense32).value,
+                0.0, 1e-5);
+  }
+}
+
+TEST(KdKlTest, DifferentDistributionsGivePositive) {
+  torch::manual_seed(2);
+  const TeacherTargets dense =
+      TeacherTargets::DenseFromLogits(Randn({4, 10}), 2);
+  EXPECT_GT(Evaluate("kd_kl", Randn({4, 10}), &dense).value, 1e-3);
+}
+
+TEST(KdKlTest, IsTSquaredTimesKl) {
+  torch::manual_seed(3);
+  const torch::Tensor s = Randn({5, 7});
+  const torch::Tensor t = Randn({5, 7});
+  for (double temp : {1.0, 2.0, 4.0}) {
+    const TeacherTargets dense = TeacherTargets::DenseFromLogits(t, temp);
+    const double expected = temp * temp * HandKl(s, t, temp);
+    EXPECT_NEAR(Evaluate("kd_kl", s, &dense).value, expected,
+                1e-12 * std::abs(expected))
+        << "T = " << temp;
+  }
+}
+
+TEST(KdKlTest, TopKTailBucketMatchesHandFormula) {
+  torch::manual_seed(4);
+  const torch::Tensor s = Randn({3, 6});
+  const torch::Tensor t = Randn({3, 6});
+  const double temp = 2.0;
+  const int64_t k = 2;
+  const TeacherTargets top = TeacherTargets::TopKFromLogits(t, temp, k);
+  double expected = 0.0;
+  for (int64_t i = 0; i < 3; ++i) {
+    const std::vector<double> log_q = HandLogSoftmax(Row(s, i), temp);
+    const std::vector<double> log_p = HandLogSoftmax(Row(t, i), temp);
+    std::vector<int64_t> order(6);
+    for (int64_t c = 0; c < 6; ++c) order[c] = c;
+    std::sort(order.begin(), order.end(),
+              [&](int64_t a, int64_t b) { return log_p[a] > log_p[b]; });
+    double p_tail = 1.0, q_tail = 1.0;
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t c = order[j];
+      expected += std::exp(log_p[c]) * (log_p[c] - log_q[c]);
+      p_tail -= std::exp(log_p[c]);
+      q_tail -= std::exp(log_q[c]);
+    }
+    expected += p_tail * (std::log(p_tail) - std::log(q_tail));
+  }
+  expected = temp * temp * expected / 3;
+  EXPECT_NEAR(Evaluate("kd_kl", s, &top).value, expected, 1e-10);
+}
+
+TEST(BuiltinLossesTest, TopKWithAllClassesEqualsDense) {
+  torch::manual_seed(5);
+  const torch::Tensor s = Randn({4, 9});
+  const torch::Tensor t = Randn({4, 9});
+  const TeacherTargets dense = TeacherTargets::DenseFromLogits(t, 2.5);
+  const TeacherTargets top = TeacherTargets::TopKFromLogits(t, 2.5, 9);
+  for (const std::string& name : kTopKLosses) {
+    const ValueAndGrad d = Evaluate(name, s, &dense);
+    const ValueAndGrad k = Evaluate(name, s, &top);
+    EXPECT_NEAR(k.value, d.value, 1e-12) << name;
+    EXPECT_TRUE(torch::allclose(k.grad, d.grad, 1e-10, 1e-12)) << name;
+  }
+}
+
+TEST(BuiltinLossesTest, SequenceEqualsFlattened) {
+  torch::manual_seed(6);
+  const torch::Tensor s = Randn({2, 3, 7});
+  const torch::Tensor t = Randn({2, 3, 7});
+  const torch::Tensor labels = torch::randint(0, 7, {2, 3}, torch::kLong);
+  const std::vector<TeacherTargets> seq = {
+      TeacherTargets::DenseFromLogits(t, 2.0),
+      TeacherTargets::TopKFromLogits(t, 2.0, 3)};
+  const std::vector<TeacherTargets> flat = {
+      TeacherTargets::DenseFromLogits(t.reshape({6, 7}), 2.0),
+      TeacherTargets::TopKFromLogits(t.reshape({6, 7}), 2.0, 3)};
+  for (size_t form = 0; form < seq.size(); ++form) {
+    for (const std::string& name : kTeacherLosses) {
+      if (form == 1 && name == "mse_logits") continue;
+      const ValueAndGrad a = Evaluate(name, s, &seq[form]);
+      const ValueAndGrad b = Evaluate(name, s.reshape({6, 7}), &flat[form]);
+      EXPECT_NEAR(a.value, b.value, 1e-12) << name << " form " << form;
+      EXPECT_TRUE(torch::allclose(a.grad.reshape({6, 7}), b.grad, 1e-10, 1e-12))
+          << name << " form " << form;
+    }
+  }
+  const LossParams smoothing = {{"label_smoothing", 0.2}};
+  EXPECT_NEAR(Evaluate("hard_ce", s, nullptr, labels, smoothing).value,
+              Evaluate("hard_ce", s.reshape({6, 7}), nullptr,
+                       labels.reshape({6}), smoothing)
+                  .value,
+              1e-12);
+}
+
+TEST(BuiltinLossesTest, ExtremeLogitsStayFinite) {
+  torch::manual_seed(7);
+  auto extreme = [] {
+    return (torch::randint(0, 2, {4, 8}).to(torch::kFloat) * 2 - 1) * 1e4;
+  };
+  const torch::Tensor s = extreme();
+  const torch::Tensor t = extreme();
+  const torch::Tensor labels = torch::randint(0, 8, {4}, torch::kLong);
+  for (double temp : {1.0, 4.0}) {
+    const std::vector<TeacherTargets> targets = {
+        TeacherTargets::DenseFromLogits(t, temp),
+        TeacherTargets::TopKFromLogits(t, temp, 3),
+        TeacherTargets::TopKFromLogits(t, temp, 8)};
+    for (size_t form = 0; form < targets.size(); ++form) {
+      for (const std::string& name : kTeacherLosses) {
+        if (form > 0 && name == "mse_logits") continue;
+        for (const torch::Tensor& student : {s, t}) {
+          const ValueAndGrad r = Evaluate(name, student, &targets[form]);
+          EXPECT_TRUE(std::isfinite(r.value))
+              << name << " form " << form << " T " << temp;
+          ASSERT_TRUE(r.grad.defined()) << name;
+          EXPECT_TRUE(torch::isfinite(r.grad).all().item<bool>())
+              << name << " form " << form << " T " << temp;
+        }
+      }
+    }
+  }
+  const ValueAndGrad ce =
+      Evaluate("hard_ce", s, nullptr, labels, {{"label_smoothing", 0.1}});
+  EXPECT_TRUE(std::isfinite(ce.value));
+  EXPECT_TRUE(torch::isfinite(ce.grad).all().item<bool>());
+}
+
+// Central differences of the loss value, one student logit at a time.
+torch::Tensor NumericGrad(const std::string& name, const torch::Tensor& s,
+                          const TeacherTargets* teacher,
+                          const torch::Tensor& labels,
+                          const LossParams& params) {
+  const double h = 1e-6;
+  torch::Tensor grad = torch::zeros_like(s);
+  torch::Tensor flat = s.clone().reshape({-1});
+  for (int64_t i = 0; i < flat.numel(); ++i) {
+    const double x = flat[i].item<double>();
+    flat[i] = x + h;
+    const double up =
+        RunLoss(name, flat.view(s.sizes()), teacher, labels, params)
+            ->item<double>();
+    flat[i] = x - h;
+    const double down =
+        RunLoss(name, flat.view(s.sizes()), teacher, labels, params)
+            ->item<double>();
+    flat[i] = x;
+    grad.view({-1})[i] = (up - down) / (2 * h);
+  }
+  return grad;
+}
+
+TEST(BuiltinLossesTest, GradientsMatchFiniteDifferences) {
+  torch::manual_seed(8);
+  const torch::Tensor s = Randn({3, 5});
+  const torch::Tensor t = Randn({3, 5});
+  const torch::Tensor labels = torch::tensor({0, 4, 2}, torch::kLong);
+  const std::vector<TeacherTargets> targets = {
+      TeacherTargets::DenseFromLogits(t, 2.0),
+      TeacherTargets::TopKFromLogits(t, 2.0, 2)};
+  auto check = [&](const std::string& name, const TeacherTargets* teacher,
+                   const LossParams& params) {
+    const ValueAndGrad r = Evaluate(name, s, teacher, labels, params);
+    const torch::Tensor numeric = NumericGrad(name, s, teacher, labels, params);
+    EXPECT_TRUE(torch::allclose(r.grad, numeric, 1e-4, 1e-8))
+        << name << "\nautograd:\n"
+        << r.grad << "\nnumeric:\n"
+        << numeric;
+  };
+  for (size_t form = 0; form < targets.size(); ++form) {
+    for (const std::string& name : kTeacherLosses) {
+      if (form == 1 && name == "mse_logits") continue;
+      SCOPED_TRACE(absl::StrCat(name, " form ", form));
+      check(name, &targets[form], {});
+    }
+  }
+  check("hard_ce", nullptr, {});
+  check("hard_ce", nullptr, {{"label_smoothing", 0.3}});
+}
+
+TEST(HardCeTest, LabelSmoothingMatchesHandValue) {
+  const torch::Tensor s =
+      torch::tensor({{1.0, 2.0, 0.5}, {-1.0, 0.0, 3.0}}, torch::kDouble);
+  const torch::Tensor labels = torch::tensor({1, 0}, torch::kLong);
+  const double e = 0.25;
+  double expected = 0.0;
+  for (int64_t i = 0; i < 2; ++i) {
+    const std::vector<double> log_q = HandLogSoftmax(Row(s, i), 1.0);
+    const double mean_nll = -(log_q[0] + log_q[1] + log_q[2]) / 3;
+    expected += (1 - e) * -log_q[labels[i].item<int64_t>()] + e * mean_nll;
+  }
+  expected /= 2;
+  EXPECT_NEAR(
+      Evaluate("hard_ce", s, nullptr, labels, {{"label_smoothing", e}}).value,
+      expected, 1e-12);
+  EXPECT_NEAR(
+      Evaluate("hard_ce", s, nullptr, labels).value,
+      -(HandLogSoftmax(Row(s, 0), 1)[1] + HandLogSoftmax(Row(s, 1), 1)[0]) / 2,
+      1e-12);
+}
+
+TEST(BuiltinLossesTest, MissingTeacherIsFailedPrecondition) {
+  const torch::Tensor s = Randn({2, 4});
+  for (const std::string& name : kTeacherLosses) {
+    EXPECT_THAT(RunLoss(name, s, nullptr),
+                StatusIs(absl::StatusCode::kFailedPrecondition,
+                         HasSubstr(name + " needs teacher targets")));
+  }
+}
+
+TEST(BuiltinLossesTest, MseLogitsRefusesTopK) {
+  const torch::Tensor s = Randn({2, 4});
+  const TeacherTargets top = TeacherTargets::TopKFromLogits(s, 1.0, 2);
+  EXPECT_THAT(RunLoss("mse_logits", s, &top),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("mse_logits needs dense teacher targets")));
+}
+
+TEST(BuiltinLossesTest, ShapeMismatchesAreInvalidArgument) {
+  const torch::Tensor s = Randn({4, 10});
+  const TeacherTargets three_rows =
+      TeacherTargets::DenseFromLogits(Randn({3, 10}), 2.0);
+  EXPECT_THAT(
+      RunLoss("kd_kl", s, &three_rows),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               ::testing::AllOf(HasSubstr("[3]"), HasSubstr("[4, 10]"))));
+  const TeacherTargets eight_classes =
+      TeacherTargets::TopKFromLogits(Randn({4, 8}), 2.0, 3);
+  EXPECT_THAT(
+      RunLoss("js", s, &eight_classes),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               ::testing::AllOf(HasSubstr("8 classes"), HasSubstr("[4, 10]"))));
+  EXPECT_THAT(
+      RunLoss("hard_ce", s, nullptr, torch::zeros({4, 2}, torch::kLong)),
+      StatusIs(
+          absl::StatusCode::kInvalidArgument,
+          ::testing::AllOf(HasSubstr("labels [4, 2]"), HasSubstr("[4, 10]"))));
+  EXPECT_THAT(
+      RunLoss("hard_ce", s, nullptr, torch::full({4}, 10, torch::kLong)),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("10 classes")));
+  EXPECT_THAT(RunLoss("hard_ce", s, nullptr),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("hard_ce needs labels")));
+  EXPECT_THAT(RunLoss("soft_ce", Randn({10}), &three_rows),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("[N, C] or [N, S, V]")));
+  TeacherTargets cold = TeacherTargets::DenseFromLogits(s, 1.0);
+  cold.temperature = 0.0;
+  EXPECT_THAT(
+      RunLoss("kd_kl", s, &cold),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("temperature")));
+}
+
+std::filesystem::path SourceDir() {
+  if (const char* dir = std::getenv("DISTILL_SOURCE_DIR")) return dir;
+  return std::filesystem::path(__FILE__).parent_path().parent_path();
+}
+
+torch::Tensor FromJson(const nlohmann::json& rows) {
+  std::vector<double> data;
+  int64_t cols = 0;
+  for (const auto& row : rows) {
+    cols = static_cast<int64_t>(row.size());
+    for (const auto& v : row) data.push_back(v.get<double>());
+  }
+  return torch::tensor(data, torch::kDouble)
+      .reshape({static_cast<int64_t>(rows.size()), cols});
+}
+
+TEST(BuiltinLossesTest, MatchesTorchFunctional) {
+  if (std::system("/usr/bin/python3 -c 'import torch' >/dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "/usr/bin/python3 cannot import torch";
+  }
+  const std::filesystem::path script =
+      SourceDir() / "losses" / "testdata" / "torch_reference.py";
+  const std::filesystem::path out =
+      std::filesystem::path(::testing::TempDir()) /
+      "losses_torch_reference.json";
+  const std::string command =
+      absl::StrCat("/usr/bin/python3 ", script.string(), " ", out.string());
+  ASSERT_EQ(std::system(command.c_str()), 0) << command;
+  std::ifstream in(out);
+  ASSERT_TRUE(in.good()) << out;
+  const nlohmann::json ref = nlohmann::json::parse(in);
+
+  const double temp = ref["temperature"].get<double>();
+  const torch::Tensor s = FromJson(ref["student"]);
+  const TeacherTargets teacher =
+      TeacherTargets::DenseFromLogits(FromJson(ref["teacher"]), temp);
+  const torch::Tensor labels =
+      torch::tensor(ref["labels"].get<std::vector<int64_t>>(), torch::kLong);
+  const std::vector<std::string> names = {"kd_kl", "soft_ce", "reverse_kl",
+                                          "js",    "hard_ce", "mse_logits"};
+  for (const std::string& name : names) {
+    SCOPED_TRACE(name);
+    ASSERT_TRUE(ref["losses"].contains(name));
+    LossParams params;
+    if (name == "hard_ce") {
+      params["label_smoothing"] = ref["label_smoothing"].get<double>();
+    }
+    const ValueAndGrad r = Evaluate(name, s, &teacher, labels, params);
+    const double expected = ref["losses"][name]["value"].get<double>();
+    EXPECT_NEAR(r.value, expected, 1e-6 * std::abs(expected));
+    const torch::Tensor grad = FromJson(ref["losses"][name]["grad"]);
+    EXPECT_TRUE(torch::allclose(r.grad, grad, 1e-6, 1e-12))
+        << "ours:\n"
+        << r.grad << "\ntorch:\n"
+        << grad;
+  }
+}
+
+}  // namespace
+}  // namespace distill::losses

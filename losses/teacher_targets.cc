@@ -1,0 +1,159 @@
+// Teacher targets: building them from logits, slicing and joining batches.
+//
+// Precision: probabilities are computed and stored in float32, except that
+// float64 logits keep float64 (tests and reference checks need the extra
+// digits; a model's float32/half/bfloat16 logits always give float32).
+#include "losses/teacher_targets.h"
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/status.h"
+#include "common/torch_status.h"
+
+namespace distill::losses {
+namespace {
+
+torch::Dtype ProbDtype(const torch::Tensor& logits) {
+  return logits.scalar_type() == torch::kDouble ? torch::kDouble
+                                                : torch::kFloat;
+}
+
+std::string ShapeString(torch::IntArrayRef shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+
+// Sizes of `t` without its first dimension.
+std::vector<int64_t> TrailingShape(const torch::Tensor& t) {
+  if (!t.defined() || t.dim() == 0) return {};
+  return t.sizes().slice(1).vec();
+}
+
+const char* FormName(TeacherTargets::Form form) {
+  return form == TeacherTargets::Form::kDense ? "dense" : "top-k";
+}
+
+}  // namespace
+
+TeacherTargets TeacherTargets::DenseFromLogits(const torch::Tensor& logits,
+                                               double temperature) {
+  TeacherTargets targets;
+  targets.form = Form::kDense;
+  targets.temperature = temperature;
+  targets.num_classes = logits.size(-1);
+  // torch::softmax subtracts the row maximum, so large logits do not
+  // overflow; dividing first keeps that true for small temperatures.
+  targets.probs =
+      torch::softmax(logits.detach().to(ProbDtype(logits)) / temperature, -1);
+  return targets;
+}
+
+TeacherTargets TeacherTargets::TopKFromLogits(const torch::Tensor& logits,
+                                              double temperature, int64_t k) {
+  TeacherTargets dense = DenseFromLogits(logits, temperature);
+  TeacherTargets targets;
+  targets.form = Form::kTopK;
+  targets.temperature = temperature;
+  targets.num_classes = dense.num_classes;
+  // k is clamped to [1, C] rather than failing: asking for more classes than
+  // exist means "all of them".
+  const int64_t kept = std::clamp<int64_t>(k, 1, dense.num_classes);
+  auto [values, indices] =
+      torch::topk(dense.probs, kept, /*dim=*/-1, /*largest=*/true,
+                  /*sorted=*/true);
+  targets.values = values;
+  targets.indices = indices;
+  targets.tail_mass = torch::clamp_min(1.0 - values.sum(-1), 0.0);
+  return targets;
+}
+
+torch::IntArrayRef TeacherTargets::batch_shape() const {
+  if (form == Form::kDense) {
+    if (!probs.defined() || probs.dim() == 0) return {};
+    return probs.sizes().slice(0, probs.dim() - 1);
+  }
+  if (!tail_mass.defined()) return {};
+  return tail_mass.sizes();
+}
+
+int64_t TeacherTargets::batch_size() const {
+  const torch::IntArrayRef shape = batch_shape();
+  return shape.empty() ? 0 : shape[0];
+}
+
+TeacherTargets TeacherTargets::Rows(const torch::Tensor& positions) const {
+  TeacherTargets rows = *this;
+  auto select = [&positions](const torch::Tensor& t) -> torch::Tensor {
+    if (!t.defined()) return t;
+    return t.index_select(0,
+                          positions.to(t.device(), torch::kLong).reshape({-1}));
+  };
+  rows.probs = select(probs);
+  rows.values = select(values);
+  rows.indices = select(indices);
+  rows.tail_mass = select(tail_mass);
+  return rows;
+}
+
+absl::StatusOr<TeacherTargets> TeacherTargets::Concat(
+    const std::vector<TeacherTargets>& parts) {
+  if (parts.empty()) {
+    return absl::InvalidArgumentError(
+        "cannot concatenate zero teacher targets");
+  }
+  const TeacherTargets& first = parts.front();
+  for (size_t i = 1; i < parts.size(); ++i) {
+    const TeacherTargets& part = parts[i];
+    if (part.form != first.form) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("teacher targets part ", i, " is ", FormName(part.form),
+                       " but part 0 is ", FormName(first.form)));
+    }
+    if (part.temperature != first.temperature) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "teacher targets part ", i, " has temperature ", part.temperature,
+          " but part 0 has ", first.temperature));
+    }
+    if (part.num_classes != first.num_classes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("teacher targets part ", i, " has ", part.num_classes,
+                       " classes but part 0 has ", first.num_classes));
+    }
+    const torch::Tensor& mine =
+        first.form == Form::kDense ? part.probs : part.values;
+    const torch::Tensor& theirs =
+        first.form == Form::kDense ? first.probs : first.values;
+    if (TrailingShape(mine) != TrailingShape(theirs)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "teacher targets part ", i, " has shape ", ShapeString(mine.sizes()),
+          " but part 0 has ", ShapeString(theirs.sizes()),
+          " (only the first dimension may differ)"));
+    }
+  }
+  return TorchCall("concatenating teacher targets",
+                   [&]() -> absl::StatusOr<TeacherTargets> {
+                     TeacherTargets joined = first;
+                     auto cat = [&parts](torch::Tensor TeacherTargets::*field) {
+                       std::vector<torch::Tensor> tensors;
+                       tensors.reserve(parts.size());
+                       for (const TeacherTargets& part : parts) {
+                         tensors.push_back(part.*field);
+                       }
+                       return torch::cat(tensors, 0);
+                     };
+                     if (first.form == Form::kDense) {
+                       joined.probs = cat(&TeacherTargets::probs);
+                     } else {
+                       joined.values = cat(&TeacherTargets::values);
+                       joined.indices = cat(&TeacherTargets::indices);
+                       joined.tail_mass = cat(&TeacherTargets::tail_mass);
+                     }
+                     return joined;
+                   });
+}
+
+}  // namespace distill::losses

@@ -1,0 +1,122 @@
+#include "losses/teacher_targets.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "common/testing/status_matchers.h"
+
+namespace distill::losses {
+namespace {
+
+using ::distill::testing::IsOk;
+using ::distill::testing::StatusIs;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+TEST(TeacherTargetsTest, DenseIsSoftmaxAtTemperature) {
+  const torch::Tensor logits =
+      torch::tensor({{1.0, 2.0, 4.0}, {0.0, 0.0, 0.0}}, torch::kFloat);
+  const TeacherTargets t = TeacherTargets::DenseFromLogits(logits, 2.0);
+  EXPECT_EQ(t.form, TeacherTargets::Form::kDense);
+  EXPECT_EQ(t.num_classes, 3);
+  EXPECT_DOUBLE_EQ(t.temperature, 2.0);
+  EXPECT_EQ(t.probs.scalar_type(), torch::kFloat);
+  const double z = std::exp(0.5) + std::exp(1.0) + std::exp(2.0);
+  EXPECT_NEAR(t.probs[0][2].item<double>(), std::exp(2.0) / z, 1e-7);
+  EXPECT_NEAR(t.probs[1][1].item<double>(), 1.0 / 3, 1e-7);
+}
+
+TEST(TeacherTargetsTest, DenseIsStableForHugeLogits) {
+  const torch::Tensor logits = torch::tensor({{1e4, -1e4, 1e4 - 1.0}});
+  const TeacherTargets t = TeacherTargets::DenseFromLogits(logits, 1.0);
+  EXPECT_TRUE(torch::isfinite(t.probs).all().item<bool>());
+  EXPECT_NEAR(t.probs.sum().item<double>(), 1.0, 1e-6);
+  EXPECT_EQ(t.probs[0][1].item<double>(), 0.0);
+  const TeacherTargets half =
+      TeacherTargets::DenseFromLogits(logits.to(torch::kHalf), 1.0);
+  EXPECT_EQ(half.probs.scalar_type(), torch::kFloat);
+}
+
+TEST(TeacherTargetsTest, TopKKeepsLargestAndTail) {
+  const torch::Tensor logits =
+      torch::tensor({{0.1, 3.0, -1.0, 2.0}, {5.0, 1.0, 4.0, 0.0}});
+  const TeacherTargets dense = TeacherTargets::DenseFromLogits(logits, 1.5);
+  const TeacherTargets t = TeacherTargets::TopKFromLogits(logits, 1.5, 2);
+  EXPECT_EQ(t.form, TeacherTargets::Form::kTopK);
+  EXPECT_EQ(t.num_classes, 4);
+  EXPECT_TRUE(
+      torch::equal(t.indices, torch::tensor({{1, 3}, {0, 2}}, torch::kLong)));
+  EXPECT_TRUE(torch::allclose(t.values, dense.probs.gather(-1, t.indices)));
+  EXPECT_TRUE(torch::allclose(t.tail_mass, 1.0 - t.values.sum(-1)));
+  const TeacherTargets all = TeacherTargets::TopKFromLogits(logits, 1.5, 99);
+  EXPECT_EQ(all.values.size(-1), 4);
+  EXPECT_TRUE((all.tail_mass >= 0).all().item<bool>());
+  EXPECT_LT(all.tail_mass.max().item<double>(), 1e-6);
+}
+
+TEST(TeacherTargetsTest, BatchShape) {
+  const torch::Tensor seq = torch::randn({2, 3, 5});
+  EXPECT_THAT(TeacherTargets::DenseFromLogits(seq, 1).batch_shape(),
+              ElementsAre(2, 3));
+  EXPECT_THAT(TeacherTargets::TopKFromLogits(seq, 1, 2).batch_shape(),
+              ElementsAre(2, 3));
+  EXPECT_EQ(TeacherTargets::TopKFromLogits(seq, 1, 2).batch_size(), 2);
+  EXPECT_EQ(
+      TeacherTargets::DenseFromLogits(torch::randn({7, 5}), 1).batch_size(), 7);
+  EXPECT_EQ(TeacherTargets().batch_size(), 0);
+}
+
+TEST(TeacherTargetsTest, RowsSelectsEveryTensor) {
+  const torch::Tensor logits = torch::randn({4, 6});
+  const torch::Tensor positions = torch::tensor({3, 1}, torch::kLong);
+  const TeacherTargets top = TeacherTargets::TopKFromLogits(logits, 2.0, 3);
+  const TeacherTargets rows = top.Rows(positions);
+  EXPECT_EQ(rows.batch_size(), 2);
+  EXPECT_TRUE(torch::equal(rows.values[0], top.values[3]));
+  EXPECT_TRUE(torch::equal(rows.indices[1], top.indices[1]));
+  EXPECT_TRUE(
+      torch::equal(rows.tail_mass, top.tail_mass.index_select(0, positions)));
+  const TeacherTargets dense = TeacherTargets::DenseFromLogits(logits, 2.0);
+  EXPECT_TRUE(torch::equal(dense.Rows(positions).probs[0], dense.probs[3]));
+}
+
+TEST(TeacherTargetsTest, ConcatJoinsRows) {
+  const torch::Tensor logits = torch::randn({5, 6});
+  const TeacherTargets top = TeacherTargets::TopKFromLogits(logits, 2.0, 3);
+  absl::StatusOr<TeacherTargets> joined = TeacherTargets::Concat(
+      {top.Rows(torch::tensor({0, 1})), top.Rows(torch::tensor({2, 3, 4}))});
+  ASSERT_THAT(joined, IsOk());
+  EXPECT_TRUE(torch::equal(joined->values, top.values));
+  EXPECT_TRUE(torch::equal(joined->indices, top.indices));
+  EXPECT_TRUE(torch::equal(joined->tail_mass, top.tail_mass));
+  EXPECT_EQ(joined->num_classes, 6);
+  EXPECT_EQ(joined->form, TeacherTargets::Form::kTopK);
+}
+
+TEST(TeacherTargetsTest, ConcatRefusesMismatches) {
+  const torch::Tensor logits = torch::randn({2, 6});
+  const TeacherTargets dense = TeacherTargets::DenseFromLogits(logits, 2.0);
+  EXPECT_THAT(TeacherTargets::Concat({}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("zero")));
+  EXPECT_THAT(TeacherTargets::Concat(
+                  {dense, TeacherTargets::TopKFromLogits(logits, 2.0, 2)}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("part 1 is top-k but part 0 is dense")));
+  EXPECT_THAT(TeacherTargets::Concat(
+                  {dense, TeacherTargets::DenseFromLogits(logits, 3)}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("temperature 3 but part 0 has 2")));
+  EXPECT_THAT(TeacherTargets::Concat({dense, TeacherTargets::DenseFromLogits(
+                                                 torch::randn({2, 5}), 2.0)}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("5 classes but part 0 has 6")));
+  EXPECT_THAT(
+      TeacherTargets::Concat({TeacherTargets::TopKFromLogits(logits, 2.0, 2),
+                              TeacherTargets::TopKFromLogits(logits, 2.0, 3)}),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr("only the first dimension may differ")));
+}
+
+}  // namespace
+}  // namespace distill::losses

@@ -1,0 +1,252 @@
+// The `distill` binary as a user runs it: bad input of every kind gets one
+// clear error line and a non-zero exit, loses nothing already written, and
+// a stopped run resumes to exactly the weights of an uninterrupted one.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <zlib.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "common/testing/status_matchers.h"
+#include "student/model.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using ::distill::testing::IsOk;
+using ::testing::HasSubstr;
+
+constexpr char kDataset[] = "/usr/share/datasets/fashion-mnist";
+
+struct Outcome {
+  int exit_code = -1;       // -1 when killed by a signal (a crash)
+  std::string out;
+  std::string err;
+};
+
+std::string ReadFile(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::string BinDir() {
+  const char* env = std::getenv("DISTILL_BIN_DIR");
+  return env != nullptr ? env : DISTILL_BIN_DIR_DEFAULT;
+}
+
+class CliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("distill_cli_test_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override {
+    if (!HasFailure()) fs::remove_all(dir_);
+  }
+
+  fs::path Write(const std::string& name, const std::string& text) {
+    fs::path p = dir_ / name;
+    std::ofstream(p) << text;
+    return p;
+  }
+
+  Outcome Run(const std::string& args) {
+    const fs::path out = dir_ / "stdout.txt", err = dir_ / "stderr.txt";
+    const std::string cmd = BinDir() + "/distill " + args + " >" +
+                            out.string() + " 2>" + err.string();
+    const int status = std::system(cmd.c_str());
+    Outcome o;
+    if (WIFEXITED(status)) o.exit_code = WEXITSTATUS(status);
+    o.out = ReadFile(out);
+    o.err = ReadFile(err);
+    return o;
+  }
+
+  // Every file under `root` with its contents.
+  static std::map<std::string, std::string> Snapshot(const fs::path& root) {
+    std::map<std::string, std::string> files;
+    for (const auto& e : fs::recursive_directory_iterator(root)) {
+      if (e.is_regular_file()) files[e.path().string()] = ReadFile(e.path());
+    }
+    return files;
+  }
+
+  // A finished short run whose checkpoint the bad-input tests must not touch.
+  fs::path RunWithCheckpoint() {
+    fs::path config = Write("good.pbtxt", R"pb(
+      mode: TRAIN
+      student { arch: "mlp" }
+      data { train_limit: 256 test_limit: 128 }
+      batch_size: 64 epochs: 2 threads: 1
+    )pb");
+    fs::path run = dir_ / "run";
+    Outcome o = Run("--quiet --config " + config.string() +
+                    " --run_dir " + run.string() + " --stop_after_steps 3");
+    EXPECT_EQ(o.exit_code, 0) << o.err;
+    return run;
+  }
+
+  // Runs `config_text` against a run directory holding a checkpoint and
+  // expects exactly `error` and an untouched run directory.
+  void ExpectRefused(const std::string& config_text, const std::string& error) {
+    fs::path run = RunWithCheckpoint();
+    auto before = Snapshot(run);
+    ASSERT_FALSE(before.empty());
+    fs::path config = Write("bad.pbtxt", config_text);
+    Outcome o = Run("--config " + config.string() + " --run_dir " +
+                    run.string() + " --resume");
+    EXPECT_EQ(o.exit_code, 1) << o.err;
+    EXPECT_EQ(o.err, "distill: error: " + error + "\n");
+    EXPECT_EQ(Snapshot(run), before);
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(CliTest, UnknownConfigField) {
+  const std::string text = "mode: TRAIN\nepochz: 3\nstudent { arch: \"mlp\" }\n";
+  ExpectRefused(text, (dir_ / "bad.pbtxt").string() +
+                          ":2:7: Message type \"distill.v1.JobConfig\" has no "
+                          "field named \"epochz\".");
+}
+
+TEST_F(CliTest, WrongFieldType) {
+  ExpectRefused("mode: TRAIN\nstudent { arch: \"mlp\" }\nbatch_size: 1.5\n",
+                (dir_ / "bad.pbtxt").string() +
+                    ":3:13: Expected integer, got: 1.5");
+}
+
+TEST_F(CliTest, NegativeLearningRate) {
+  ExpectRefused(
+      "mode: TRAIN\nstudent { arch: \"mlp\" }\noptimizer {\n  lr: -0.01\n}\n",
+      (dir_ / "bad.pbtxt").string() +
+          ":4: optimizer.lr must be > 0 (got -0.01)");
+}
+
+TEST_F(CliTest, MissingDataFile) {
+  fs::path data = dir_ / "data";
+  fs::create_directories(data);
+  fs::copy(fs::path(kDataset) / "train-labels-idx1-ubyte.gz", data);
+  ExpectRefused("mode: TRAIN\nstudent { arch: \"mlp\" }\ndata { dir: \"" +
+                    data.string() + "\" }\n",
+                (data / "train-images-idx3-ubyte.gz").string() +
+                    ": no such file (nor " +
+                    (data / "train-images-idx3-ubyte").string() + ")");
+}
+
+TEST_F(CliTest, TruncatedIdxFile) {
+  fs::path data = dir_ / "data";
+  fs::create_directories(data);
+  for (const char* name : {"train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                           "t10k-labels-idx1-ubyte.gz"}) {
+    fs::copy(fs::path(kDataset) / name, data);
+  }
+  // The real training images, decompressed and cut off mid-way.
+  gzFile in = gzopen((fs::path(kDataset) / "train-images-idx3-ubyte.gz").c_str(), "rb");
+  ASSERT_NE(in, nullptr);
+  std::string bytes(16 + 1000 * 784 + 100, '\0');
+  ASSERT_EQ(gzread(in, bytes.data(), bytes.size()), static_cast<int>(bytes.size()));
+  gzclose(in);
+  std::ofstream(data / "train-images-idx3-ubyte", std::ios::binary) << bytes;
+  ExpectRefused("mode: TRAIN\nstudent { arch: \"mlp\" }\ndata { dir: \"" +
+                    data.string() + "\" }\n",
+                (data / "train-images-idx3-ubyte").string() +
+                    ": truncated: expected 47040000 bytes of data, found " +
+                    std::to_string(1000 * 784 + 100));
+}
+
+TEST_F(CliTest, TeacherWithOtherClassCount) {
+  fs::path teacher = dir_ / "teacher12.pt";
+  const std::string make = "/usr/bin/python3 " + std::string(DISTILL_SOURCE_DIR) +
+                           "/tests/testdata/make_torchscript.py " +
+                           teacher.string() + " 12";
+  if (std::system(("/usr/bin/python3 -c 'import torch' 2>/dev/null")) != 0) {
+    GTEST_SKIP() << "/usr/bin/python3 has no torch";
+  }
+  ASSERT_EQ(std::system(make.c_str()), 0);
+  ExpectRefused("mode: DISTILL\nstudent { arch: \"mlp\" }\nteacher { model { "
+                "torchscript: \"" + teacher.string() + "\" } }\n",
+                "teacher 'torchscript:teacher12.pt' outputs 12 classes but the "
+                "data has 10");
+}
+
+TEST_F(CliTest, CheckpointFromAnotherArchitecture) {
+  // ExpectRefused first writes this checkpoint with model 'mlp'.
+  const std::string ckpt =
+      (dir_ / "run" / "checkpoints" / "ckpt-000000003.pt").string();
+  ExpectRefused("mode: TRAIN\nstudent { arch: \"cnn_student\" }\n"
+                "data { train_limit: 256 test_limit: 128 }\n",
+                "checkpoint " + ckpt +
+                    " was written for model 'mlp' but the config asks for "
+                    "'cnn_student'");
+}
+
+TEST_F(CliTest, MissingConfigFile) {
+  Outcome o = Run("--config " + (dir_ / "absent.pbtxt").string());
+  EXPECT_EQ(o.exit_code, 1);
+  EXPECT_EQ(o.err, "distill: error: config file not found: " +
+                       (dir_ / "absent.pbtxt").string() + "\n");
+}
+
+// Two epochs straight and (stop mid-epoch 2, --resume) give identical
+// weights: model, optimizer, data position, augmentation and dropout RNG
+// are all restored.
+TEST_F(CliTest, ResumeIsExact) {
+  const std::string config = Write("job.pbtxt", R"pb(
+    mode: TRAIN
+    student { arch: "cnn_student" options { key: "dropout" value: 0.3 } }
+    data { train_limit: 640 test_limit: 128 augment { enabled: true } }
+    batch_size: 64 epochs: 2 threads: 1 seed: 7
+    optimizer { type: SGD lr: 0.05 }
+    lr_schedule { type: COSINE warmup_steps: 3 }
+  )pb").string();
+  const std::string straight = (dir_ / "straight").string();
+  const std::string resumed = (dir_ / "resumed").string();
+  Outcome a = Run("--quiet --config " + config + " --run_dir " + straight);
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  Outcome b1 = Run("--quiet --config " + config + " --run_dir " + resumed +
+                   " --stop_after_steps 13");
+  ASSERT_EQ(b1.exit_code, 0) << b1.err;
+  ASSERT_FALSE(fs::exists(resumed + "/summary.json"));
+  Outcome b2 = Run("--config " + config + " --run_dir " + resumed + " --resume");
+  ASSERT_EQ(b2.exit_code, 0) << b2.err;
+  EXPECT_THAT(b2.out, HasSubstr("resuming from"));
+
+  distill::student::ZooInput input{{1, 28, 28}, 10};
+  auto load = [&](const std::string& path) {
+    auto m = distill::student::Model::Create(
+        {"cnn_student", "", {{"dropout", 0.3}}}, input);
+    EXPECT_THAT(m, IsOk());
+    EXPECT_THAT((*m)->LoadFile(path), IsOk());
+    return std::move(m).value();
+  };
+  auto ma = load(straight + "/model.pt");
+  auto mb = load(resumed + "/model.pt");
+  auto pa = ma->named_parameters(), pb = mb->named_parameters();
+  ASSERT_EQ(pa.size(), pb.size());
+  for (size_t i = 0; i < pa.size(); ++i) {
+    EXPECT_TRUE(torch::equal(pa[i].second, pb[i].second)) << pa[i].first;
+  }
+  auto ba = ma->named_buffers(), bb = mb->named_buffers();
+  for (size_t i = 0; i < ba.size(); ++i) {
+    EXPECT_TRUE(torch::equal(ba[i].second, bb[i].second)) << ba[i].first;
+  }
+  // And the weights did move: a run that trained nothing would also match.
+  torch::manual_seed(7);
+  auto fresh = distill::student::Model::Create(
+      {"cnn_student", "", {{"dropout", 0.3}}}, input);
+  ASSERT_THAT(fresh, IsOk());
+  EXPECT_FALSE(torch::equal((*fresh)->parameters()[0], pa[0].second));
+}
+
+}  // namespace

@@ -1,0 +1,417 @@
+#include "trainer/config.h"
+
+#include <cmath>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "common/status.h"
+#include "google/protobuf/io/tokenizer.h"
+#include "google/protobuf/text_format.h"
+#include "losses/registry.h"
+#include "student/zoo.h"
+
+namespace distill::trainer {
+namespace {
+
+using ::distill::v1::ModelConfig;
+using ::distill::v1::OptimizerConfig;
+using ::distill::v1::ScheduleConfig;
+using ::google::protobuf::Descriptor;
+using ::google::protobuf::FieldDescriptor;
+using ::google::protobuf::TextFormat;
+
+class Collector : public google::protobuf::io::ErrorCollector {
+ public:
+  explicit Collector(std::string source) : source_(std::move(source)) {}
+  void AddError(int line, int column, const std::string& message) override {
+    errors_.push_back(
+        absl::StrCat(source_, ":", line + 1, ":", column + 1, ": ", message));
+  }
+  void AddWarning(int line, int column, const std::string& message) override {}
+  const std::vector<std::string>& errors() const { return errors_; }
+
+ private:
+  std::string source_;
+  std::vector<std::string> errors_;
+};
+
+// A validation failure at a field path such as "loss[1].weight".
+absl::Status Bad(const std::string& path, const std::string& what) {
+  return absl::InvalidArgumentError(absl::StrCat(path, " ", what));
+}
+
+absl::Status ValidateModel(const ModelConfig& model, const std::string& path,
+                           bool weights_required) {
+  switch (model.source_case()) {
+    case ModelConfig::kArch: {
+      const auto& entries = student::ZooEntries();
+      std::vector<std::string> names;
+      const student::ZooEntry* entry = nullptr;
+      for (const auto& e : entries) {
+        names.push_back(e.arch);
+        if (e.arch == model.arch()) entry = &e;
+      }
+      if (entry == nullptr) {
+        return Bad(path + ".arch",
+                   absl::StrCat("'", model.arch(),
+                                "' is not a known architecture; known: ",
+                                absl::StrJoin(names, ", ")));
+      }
+      for (const auto& [name, value] : model.options()) {
+        const student::ZooOption* opt = nullptr;
+        std::vector<std::string> opt_names;
+        for (const auto& o : entry->options) {
+          opt_names.push_back(o.name);
+          if (o.name == name) opt = &o;
+        }
+        if (opt == nullptr) {
+          return Bad(path + ".options",
+                     absl::StrCat("has '", name, "', which model '",
+                                  model.arch(), "' does not take; its options: ",
+                                  absl::StrJoin(opt_names, ", ")));
+        }
+        if (!(value >= opt->min_value && value <= opt->max_value)) {
+          return Bad(absl::StrCat(path, ".options[", name, "]"),
+                     absl::StrCat("must be in [", opt->min_value, ", ",
+                                  opt->max_value, "] (got ", value, ")"));
+        }
+      }
+      if (weights_required && model.weights().empty()) {
+        return Bad(path + ".weights",
+                   "is required: a teacher built from the zoo needs trained "
+                   "weights (the model.pt of a TRAIN run)");
+      }
+      break;
+    }
+    case ModelConfig::kTorchscript:
+      if (model.torchscript().empty()) {
+        return Bad(path + ".torchscript", "must name a file");
+      }
+      if (!model.options().empty()) {
+        return Bad(path + ".options",
+                   "applies to zoo architectures only, not TorchScript files");
+      }
+      break;
+    case ModelConfig::SOURCE_NOT_SET:
+      return Bad(path, "needs `arch` (a zoo architecture) or `torchscript`");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateOptimizer(const OptimizerConfig& opt) {
+  if (!(opt.lr() > 0) || !std::isfinite(opt.lr())) {
+    return Bad("optimizer.lr", absl::StrCat("must be > 0 (got ", opt.lr(), ")"));
+  }
+  if (!(opt.weight_decay() >= 0)) {
+    return Bad("optimizer.weight_decay",
+               absl::StrCat("must be >= 0 (got ", opt.weight_decay(), ")"));
+  }
+  if (!(opt.momentum() >= 0 && opt.momentum() < 1)) {
+    return Bad("optimizer.momentum",
+               absl::StrCat("must be in [0, 1) (got ", opt.momentum(), ")"));
+  }
+  if (opt.nesterov() && opt.momentum() == 0) {
+    return Bad("optimizer.nesterov", "needs optimizer.momentum > 0");
+  }
+  if (!(opt.beta1() >= 0 && opt.beta1() < 1)) {
+    return Bad("optimizer.beta1",
+               absl::StrCat("must be in [0, 1) (got ", opt.beta1(), ")"));
+  }
+  if (!(opt.beta2() >= 0 && opt.beta2() < 1)) {
+    return Bad("optimizer.beta2",
+               absl::StrCat("must be in [0, 1) (got ", opt.beta2(), ")"));
+  }
+  if (!(opt.eps() > 0)) {
+    return Bad("optimizer.eps", absl::StrCat("must be > 0 (got ", opt.eps(), ")"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateSchedule(const ScheduleConfig& s, double lr) {
+  if (s.warmup_steps() < 0) {
+    return Bad("lr_schedule.warmup_steps",
+               absl::StrCat("must be >= 0 (got ", s.warmup_steps(), ")"));
+  }
+  if (s.step_epochs() < 1) {
+    return Bad("lr_schedule.step_epochs",
+               absl::StrCat("must be >= 1 (got ", s.step_epochs(), ")"));
+  }
+  if (!(s.gamma() > 0 && s.gamma() <= 1)) {
+    return Bad("lr_schedule.gamma",
+               absl::StrCat("must be in (0, 1] (got ", s.gamma(), ")"));
+  }
+  if (!(s.min_lr() >= 0 && s.min_lr() <= lr)) {
+    return Bad("lr_schedule.min_lr",
+               absl::StrCat("must be in [0, optimizer.lr] (got ", s.min_lr(),
+                            ")"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateLoss(const JobConfig& config) {
+  const auto& registry = losses::LossRegistry::Global();
+  std::set<std::string> seen;
+  for (int i = 0; i < config.loss_size(); ++i) {
+    const auto& term = config.loss(i);
+    const std::string path = absl::StrCat("loss[", i, "]");
+    auto entry = registry.Find(term.name());
+    if (!entry.ok()) {
+      return Bad(path + ".name", std::string(entry.status().message()));
+    }
+    if (!seen.insert(term.name()).second) {
+      return Bad(path + ".name",
+                 absl::StrCat("'", term.name(), "' is listed twice"));
+    }
+    if (!(term.weight() >= 0) || !std::isfinite(term.weight())) {
+      return Bad(path + ".weight",
+                 absl::StrCat("must be >= 0 (got ", term.weight(), ")"));
+    }
+    for (const auto& [name, value] : term.params()) {
+      const losses::ParamSpec* spec = nullptr;
+      std::vector<std::string> names;
+      for (const auto& p : entry->params) {
+        names.push_back(p.name);
+        if (p.name == name) spec = &p;
+      }
+      if (spec == nullptr) {
+        return Bad(path + ".params",
+                   absl::StrCat("has '", name, "', which loss '", term.name(),
+                                "' does not take; its parameters: ",
+                                names.empty() ? "(none)"
+                                              : absl::StrJoin(names, ", ")));
+      }
+      if (!(value >= spec->min_value && value <= spec->max_value)) {
+        return Bad(absl::StrCat(path, ".params[", name, "]"),
+                   absl::StrCat("must be in [", spec->min_value, ", ",
+                                spec->max_value, "] (got ", value, ")"));
+      }
+    }
+    if (entry->needs_teacher && config.mode() != JobConfig::DISTILL) {
+      return Bad(path + ".name",
+                 absl::StrCat("'", term.name(),
+                              "' needs a teacher, which only mode DISTILL has"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Resolves "a.b[2].c" to the line of that field in the parsed text.
+int LineOf(const std::string& path, const Descriptor* descriptor,
+           const TextFormat::ParseInfoTree* tree) {
+  int line = -1;
+  for (absl::string_view part : absl::StrSplit(path, '.')) {
+    if (tree == nullptr || descriptor == nullptr) break;
+    std::string name(part.substr(0, part.find('[')));
+    int index = -1;
+    if (part.find('[') != absl::string_view::npos) {
+      int parsed = 0;
+      absl::string_view inside =
+          part.substr(part.find('[') + 1, part.size() - part.find('[') - 2);
+      if (absl::SimpleAtoi(inside, &parsed)) index = parsed;
+    }
+    const FieldDescriptor* field = descriptor->FindFieldByName(name);
+    if (field == nullptr) break;
+    int at = field->is_repeated() ? std::max(index, 0) : -1;
+    auto loc = tree->GetLocation(field, at);
+    if (loc.line < 0) break;
+    line = loc.line + 1;
+    if (field->type() != FieldDescriptor::TYPE_MESSAGE || field->is_map()) break;
+    tree = tree->GetTreeForNested(field, at);
+    descriptor = field->message_type();
+  }
+  return line;
+}
+
+}  // namespace
+
+void ApplyDefaults(JobConfig& c) {
+  if (!c.has_temperature()) c.set_temperature(4.0);
+  if (!c.has_epochs()) c.set_epochs(1);
+  if (!c.has_batch_size()) c.set_batch_size(128);
+  if (!c.has_eval_every_epochs()) c.set_eval_every_epochs(1);
+  if (!c.has_checkpoint_every_epochs()) c.set_checkpoint_every_epochs(1);
+  if (!c.has_keep_checkpoints()) c.set_keep_checkpoints(2);
+  if (!c.has_log_every_steps()) c.set_log_every_steps(50);
+
+  auto* data = c.mutable_data();
+  if (data->dataset().empty()) data->set_dataset("fashion_mnist");
+  if (data->dir().empty()) data->set_dir("/usr/share/datasets/fashion-mnist");
+  if (!data->has_loader_queue_depth()) data->set_loader_queue_depth(4);
+  auto* aug = data->mutable_augment();
+  if (!aug->has_crop_padding()) aug->set_crop_padding(2);
+  if (!aug->has_horizontal_flip()) aug->set_horizontal_flip(true);
+
+  if (c.loss_size() == 0 && c.mode() == JobConfig::DISTILL) {
+    auto* kd = c.add_loss();
+    kd->set_name("kd_kl");
+    kd->set_weight(0.9);
+    auto* ce = c.add_loss();
+    ce->set_name("hard_ce");
+    ce->set_weight(0.1);
+  } else if (c.loss_size() == 0) {
+    c.add_loss()->set_name("hard_ce");
+  }
+  for (auto& term : *c.mutable_loss()) {
+    if (!term.has_weight()) term.set_weight(1.0);
+  }
+
+  auto* opt = c.mutable_optimizer();
+  if (opt->type() == OptimizerConfig::TYPE_UNSPECIFIED) {
+    opt->set_type(OptimizerConfig::SGD);
+  }
+  const bool sgd = opt->type() == OptimizerConfig::SGD;
+  if (!opt->has_lr()) opt->set_lr(sgd ? 0.1 : 0.001);
+  if (!opt->has_momentum()) opt->set_momentum(0.9);
+  if (!opt->has_weight_decay()) {
+    opt->set_weight_decay(sgd ? 5e-4
+                              : opt->type() == OptimizerConfig::ADAMW ? 0.01
+                                                                      : 0.0);
+  }
+  if (!opt->has_beta1()) opt->set_beta1(0.9);
+  if (!opt->has_beta2()) opt->set_beta2(0.999);
+  if (!opt->has_eps()) opt->set_eps(1e-8);
+
+  auto* s = c.mutable_lr_schedule();
+  if (s->type() == ScheduleConfig::TYPE_UNSPECIFIED) {
+    s->set_type(ScheduleConfig::CONSTANT);
+  }
+  if (!s->has_step_epochs()) s->set_step_epochs(1);
+  if (!s->has_gamma()) s->set_gamma(0.1);
+}
+
+absl::Status ValidateJobConfig(const JobConfig& c) {
+  if (c.mode() == JobConfig::MODE_UNSPECIFIED) {
+    return Bad("mode", "is required: TRAIN, DISTILL or EVALUATE");
+  }
+  if (c.run_dir().empty()) {
+    return Bad("run_dir", "is required (in the config or as --run_dir)");
+  }
+  if (c.data().dataset() != "fashion_mnist") {
+    return Bad("data.dataset", absl::StrCat("'", c.data().dataset(),
+                                            "' is not known; known: "
+                                            "fashion_mnist"));
+  }
+  if (c.data().train_limit() < 0) {
+    return Bad("data.train_limit", "must be >= 0 (0 uses all samples)");
+  }
+  if (c.data().test_limit() < 0) {
+    return Bad("data.test_limit", "must be >= 0 (0 uses all samples)");
+  }
+  if (c.data().loader_queue_depth() < 1) {
+    return Bad("data.loader_queue_depth",
+               absl::StrCat("must be >= 1 (got ", c.data().loader_queue_depth(),
+                            ")"));
+  }
+  const int pad = c.data().augment().crop_padding();
+  if (pad < 0 || pad > 8) {
+    return Bad("data.augment.crop_padding",
+               absl::StrCat("must be in [0, 8] (got ", pad, ")"));
+  }
+  if (!c.has_student()) {
+    return Bad("student", "is required");
+  }
+  DISTILL_RETURN_IF_ERROR(ValidateModel(c.student(), "student", false));
+  if (c.mode() == JobConfig::DISTILL) {
+    if (!c.has_teacher()) return Bad("teacher", "is required in mode DISTILL");
+    DISTILL_RETURN_IF_ERROR(ValidateModel(c.teacher().model(), "teacher.model",
+                                          /*weights_required=*/true));
+  } else if (c.has_teacher()) {
+    return Bad("teacher", "is only used in mode DISTILL");
+  }
+  if (c.mode() == JobConfig::EVALUATE && c.student().has_arch() &&
+      c.student().weights().empty()) {
+    return Bad("student.weights", "is required in mode EVALUATE");
+  }
+  if (!(c.temperature() > 0) || !std::isfinite(c.temperature())) {
+    return Bad("temperature",
+               absl::StrCat("must be > 0 (got ", c.temperature(), ")"));
+  }
+  DISTILL_RETURN_IF_ERROR(ValidateLoss(c));
+  DISTILL_RETURN_IF_ERROR(ValidateOptimizer(c.optimizer()));
+  DISTILL_RETURN_IF_ERROR(ValidateSchedule(c.lr_schedule(), c.optimizer().lr()));
+  if (c.epochs() < 1) {
+    return Bad("epochs", absl::StrCat("must be >= 1 (got ", c.epochs(), ")"));
+  }
+  if (c.batch_size() < 1) {
+    return Bad("batch_size",
+               absl::StrCat("must be >= 1 (got ", c.batch_size(), ")"));
+  }
+  if (!(c.grad_clip_norm() >= 0)) {
+    return Bad("grad_clip_norm",
+               absl::StrCat("must be >= 0 (got ", c.grad_clip_norm(), ")"));
+  }
+  if (c.threads() < 0) {
+    return Bad("threads", absl::StrCat("must be >= 0 (got ", c.threads(), ")"));
+  }
+  if (c.eval_every_epochs() < 1) {
+    return Bad("eval_every_epochs",
+               absl::StrCat("must be >= 1 (got ", c.eval_every_epochs(), ")"));
+  }
+  if (c.checkpoint_every_epochs() < 0) {
+    return Bad("checkpoint_every_epochs",
+               absl::StrCat("must be >= 0 (got ", c.checkpoint_every_epochs(),
+                            ")"));
+  }
+  if (c.checkpoint_every_steps() < 0) {
+    return Bad("checkpoint_every_steps",
+               absl::StrCat("must be >= 0 (got ", c.checkpoint_every_steps(),
+                            ")"));
+  }
+  if (c.keep_checkpoints() < 1) {
+    return Bad("keep_checkpoints",
+               absl::StrCat("must be >= 1 (got ", c.keep_checkpoints(), ")"));
+  }
+  if (c.log_every_steps() < 1) {
+    return Bad("log_every_steps",
+               absl::StrCat("must be >= 1 (got ", c.log_every_steps(), ")"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<JobConfig> ParseJobConfig(const std::string& text,
+                                         const std::string& source,
+                                         const std::string& run_dir) {
+  JobConfig config;
+  Collector collector(source);
+  TextFormat::ParseInfoTree tree;
+  TextFormat::Parser parser;
+  parser.RecordErrorsTo(&collector);
+  parser.WriteLocationsTo(&tree);
+  if (!parser.ParseFromString(text, &config)) {
+    std::string message = collector.errors().empty()
+                              ? absl::StrCat(source, ": cannot parse")
+                              : collector.errors().front();
+    return absl::InvalidArgumentError(message);
+  }
+  if (!run_dir.empty()) config.set_run_dir(run_dir);
+  ApplyDefaults(config);
+  absl::Status valid = ValidateJobConfig(config);
+  if (!valid.ok()) {
+    std::string message(valid.message());
+    std::string path = message.substr(0, message.find(' '));
+    int line = LineOf(path, JobConfig::descriptor(), &tree);
+    return absl::InvalidArgumentError(
+        line > 0 ? absl::StrCat(source, ":", line, ": ", message)
+                 : absl::StrCat(source, ": ", message));
+  }
+  return config;
+}
+
+absl::StatusOr<JobConfig> LoadJobConfig(const std::string& path,
+                                        const std::string& run_dir) {
+  std::ifstream in(path);
+  if (!in) {
+    return absl::NotFoundError(absl::StrCat("config file not found: ", path));
+  }
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return ParseJobConfig(buffer.str(), path, run_dir);
+}
+
+}  // namespace distill::trainer

@@ -1,0 +1,38 @@
+// Reading and validating the job config (proto/job.proto) from protobuf text
+// format. Parse errors name the file, line and column; validation errors
+// name the field (and its line when the config came from text). Stateless.
+#ifndef DISTILL_TRAINER_CONFIG_H_
+#define DISTILL_TRAINER_CONFIG_H_
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "proto/job.pb.h"
+
+namespace distill::trainer {
+
+using JobConfig = ::distill::v1::JobConfig;
+
+// Parses `text` (protobuf text format), fills in defaults and validates
+// every value. `source` names the text in error messages (a file path); a
+// non-empty `run_dir` replaces the config's (the --run_dir flag).
+// InvalidArgument for a syntax error, an unknown field, a wrong type or a
+// bad value.
+absl::StatusOr<JobConfig> ParseJobConfig(const std::string& text,
+                                         const std::string& source,
+                                         const std::string& run_dir = "");
+
+// Reads and parses a file; NotFound when it does not exist.
+absl::StatusOr<JobConfig> LoadJobConfig(const std::string& path,
+                                        const std::string& run_dir = "");
+
+// Sets every absent optional field to its documented default.
+void ApplyDefaults(JobConfig& config);
+
+// Checks every value of a config that has its defaults applied. The status
+// message starts with the field's path, e.g. "optimizer.lr must be > 0".
+absl::Status ValidateJobConfig(const JobConfig& config);
+
+}  // namespace distill::trainer
+
+#endif  // DISTILL_TRAINER_CONFIG_H_

@@ -1,0 +1,132 @@
+#include "trainer/config.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "common/testing/status_matchers.h"
+
+namespace distill::trainer {
+namespace {
+
+using ::distill::testing::IsOk;
+using ::distill::testing::StatusIs;
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+constexpr char kValid[] = R"pb(
+mode: DISTILL
+run_dir: "/tmp/x"
+student { arch: "cnn_student" }
+teacher { model { arch: "cnn_teacher" weights: "t.pt" } }
+)pb";
+
+TEST(ConfigTest, ValidConfigGetsDocumentedDefaults) {
+  auto c = ParseJobConfig(kValid, "job.pbtxt");
+  ASSERT_THAT(c, IsOk());
+  EXPECT_EQ(c->temperature(), 4.0);
+  EXPECT_EQ(c->epochs(), 1);
+  EXPECT_EQ(c->batch_size(), 128);
+  EXPECT_EQ(c->data().dir(), "/usr/share/datasets/fashion-mnist");
+  ASSERT_EQ(c->loss_size(), 2);
+  EXPECT_EQ(c->loss(0).name(), "kd_kl");
+  EXPECT_EQ(c->loss(0).weight(), 0.9);
+  EXPECT_EQ(c->loss(1).name(), "hard_ce");
+  EXPECT_EQ(c->optimizer().type(), v1::OptimizerConfig::SGD);
+  EXPECT_EQ(c->optimizer().lr(), 0.1);
+  EXPECT_EQ(c->optimizer().momentum(), 0.9);
+}
+
+TEST(ConfigTest, UnknownFieldNamesFileLineAndField) {
+  EXPECT_THAT(
+      ParseJobConfig("mode: TRAIN\nepochz: 3\n", "job.pbtxt"),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr("job.pbtxt:2:7: Message type \"distill.v1.JobConfig\" "
+                         "has no field named \"epochz\"")));
+}
+
+TEST(ConfigTest, WrongTypeIsAParseError) {
+  EXPECT_THAT(ParseJobConfig("mode: TRAIN\nepochs: \"three\"\n", "job.pbtxt"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       StartsWith("job.pbtxt:2:9: Expected integer")));
+}
+
+TEST(ConfigTest, NegativeLearningRateNamesFieldAndLine) {
+  std::string text = std::string(kValid) + "optimizer {\n  lr: -0.5\n}\n";
+  EXPECT_THAT(ParseJobConfig(text, "job.pbtxt"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("job.pbtxt:7: optimizer.lr must be > 0 "
+                                 "(got -0.5)")));
+}
+
+TEST(ConfigTest, RunDirFromTheCommandLineSatisfiesTheRequirement) {
+  const char* text = "mode: TRAIN student { arch: \"mlp\" }";
+  EXPECT_THAT(ParseJobConfig(text, "c"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("run_dir is required")));
+  EXPECT_THAT(ParseJobConfig(text, "c", "/tmp/run"), IsOk());
+}
+
+TEST(ConfigTest, ModeRulesAreChecked) {
+  EXPECT_THAT(ParseJobConfig("run_dir: \"r\" student { arch: \"mlp\" }", "c"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("mode is required")));
+  EXPECT_THAT(
+      ParseJobConfig("mode: DISTILL run_dir: \"r\" student { arch: \"mlp\" }",
+                     "c"),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr("teacher is required in mode DISTILL")));
+  EXPECT_THAT(
+      ParseJobConfig("mode: DISTILL run_dir: \"r\" student { arch: \"mlp\" } "
+                     "teacher { model { arch: \"cnn_teacher\" } }",
+                     "c"),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr("teacher.model.weights is required")));
+  EXPECT_THAT(
+      ParseJobConfig("mode: TRAIN run_dir: \"r\" student { arch: \"mlp\" } "
+                     "loss { name: \"kd_kl\" }",
+                     "c"),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr("loss[0].name 'kd_kl' needs a teacher")));
+}
+
+TEST(ConfigTest, LossTermsAreCheckedAgainstTheRegistry) {
+  std::string base = "mode: TRAIN run_dir: \"r\" student { arch: \"mlp\" }\n";
+  EXPECT_THAT(ParseJobConfig(base + "loss { name: \"hard_cee\" }", "c"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("c:2: loss[0].name unknown loss 'hard_cee'; "
+                                 "known losses: ")));
+  EXPECT_THAT(
+      ParseJobConfig(base + "loss { name: \"hard_ce\" params { key: \"smooth\" "
+                            "value: 0.1 } }",
+                     "c"),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr("has 'smooth', which loss 'hard_ce' does not take; "
+                         "its parameters: label_smoothing")));
+  EXPECT_THAT(ParseJobConfig(base + "loss { name: \"hard_ce\" weight: -1 }", "c"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("loss[0].weight must be >= 0 (got -1)")));
+}
+
+TEST(ConfigTest, ModelArchitectureAndOptionsAreChecked) {
+  EXPECT_THAT(
+      ParseJobConfig("mode: TRAIN run_dir: \"r\"\nstudent {\n arch: \"vgg\"\n}",
+                     "c"),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr("c:3: student.arch 'vgg' is not a known architecture; "
+                         "known: cnn_student, cnn_teacher, mlp")));
+  EXPECT_THAT(
+      ParseJobConfig("mode: TRAIN run_dir: \"r\" student { arch: \"mlp\" "
+                     "options { key: \"hidden1\" value: 0 } }",
+                     "c"),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr("student.options[hidden1] must be in [1, 8192] (got 0)")));
+}
+
+TEST(ConfigTest, MissingFileIsNotFound) {
+  EXPECT_THAT(LoadJobConfig("/nonexistent/job.pbtxt"),
+              StatusIs(absl::StatusCode::kNotFound,
+                       HasSubstr("config file not found: /nonexistent/job.pbtxt")));
+}
+
+}  // namespace
+}  // namespace distill::trainer

@@ -1,0 +1,83 @@
+// The `distill` binary: trains, distills or evaluates one job.
+//
+//   distill --config job.pbtxt [--run_dir DIR] [--resume]
+//
+// Exit status: 0 on success (also after --stop_after_steps), 1 with one
+// "distill: error: ..." line on any failure, 128+N when stopped by signal N
+// (after writing a checkpoint at the next step boundary).
+#include <csignal>
+#include <cstdio>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "trainer/config.h"
+#include "trainer/trainer.h"
+
+ABSL_FLAG(std::string, config, "", "Job config in protobuf text format.");
+ABSL_FLAG(std::string, run_dir, "", "Overrides the config's run_dir.");
+ABSL_FLAG(bool, resume, false,
+          "Continue from the newest checkpoint in the run directory.");
+ABSL_FLAG(int64_t, stop_after_steps, 0,
+          "Write a checkpoint and exit 0 after this many global steps "
+          "(0: run to the end).");
+ABSL_FLAG(bool, quiet, false, "No progress lines.");
+
+namespace {
+
+volatile std::sig_atomic_t g_signal = 0;
+
+void OnSignal(int signo) { g_signal = signo; }
+
+int Fail(const std::string& message) {
+  std::fprintf(stderr, "distill: error: %s\n", message.c_str());
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "distill --config FILE [--run_dir DIR] [--resume]: train, distill or "
+      "evaluate the job a protobuf text config describes");
+  std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
+  if (rest.size() > 1) {
+    return Fail(std::string("unexpected argument '") + rest[1] + "'");
+  }
+  const std::string config_path = absl::GetFlag(FLAGS_config);
+  if (config_path.empty()) return Fail("--config FILE is required");
+  if (absl::GetFlag(FLAGS_stop_after_steps) < 0) {
+    return Fail("--stop_after_steps must be >= 0");
+  }
+
+  auto config =
+      distill::trainer::LoadJobConfig(config_path, absl::GetFlag(FLAGS_run_dir));
+  if (!config.ok()) return Fail(std::string(config.status().message()));
+  if (config->name().empty()) config->set_name(config_path);
+
+  std::signal(SIGINT, OnSignal);
+  std::signal(SIGTERM, OnSignal);
+
+  distill::trainer::RunOptions options;
+  options.resume = absl::GetFlag(FLAGS_resume);
+  options.stop_after_steps = absl::GetFlag(FLAGS_stop_after_steps);
+  options.should_stop = [] { return g_signal != 0; };
+  options.verbose = !absl::GetFlag(FLAGS_quiet);
+
+  auto result = distill::trainer::RunJob(*config, options);
+  if (!result.ok()) return Fail(std::string(result.status().message()));
+  if (result->stopped) {
+    std::printf("stopped after a checkpoint at %s; continue with --resume\n",
+                result->checkpoint.c_str());
+    return g_signal != 0 ? 128 + g_signal : 0;
+  }
+  if (result->summary.contains("test_accuracy")) {
+    std::printf("test accuracy %.2f%% (%s, %lld parameters); summary in %s/summary.json\n",
+                100 * result->summary["test_accuracy"].get<double>(),
+                result->summary["model"].get<std::string>().c_str(),
+                static_cast<long long>(result->summary["params"].get<int64_t>()),
+                config->run_dir().c_str());
+  }
+  return 0;
+}

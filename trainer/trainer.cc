@@ -1,0 +1,417 @@
+#include "trainer/trainer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/status.h"
+#include "common/torch_status.h"
+#include "data/fashion_mnist.h"
+#include "data/loader.h"
+#include "data/sampler.h"
+#include "losses/composite.h"
+#include "trainer/checkpoint.h"
+#include "trainer/evaluate.h"
+#include "trainer/lr_schedule.h"
+#include "trainer/metrics.h"
+
+namespace distill::trainer {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using ::distill::v1::ModelConfig;
+using ::distill::v1::OptimizerConfig;
+
+double SecondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+student::ModelSpec SpecOf(const ModelConfig& m) {
+  student::ModelSpec spec;
+  spec.arch = m.arch();
+  spec.torchscript = m.torchscript();
+  spec.options.insert(m.options().begin(), m.options().end());
+  return spec;
+}
+
+absl::StatusOr<std::unique_ptr<torch::optim::Optimizer>> MakeOptimizer(
+    const OptimizerConfig& c, std::vector<torch::Tensor> params) {
+  return TorchCall("creating the optimizer",
+                   [&]() -> std::unique_ptr<torch::optim::Optimizer> {
+                     switch (c.type()) {
+                       case OptimizerConfig::ADAM:
+                         return std::make_unique<torch::optim::Adam>(
+                             params, torch::optim::AdamOptions(c.lr())
+                                         .betas({c.beta1(), c.beta2()})
+                                         .eps(c.eps())
+                                         .weight_decay(c.weight_decay()));
+                       case OptimizerConfig::ADAMW:
+                         return std::make_unique<torch::optim::AdamW>(
+                             params, torch::optim::AdamWOptions(c.lr())
+                                         .betas({c.beta1(), c.beta2()})
+                                         .eps(c.eps())
+                                         .weight_decay(c.weight_decay()));
+                       default:
+                         return std::make_unique<torch::optim::SGD>(
+                             params, torch::optim::SGDOptions(c.lr())
+                                         .momentum(c.momentum())
+                                         .nesterov(c.nesterov())
+                                         .weight_decay(c.weight_decay()));
+                     }
+                   });
+}
+
+void SetLearningRate(torch::optim::Optimizer& optimizer, double lr) {
+  for (auto& group : optimizer.param_groups()) group.options().set_lr(lr);
+}
+
+std::string TermsString(const std::map<std::string, double>& terms) {
+  std::string out;
+  for (const auto& [name, value] : terms) {
+    absl::StrAppendFormat(&out, "%s%s %.4f", out.empty() ? "" : " ", name,
+                          value);
+  }
+  return out;
+}
+
+// Everything a run builds from its config before the first step.
+struct Job {
+  JobConfig config;
+  std::unique_ptr<data::Dataset> train;
+  std::unique_ptr<data::Dataset> test;
+  std::unique_ptr<student::Model> model;
+  std::shared_ptr<TeacherClient> teacher;
+  std::optional<losses::CompositeLoss> loss;
+  std::unique_ptr<torch::optim::Optimizer> optimizer;
+};
+
+absl::StatusOr<std::unique_ptr<data::Dataset>> LoadSplit(const JobConfig& c,
+                                                         bool train) {
+  data::FashionMnistOptions options;
+  options.dir = c.data().dir();
+  options.train = train;
+  options.limit = train ? c.data().train_limit() : c.data().test_limit();
+  return data::LoadFashionMnist(options);
+}
+
+absl::Status BuildJob(const JobConfig& config, const RunOptions& options,
+                      Job& job) {
+  job.config = config;
+  if (config.threads() > 0) torch::set_num_threads(config.threads());
+  torch::manual_seed(config.seed());
+
+  if (config.mode() != JobConfig::EVALUATE) {
+    DISTILL_ASSIGN_OR_RETURN(job.train, LoadSplit(config, true));
+  }
+  DISTILL_ASSIGN_OR_RETURN(job.test, LoadSplit(config, false));
+  const student::ZooInput input{job.test->input_shape(),
+                                job.test->num_classes()};
+
+  DISTILL_ASSIGN_OR_RETURN(job.model,
+                           student::Model::Create(SpecOf(config.student()), input));
+  if (!config.student().weights().empty()) {
+    DISTILL_RETURN_IF_ERROR(Annotate(job.model->LoadFile(config.student().weights()),
+                                     "loading student.weights"));
+  }
+  DISTILL_RETURN_IF_ERROR(ProbeNumClasses(*job.model, input, "student").status());
+
+  if (config.mode() == JobConfig::DISTILL) {
+    if (options.teacher) {
+      job.teacher = options.teacher;
+    } else {
+      DISTILL_ASSIGN_OR_RETURN(
+          job.teacher,
+          InProcessTeacher::Create(SpecOf(config.teacher().model()),
+                                   config.teacher().model().weights(), input));
+    }
+    if (job.teacher->num_classes() != input.num_classes) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "teacher '", job.teacher->description(), "' outputs ",
+          job.teacher->num_classes(), " classes but the data has ",
+          input.num_classes));
+    }
+  }
+  if (config.mode() == JobConfig::EVALUATE) return absl::OkStatus();
+
+  std::vector<losses::TermSpec> terms;
+  for (const auto& t : config.loss()) {
+    terms.push_back({t.name(), t.weight(),
+                     losses::LossParams(t.params().begin(), t.params().end())});
+  }
+  DISTILL_ASSIGN_OR_RETURN(job.loss, losses::CompositeLoss::Create(terms));
+  DISTILL_ASSIGN_OR_RETURN(job.optimizer,
+                           MakeOptimizer(config.optimizer(), job.model->parameters()));
+  return absl::OkStatus();
+}
+
+nlohmann::json BaseSummary(Job& job) {
+  const auto& c = job.config;
+  nlohmann::json s = {
+      {"name", c.name()},
+      {"mode", JobConfig::Mode_Name(c.mode())},
+      {"model", job.model->description()},
+      {"params", job.model->num_parameters()},
+      {"epochs", c.epochs()},
+      {"batch_size", c.batch_size()},
+      {"seed", c.seed()},
+  };
+  if (job.teacher) s["teacher"] = job.teacher->description();
+  if (c.mode() == JobConfig::DISTILL) s["temperature"] = c.temperature();
+  return s;
+}
+
+absl::StatusOr<RunResult> Evaluation(Job& job) {
+  DISTILL_ASSIGN_OR_RETURN(EvalResult eval,
+                           Evaluate(*job.model, *job.test, 512, false));
+  RunResult result;
+  result.summary = BaseSummary(job);
+  result.summary.update(eval.ToJson());
+  std::filesystem::create_directories(job.config.run_dir());
+  DISTILL_RETURN_IF_ERROR(WriteJsonFile(
+      (std::filesystem::path(job.config.run_dir()) / "summary.json").string(),
+      result.summary));
+  return result;
+}
+
+absl::StatusOr<RunResult> Train(Job& job, const RunOptions& options) {
+  const JobConfig& c = job.config;
+  const std::string& run_dir = c.run_dir();
+  MetricsWriter metrics;
+  DISTILL_RETURN_IF_ERROR(metrics.Open(run_dir));
+
+  TrainPosition pos;
+  if (options.resume) {
+    if (auto latest = FindLatestCheckpoint(run_dir)) {
+      DISTILL_ASSIGN_OR_RETURN(pos,
+                               LoadCheckpoint(*latest, *job.model, *job.optimizer));
+      if (options.verbose) {
+        std::printf("resuming from %s (epoch %lld, step %lld)\n", latest->c_str(),
+                    static_cast<long long>(pos.epoch + 1),
+                    static_cast<long long>(pos.global_step));
+      }
+    } else if (options.verbose) {
+      std::printf("no checkpoint in %s; starting from the beginning\n",
+                  run_dir.c_str());
+    }
+  }
+
+  data::SamplerOptions sampler_options;
+  sampler_options.seed = c.seed();
+  data::Sampler sampler(job.train->size(), sampler_options);
+  const int64_t shard = sampler.shard_size();
+  const int64_t steps_per_epoch =
+      c.data().drop_last_batch() ? shard / c.batch_size()
+                                 : (shard + c.batch_size() - 1) / c.batch_size();
+  if (steps_per_epoch == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "batch_size ", c.batch_size(), " is larger than the ", shard,
+        " training samples and data.drop_last_batch is set: no step to take"));
+  }
+  const int64_t total_steps = steps_per_epoch * c.epochs();
+  const double temperature = c.temperature();
+
+  if (options.verbose) {
+    std::printf("%s: %s, %lld parameters, %lld training samples, %s%s\n",
+                JobConfig::Mode_Name(c.mode()).c_str(),
+                job.model->description().c_str(),
+                static_cast<long long>(job.model->num_parameters()),
+                static_cast<long long>(job.train->size()),
+                job.teacher ? ("teacher " + job.teacher->description() + ", ").c_str()
+                            : "",
+                absl::StrFormat("%d epochs", c.epochs()).c_str());
+    std::fflush(stdout);
+  }
+
+  auto save = [&](const TrainPosition& at) {
+    return SaveCheckpoint(run_dir, *job.model, *job.optimizer, at,
+                          c.keep_checkpoints());
+  };
+
+  RunResult result;
+  double train_seconds = 0;
+  int64_t trained_samples = 0;
+  std::map<std::string, double> last_epoch_terms;
+  nlohmann::json last_eval;
+  job.model->train(true);
+
+  for (int64_t epoch = pos.epoch; epoch < c.epochs(); ++epoch) {
+    sampler.SetEpoch(epoch);
+    if (epoch == pos.epoch && pos.cursor > 0) {
+      DISTILL_RETURN_IF_ERROR(sampler.SetCursor(pos.cursor));
+    }
+    data::LoaderOptions loader_options;
+    loader_options.batch_size = c.batch_size();
+    loader_options.queue_depth = c.data().loader_queue_depth();
+    loader_options.drop_last_batch = c.data().drop_last_batch();
+    loader_options.augment.enabled = c.data().augment().enabled();
+    loader_options.augment.crop_padding = c.data().augment().crop_padding();
+    loader_options.augment.horizontal_flip = c.data().augment().horizontal_flip();
+    loader_options.seed = c.seed();
+    loader_options.epoch = epoch;
+    data::Loader loader(*job.train, sampler.Remaining(), loader_options);
+
+    std::map<std::string, double> term_sums;
+    double loss_sum = 0;
+    int64_t epoch_samples = 0;
+    const auto epoch_start = Clock::now();
+    while (true) {
+      DISTILL_ASSIGN_OR_RETURN(std::optional<data::Batch> batch, loader.Next());
+      if (!batch) break;
+      const int64_t n = batch->labels.size(0);
+      const double lr = LearningRate(c.lr_schedule(), c.optimizer().lr(),
+                                     pos.global_step, steps_per_epoch, total_steps);
+      std::optional<losses::TeacherTargets> targets;
+      if (job.teacher) {
+        DISTILL_ASSIGN_OR_RETURN(targets, job.teacher->Targets(*batch, temperature));
+      }
+      losses::CompositeResult step_loss;
+      DISTILL_RETURN_IF_ERROR(TorchCall(
+          absl::StrCat("training step ", pos.global_step + 1), [&]() -> absl::Status {
+            SetLearningRate(*job.optimizer, lr);
+            job.optimizer->zero_grad();
+            losses::LossInputs in;
+            in.student_logits = job.model->forward(batch->inputs);
+            in.teacher = targets ? &*targets : nullptr;
+            in.labels = batch->labels;
+            in.step = pos.global_step;
+            in.epoch = epoch;
+            DISTILL_ASSIGN_OR_RETURN(step_loss, job.loss->Compute(in));
+            step_loss.total.backward();
+            if (c.grad_clip_norm() > 0) {
+              torch::nn::utils::clip_grad_norm_(job.model->parameters(),
+                                                c.grad_clip_norm());
+            }
+            job.optimizer->step();
+            return absl::OkStatus();
+          }));
+      const double loss_value = step_loss.total.item<double>();
+      if (!std::isfinite(loss_value)) {
+        return absl::InternalError(absl::StrCat(
+            "loss became ", loss_value, " at step ", pos.global_step + 1,
+            " (lower optimizer.lr or set grad_clip_norm); the last checkpoint "
+            "is kept"));
+      }
+      sampler.Advance(n);
+      pos.cursor = sampler.cursor();
+      pos.epoch = epoch;
+      ++pos.global_step;
+      loss_sum += loss_value * n;
+      for (const auto& [name, v] : step_loss.terms) term_sums[name] += v * n;
+      epoch_samples += n;
+
+      const int64_t step_in_epoch = (pos.cursor + c.batch_size() - 1) / c.batch_size();
+      if (pos.global_step % c.log_every_steps() == 0 ||
+          step_in_epoch == steps_per_epoch) {
+        const double elapsed = SecondsSince(epoch_start);
+        const double rate = epoch_samples / std::max(elapsed, 1e-9);
+        const double eta = (total_steps - pos.global_step) * c.batch_size() / rate;
+        if (options.verbose) {
+          std::printf("epoch %lld/%d step %lld/%lld loss %.4f [%s] lr %.4g %.0f samples/s ETA %s\n",
+                      static_cast<long long>(epoch + 1), c.epochs(),
+                      static_cast<long long>(step_in_epoch),
+                      static_cast<long long>(steps_per_epoch), loss_value,
+                      TermsString(step_loss.terms).c_str(), lr, rate,
+                      FormatDuration(eta).c_str());
+          std::fflush(stdout);
+        }
+        nlohmann::json record = {{"type", "train"},      {"epoch", epoch + 1},
+                                 {"step", pos.global_step}, {"loss", loss_value},
+                                 {"lr", lr},              {"samples_per_sec", rate}};
+        record["terms"] = step_loss.terms;
+        DISTILL_RETURN_IF_ERROR(metrics.Write(record));
+      }
+
+      const bool stop_requested =
+          (options.stop_after_steps > 0 &&
+           pos.global_step >= options.stop_after_steps) ||
+          (options.should_stop && options.should_stop());
+      if (stop_requested ||
+          (c.checkpoint_every_steps() > 0 &&
+           pos.global_step % c.checkpoint_every_steps() == 0)) {
+        DISTILL_ASSIGN_OR_RETURN(result.checkpoint, save(pos));
+      }
+      if (stop_requested) {
+        result.stopped = true;
+        return result;
+      }
+    }
+    const double epoch_seconds = SecondsSince(epoch_start);
+    train_seconds += epoch_seconds;
+    trained_samples += epoch_samples;
+    last_epoch_terms.clear();
+    for (const auto& [name, sum] : term_sums) {
+      last_epoch_terms[name] = sum / std::max<int64_t>(epoch_samples, 1);
+    }
+
+    // The epoch is complete: the next position is the start of the next one.
+    pos.epoch = epoch + 1;
+    pos.cursor = 0;
+    const bool last = epoch + 1 == c.epochs();
+    nlohmann::json epoch_record = {
+        {"type", "epoch"},
+        {"epoch", epoch + 1},
+        {"step", pos.global_step},
+        {"train_loss", loss_sum / std::max<int64_t>(epoch_samples, 1)},
+        {"terms", last_epoch_terms},
+        {"epoch_seconds", epoch_seconds},
+        {"samples_per_sec", epoch_samples / std::max(epoch_seconds, 1e-9)}};
+    if (last || (epoch + 1) % c.eval_every_epochs() == 0) {
+      DISTILL_ASSIGN_OR_RETURN(EvalResult eval,
+                               Evaluate(*job.model, *job.test, 512, true));
+      last_eval = eval.ToJson();
+      epoch_record.update(last_eval);
+      if (options.verbose) {
+        std::printf("epoch %lld/%d done in %s: test accuracy %.2f%%, test loss %.4f\n",
+                    static_cast<long long>(epoch + 1), c.epochs(),
+                    FormatDuration(epoch_seconds).c_str(), 100 * eval.accuracy,
+                    eval.loss);
+        std::fflush(stdout);
+      }
+    }
+    DISTILL_RETURN_IF_ERROR(metrics.Write(epoch_record));
+    if (last || (c.checkpoint_every_epochs() > 0 &&
+                 (epoch + 1) % c.checkpoint_every_epochs() == 0)) {
+      DISTILL_ASSIGN_OR_RETURN(result.checkpoint, save(pos));
+    }
+  }
+
+  const std::filesystem::path dir(run_dir);
+  DISTILL_RETURN_IF_ERROR(job.model->SaveFile((dir / "model.pt").string()));
+  if (job.model->is_torchscript()) {
+    DISTILL_RETURN_IF_ERROR(
+        job.model->SaveTorchScript((dir / "model.torchscript.pt").string()));
+  }
+  if (last_eval.is_null()) {
+    // Resumed after the last epoch had finished: evaluate what was saved.
+    DISTILL_ASSIGN_OR_RETURN(EvalResult eval,
+                             Evaluate(*job.model, *job.test, 512, true));
+    last_eval = eval.ToJson();
+  }
+  result.summary = BaseSummary(job);
+  result.summary.update(last_eval);
+  result.summary["steps"] = pos.global_step;
+  result.summary["train_seconds"] = train_seconds;
+  result.summary["samples_per_sec"] =
+      trained_samples / std::max(train_seconds, 1e-9);
+  result.summary["loss_terms"] = last_epoch_terms;
+  result.summary["checkpoint"] = result.checkpoint;
+  DISTILL_RETURN_IF_ERROR(
+      WriteJsonFile((dir / "summary.json").string(), result.summary));
+  return result;
+}
+
+}  // namespace
+
+absl::StatusOr<RunResult> RunJob(const JobConfig& config,
+                                 const RunOptions& options) {
+  Job job;
+  DISTILL_RETURN_IF_ERROR(BuildJob(config, options, job));
+  if (config.mode() == JobConfig::EVALUATE) return Evaluation(job);
+  return Train(job, options);
+}
+
+}  // namespace distill::trainer

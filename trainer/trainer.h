@@ -1,0 +1,52 @@
+// The training loop of one rank: supervised training, distillation or
+// evaluation, as the job config says. Builds data, models, losses and the
+// optimizer from the config, runs epochs with evaluation, metrics and
+// checkpoints, and writes <run_dir>/summary.json at the end.
+// RunJob is not reentrant: one job per process at a time.
+#ifndef DISTILL_TRAINER_TRAINER_H_
+#define DISTILL_TRAINER_TRAINER_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/status/statusor.h"
+#include "trainer/config.h"
+#include "trainer/teacher_client.h"
+
+namespace distill::trainer {
+
+struct RunOptions {
+  // Continue from the newest checkpoint in the run directory (start fresh
+  // when there is none). Default: false.
+  bool resume = false;
+  // Write a checkpoint and return once this many global steps are done;
+  // 0 runs to the end. For preemption drills and tests. Default: 0.
+  int64_t stop_after_steps = 0;
+  // Polled between steps; when it returns true the loop writes a checkpoint
+  // and returns with `stopped` set (signal handling lives in main).
+  std::function<bool()> should_stop;
+  // Replaces the teacher the config describes (tests, other transports).
+  std::shared_ptr<TeacherClient> teacher;
+  // Print progress lines to stdout. Default: true.
+  bool verbose = true;
+};
+
+struct RunResult {
+  // What summary.json holds (empty when stopped early).
+  nlohmann::json summary;
+  // True when the run stopped before the end (stop_after_steps or
+  // should_stop) after writing `checkpoint`.
+  bool stopped = false;
+  std::string checkpoint;
+};
+
+absl::StatusOr<RunResult> RunJob(const JobConfig& config,
+                                 const RunOptions& options);
+
+}  // namespace distill::trainer
+
+#endif  // DISTILL_TRAINER_TRAINER_H_
