@@ -20,7 +20,9 @@ namespace distill::trainer {
 // Where training stands between two steps.
 struct TrainPosition {
   int64_t epoch = 0;        // the epoch in progress (0-based)
-  int64_t cursor = 0;       // samples of that epoch already trained on
+  // Samples of that epoch already trained on, counted over all ranks, so a
+  // job can resume on another number of ranks.
+  int64_t cursor = 0;
   int64_t global_step = 0;  // optimizer steps taken so far
 };
 

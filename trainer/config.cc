@@ -238,6 +238,15 @@ void ApplyDefaults(JobConfig& c) {
   if (!c.has_checkpoint_every_epochs()) c.set_checkpoint_every_epochs(1);
   if (!c.has_keep_checkpoints()) c.set_keep_checkpoints(2);
   if (!c.has_log_every_steps()) c.set_log_every_steps(50);
+  if (!c.has_micro_batches()) c.set_micro_batches(1);
+  auto* dist = c.mutable_distributed();
+  if (dist->backend().empty()) dist->set_backend("gloo");
+  if (!dist->has_collective_timeout_seconds()) {
+    dist->set_collective_timeout_seconds(300);
+  }
+  if (!dist->has_first_bucket_mb()) dist->set_first_bucket_mb(1);
+  if (!dist->has_bucket_cap_mb()) dist->set_bucket_cap_mb(25);
+  if (!dist->has_overlap()) dist->set_overlap(true);
 
   auto* data = c.mutable_data();
   if (data->dataset().empty()) data->set_dataset("fashion_mnist");
@@ -366,6 +375,34 @@ absl::Status ValidateJobConfig(const JobConfig& c) {
   if (c.keep_checkpoints() < 1) {
     return Bad("keep_checkpoints",
                absl::StrCat("must be >= 1 (got ", c.keep_checkpoints(), ")"));
+  }
+  if (c.micro_batches() < 1) {
+    return Bad("micro_batches",
+               absl::StrCat("must be >= 1 (got ", c.micro_batches(), ")"));
+  }
+  if (c.micro_batches() > c.batch_size()) {
+    return Bad("micro_batches",
+               absl::StrCat("must be <= batch_size (got ", c.micro_batches(),
+                            " for batch_size ", c.batch_size(), ")"));
+  }
+  const auto& dist = c.distributed();
+  if (dist.backend() != "gloo" && dist.backend() != "nccl") {
+    return Bad("distributed.backend",
+               absl::StrCat("'", dist.backend(),
+                            "' is not known; known: gloo (CPU), nccl (CUDA)"));
+  }
+  if (!(dist.collective_timeout_seconds() > 0)) {
+    return Bad("distributed.collective_timeout_seconds",
+               absl::StrCat("must be > 0 (got ",
+                            dist.collective_timeout_seconds(), ")"));
+  }
+  if (!(dist.first_bucket_mb() > 0)) {
+    return Bad("distributed.first_bucket_mb",
+               absl::StrCat("must be > 0 (got ", dist.first_bucket_mb(), ")"));
+  }
+  if (!(dist.bucket_cap_mb() > 0)) {
+    return Bad("distributed.bucket_cap_mb",
+               absl::StrCat("must be > 0 (got ", dist.bucket_cap_mb(), ")"));
   }
   if (c.log_every_steps() < 1) {
     return Bad("log_every_steps",

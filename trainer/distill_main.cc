@@ -7,6 +7,7 @@
 // (after writing a checkpoint at the next step boundary).
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 
 #include "absl/flags/flag.h"
@@ -14,6 +15,7 @@
 #include "absl/flags/usage.h"
 #include "trainer/config.h"
 #include "trainer/trainer.h"
+#include "trainer/world.h"
 
 ABSL_FLAG(std::string, config, "", "Job config in protobuf text format.");
 ABSL_FLAG(std::string, run_dir, "", "Overrides the config's run_dir.");
@@ -51,6 +53,9 @@ int main(int argc, char** argv) {
     return Fail("--stop_after_steps must be >= 0");
   }
 
+  auto world = distill::trainer::DetectWorld(
+      [](const char* name) { return std::getenv(name); });
+  if (!world.ok()) return Fail(std::string(world.status().message()));
   auto config =
       distill::trainer::LoadJobConfig(config_path, absl::GetFlag(FLAGS_run_dir));
   if (!config.ok()) return Fail(std::string(config.status().message()));
@@ -64,10 +69,12 @@ int main(int argc, char** argv) {
   options.stop_after_steps = absl::GetFlag(FLAGS_stop_after_steps);
   options.should_stop = [] { return g_signal != 0; };
   options.verbose = !absl::GetFlag(FLAGS_quiet);
+  options.world = *world;
 
   auto result = distill::trainer::RunJob(*config, options);
   if (!result.ok()) return Fail(std::string(result.status().message()));
   if (result->stopped) {
+    if (world->rank != 0) return g_signal != 0 ? 128 + g_signal : 0;
     std::printf("stopped after a checkpoint at %s; continue with --resume\n",
                 result->checkpoint.c_str());
     return g_signal != 0 ? 128 + g_signal : 0;

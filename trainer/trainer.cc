@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <map>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -15,7 +16,9 @@
 #include "data/sampler.h"
 #include "losses/composite.h"
 #include "trainer/checkpoint.h"
+#include "trainer/communicator.h"
 #include "trainer/evaluate.h"
+#include "trainer/grad_sync.h"
 #include "trainer/lr_schedule.h"
 #include "trainer/metrics.h"
 
@@ -87,6 +90,8 @@ struct Job {
   std::shared_ptr<TeacherClient> teacher;
   std::optional<losses::CompositeLoss> loss;
   std::unique_ptr<torch::optim::Optimizer> optimizer;
+  std::unique_ptr<Communicator> comm;
+  std::unique_ptr<GradSync> grad_sync;
 };
 
 absl::StatusOr<std::unique_ptr<data::Dataset>> LoadSplit(const JobConfig& c,
@@ -101,9 +106,23 @@ absl::StatusOr<std::unique_ptr<data::Dataset>> LoadSplit(const JobConfig& c,
 absl::Status BuildJob(const JobConfig& config, const RunOptions& options,
                       Job& job) {
   job.config = config;
-  if (config.threads() > 0) torch::set_num_threads(config.threads());
+  // LibTorch's own default follows OMP_NUM_THREADS and can be 1 even on a
+  // multi-core machine; 0 in the config means one thread per core.
+  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  torch::set_num_threads(config.threads() > 0 ? config.threads()
+                                              : static_cast<int>(cores));
   torch::manual_seed(config.seed());
 
+  const WorldInfo& world = options.world;
+  if (config.mode() == JobConfig::EVALUATE && world.world_size > 1) {
+    return absl::InvalidArgumentError(
+        "mode EVALUATE runs in one process; start it without RANK/WORLD_SIZE");
+  }
+  if (config.batch_size() % world.world_size != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "batch_size ", config.batch_size(), " does not split evenly across ",
+        world.world_size, " ranks"));
+  }
   if (config.mode() != JobConfig::EVALUATE) {
     DISTILL_ASSIGN_OR_RETURN(job.train, LoadSplit(config, true));
   }
@@ -145,6 +164,21 @@ absl::Status BuildJob(const JobConfig& config, const RunOptions& options,
   DISTILL_ASSIGN_OR_RETURN(job.loss, losses::CompositeLoss::Create(terms));
   DISTILL_ASSIGN_OR_RETURN(job.optimizer,
                            MakeOptimizer(config.optimizer(), job.model->parameters()));
+
+  CommunicatorOptions comm_options;
+  comm_options.backend = config.distributed().backend();
+  comm_options.timeout = std::chrono::milliseconds(static_cast<int64_t>(
+      1000 * config.distributed().collective_timeout_seconds()));
+  DISTILL_ASSIGN_OR_RETURN(job.comm, CreateCommunicator(world, comm_options));
+  GradSyncOptions sync_options;
+  sync_options.first_bucket_bytes =
+      static_cast<int64_t>(config.distributed().first_bucket_mb() * (1 << 20));
+  sync_options.bucket_cap_bytes =
+      static_cast<int64_t>(config.distributed().bucket_cap_mb() * (1 << 20));
+  sync_options.overlap = config.distributed().overlap();
+  DISTILL_ASSIGN_OR_RETURN(
+      job.grad_sync,
+      GradSync::Create(*job.comm, job.model->named_parameters(), sync_options));
   return absl::OkStatus();
 }
 
@@ -177,56 +211,131 @@ absl::StatusOr<RunResult> Evaluation(Job& job) {
   return result;
 }
 
+// One optimizer step on this rank's batch: micro-batches accumulate
+// gradients, the last one's backward synchronizes them across ranks.
+absl::StatusOr<losses::CompositeResult> Step(
+    Job& job, const data::Batch& batch,
+    const std::optional<losses::TeacherTargets>& targets, double lr,
+    int64_t step, int64_t epoch) {
+  const JobConfig& c = job.config;
+  losses::CompositeResult result;
+  DISTILL_RETURN_IF_ERROR(TorchCall(
+      absl::StrCat("training step ", step + 1), [&]() -> absl::Status {
+        SetLearningRate(*job.optimizer, lr);
+        job.optimizer->zero_grad();
+        const int64_t n = batch.labels.size(0);
+        const int64_t parts = std::min<int64_t>(c.micro_batches(), n);
+        const auto positions = torch::arange(n).tensor_split(parts);
+        double total = 0;
+        for (int64_t k = 0; k < parts; ++k) {
+          const torch::Tensor& rows = positions[k];
+          const double share = static_cast<double>(rows.size(0)) / n;
+          std::optional<losses::TeacherTargets> part_targets;
+          if (targets) {
+            part_targets = parts == 1 ? *targets : targets->Rows(rows);
+          }
+          losses::LossInputs in;
+          in.student_logits = job.model->forward(
+              parts == 1 ? batch.inputs : batch.inputs.index_select(0, rows));
+          in.teacher = part_targets ? &*part_targets : nullptr;
+          in.labels = parts == 1 ? batch.labels : batch.labels.index_select(0, rows);
+          in.step = step;
+          in.epoch = epoch;
+          DISTILL_ASSIGN_OR_RETURN(losses::CompositeResult part,
+                                   job.loss->Compute(in));
+          job.grad_sync->BeginBackward(/*sync=*/k + 1 == parts, step);
+          (part.total * share).backward();
+          DISTILL_RETURN_IF_ERROR(job.grad_sync->FinishBackward());
+          total += part.total.item<double>() * share;
+          for (const auto& [name, v] : part.terms) result.terms[name] += v * share;
+        }
+        result.total = torch::tensor(total);
+        if (c.grad_clip_norm() > 0) {
+          torch::nn::utils::clip_grad_norm_(job.model->parameters(),
+                                            c.grad_clip_norm());
+        }
+        job.optimizer->step();
+        return absl::OkStatus();
+      }));
+  return result;
+}
+
 absl::StatusOr<RunResult> Train(Job& job, const RunOptions& options) {
   const JobConfig& c = job.config;
   const std::string& run_dir = c.run_dir();
+  Communicator& comm = *job.comm;
+  const int world = comm.world_size();
+  const bool leader = comm.rank() == 0;
+  const bool verbose = options.verbose && leader;
   MetricsWriter metrics;
-  DISTILL_RETURN_IF_ERROR(metrics.Open(run_dir));
+  if (leader) DISTILL_RETURN_IF_ERROR(metrics.Open(run_dir));
 
   TrainPosition pos;
   if (options.resume) {
     if (auto latest = FindLatestCheckpoint(run_dir)) {
       DISTILL_ASSIGN_OR_RETURN(pos,
                                LoadCheckpoint(*latest, *job.model, *job.optimizer));
-      if (options.verbose) {
+      if (verbose) {
         std::printf("resuming from %s (epoch %lld, step %lld)\n", latest->c_str(),
                     static_cast<long long>(pos.epoch + 1),
                     static_cast<long long>(pos.global_step));
       }
-    } else if (options.verbose) {
+    } else if (verbose) {
       std::printf("no checkpoint in %s; starting from the beginning\n",
                   run_dir.c_str());
     }
   }
+  if (pos.cursor % world != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the checkpoint stopped after ", pos.cursor,
+        " samples of its epoch, which does not split across ", world,
+        " ranks; resume with a number of ranks that divides it"));
+  }
+  // Every rank starts from rank 0's weights, whatever it initialized.
+  auto state = job.model->named_parameters();
+  for (auto& b : job.model->named_buffers()) state.push_back(b);
+  DISTILL_RETURN_IF_ERROR(
+      job.grad_sync->BroadcastFromRankZero(state, "broadcast of initial weights"));
+  const auto buffers = job.model->named_buffers();
 
   data::SamplerOptions sampler_options;
   sampler_options.seed = c.seed();
+  sampler_options.rank = comm.rank();
+  sampler_options.world_size = world;
+  sampler_options.drop_last = c.data().drop_last();
   data::Sampler sampler(job.train->size(), sampler_options);
   const int64_t shard = sampler.shard_size();
-  const int64_t steps_per_epoch =
-      c.data().drop_last_batch() ? shard / c.batch_size()
-                                 : (shard + c.batch_size() - 1) / c.batch_size();
+  const int64_t rank_batch = c.batch_size() / world;
+  const int64_t steps_per_epoch = c.data().drop_last_batch()
+                                      ? shard / rank_batch
+                                      : (shard + rank_batch - 1) / rank_batch;
   if (steps_per_epoch == 0) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "batch_size ", c.batch_size(), " is larger than the ", shard,
+        "batch_size ", c.batch_size(), " is larger than the ", shard * world,
         " training samples and data.drop_last_batch is set: no step to take"));
   }
   const int64_t total_steps = steps_per_epoch * c.epochs();
   const double temperature = c.temperature();
 
-  if (options.verbose) {
-    std::printf("%s: %s, %lld parameters, %lld training samples, %s%s\n",
+  if (verbose) {
+    std::printf("%s: %s, %lld parameters, %lld training samples, %s%d epochs%s\n",
                 JobConfig::Mode_Name(c.mode()).c_str(),
                 job.model->description().c_str(),
                 static_cast<long long>(job.model->num_parameters()),
                 static_cast<long long>(job.train->size()),
                 job.teacher ? ("teacher " + job.teacher->description() + ", ").c_str()
                             : "",
-                absl::StrFormat("%d epochs", c.epochs()).c_str());
+                c.epochs(),
+                world > 1 ? absl::StrFormat(", %d ranks (%s, %d gradient buckets)",
+                                            world, comm.backend(),
+                                            job.grad_sync->num_buckets())
+                                .c_str()
+                          : "");
     std::fflush(stdout);
   }
 
-  auto save = [&](const TrainPosition& at) {
+  auto save = [&](const TrainPosition& at) -> absl::StatusOr<std::string> {
+    if (!leader) return std::string();
     return SaveCheckpoint(run_dir, *job.model, *job.optimizer, at,
                           c.keep_checkpoints());
   };
@@ -241,10 +350,10 @@ absl::StatusOr<RunResult> Train(Job& job, const RunOptions& options) {
   for (int64_t epoch = pos.epoch; epoch < c.epochs(); ++epoch) {
     sampler.SetEpoch(epoch);
     if (epoch == pos.epoch && pos.cursor > 0) {
-      DISTILL_RETURN_IF_ERROR(sampler.SetCursor(pos.cursor));
+      DISTILL_RETURN_IF_ERROR(sampler.SetCursor(pos.cursor / world));
     }
     data::LoaderOptions loader_options;
-    loader_options.batch_size = c.batch_size();
+    loader_options.batch_size = rank_batch;
     loader_options.queue_depth = c.data().loader_queue_depth();
     loader_options.drop_last_batch = c.data().drop_last_batch();
     loader_options.augment.enabled = c.data().augment().enabled();
@@ -268,48 +377,38 @@ absl::StatusOr<RunResult> Train(Job& job, const RunOptions& options) {
       if (job.teacher) {
         DISTILL_ASSIGN_OR_RETURN(targets, job.teacher->Targets(*batch, temperature));
       }
-      losses::CompositeResult step_loss;
-      DISTILL_RETURN_IF_ERROR(TorchCall(
-          absl::StrCat("training step ", pos.global_step + 1), [&]() -> absl::Status {
-            SetLearningRate(*job.optimizer, lr);
-            job.optimizer->zero_grad();
-            losses::LossInputs in;
-            in.student_logits = job.model->forward(batch->inputs);
-            in.teacher = targets ? &*targets : nullptr;
-            in.labels = batch->labels;
-            in.step = pos.global_step;
-            in.epoch = epoch;
-            DISTILL_ASSIGN_OR_RETURN(step_loss, job.loss->Compute(in));
-            step_loss.total.backward();
-            if (c.grad_clip_norm() > 0) {
-              torch::nn::utils::clip_grad_norm_(job.model->parameters(),
-                                                c.grad_clip_norm());
-            }
-            job.optimizer->step();
-            return absl::OkStatus();
-          }));
+      if (world > 1 && !buffers.empty()) {
+        // As DDP does: BatchNorm statistics follow rank 0.
+        DISTILL_RETURN_IF_ERROR(job.grad_sync->BroadcastFromRankZero(
+            buffers, absl::StrCat("broadcast of buffers at step ",
+                                  pos.global_step + 1)));
+      }
+      DISTILL_ASSIGN_OR_RETURN(
+          losses::CompositeResult step_loss,
+          Step(job, *batch, targets, lr, pos.global_step, epoch));
       const double loss_value = step_loss.total.item<double>();
       if (!std::isfinite(loss_value)) {
         return absl::InternalError(absl::StrCat(
-            "loss became ", loss_value, " at step ", pos.global_step + 1,
+            "rank ", comm.rank(), ": loss became ", loss_value, " at step ",
+            pos.global_step + 1,
             " (lower optimizer.lr or set grad_clip_norm); the last checkpoint "
             "is kept"));
       }
       sampler.Advance(n);
-      pos.cursor = sampler.cursor();
+      pos.cursor = sampler.cursor() * world;
       pos.epoch = epoch;
       ++pos.global_step;
       loss_sum += loss_value * n;
       for (const auto& [name, v] : step_loss.terms) term_sums[name] += v * n;
       epoch_samples += n;
 
-      const int64_t step_in_epoch = (pos.cursor + c.batch_size() - 1) / c.batch_size();
-      if (pos.global_step % c.log_every_steps() == 0 ||
-          step_in_epoch == steps_per_epoch) {
+      const int64_t step_in_epoch = (sampler.cursor() + rank_batch - 1) / rank_batch;
+      if (leader && (pos.global_step % c.log_every_steps() == 0 ||
+                     step_in_epoch == steps_per_epoch)) {
         const double elapsed = SecondsSince(epoch_start);
-        const double rate = epoch_samples / std::max(elapsed, 1e-9);
+        const double rate = world * epoch_samples / std::max(elapsed, 1e-9);
         const double eta = (total_steps - pos.global_step) * c.batch_size() / rate;
-        if (options.verbose) {
+        if (verbose) {
           std::printf("epoch %lld/%d step %lld/%lld loss %.4f [%s] lr %.4g %.0f samples/s ETA %s\n",
                       static_cast<long long>(epoch + 1), c.epochs(),
                       static_cast<long long>(step_in_epoch),
@@ -325,10 +424,18 @@ absl::StatusOr<RunResult> Train(Job& job, const RunOptions& options) {
         DISTILL_RETURN_IF_ERROR(metrics.Write(record));
       }
 
-      const bool stop_requested =
-          (options.stop_after_steps > 0 &&
-           pos.global_step >= options.stop_after_steps) ||
-          (options.should_stop && options.should_stop());
+      bool stop_requested = options.stop_after_steps > 0 &&
+                            pos.global_step >= options.stop_after_steps;
+      const bool signalled = options.should_stop && options.should_stop();
+      if (world > 1) {
+        // The ranks agree, so all of them stop at the same step boundary.
+        DISTILL_ASSIGN_OR_RETURN(
+            bool any, comm.AnyRank(signalled, absl::StrCat("stop agreement at step ",
+                                                           pos.global_step)));
+        stop_requested = stop_requested || any;
+      } else {
+        stop_requested = stop_requested || signalled;
+      }
       if (stop_requested ||
           (c.checkpoint_every_steps() > 0 &&
            pos.global_step % c.checkpoint_every_steps() == 0)) {
@@ -341,7 +448,7 @@ absl::StatusOr<RunResult> Train(Job& job, const RunOptions& options) {
     }
     const double epoch_seconds = SecondsSince(epoch_start);
     train_seconds += epoch_seconds;
-    trained_samples += epoch_samples;
+    trained_samples += epoch_samples * world;
     last_epoch_terms.clear();
     for (const auto& [name, sum] : term_sums) {
       last_epoch_terms[name] = sum / std::max<int64_t>(epoch_samples, 1);
@@ -351,6 +458,7 @@ absl::StatusOr<RunResult> Train(Job& job, const RunOptions& options) {
     pos.epoch = epoch + 1;
     pos.cursor = 0;
     const bool last = epoch + 1 == c.epochs();
+    if (!leader) continue;
     nlohmann::json epoch_record = {
         {"type", "epoch"},
         {"epoch", epoch + 1},
@@ -358,13 +466,13 @@ absl::StatusOr<RunResult> Train(Job& job, const RunOptions& options) {
         {"train_loss", loss_sum / std::max<int64_t>(epoch_samples, 1)},
         {"terms", last_epoch_terms},
         {"epoch_seconds", epoch_seconds},
-        {"samples_per_sec", epoch_samples / std::max(epoch_seconds, 1e-9)}};
+        {"samples_per_sec", world * epoch_samples / std::max(epoch_seconds, 1e-9)}};
     if (last || (epoch + 1) % c.eval_every_epochs() == 0) {
       DISTILL_ASSIGN_OR_RETURN(EvalResult eval,
                                Evaluate(*job.model, *job.test, 512, true));
       last_eval = eval.ToJson();
       epoch_record.update(last_eval);
-      if (options.verbose) {
+      if (verbose) {
         std::printf("epoch %lld/%d done in %s: test accuracy %.2f%%, test loss %.4f\n",
                     static_cast<long long>(epoch + 1), c.epochs(),
                     FormatDuration(epoch_seconds).c_str(), 100 * eval.accuracy,
@@ -378,6 +486,7 @@ absl::StatusOr<RunResult> Train(Job& job, const RunOptions& options) {
       DISTILL_ASSIGN_OR_RETURN(result.checkpoint, save(pos));
     }
   }
+  if (!leader) return result;
 
   const std::filesystem::path dir(run_dir);
   DISTILL_RETURN_IF_ERROR(job.model->SaveFile((dir / "model.pt").string()));
@@ -394,6 +503,7 @@ absl::StatusOr<RunResult> Train(Job& job, const RunOptions& options) {
   result.summary = BaseSummary(job);
   result.summary.update(last_eval);
   result.summary["steps"] = pos.global_step;
+  result.summary["ranks"] = world;
   result.summary["train_seconds"] = train_seconds;
   result.summary["samples_per_sec"] =
       trained_samples / std::max(train_seconds, 1e-9);

@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "trainer/config.h"
 #include "trainer/teacher_client.h"
+#include "trainer/world.h"
 
 namespace distill::trainer {
 
@@ -31,8 +32,11 @@ struct RunOptions {
   std::function<bool()> should_stop;
   // Replaces the teacher the config describes (tests, other transports).
   std::shared_ptr<TeacherClient> teacher;
-  // Print progress lines to stdout. Default: true.
+  // Print progress lines to stdout (rank 0 only). Default: true.
   bool verbose = true;
+  // This process's place in the job (see trainer/world.h). Default: a
+  // single process.
+  WorldInfo world;
 };
 
 struct RunResult {
