@@ -1,5 +1,6 @@
 #include "trainer/communicator.h"
 
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #ifdef DISTILL_WITH_NCCL
@@ -177,12 +178,16 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateCommunicator(
       [&]() -> std::unique_ptr<Communicator> {
         c10d::TCPStoreOptions store_options;
         store_options.port = static_cast<uint16_t>(world.master_port);
-        store_options.isServer = world.rank == 0;
+        store_options.isServer = world.rank == 0 && !world.use_agent_store;
         store_options.numWorkers = world.world_size;
-        store_options.waitWorkers = true;
+        store_options.waitWorkers = !world.use_agent_store;
         store_options.timeout = options.timeout;
-        auto store = c10::make_intrusive<c10d::TCPStore>(world.master_addr,
-                                                          store_options);
+        c10::intrusive_ptr<c10d::Store> store =
+            c10::make_intrusive<c10d::TCPStore>(world.master_addr, store_options);
+        if (world.use_agent_store) {
+          store = c10::make_intrusive<c10d::PrefixStore>(
+              absl::StrCat("/worker/attempt_", world.restart_count), store);
+        }
         c10::intrusive_ptr<c10d::ProcessGroup> group;
 #ifdef DISTILL_WITH_NCCL
         if (options.backend == "nccl") {

@@ -87,6 +87,12 @@ absl::StatusOr<WorldInfo> DetectWorld(
       return s;
     }
     if (const char* addr = getenv("MASTER_ADDR")) w.master_addr = addr;
+    const char* agent = getenv("TORCHELASTIC_USE_AGENT_STORE");
+    w.use_agent_store = agent != nullptr && std::string(agent) == "True";
+    if (!(s = set(IntVar(getenv, "TORCHELASTIC_RESTART_COUNT", 0),
+                  w.restart_count)).ok()) {
+      return s;
+    }
   } else if (getenv("SLURM_PROCID") != nullptr) {
     w.source = "slurm";
     if (!(s = set(IntVar(getenv, "SLURM_PROCID", 0), w.rank)).ok()) return s;

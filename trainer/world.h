@@ -23,6 +23,11 @@ struct WorldInfo {
   int master_port = 29500;
   // "single", "torchrun" or "slurm": where the values came from.
   std::string source = "single";
+  // torchrun's agent already serves the TCPStore at MASTER_PORT
+  // (TORCHELASTIC_USE_AGENT_STORE=True): every rank joins it as a client,
+  // under the prefix "/worker/attempt_<restart_count>", as PyTorch does.
+  bool use_agent_store = false;
+  int restart_count = 0;
 };
 
 // `getenv` is injectable for tests; it returns nullptr for unset names.

@@ -42,6 +42,16 @@ TEST(WorldTest, TorchrunVariables) {
   EXPECT_EQ(w->master_addr, "10.1.2.3");
   EXPECT_EQ(w->master_port, 1234);
   EXPECT_EQ(w->source, "torchrun");
+  EXPECT_FALSE(w->use_agent_store);
+}
+
+TEST(WorldTest, TorchrunAgentStore) {
+  auto w = Detect({{"RANK", "0"}, {"WORLD_SIZE", "2"},
+                   {"TORCHELASTIC_USE_AGENT_STORE", "True"},
+                   {"TORCHELASTIC_RESTART_COUNT", "3"}});
+  ASSERT_THAT(w, IsOk());
+  EXPECT_TRUE(w->use_agent_store);
+  EXPECT_EQ(w->restart_count, 3);
 }
 
 TEST(WorldTest, SlurmVariablesWithARangedNodeList) {
