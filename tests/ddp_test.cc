@@ -165,6 +165,76 @@ TEST_F(DdpTest, TwoRanksMatchOneRankWithTheSameGlobalBatch) {
   EXPECT_EQ(summary["ranks"], 2);
 }
 
+// With BatchNorm: 2 ranks x 32 equal 1 rank x 64 in 2 strided
+// micro-batches, whose BatchNorm batches are exactly the ranks' shards.
+TEST_F(DdpTest, BatchNormModelMatchesOneRankWithMicroBatches) {
+  const std::string base = R"pb(
+    mode: TRAIN
+    student { arch: "cnn_student" options { key: "dropout" value: 0 } }
+    data { train_limit: 384 test_limit: 100 }
+    batch_size: 64 epochs: 1 threads: 1 seed: 9
+    optimizer { type: SGD lr: 0.05 momentum: 0.9 }
+  )pb";
+  const std::string one_config =
+      Write("one.pbtxt", base + "micro_batches: 2\n").string();
+  const std::string two_config = Write("two.pbtxt", base).string();
+  const fs::path one = dir_ / "one", two = dir_ / "two";
+  auto codes1 = RunRanks(1, {"--quiet", "--config", one_config, "--run_dir", one.string()});
+  ASSERT_EQ(codes1[0], 0) << Err(0);
+  auto codes2 = RunRanks(2, {"--quiet", "--config", two_config, "--run_dir", two.string()});
+  ASSERT_EQ(codes2[0], 0) << Err(0);
+  ASSERT_EQ(codes2[1], 0) << Err(1);
+  auto a = Weights("cnn_student", one / "model.pt");
+  auto b = Weights("cnn_student", two / "model.pt");
+  double worst = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    worst = std::max(worst, (a[i].second - b[i].second).abs().max().item<double>());
+  }
+  EXPECT_LT(worst, 2e-5) << "largest parameter difference";
+  // The comparison has teeth: without micro-batches BatchNorm sees the
+  // whole batch of 64 and the parameters come out measurably different.
+  const fs::path whole = dir_ / "whole";
+  auto codes3 = RunRanks(1, {"--quiet", "--config", two_config, "--run_dir", whole.string()});
+  ASSERT_EQ(codes3[0], 0) << Err(0);
+  auto c = Weights("cnn_student", whole / "model.pt");
+  double apart = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    apart = std::max(apart, (a[i].second - c[i].second).abs().max().item<double>());
+  }
+  EXPECT_GT(apart, 1e-4);
+}
+
+// A rank that hangs (stopped, not dead): the other fails after the
+// collective timeout with a message that says so.
+TEST_F(DdpTest, HungRankTimesOut) {
+  const std::string config = Write("job.pbtxt", R"pb(
+    mode: TRAIN
+    student { arch: "mlp" }
+    data { train_limit: 6400 test_limit: 100 }
+    batch_size: 32 epochs: 3 threads: 1
+    checkpoint_every_steps: 5
+    distributed { collective_timeout_seconds: 5 }
+  )pb").string();
+  const fs::path run = dir_ / "run";
+  const std::vector<std::string> args = {"--quiet", "--config", config,
+                                         "--run_dir", run.string()};
+  const int port = FreePort();
+  Rank r0 = Start(0, 2, port, args), r1 = Start(1, 2, port, args);
+  const fs::path first = run / "checkpoints" / "ckpt-000000005.pt";
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(2);
+  while (!fs::exists(first) && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_TRUE(fs::exists(first));
+  ::kill(r1.pid, SIGSTOP);
+  EXPECT_EQ(Wait(r0), 1);
+  ::kill(r1.pid, SIGKILL);
+  Wait(r1);
+  const std::string err = ReadFile(r0.err);
+  EXPECT_THAT(err, HasSubstr("distill: error: rank 0: "));
+  EXPECT_THAT(err, HasSubstr("timed out waiting for the other ranks"));
+}
+
 // A rank that dies mid-run: the survivor stops with a message naming itself
 // and the collective, well within the timeout; the last checkpoint loads;
 // --resume completes the job.

@@ -225,10 +225,11 @@ absl::StatusOr<losses::CompositeResult> Step(
         job.optimizer->zero_grad();
         const int64_t n = batch.labels.size(0);
         const int64_t parts = std::min<int64_t>(c.micro_batches(), n);
-        const auto positions = torch::arange(n).tensor_split(parts);
         double total = 0;
         for (int64_t k = 0; k < parts; ++k) {
-          const torch::Tensor& rows = positions[k];
+          // Strided like the rank shards: one rank with k micro-batches
+          // sees the same BatchNorm batches as k ranks with one each.
+          const torch::Tensor rows = torch::arange(k, n, parts);
           const double share = static_cast<double>(rows.size(0)) / n;
           std::optional<losses::TeacherTargets> part_targets;
           if (targets) {
