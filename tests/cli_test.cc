@@ -6,11 +6,18 @@
 #include <sys/wait.h>
 #include <zlib.h>
 
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <thread>
 #include <fstream>
 #include <map>
 #include <sstream>
+
+#include <nlohmann/json.hpp>
 
 #include "common/testing/status_matchers.h"
 #include "student/model.h"
@@ -247,6 +254,49 @@ TEST_F(CliTest, ResumeIsExact) {
       {"cnn_student", "", {{"dropout", 0.3}}}, input);
   ASSERT_THAT(fresh, IsOk());
   EXPECT_FALSE(torch::equal((*fresh)->parameters()[0], pa[0].second));
+}
+
+// SIGTERM (what Slurm and launchers send): the run finishes its step,
+// writes a checkpoint, exits 128+15, and --resume completes the job.
+TEST_F(CliTest, SigtermCheckpointsAtTheNextStepAndResumes) {
+  const std::string config = Write("job.pbtxt", R"pb(
+    mode: TRAIN
+    student { arch: "cnn_teacher" }
+    data { train_limit: 1600 test_limit: 100 }
+    batch_size: 32 epochs: 1 threads: 1
+    checkpoint_every_steps: 3
+  )pb").string();
+  const fs::path run = dir_ / "run";
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    if (!freopen((dir_ / "term.out").c_str(), "w", stdout)) _exit(120);
+    const std::string bin = BinDir() + "/distill";
+    execl(bin.c_str(), bin.c_str(), "--config", config.c_str(), "--run_dir",
+          run.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  // Signal once the first checkpoint shows the run is under way (a bounded
+  // wait for that event).
+  const fs::path first = run / "checkpoints" / "ckpt-000000003.pt";
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(2);
+  while (!fs::exists(first) && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_TRUE(fs::exists(first));
+  ::kill(pid, SIGTERM);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status)) << "killed instead of stopping cleanly";
+  EXPECT_EQ(WEXITSTATUS(status), 128 + SIGTERM);
+  EXPECT_THAT(ReadFile(dir_ / "term.out"),
+              HasSubstr("stopped after a checkpoint at "));
+  EXPECT_FALSE(fs::exists(run / "summary.json"));
+
+  Outcome o = Run("--config " + config + " --run_dir " + run.string() + " --resume");
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_THAT(o.out, HasSubstr("resuming from"));
+  auto summary = nlohmann::json::parse(ReadFile(run / "summary.json"));
+  EXPECT_EQ(summary["steps"], 50);
 }
 
 }  // namespace
