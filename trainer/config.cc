@@ -228,6 +228,32 @@ int LineOf(const std::string& path, const Descriptor* descriptor,
   return line;
 }
 
+// Parses without applying defaults or validating.
+absl::Status ParseText(const std::string& text, const std::string& source,
+                       JobConfig& config, TextFormat::ParseInfoTree* tree) {
+  Collector collector(source);
+  TextFormat::Parser parser;
+  parser.RecordErrorsTo(&collector);
+  parser.WriteLocationsTo(tree);
+  if (!parser.ParseFromString(text, &config)) {
+    std::string message = collector.errors().empty()
+                              ? absl::StrCat(source, ": cannot parse")
+                              : collector.errors().front();
+    return absl::InvalidArgumentError(message);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> ReadText(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) {
+    return absl::NotFoundError(absl::StrCat("config file not found: ", path));
+  }
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
 }  // namespace
 
 void ApplyDefaults(JobConfig& c) {
@@ -415,17 +441,8 @@ absl::StatusOr<JobConfig> ParseJobConfig(const std::string& text,
                                          const std::string& source,
                                          const std::string& run_dir) {
   JobConfig config;
-  Collector collector(source);
   TextFormat::ParseInfoTree tree;
-  TextFormat::Parser parser;
-  parser.RecordErrorsTo(&collector);
-  parser.WriteLocationsTo(&tree);
-  if (!parser.ParseFromString(text, &config)) {
-    std::string message = collector.errors().empty()
-                              ? absl::StrCat(source, ": cannot parse")
-                              : collector.errors().front();
-    return absl::InvalidArgumentError(message);
-  }
+  DISTILL_RETURN_IF_ERROR(ParseText(text, source, config, &tree));
   if (!run_dir.empty()) config.set_run_dir(run_dir);
   ApplyDefaults(config);
   absl::Status valid = ValidateJobConfig(config);
@@ -442,13 +459,18 @@ absl::StatusOr<JobConfig> ParseJobConfig(const std::string& text,
 
 absl::StatusOr<JobConfig> LoadJobConfig(const std::string& path,
                                         const std::string& run_dir) {
-  std::ifstream in(path);
-  if (!in) {
-    return absl::NotFoundError(absl::StrCat("config file not found: ", path));
-  }
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  return ParseJobConfig(buffer.str(), path, run_dir);
+  DISTILL_ASSIGN_OR_RETURN(std::string text, ReadText(path));
+  return ParseJobConfig(text, path, run_dir);
+}
+
+absl::StatusOr<std::vector<std::string>> ReadConfigPlugins(
+    const std::string& path) {
+  DISTILL_ASSIGN_OR_RETURN(std::string text, ReadText(path));
+  JobConfig config;
+  TextFormat::ParseInfoTree tree;
+  DISTILL_RETURN_IF_ERROR(ParseText(text, path, config, &tree));
+  return std::vector<std::string>(config.plugins().begin(),
+                                  config.plugins().end());
 }
 
 }  // namespace distill::trainer

@@ -3,6 +3,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cstdio>
+#include <fstream>
+#include <string>
+
 #include "common/testing/status_matchers.h"
 
 namespace distill::trainer {
@@ -10,6 +14,7 @@ namespace {
 
 using ::distill::testing::IsOk;
 using ::distill::testing::StatusIs;
+using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
 
@@ -42,6 +47,36 @@ TEST(ConfigTest, UnknownFieldNamesFileLineAndField) {
       StatusIs(absl::StatusCode::kInvalidArgument,
                HasSubstr("job.pbtxt:2:7: Message type \"distill.v1.JobConfig\" "
                          "has no field named \"epochz\"")));
+}
+
+// Plugins are read before validation: the loss below exists only once a
+// plugin is loaded, and LoadJobConfig refuses it until then.
+TEST(ConfigTest, PluginsAreReadAheadOfValidation) {
+  const std::string path = ::testing::TempDir() + "/plugins_job.pbtxt";
+  std::ofstream(path) << kValid << "plugins: \"a/libx.so\"\n"
+                      << "plugins: \"/abs/liby.so\"\n"
+                      << "loss { name: \"from_plugin\" }\n";
+  auto plugins = ReadConfigPlugins(path);
+  ASSERT_THAT(plugins, IsOk());
+  EXPECT_THAT(*plugins, ElementsAre("a/libx.so", "/abs/liby.so"));
+  EXPECT_THAT(LoadJobConfig(path),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr(path + ":8: loss[0].name unknown loss "
+                                        "'from_plugin'")));
+  std::remove(path.c_str());
+}
+
+TEST(ConfigTest, ReadingPluginsReportsSyntaxErrorsAndMissingFiles) {
+  const std::string path = ::testing::TempDir() + "/bad_plugins_job.pbtxt";
+  std::ofstream(path) << "plugins: 3\n";
+  EXPECT_THAT(ReadConfigPlugins(path),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       StartsWith(path + ":1:10: Expected string")));
+  std::remove(path.c_str());
+  EXPECT_THAT(ReadConfigPlugins("/nonexistent/job.pbtxt"),
+              StatusIs(absl::StatusCode::kNotFound,
+                       HasSubstr("config file not found: "
+                                 "/nonexistent/job.pbtxt")));
 }
 
 TEST(ConfigTest, WrongTypeIsAParseError) {
