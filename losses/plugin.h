@@ -29,7 +29,8 @@
 //     (losses/teacher_targets.h) in dense form (probs = softmax(z / T)) or
 //     top-k form (values, indices, tail_mass), with their temperature T;
 //   * labels: int64 [N] or [N, S];
-//   * step and epoch (0-based) for losses with schedules.
+//   * step and epoch (0-based) and the run's total_steps, for schedules
+//     (losses/schedule.h evaluates CONSTANT, LINEAR and COSINE ones).
 // Parameters are declared in LossEntry::params (ParamSpec: name, default,
 // inclusive bounds). The framework refuses an unknown parameter or one out of
 // bounds in the job config before training starts, and the factory receives

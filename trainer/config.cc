@@ -154,6 +154,29 @@ absl::Status ValidateSchedule(const ScheduleConfig& s, double lr) {
   return absl::OkStatus();
 }
 
+// A schedule's type is required and its values must satisfy `ok`, which
+// `rule` describes ("> 0", ">= 0").
+absl::Status ValidateValueSchedule(const ::distill::v1::ValueSchedule& s,
+                                   const std::string& path, bool (*ok)(double),
+                                   const std::string& rule) {
+  if (s.type() == ::distill::v1::ValueSchedule::TYPE_UNSPECIFIED) {
+    return Bad(path + ".type", "is required: CONSTANT, LINEAR or COSINE");
+  }
+  if (!ok(s.start()) || !std::isfinite(s.start())) {
+    return Bad(path + ".start",
+               absl::StrCat("must be ", rule, " (got ", s.start(), ")"));
+  }
+  if (s.type() != ::distill::v1::ValueSchedule::CONSTANT &&
+      (!ok(s.end()) || !std::isfinite(s.end()))) {
+    return Bad(path + ".end",
+               absl::StrCat("must be ", rule, " (got ", s.end(), ")"));
+  }
+  return absl::OkStatus();
+}
+
+bool Positive(double v) { return v > 0; }
+bool NonNegative(double v) { return v >= 0; }
+
 absl::Status ValidateLoss(const JobConfig& config) {
   const auto& registry = losses::LossRegistry::Global();
   std::set<std::string> seen;
@@ -171,6 +194,11 @@ absl::Status ValidateLoss(const JobConfig& config) {
     if (!(term.weight() >= 0) || !std::isfinite(term.weight())) {
       return Bad(path + ".weight",
                  absl::StrCat("must be >= 0 (got ", term.weight(), ")"));
+    }
+    if (term.has_weight_schedule()) {
+      DISTILL_RETURN_IF_ERROR(ValidateValueSchedule(
+          term.weight_schedule(), path + ".weight_schedule", &NonNegative,
+          ">= 0"));
     }
     for (const auto& [name, value] : term.params()) {
       const losses::ParamSpec* spec = nullptr;
@@ -366,6 +394,10 @@ absl::Status ValidateJobConfig(const JobConfig& c) {
   if (!(c.temperature() > 0) || !std::isfinite(c.temperature())) {
     return Bad("temperature",
                absl::StrCat("must be > 0 (got ", c.temperature(), ")"));
+  }
+  if (c.has_temperature_schedule()) {
+    DISTILL_RETURN_IF_ERROR(ValidateValueSchedule(
+        c.temperature_schedule(), "temperature_schedule", &Positive, "> 0"));
   }
   DISTILL_RETURN_IF_ERROR(ValidateLoss(c));
   DISTILL_RETURN_IF_ERROR(ValidateOptimizer(c.optimizer()));

@@ -79,6 +79,38 @@ TEST(ConfigTest, ReadingPluginsReportsSyntaxErrorsAndMissingFiles) {
                                  "/nonexistent/job.pbtxt")));
 }
 
+TEST(ConfigTest, SchedulesAreValidatedWithFieldAndLine) {
+  EXPECT_THAT(ParseJobConfig(std::string(kValid) +
+                                 "temperature_schedule { start: 4 end: 1 }\n",
+                             "job.pbtxt"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("job.pbtxt:6: temperature_schedule.type is "
+                                 "required: CONSTANT, LINEAR or COSINE")));
+  EXPECT_THAT(
+      ParseJobConfig(std::string(kValid) +
+                         "temperature_schedule {\n type: COSINE\n start: 4\n"
+                         " end: 0\n}\n",
+                     "job.pbtxt"),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr("job.pbtxt:9: temperature_schedule.end must be > 0 "
+                         "(got 0)")));
+  EXPECT_THAT(
+      ParseJobConfig(std::string(kValid) +
+                         "loss { name: \"kd_kl\" weight_schedule { type: "
+                         "LINEAR start: -1 end: 1 } }\n",
+                     "job.pbtxt"),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr("job.pbtxt:6: loss[0].weight_schedule.start must be "
+                         ">= 0 (got -1)")));
+  auto ok = ParseJobConfig(
+      std::string(kValid) +
+          "temperature_schedule { type: LINEAR start: 4 end: 1 }\n"
+          "loss { name: \"dkd\" weight_schedule { type: COSINE start: 0 "
+          "end: 1 } }\nloss { name: \"hard_ce\" }\n",
+      "job.pbtxt");
+  EXPECT_THAT(ok, IsOk());
+}
+
 TEST(ConfigTest, WrongTypeIsAParseError) {
   EXPECT_THAT(ParseJobConfig("mode: TRAIN\nepochs: \"three\"\n", "job.pbtxt"),
               StatusIs(absl::StatusCode::kInvalidArgument,
