@@ -31,7 +31,7 @@ using ::testing::HasSubstr;
 
 const std::vector<std::string> kTeacherLosses = {"kd_kl", "reverse_kl", "js",
                                                  "soft_ce", "mse_logits"};
-const std::vector<std::string> kTopKLosses = {"kd_kl", "reverse_kl", "js",
+const std::vector<std::string> kTopKLosses = {"kd_kl", "reverse_kl", "js", "tvd",
                                               "soft_ce"};
 
 absl::StatusOr<torch::Tensor> RunLoss(const std::string& name,
@@ -307,6 +307,109 @@ TEST(HardCeTest, LabelSmoothingMatchesHandValue) {
       Evaluate("hard_ce", s, nullptr, labels).value,
       -(HandLogSoftmax(Row(s, 0), 1)[1] + HandLogSoftmax(Row(s, 1), 1)[0]) / 2,
       1e-12);
+}
+
+// Dense one-row targets p at temperature T, and student logits whose
+// softmax at T is q.
+TeacherTargets DenseRow(const std::vector<double>& p, double t) {
+  TeacherTargets targets;
+  targets.form = TeacherTargets::Form::kDense;
+  targets.temperature = t;
+  targets.num_classes = static_cast<int64_t>(p.size());
+  targets.probs = torch::tensor(p).reshape({1, -1});
+  return targets;
+}
+
+torch::Tensor LogitsFor(const std::vector<double>& q, double t) {
+  return (t * torch::log(torch::tensor(q))).reshape({1, -1});
+}
+
+TEST(TvdTest, HalfTheL1DistanceTimesTSquared) {
+  const TeacherTargets teacher = DenseRow({0.7, 0.2, 0.1}, 2.0);
+  auto value = RunLoss("tvd", LogitsFor({0.5, 0.3, 0.2}, 2.0), &teacher);
+  ASSERT_THAT(value, IsOk());
+  // (|0.7 - 0.5| + |0.2 - 0.3| + |0.1 - 0.2|) / 2 = 0.2, times T^2 = 4.
+  EXPECT_NEAR(value->item<double>(), 0.8, 1e-6);
+}
+
+// p = (0.7, 0.2, 0.1), q = (0.5, 0.3, 0.2), label 0:
+//   TCKD = 0.7 ln(0.7 / 0.5) + 0.3 ln(0.3 / 0.5)
+//   NCKD = KL((2/3, 1/3) || (0.6, 0.4))
+TEST(DkdTest, MatchesHandDerivedTermsAtTemperature) {
+  const double tckd =
+      0.7 * std::log(0.7 / 0.5) + 0.3 * std::log(0.3 / 0.5);
+  const double nckd = (2.0 / 3) * std::log((2.0 / 3) / 0.6) +
+                      (1.0 / 3) * std::log((1.0 / 3) / 0.4);
+  const TeacherTargets teacher = DenseRow({0.7, 0.2, 0.1}, 2.0);
+  const torch::Tensor logits = LogitsFor({0.5, 0.3, 0.2}, 2.0);
+  const torch::Tensor labels = torch::tensor({0}, torch::kLong);
+  auto value = RunLoss("dkd", logits, &teacher, labels,
+                       {{"alpha", 1.5}, {"beta", 8.0}});
+  ASSERT_THAT(value, IsOk());
+  EXPECT_NEAR(value->item<double>(), 4.0 * (1.5 * tckd + 8.0 * nckd), 1e-5);
+  // Each term alone.
+  auto only_t = RunLoss("dkd", logits, &teacher, labels,
+                        {{"alpha", 1.0}, {"beta", 0.0}});
+  ASSERT_THAT(only_t, IsOk());
+  EXPECT_NEAR(only_t->item<double>(), 4.0 * tckd, 1e-6);
+  auto only_n = RunLoss("dkd", logits, &teacher, labels,
+                        {{"alpha", 0.0}, {"beta", 1.0}});
+  ASSERT_THAT(only_n, IsOk());
+  EXPECT_NEAR(only_n->item<double>(), 4.0 * nckd, 1e-6);
+  // The label picks the target class: with label 1 the terms differ.
+  auto other = RunLoss("dkd", logits, &teacher, torch::tensor({1}, torch::kLong),
+                       {{"alpha", 1.0}, {"beta", 0.0}});
+  ASSERT_THAT(other, IsOk());
+  EXPECT_NEAR(other->item<double>(),
+              4.0 * (0.2 * std::log(0.2 / 0.3) + 0.8 * std::log(0.8 / 0.7)),
+              1e-6);
+}
+
+// KL(p || q) = TCKD + (1 - p_y) NCKD: dkd with alpha = 1, beta = 1 - p_y is
+// kd_kl, on random rows of [N, S, V] logits with a common p_y.
+TEST(DkdTest, ReducesToKdKlWithBetaOneMinusTargetProbability) {
+  torch::manual_seed(3);
+  const torch::Tensor logits = torch::randn({2, 3, 5}, torch::kDouble);
+  // Teacher rows with p_y = 0.6 on label y and the rest random.
+  const torch::Tensor labels = torch::tensor({{0, 3, 4}, {1, 1, 2}});
+  torch::Tensor rest = torch::rand({2, 3, 5}, torch::kDouble) + 0.1;
+  rest = rest.scatter(-1, labels.unsqueeze(-1), 0.0);
+  rest = 0.4 * rest / rest.sum(-1, true);
+  const torch::Tensor p = rest.scatter(-1, labels.unsqueeze(-1), 0.6);
+  TeacherTargets teacher;
+  teacher.temperature = 3.0;
+  teacher.num_classes = 5;
+  teacher.probs = p;
+  auto dkd = RunLoss("dkd", logits, &teacher, labels,
+                     {{"alpha", 1.0}, {"beta", 0.4}});
+  auto kl = RunLoss("kd_kl", logits, &teacher);
+  ASSERT_THAT(dkd, IsOk());
+  ASSERT_THAT(kl, IsOk());
+  EXPECT_NEAR(dkd->item<double>(), kl->item<double>(), 1e-10);
+}
+
+TEST(DkdTest, OneHotTeacherAndExtremeLogitsStayFinite) {
+  const TeacherTargets teacher = DenseRow({1.0, 0.0, 0.0}, 1.0);
+  const torch::Tensor logits =
+      torch::tensor({{-1e4, 1e4, 0.0}}).requires_grad_(true);
+  auto value = RunLoss("dkd", logits, &teacher, torch::tensor({0}, torch::kLong));
+  ASSERT_THAT(value, IsOk());
+  EXPECT_TRUE(std::isfinite(value->item<double>()));
+  value->backward();
+  EXPECT_TRUE(torch::isfinite(logits.grad()).all().item<bool>());
+}
+
+TEST(DkdTest, RefusesTopKAndMissingLabels) {
+  const torch::Tensor logits = LogitsFor({0.5, 0.3, 0.2}, 1.0);
+  const TeacherTargets top_k =
+      TeacherTargets::TopKFromLogits(torch::tensor({{1.0, 0.0, -1.0}}), 1.0, 2);
+  EXPECT_THAT(RunLoss("dkd", logits, &top_k, torch::tensor({0}, torch::kLong)),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("dkd needs dense teacher targets, got top-k")));
+  const TeacherTargets dense = DenseRow({0.7, 0.2, 0.1}, 1.0);
+  EXPECT_THAT(RunLoss("dkd", logits, &dense),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("dkd needs labels but none were given")));
 }
 
 TEST(BuiltinLossesTest, MissingTeacherIsFailedPrecondition) {

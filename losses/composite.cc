@@ -30,11 +30,22 @@ absl::StatusOr<CompositeLoss> CompositeLoss::Create(
           absl::StrCat("loss term '", spec.name, "' has weight ", spec.weight,
                        "; weights must be finite and >= 0"));
     }
+    if (spec.weight_schedule &&
+        !(std::isfinite(spec.weight_schedule->start) &&
+          spec.weight_schedule->start >= 0.0 &&
+          std::isfinite(spec.weight_schedule->end) &&
+          spec.weight_schedule->end >= 0.0)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "loss term '", spec.name, "' has a weight schedule from ",
+          spec.weight_schedule->start, " to ", spec.weight_schedule->end,
+          "; weights must be finite and >= 0"));
+    }
     DISTILL_ASSIGN_OR_RETURN(LossEntry entry, registry.Find(spec.name));
     DISTILL_ASSIGN_OR_RETURN(std::unique_ptr<Loss> loss,
                              registry.Create(spec.name, spec.params));
     composite.needs_teacher_ = composite.needs_teacher_ || entry.needs_teacher;
-    composite.terms_.push_back(Term{spec.name, spec.weight, std::move(loss)});
+    composite.terms_.push_back(
+        Term{spec.name, spec.weight, spec.weight_schedule, std::move(loss)});
   }
   return composite;
 }
@@ -51,7 +62,11 @@ absl::StatusOr<CompositeResult> CompositeLoss::Compute(
     DISTILL_RETURN_IF_ERROR(
         TorchCall(absl::StrCat("loss term '", term.name, "'"), [&]() {
           result.terms[term.name] = value->detach().item<double>();
-          torch::Tensor weighted = *value * term.weight;
+          const double weight =
+              term.weight_schedule
+                  ? term.weight_schedule->At(inputs.step, inputs.total_steps)
+                  : term.weight;
+          torch::Tensor weighted = *value * weight;
           result.total =
               result.total.defined() ? result.total + weighted : weighted;
         }));

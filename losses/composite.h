@@ -7,12 +7,14 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "losses/loss.h"
 #include "losses/registry.h"
+#include "losses/schedule.h"
 
 namespace distill::losses {
 
@@ -20,6 +22,9 @@ struct TermSpec {
   std::string name;
   double weight = 1.0;
   LossParams params;
+  // When set, replaces `weight`: evaluated at LossInputs::step of
+  // LossInputs::total_steps on every Compute.
+  std::optional<ValueSchedule> weight_schedule = std::nullopt;
 };
 
 struct CompositeResult {
@@ -30,8 +35,8 @@ struct CompositeResult {
 class CompositeLoss {
  public:
   // Errors from the registry (unknown name, bad parameter), and
-  // InvalidArgument for no terms, a negative or non-finite weight, or a name
-  // listed twice.
+  // InvalidArgument for no terms, a negative or non-finite weight (or
+  // schedule start or end), or a name listed twice.
   static absl::StatusOr<CompositeLoss> Create(
       const std::vector<TermSpec>& terms,
       const LossRegistry& registry = LossRegistry::Global());
@@ -45,6 +50,7 @@ class CompositeLoss {
   struct Term {
     std::string name;
     double weight;
+    std::optional<ValueSchedule> weight_schedule;
     std::shared_ptr<const Loss> loss;
   };
   std::vector<Term> terms_;

@@ -56,6 +56,43 @@ TEST(CompositeLossTest, WeightsCombineAndTermsAreReported) {
   EXPECT_TRUE(s.grad().defined());
 }
 
+// A LINEAR weight schedule 0.2 -> 1 at step 5 of 10 weighs the term 0.6;
+// a term without a schedule keeps its weight.
+TEST(CompositeLossTest, WeightScheduleFollowsTheStep) {
+  const TeacherTargets teacher = TeacherTargets::DenseFromLogits(
+      torch::tensor({{1.0, 0.0, -1.0}}, torch::kDouble), 2.0);
+  LossInputs inputs;
+  inputs.student_logits = torch::tensor({{0.0, 0.5, 0.0}}, torch::kDouble);
+  inputs.teacher = &teacher;
+  inputs.labels = torch::tensor({1}, torch::kLong);
+  TermSpec kd{"kd_kl", 123.0, {}};
+  kd.weight_schedule =
+      ValueSchedule{ValueSchedule::Type::kLinear, 0.2, 1.0};
+  absl::StatusOr<CompositeLoss> composite =
+      CompositeLoss::Create({kd, {"hard_ce", 0.5, {}}});
+  ASSERT_THAT(composite, IsOk());
+  const double kl = Single("kd_kl", {}, inputs);
+  const double ce = Single("hard_ce", {}, inputs);
+  inputs.step = 5;
+  inputs.total_steps = 10;
+  auto mid = composite->Compute(inputs);
+  ASSERT_THAT(mid, IsOk());
+  EXPECT_NEAR(mid->total.item<double>(), 0.6 * kl + 0.5 * ce, 1e-12);
+  EXPECT_NEAR(mid->terms.at("kd_kl"), kl, 1e-12);
+  inputs.step = 0;
+  auto first = composite->Compute(inputs);
+  ASSERT_THAT(first, IsOk());
+  EXPECT_NEAR(first->total.item<double>(), 0.2 * kl + 0.5 * ce, 1e-12);
+
+  TermSpec bad{"kd_kl", 1.0, {}};
+  bad.weight_schedule = ValueSchedule{ValueSchedule::Type::kCosine, 1.0, -2.0};
+  EXPECT_THAT(CompositeLoss::Create({bad}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("loss term 'kd_kl' has a weight schedule "
+                                 "from 1 to -2; weights must be finite and "
+                                 ">= 0")));
+}
+
 TEST(CompositeLossTest, NeedsTeacherOnlyWhenATermDoes) {
   absl::StatusOr<CompositeLoss> supervised =
       CompositeLoss::Create({{"hard_ce", 1.0, {}}});

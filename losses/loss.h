@@ -24,9 +24,11 @@ struct LossInputs {
   const TeacherTargets* teacher = nullptr;
   // int64 [N] or [N, S].
   torch::Tensor labels;
-  // For losses with schedules: the global step and epoch (0-based).
+  // For losses with schedules: the global step and epoch (0-based), and the
+  // run's total number of optimizer steps (0 when unknown, e.g. in tests).
   int64_t step = 0;
   int64_t epoch = 0;
+  int64_t total_steps = 0;
 };
 
 // Named numeric parameters of a loss, from the job config.

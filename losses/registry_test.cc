@@ -47,7 +47,8 @@ TEST(LossRegistryTest, EveryBuiltinResolves) {
   const LossRegistry& registry = LossRegistry::Global();
   const std::vector<std::pair<std::string, bool>> builtins = {
       {"hard_ce", false}, {"kd_kl", true},   {"reverse_kl", true},
-      {"js", true},       {"soft_ce", true}, {"mse_logits", true}};
+      {"js", true},       {"soft_ce", true}, {"mse_logits", true},
+      {"tvd", true},      {"dkd", true}};
   for (const auto& [name, needs_teacher] : builtins) {
     absl::StatusOr<LossEntry> entry = registry.Find(name);
     ASSERT_THAT(entry, IsOk()) << name;
@@ -60,7 +61,7 @@ TEST(LossRegistryTest, EveryBuiltinResolves) {
   }
   EXPECT_THAT(registry.Names(),
               ::testing::IsSupersetOf({"hard_ce", "kd_kl", "reverse_kl", "js",
-                                       "soft_ce", "mse_logits"}));
+                                       "soft_ce", "mse_logits", "tvd", "dkd"}));
 }
 
 TEST(LossRegistryTest, UnknownNameListsKnownOnes) {

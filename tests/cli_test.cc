@@ -198,6 +198,68 @@ TEST_F(CliTest, CheckpointFromAnotherArchitecture) {
                     "'cnn_student'");
 }
 
+// Loss plugins: every loading error stops the job before it starts.
+constexpr char kPluginJob[] =
+    "mode: DISTILL\nstudent { arch: \"mlp\" }\n"
+    "teacher { model { arch: \"mlp\" weights: \"t.pt\" } }\n";
+
+TEST_F(CliTest, MissingPluginInConfig) {
+  ExpectRefused(std::string(kPluginJob) + "plugins: \"/nonexistent/libx.so\"\n",
+                "loss plugin not found: /nonexistent/libx.so");
+}
+
+TEST_F(CliTest, PluginLossWithUnknownParameter) {
+  ExpectRefused(std::string(kPluginJob) + "plugins: \"" +
+                    DISTILL_COSINE_KD_PLUGIN + "\"\n" +
+                    "loss { name: \"cosine_kd\" params { key: \"epsilon\" "
+                    "value: 0.1 } }\n",
+                (dir_ / "bad.pbtxt").string() +
+                    ":5: loss[0].params has 'epsilon', which loss 'cosine_kd' "
+                    "does not take; its parameters: eps");
+}
+
+TEST_F(CliTest, PluginLossWithParameterOutOfBounds) {
+  ExpectRefused(std::string(kPluginJob) + "plugins: \"" +
+                    DISTILL_COSINE_KD_PLUGIN + "\"\n" +
+                    "loss { name: \"cosine_kd\" params { key: \"eps\" "
+                    "value: 2 } }\n",
+                (dir_ / "bad.pbtxt").string() +
+                    ":5: loss[0].params[eps] must be in [0, 1] (got 2)");
+}
+
+TEST_F(CliTest, PluginLossIsUnknownWithoutThePlugin) {
+  ExpectRefused(std::string(kPluginJob) + "loss { name: \"cosine_kd\" }\n",
+                (dir_ / "bad.pbtxt").string() +
+                    ":4: loss[0].name unknown loss 'cosine_kd'; known losses: "
+                    "dkd, hard_ce, js, kd_kl, mse_logits, reverse_kl, soft_ce, tvd");
+}
+
+TEST_F(CliTest, LibraryThatIsNotAPlugin) {
+  fs::path config = Write("job.pbtxt", kPluginJob);
+  Outcome o = Run(std::string("--loss_plugin ") + DISTILL_NOT_A_PLUGIN +
+                  " --config " + config.string() + " --run_dir " +
+                  (dir_ / "run").string());
+  EXPECT_EQ(o.exit_code, 1);
+  EXPECT_EQ(o.err, std::string("distill: error: ") + DISTILL_NOT_A_PLUGIN +
+                       " is not a distill loss plugin: it exports no "
+                       "distill_loss_plugin_entry\n");
+  EXPECT_FALSE(fs::exists(dir_ / "run"));
+}
+
+// The flag is repeatable (Abseil alone would keep only the last one): the
+// second load of the same plugin is refused as a duplicate loss name.
+TEST_F(CliTest, RepeatedPluginFlagLoadsEachAndRefusesDuplicates) {
+  fs::path config = Write("job.pbtxt", kPluginJob);
+  const std::string plugin = DISTILL_COSINE_KD_PLUGIN;
+  Outcome o = Run("--loss_plugin " + plugin + " --loss_plugin=" + plugin +
+                  " --config " + config.string() + " --run_dir " +
+                  (dir_ / "run").string());
+  EXPECT_EQ(o.exit_code, 1);
+  EXPECT_EQ(o.err, "distill: error: loss plugin " + plugin +
+                       " registers loss 'cosine_kd', which is already "
+                       "registered\n");
+}
+
 TEST_F(CliTest, MissingConfigFile) {
   Outcome o = Run("--config " + (dir_ / "absent.pbtxt").string());
   EXPECT_EQ(o.exit_code, 1);

@@ -1,6 +1,7 @@
 // Data-parallel `distill` ranks as separate processes over real Gloo on
 // loopback: equivalence with one rank, a rank killed mid-run, resuming on
-// another number of ranks, and the same binary under torchrun.
+// another number of ranks, the same binary under torchrun, and a loss plugin
+// loaded on every rank.
 #include <arpa/inet.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -288,6 +289,55 @@ TEST_F(DdpTest, KilledRankStopsTheOthersAndTheJobResumes) {
   ASSERT_EQ(codes[1], 0) << Err(1);
   auto summary = nlohmann::json::parse(ReadFile(run / "summary.json"));
   EXPECT_EQ(summary["steps"], 2 * 3200 / 32);
+}
+
+// The example loss plugin, loaded with --loss_plugin on both ranks, is a
+// term of a 2-rank distillation: it shows in metrics.jsonl and the summary.
+TEST_F(DdpTest, PluginLossOnTwoRanks) {
+  const std::string teacher_config = Write("teacher.pbtxt", R"pb(
+    mode: TRAIN
+    student { arch: "mlp" }
+    data { train_limit: 64 test_limit: 64 }
+    batch_size: 64 epochs: 1 threads: 1
+  )pb").string();
+  const fs::path teacher = dir_ / "teacher";
+  auto codes1 = RunRanks(1, {"--quiet", "--config", teacher_config,
+                             "--run_dir", teacher.string()});
+  ASSERT_EQ(codes1[0], 0) << Err(0);
+
+  const std::string config = Write("job.pbtxt", R"pb(
+    mode: DISTILL
+    student { arch: "mlp" }
+    teacher { model { arch: "mlp" weights: ")pb" +
+                                   (teacher / "model.pt").string() + R"pb(" } }
+    data { train_limit: 256 test_limit: 64 }
+    batch_size: 64 epochs: 1 threads: 1 log_every_steps: 1
+    loss { name: "cosine_kd" weight: 0.5 params { key: "eps" value: 1e-6 } }
+    loss { name: "hard_ce" weight: 0.5 }
+  )pb").string();
+  const fs::path run = dir_ / "run";
+  auto codes2 = RunRanks(2, {"--quiet", "--loss_plugin", DISTILL_COSINE_KD_PLUGIN,
+                             "--config", config, "--run_dir", run.string()});
+  ASSERT_EQ(codes2[0], 0) << Err(0);
+  ASSERT_EQ(codes2[1], 0) << Err(1);
+
+  auto summary = nlohmann::json::parse(ReadFile(run / "summary.json"));
+  EXPECT_EQ(summary["ranks"], 2);
+  ASSERT_TRUE(summary["loss_terms"].contains("cosine_kd")) << summary.dump();
+  const double cosine = summary["loss_terms"]["cosine_kd"].get<double>();
+  // 1 - cosine similarity of two distributions lies in [0, 1) and is not 0
+  // for an untrained student.
+  EXPECT_GT(cosine, 0.0);
+  EXPECT_LT(cosine, 1.0);
+  int train_records = 0;
+  std::istringstream lines(ReadFile(run / "metrics.jsonl"));
+  for (std::string line; std::getline(lines, line);) {
+    auto record = nlohmann::json::parse(line);
+    if (record["type"] != "train") continue;
+    ++train_records;
+    EXPECT_TRUE(record["terms"].contains("cosine_kd")) << line;
+  }
+  EXPECT_EQ(train_records, 256 / 64);
 }
 
 // A 2-rank run stopped mid-epoch resumes on 1 rank and ends with the same

@@ -154,6 +154,29 @@ absl::Status ValidateSchedule(const ScheduleConfig& s, double lr) {
   return absl::OkStatus();
 }
 
+// A schedule's type is required and its values must satisfy `ok`, which
+// `rule` describes ("> 0", ">= 0").
+absl::Status ValidateValueSchedule(const ::distill::v1::ValueSchedule& s,
+                                   const std::string& path, bool (*ok)(double),
+                                   const std::string& rule) {
+  if (s.type() == ::distill::v1::ValueSchedule::TYPE_UNSPECIFIED) {
+    return Bad(path + ".type", "is required: CONSTANT, LINEAR or COSINE");
+  }
+  if (!ok(s.start()) || !std::isfinite(s.start())) {
+    return Bad(path + ".start",
+               absl::StrCat("must be ", rule, " (got ", s.start(), ")"));
+  }
+  if (s.type() != ::distill::v1::ValueSchedule::CONSTANT &&
+      (!ok(s.end()) || !std::isfinite(s.end()))) {
+    return Bad(path + ".end",
+               absl::StrCat("must be ", rule, " (got ", s.end(), ")"));
+  }
+  return absl::OkStatus();
+}
+
+bool Positive(double v) { return v > 0; }
+bool NonNegative(double v) { return v >= 0; }
+
 absl::Status ValidateLoss(const JobConfig& config) {
   const auto& registry = losses::LossRegistry::Global();
   std::set<std::string> seen;
@@ -171,6 +194,11 @@ absl::Status ValidateLoss(const JobConfig& config) {
     if (!(term.weight() >= 0) || !std::isfinite(term.weight())) {
       return Bad(path + ".weight",
                  absl::StrCat("must be >= 0 (got ", term.weight(), ")"));
+    }
+    if (term.has_weight_schedule()) {
+      DISTILL_RETURN_IF_ERROR(ValidateValueSchedule(
+          term.weight_schedule(), path + ".weight_schedule", &NonNegative,
+          ">= 0"));
     }
     for (const auto& [name, value] : term.params()) {
       const losses::ParamSpec* spec = nullptr;
@@ -226,6 +254,32 @@ int LineOf(const std::string& path, const Descriptor* descriptor,
     descriptor = field->message_type();
   }
   return line;
+}
+
+// Parses without applying defaults or validating.
+absl::Status ParseText(const std::string& text, const std::string& source,
+                       JobConfig& config, TextFormat::ParseInfoTree* tree) {
+  Collector collector(source);
+  TextFormat::Parser parser;
+  parser.RecordErrorsTo(&collector);
+  parser.WriteLocationsTo(tree);
+  if (!parser.ParseFromString(text, &config)) {
+    std::string message = collector.errors().empty()
+                              ? absl::StrCat(source, ": cannot parse")
+                              : collector.errors().front();
+    return absl::InvalidArgumentError(message);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> ReadText(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) {
+    return absl::NotFoundError(absl::StrCat("config file not found: ", path));
+  }
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
 }
 
 }  // namespace
@@ -341,6 +395,10 @@ absl::Status ValidateJobConfig(const JobConfig& c) {
     return Bad("temperature",
                absl::StrCat("must be > 0 (got ", c.temperature(), ")"));
   }
+  if (c.has_temperature_schedule()) {
+    DISTILL_RETURN_IF_ERROR(ValidateValueSchedule(
+        c.temperature_schedule(), "temperature_schedule", &Positive, "> 0"));
+  }
   DISTILL_RETURN_IF_ERROR(ValidateLoss(c));
   DISTILL_RETURN_IF_ERROR(ValidateOptimizer(c.optimizer()));
   DISTILL_RETURN_IF_ERROR(ValidateSchedule(c.lr_schedule(), c.optimizer().lr()));
@@ -415,17 +473,8 @@ absl::StatusOr<JobConfig> ParseJobConfig(const std::string& text,
                                          const std::string& source,
                                          const std::string& run_dir) {
   JobConfig config;
-  Collector collector(source);
   TextFormat::ParseInfoTree tree;
-  TextFormat::Parser parser;
-  parser.RecordErrorsTo(&collector);
-  parser.WriteLocationsTo(&tree);
-  if (!parser.ParseFromString(text, &config)) {
-    std::string message = collector.errors().empty()
-                              ? absl::StrCat(source, ": cannot parse")
-                              : collector.errors().front();
-    return absl::InvalidArgumentError(message);
-  }
+  DISTILL_RETURN_IF_ERROR(ParseText(text, source, config, &tree));
   if (!run_dir.empty()) config.set_run_dir(run_dir);
   ApplyDefaults(config);
   absl::Status valid = ValidateJobConfig(config);
@@ -442,13 +491,18 @@ absl::StatusOr<JobConfig> ParseJobConfig(const std::string& text,
 
 absl::StatusOr<JobConfig> LoadJobConfig(const std::string& path,
                                         const std::string& run_dir) {
-  std::ifstream in(path);
-  if (!in) {
-    return absl::NotFoundError(absl::StrCat("config file not found: ", path));
-  }
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  return ParseJobConfig(buffer.str(), path, run_dir);
+  DISTILL_ASSIGN_OR_RETURN(std::string text, ReadText(path));
+  return ParseJobConfig(text, path, run_dir);
+}
+
+absl::StatusOr<std::vector<std::string>> ReadConfigPlugins(
+    const std::string& path) {
+  DISTILL_ASSIGN_OR_RETURN(std::string text, ReadText(path));
+  JobConfig config;
+  TextFormat::ParseInfoTree tree;
+  DISTILL_RETURN_IF_ERROR(ParseText(text, path, config, &tree));
+  return std::vector<std::string>(config.plugins().begin(),
+                                  config.plugins().end());
 }
 
 }  // namespace distill::trainer

@@ -5,6 +5,7 @@
 #define DISTILL_TRAINER_CONFIG_H_
 
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "proto/job.pb.h"
@@ -25,6 +26,13 @@ absl::StatusOr<JobConfig> ParseJobConfig(const std::string& text,
 // Reads and parses a file; NotFound when it does not exist.
 absl::StatusOr<JobConfig> LoadJobConfig(const std::string& path,
                                         const std::string& run_dir = "");
+
+// The `plugins` list of the config file at `path`, read ahead of
+// LoadJobConfig: plugins must be loaded before the config is validated,
+// since its loss terms may name their losses. Checks the syntax only; errors
+// as LoadJobConfig's (NotFound, InvalidArgument with file:line:col).
+absl::StatusOr<std::vector<std::string>> ReadConfigPlugins(
+    const std::string& path);
 
 // Sets every absent optional field to its documented default.
 void ApplyDefaults(JobConfig& config);

@@ -3,6 +3,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cstdio>
+#include <fstream>
+#include <string>
+
 #include "common/testing/status_matchers.h"
 
 namespace distill::trainer {
@@ -10,6 +14,7 @@ namespace {
 
 using ::distill::testing::IsOk;
 using ::distill::testing::StatusIs;
+using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
 
@@ -42,6 +47,68 @@ TEST(ConfigTest, UnknownFieldNamesFileLineAndField) {
       StatusIs(absl::StatusCode::kInvalidArgument,
                HasSubstr("job.pbtxt:2:7: Message type \"distill.v1.JobConfig\" "
                          "has no field named \"epochz\"")));
+}
+
+// Plugins are read before validation: the loss below exists only once a
+// plugin is loaded, and LoadJobConfig refuses it until then.
+TEST(ConfigTest, PluginsAreReadAheadOfValidation) {
+  const std::string path = ::testing::TempDir() + "/plugins_job.pbtxt";
+  std::ofstream(path) << kValid << "plugins: \"a/libx.so\"\n"
+                      << "plugins: \"/abs/liby.so\"\n"
+                      << "loss { name: \"from_plugin\" }\n";
+  auto plugins = ReadConfigPlugins(path);
+  ASSERT_THAT(plugins, IsOk());
+  EXPECT_THAT(*plugins, ElementsAre("a/libx.so", "/abs/liby.so"));
+  EXPECT_THAT(LoadJobConfig(path),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr(path + ":8: loss[0].name unknown loss "
+                                        "'from_plugin'")));
+  std::remove(path.c_str());
+}
+
+TEST(ConfigTest, ReadingPluginsReportsSyntaxErrorsAndMissingFiles) {
+  const std::string path = ::testing::TempDir() + "/bad_plugins_job.pbtxt";
+  std::ofstream(path) << "plugins: 3\n";
+  EXPECT_THAT(ReadConfigPlugins(path),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       StartsWith(path + ":1:10: Expected string")));
+  std::remove(path.c_str());
+  EXPECT_THAT(ReadConfigPlugins("/nonexistent/job.pbtxt"),
+              StatusIs(absl::StatusCode::kNotFound,
+                       HasSubstr("config file not found: "
+                                 "/nonexistent/job.pbtxt")));
+}
+
+TEST(ConfigTest, SchedulesAreValidatedWithFieldAndLine) {
+  EXPECT_THAT(ParseJobConfig(std::string(kValid) +
+                                 "temperature_schedule { start: 4 end: 1 }\n",
+                             "job.pbtxt"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("job.pbtxt:6: temperature_schedule.type is "
+                                 "required: CONSTANT, LINEAR or COSINE")));
+  EXPECT_THAT(
+      ParseJobConfig(std::string(kValid) +
+                         "temperature_schedule {\n type: COSINE\n start: 4\n"
+                         " end: 0\n}\n",
+                     "job.pbtxt"),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr("job.pbtxt:9: temperature_schedule.end must be > 0 "
+                         "(got 0)")));
+  EXPECT_THAT(
+      ParseJobConfig(std::string(kValid) +
+                         "loss { name: \"kd_kl\" weight_schedule { type: "
+                         "LINEAR start: -1 end: 1 } }\n",
+                     "job.pbtxt"),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr("job.pbtxt:6: loss[0].weight_schedule.start must be "
+                         ">= 0 (got -1)")));
+  auto ok = ParseJobConfig(
+      std::string(kValid) +
+          "temperature_schedule { type: LINEAR start: 4 end: 1 }\n"
+          "loss { name: \"dkd\" weight_schedule { type: COSINE start: 0 "
+          "end: 1 } }\nloss { name: \"hard_ce\" }\n",
+      "job.pbtxt");
+  EXPECT_THAT(ok, IsOk());
 }
 
 TEST(ConfigTest, WrongTypeIsAParseError) {

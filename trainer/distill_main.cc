@@ -1,6 +1,10 @@
 // The `distill` binary: trains, distills or evaluates one job.
 //
 //   distill --config job.pbtxt [--run_dir DIR] [--resume]
+//           [--loss_plugin PATH ...]
+//
+// Loss plugins (the flag's, then the config's `plugins`) are loaded before
+// the config is validated, so its loss terms may name their losses.
 //
 // Exit status: 0 on success (also after --stop_after_steps), 1 with one
 // "distill: error: ..." line on any failure, 128+N when stopped by signal N
@@ -9,10 +13,15 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
+#include "losses/plugin_loader.h"
+#include "losses/registry.h"
 #include "trainer/config.h"
 #include "trainer/trainer.h"
 #include "trainer/world.h"
@@ -25,12 +34,45 @@ ABSL_FLAG(int64_t, stop_after_steps, 0,
           "Write a checkpoint and exit 0 after this many global steps "
           "(0: run to the end).");
 ABSL_FLAG(bool, quiet, false, "No progress lines.");
+ABSL_FLAG(std::vector<std::string>, loss_plugin, {},
+          "Loss plugin (shared library) to load before the config is "
+          "validated; repeat the flag or separate paths with commas. A "
+          "relative path is taken from the current directory.");
 
 namespace {
 
 volatile std::sig_atomic_t g_signal = 0;
 
 void OnSignal(int signo) { g_signal = signo; }
+
+// Every value of a repeatable flag, in order. Abseil keeps only the last
+// occurrence of a flag, so the command line is read here as well; Abseil
+// still parses and documents the flag. Accepts --name=V, --name V, -name=V
+// and -name V, and comma-separated lists in each.
+std::vector<std::string> RepeatedFlagValues(int argc, char** argv,
+                                            const std::string& name) {
+  std::vector<std::string> values;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--") break;
+    for (const std::string dashes : {"--", "-"}) {
+      const std::string bare = dashes + name;
+      std::string value;
+      if (arg == bare && i + 1 < argc) {
+        value = argv[++i];
+      } else if (arg.rfind(bare + "=", 0) == 0) {
+        value = arg.substr(bare.size() + 1);
+      } else {
+        continue;
+      }
+      for (absl::string_view part : absl::StrSplit(value, ',')) {
+        if (!part.empty()) values.emplace_back(part);
+      }
+      break;
+    }
+  }
+  return values;
+}
 
 int Fail(const std::string& message) {
   std::fprintf(stderr, "distill: error: %s\n", message.c_str());
@@ -43,6 +85,8 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "distill --config FILE [--run_dir DIR] [--resume]: train, distill or "
       "evaluate the job a protobuf text config describes");
+  const std::vector<std::string> flag_plugins =
+      RepeatedFlagValues(argc, argv, "loss_plugin");
   std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
   if (rest.size() > 1) {
     return Fail(std::string("unexpected argument '") + rest[1] + "'");
@@ -56,6 +100,17 @@ int main(int argc, char** argv) {
   auto world = distill::trainer::DetectWorld(
       [](const char* name) { return std::getenv(name); });
   if (!world.ok()) return Fail(std::string(world.status().message()));
+  auto config_plugins = distill::trainer::ReadConfigPlugins(config_path);
+  if (!config_plugins.ok()) {
+    return Fail(std::string(config_plugins.status().message()));
+  }
+  std::vector<std::string> plugins = flag_plugins;
+  plugins.insert(plugins.end(), config_plugins->begin(), config_plugins->end());
+  for (const std::string& plugin : plugins) {
+    absl::Status loaded = distill::losses::LoadLossPlugin(
+        plugin, distill::losses::LossRegistry::Global());
+    if (!loaded.ok()) return Fail(std::string(loaded.message()));
+  }
   auto config =
       distill::trainer::LoadJobConfig(config_path, absl::GetFlag(FLAGS_run_dir));
   if (!config.ok()) return Fail(std::string(config.status().message()));

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -15,6 +16,7 @@
 #include "data/loader.h"
 #include "data/sampler.h"
 #include "losses/composite.h"
+#include "losses/schedule.h"
 #include "trainer/checkpoint.h"
 #include "trainer/communicator.h"
 #include "trainer/evaluate.h"
@@ -70,6 +72,19 @@ absl::StatusOr<std::unique_ptr<torch::optim::Optimizer>> MakeOptimizer(
 
 void SetLearningRate(torch::optim::Optimizer& optimizer, double lr) {
   for (auto& group : optimizer.param_groups()) group.options().set_lr(lr);
+}
+
+// The config validated the type: UNSPECIFIED does not reach here.
+losses::ValueSchedule ScheduleFromProto(const v1::ValueSchedule& proto) {
+  losses::ValueSchedule schedule;
+  schedule.type = proto.type() == v1::ValueSchedule::LINEAR
+                      ? losses::ValueSchedule::Type::kLinear
+                  : proto.type() == v1::ValueSchedule::COSINE
+                      ? losses::ValueSchedule::Type::kCosine
+                      : losses::ValueSchedule::Type::kConstant;
+  schedule.start = proto.start();
+  schedule.end = proto.end();
+  return schedule;
 }
 
 std::string TermsString(const std::map<std::string, double>& terms) {
@@ -160,6 +175,9 @@ absl::Status BuildJob(const JobConfig& config, const RunOptions& options,
   for (const auto& t : config.loss()) {
     terms.push_back({t.name(), t.weight(),
                      losses::LossParams(t.params().begin(), t.params().end())});
+    if (t.has_weight_schedule()) {
+      terms.back().weight_schedule = ScheduleFromProto(t.weight_schedule());
+    }
   }
   DISTILL_ASSIGN_OR_RETURN(job.loss, losses::CompositeLoss::Create(terms));
   DISTILL_ASSIGN_OR_RETURN(job.optimizer,
@@ -216,7 +234,7 @@ absl::StatusOr<RunResult> Evaluation(Job& job) {
 absl::StatusOr<losses::CompositeResult> Step(
     Job& job, const data::Batch& batch,
     const std::optional<losses::TeacherTargets>& targets, double lr,
-    int64_t step, int64_t epoch) {
+    int64_t step, int64_t epoch, int64_t total_steps) {
   const JobConfig& c = job.config;
   losses::CompositeResult result;
   DISTILL_RETURN_IF_ERROR(TorchCall(
@@ -242,6 +260,7 @@ absl::StatusOr<losses::CompositeResult> Step(
           in.labels = parts == 1 ? batch.labels : batch.labels.index_select(0, rows);
           in.step = step;
           in.epoch = epoch;
+          in.total_steps = total_steps;
           DISTILL_ASSIGN_OR_RETURN(losses::CompositeResult part,
                                    job.loss->Compute(in));
           job.grad_sync->BeginBackward(/*sync=*/k + 1 == parts, step);
@@ -316,7 +335,10 @@ absl::StatusOr<RunResult> Train(Job& job, const RunOptions& options) {
         " training samples and data.drop_last_batch is set: no step to take"));
   }
   const int64_t total_steps = steps_per_epoch * c.epochs();
-  const double temperature = c.temperature();
+  const std::optional<losses::ValueSchedule> temperature_schedule =
+      c.has_temperature_schedule()
+          ? std::optional(ScheduleFromProto(c.temperature_schedule()))
+          : std::nullopt;
 
   if (verbose) {
     std::printf("%s: %s, %lld parameters, %lld training samples, %s%d epochs%s\n",
@@ -376,6 +398,10 @@ absl::StatusOr<RunResult> Train(Job& job, const RunOptions& options) {
                                      pos.global_step, steps_per_epoch, total_steps);
       std::optional<losses::TeacherTargets> targets;
       if (job.teacher) {
+        const double temperature =
+            temperature_schedule
+                ? temperature_schedule->At(pos.global_step, total_steps)
+                : c.temperature();
         DISTILL_ASSIGN_OR_RETURN(targets, job.teacher->Targets(*batch, temperature));
       }
       if (world > 1 && !buffers.empty()) {
@@ -386,7 +412,7 @@ absl::StatusOr<RunResult> Train(Job& job, const RunOptions& options) {
       }
       DISTILL_ASSIGN_OR_RETURN(
           losses::CompositeResult step_loss,
-          Step(job, *batch, targets, lr, pos.global_step, epoch));
+          Step(job, *batch, targets, lr, pos.global_step, epoch, total_steps));
       const double loss_value = step_loss.total.item<double>();
       if (!std::isfinite(loss_value)) {
         return absl::InternalError(absl::StrCat(

@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <vector>
 
 #include "common/testing/status_matchers.h"
 
@@ -13,6 +14,8 @@ namespace {
 
 using ::distill::testing::IsOk;
 using ::distill::testing::StatusIs;
+using ::testing::DoubleNear;
+using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
 std::string FreshDir(const std::string& name) {
@@ -36,12 +39,14 @@ class UniformTeacher final : public TeacherClient {
   absl::StatusOr<losses::TeacherTargets> Targets(const data::Batch& batch,
                                                  double t) override {
     ++calls;
+    temperatures.push_back(t);
     return losses::TeacherTargets::DenseFromLogits(
         torch::zeros({batch.labels.size(0), classes_}), t);
   }
   int64_t num_classes() const override { return classes_; }
   std::string description() const override { return "uniform"; }
   int calls = 0;
+  std::vector<double> temperatures;
 
  private:
   int64_t classes_;
@@ -117,6 +122,33 @@ TEST(TrainerTest, DistillationAsksTheTeacherOncePerBatch) {
   EXPECT_EQ(teacher->calls, 6);
   EXPECT_TRUE(result->summary["loss_terms"].contains("kd_kl"));
   EXPECT_TRUE(result->summary["loss_terms"].contains("hard_ce"));
+}
+
+// 4 steps with a LINEAR temperature schedule 4 -> 2: step s of 4 asks the
+// teacher for T = 4 - 2 s / 4; a weight schedule is accepted alongside.
+TEST(TrainerTest, TemperatureScheduleReachesTheTeacherEachStep) {
+  const std::string dir = FreshDir("temperature_schedule");
+  JobConfig c = Parse(R"pb(
+    mode: DISTILL
+    student { arch: "mlp" }
+    teacher { model { arch: "cnn_teacher" weights: "unused.pt" } }
+    data { train_limit: 200 test_limit: 100 }
+    batch_size: 50 epochs: 1 threads: 1
+    temperature: 9
+    temperature_schedule { type: LINEAR start: 4 end: 2 }
+    loss { name: "dkd" weight_schedule { type: COSINE start: 0 end: 1 } }
+    loss { name: "hard_ce" }
+  )pb", dir);
+  RunOptions options;
+  options.verbose = false;
+  auto teacher = std::make_shared<UniformTeacher>(10);
+  options.teacher = teacher;
+  auto result = RunJob(c, options);
+  ASSERT_THAT(result, IsOk());
+  EXPECT_THAT(teacher->temperatures,
+              ElementsAre(DoubleNear(4.0, 1e-12), DoubleNear(3.5, 1e-12),
+                          DoubleNear(3.0, 1e-12), DoubleNear(2.5, 1e-12)));
+  EXPECT_TRUE(result->summary["loss_terms"].contains("dkd"));
 }
 
 TEST(TrainerTest, StopAfterStepsWritesACheckpointAndStops) {
