@@ -75,7 +75,7 @@ student { arch: "cnn_teacher" }
 data { train_limit: 640 test_limit: 100 }
 batch_size: 64 epochs: 1 log_every_steps: 1000000
 PB
-"$BIN/distill" --quiet --config "$OUT/teacher.pbtxt" --run_dir "$OUT/teacher"
+"$BIN/distill" --quiet --config "$OUT/teacher.pbtxt" --run_dir "$OUT/teacher" >/dev/null
 cat > "$OUT/distill_1.pbtxt" <<PB
 mode: DISTILL
 student { arch: "cnn_student" }
