@@ -24,7 +24,6 @@ absl::StatusOr<std::unique_ptr<GradSync>> GradSync::Create(
   }
   const int n = static_cast<int>(sync->params_.size());
   sync->bucket_of_.assign(n, -1);
-  sync->slot_of_.assign(n, -1);
   sync->ready_.assign(n, false);
 
   // Reverse registration order approximates the order in which backward
@@ -48,7 +47,6 @@ absl::StatusOr<std::unique_ptr<GradSync>> GradSync::Create(
     }
     Bucket& b = sync->buckets_.back();
     sync->bucket_of_[i] = static_cast<int>(sync->buckets_.size()) - 1;
-    sync->slot_of_[i] = static_cast<int>(b.params.size());
     b.offsets.push_back(bucket_bytes / 4);
     b.params.push_back(i);
     bucket_bytes += bytes;

@@ -86,7 +86,6 @@ class GradSync {
   GradSyncOptions options_;
   std::vector<std::pair<std::string, torch::Tensor>> params_;
   std::vector<int> bucket_of_;   // param index -> bucket
-  std::vector<int> slot_of_;     // param index -> position in its bucket
   std::vector<bool> ready_;
   std::vector<Bucket> buckets_;
   std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;
