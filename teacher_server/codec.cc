@@ -1,0 +1,295 @@
+// Wire encoding of tensors and teacher targets.
+//
+// Bytes are little-endian on the wire; the copy below is a plain memcpy, so
+// the build refuses big-endian hosts rather than silently byte-swapping.
+#include "teacher_server/codec.h"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/status.h"
+#include "common/torch_status.h"
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+              "the teacher wire format is little-endian");
+
+namespace distill::teacher {
+namespace {
+
+absl::StatusOr<torch::Dtype> TorchDType(v1::Tensor::DType dtype) {
+  switch (dtype) {
+    case v1::Tensor::FLOAT32:
+      return torch::kFloat;
+    case v1::Tensor::FLOAT16:
+      return torch::kHalf;
+    case v1::Tensor::INT32:
+      return torch::kInt;
+    case v1::Tensor::INT64:
+      return torch::kLong;
+    case v1::Tensor::UINT8:
+      return torch::kByte;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("unsupported tensor dtype ", DTypeName(dtype)));
+  }
+}
+
+std::string ShapeString(torch::IntArrayRef shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+
+// InvalidArgument unless `t` is of `dtype`.
+absl::Status CheckTensor(const v1::Tensor& t, absl::string_view what,
+                         v1::Tensor::DType dtype) {
+  if (t.dtype() != dtype) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " must be ", DTypeName(dtype), ", got ",
+                     DTypeName(t.dtype())));
+  }
+  return absl::OkStatus();
+}
+
+// Whether every value of float tensor `t` is finite and within [lo, hi].
+bool AllWithin(const torch::Tensor& t, double lo, double hi) {
+  if (t.numel() == 0) return true;
+  return torch::isfinite(t).all().item<bool>() &&
+         t.min().item<double>() >= lo && t.max().item<double>() <= hi;
+}
+
+// Half precision rounds 1 - epsilon up to 1 and loses ~1e-3 relative; the
+// bounds allow for that, not for garbage.
+constexpr double kProbSlack = 2e-3;
+
+}  // namespace
+
+std::string EncodingName(v1::Encoding encoding) {
+  return v1::Encoding_Name(encoding).empty()
+             ? absl::StrCat("encoding ", static_cast<int>(encoding))
+             : v1::Encoding_Name(encoding);
+}
+
+std::string DTypeName(v1::Tensor::DType dtype) {
+  return v1::Tensor::DType_Name(dtype).empty()
+             ? absl::StrCat("dtype ", static_cast<int>(dtype))
+             : v1::Tensor::DType_Name(dtype);
+}
+
+absl::StatusOr<v1::Tensor::DType> WireDType(torch::Dtype dtype) {
+  switch (dtype) {
+    case torch::kFloat:
+      return v1::Tensor::FLOAT32;
+    case torch::kHalf:
+      return v1::Tensor::FLOAT16;
+    case torch::kInt:
+      return v1::Tensor::INT32;
+    case torch::kLong:
+      return v1::Tensor::INT64;
+    case torch::kByte:
+      return v1::Tensor::UINT8;
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor dtype ", c10::toString(dtype), " has no wire encoding"));
+  }
+}
+
+v1::Tensor ToProto(const torch::Tensor& tensor, v1::Tensor::DType dtype) {
+  // Only the five dtypes of the enum reach here (callers pass enum values).
+  const torch::Tensor cpu = tensor.detach()
+                                .to(torch::kCPU, *TorchDType(dtype))
+                                .contiguous();
+  v1::Tensor message;
+  message.set_dtype(dtype);
+  for (int64_t d : cpu.sizes()) message.add_shape(d);
+  message.set_data(static_cast<const char*>(cpu.data_ptr()), cpu.nbytes());
+  return message;
+}
+
+absl::StatusOr<v1::Tensor> ToProto(const torch::Tensor& tensor) {
+  DISTILL_ASSIGN_OR_RETURN(v1::Tensor::DType dtype,
+                           WireDType(tensor.scalar_type()));
+  return ToProto(tensor, dtype);
+}
+
+absl::StatusOr<torch::Tensor> FromProto(const v1::Tensor& message,
+                                        absl::string_view what) {
+  absl::StatusOr<torch::Dtype> dtype = TorchDType(message.dtype());
+  if (!dtype.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": ", dtype.status().message()));
+  }
+  std::vector<int64_t> shape(message.shape().begin(), message.shape().end());
+  const int64_t element_size = c10::elementSize(*dtype);
+  int64_t count = 1;
+  for (int64_t d : shape) {
+    if (d < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, " has a negative dimension in shape ", ShapeString(shape)));
+    }
+    if (d != 0 && count > std::numeric_limits<int64_t>::max() / element_size / d) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, " shape ", ShapeString(shape), " is too large"));
+    }
+    count *= d;
+  }
+  const int64_t expected_bytes = count * element_size;
+  if (static_cast<int64_t>(message.data().size()) != expected_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, " carries ", message.data().size(), " bytes but ",
+        DTypeName(message.dtype()), " ", ShapeString(shape), " needs ",
+        expected_bytes));
+  }
+  torch::Tensor out = torch::empty(shape, torch::TensorOptions().dtype(*dtype));
+  if (expected_bytes > 0) {
+    std::memcpy(out.data_ptr(), message.data().data(), expected_bytes);
+  }
+  return out;
+}
+
+absl::StatusOr<v1::SoftTargets> EncodeTargets(
+    const losses::TeacherTargets& targets, v1::Encoding encoding) {
+  v1::SoftTargets message;
+  message.set_temperature(targets.temperature);
+  message.set_encoding(encoding);
+  message.set_num_classes(targets.num_classes);
+  const bool dense = targets.form == losses::TeacherTargets::Form::kDense;
+  switch (encoding) {
+    case v1::DENSE_FP32:
+    case v1::DENSE_FP16:
+      if (!dense) break;
+      *message.mutable_probs() = ToProto(
+          targets.probs,
+          encoding == v1::DENSE_FP32 ? v1::Tensor::FLOAT32 : v1::Tensor::FLOAT16);
+      return message;
+    case v1::TOP_K:
+      if (dense) break;
+      *message.mutable_topk_values() =
+          ToProto(targets.values, v1::Tensor::FLOAT16);
+      *message.mutable_topk_indices() =
+          ToProto(targets.indices, v1::Tensor::INT32);
+      *message.mutable_tail_mass() =
+          ToProto(targets.tail_mass, v1::Tensor::FLOAT32);
+      return message;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot encode targets as ", EncodingName(encoding)));
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("cannot encode ", dense ? "dense" : "top-k",
+                   " targets as ", EncodingName(encoding)));
+}
+
+absl::StatusOr<losses::TeacherTargets> DecodeTargets(
+    const v1::SoftTargets& message, int64_t expected_rows) {
+  losses::TeacherTargets targets;
+  if (!(message.temperature() > 0) ||
+      !std::isfinite(message.temperature())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "soft targets temperature must be > 0, got ", message.temperature()));
+  }
+  if (message.num_classes() < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "soft targets num_classes must be >= 1, got ", message.num_classes()));
+  }
+  targets.temperature = message.temperature();
+  targets.num_classes = message.num_classes();
+  const int64_t classes = message.num_classes();
+
+  auto check_rows = [&](const torch::Tensor& t,
+                        absl::string_view what) -> absl::Status {
+    if (t.dim() < 1 || (expected_rows >= 0 && t.size(0) != expected_rows)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what, " shape ", ShapeString(t.sizes()), " does not cover ",
+          expected_rows, " samples"));
+    }
+    return absl::OkStatus();
+  };
+
+  switch (message.encoding()) {
+    case v1::DENSE_FP32:
+    case v1::DENSE_FP16: {
+      DISTILL_RETURN_IF_ERROR(CheckTensor(
+          message.probs(), "probs",
+          message.encoding() == v1::DENSE_FP32 ? v1::Tensor::FLOAT32
+                                               : v1::Tensor::FLOAT16));
+      DISTILL_ASSIGN_OR_RETURN(torch::Tensor probs,
+                               FromProto(message.probs(), "probs"));
+      if (probs.dim() != 2 && probs.dim() != 3) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("probs must be [N, C] or [N, S, V], got ",
+                         ShapeString(probs.sizes())));
+      }
+      if (probs.size(-1) != classes) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("probs shape ", ShapeString(probs.sizes()),
+                         " does not end in num_classes ", classes));
+      }
+      DISTILL_RETURN_IF_ERROR(check_rows(probs, "probs"));
+      probs = probs.to(torch::kFloat);
+      if (!AllWithin(probs, 0.0, 1.0 + kProbSlack)) {
+        return absl::InvalidArgumentError(
+            "probs must be finite probabilities in [0, 1]");
+      }
+      targets.form = losses::TeacherTargets::Form::kDense;
+      targets.probs = probs;
+      return targets;
+    }
+    case v1::TOP_K: {
+      DISTILL_RETURN_IF_ERROR(
+          CheckTensor(message.topk_values(), "topk_values", v1::Tensor::FLOAT16));
+      DISTILL_RETURN_IF_ERROR(CheckTensor(message.topk_indices(),
+                                          "topk_indices", v1::Tensor::INT32));
+      DISTILL_RETURN_IF_ERROR(
+          CheckTensor(message.tail_mass(), "tail_mass", v1::Tensor::FLOAT32));
+      DISTILL_ASSIGN_OR_RETURN(torch::Tensor values,
+                               FromProto(message.topk_values(), "topk_values"));
+      DISTILL_ASSIGN_OR_RETURN(
+          torch::Tensor indices,
+          FromProto(message.topk_indices(), "topk_indices"));
+      DISTILL_ASSIGN_OR_RETURN(torch::Tensor tail,
+                               FromProto(message.tail_mass(), "tail_mass"));
+      if ((values.dim() != 2 && values.dim() != 3) ||
+          indices.sizes() != values.sizes() ||
+          tail.sizes() != values.sizes().slice(0, values.dim() - 1)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "top-k shapes disagree: topk_values ", ShapeString(values.sizes()),
+            ", topk_indices ", ShapeString(indices.sizes()), ", tail_mass ",
+            ShapeString(tail.sizes()),
+            " (want [N(, S), k], [N(, S), k], [N(, S)])"));
+      }
+      const int64_t k = values.size(-1);
+      if (k < 1 || k > classes) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "top-k k = ", k, " must be in [1, num_classes = ", classes, "]"));
+      }
+      DISTILL_RETURN_IF_ERROR(check_rows(values, "topk_values"));
+      if (indices.numel() > 0 && (indices.min().item<int64_t>() < 0 ||
+                                  indices.max().item<int64_t>() >= classes)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "topk_indices must be in [0, ", classes, ")"));
+      }
+      values = values.to(torch::kFloat);
+      if (!AllWithin(values, 0.0, 1.0 + kProbSlack) ||
+          !AllWithin(tail, 0.0, 1.0 + kProbSlack)) {
+        return absl::InvalidArgumentError(
+            "topk_values and tail_mass must be finite probabilities in [0, 1]");
+      }
+      targets.form = losses::TeacherTargets::Form::kTopK;
+      targets.values = values;
+      targets.indices = indices.to(torch::kLong);
+      targets.tail_mass = tail;
+      return targets;
+    }
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("soft targets have unknown encoding ",
+                       EncodingName(message.encoding())));
+  }
+}
+
+}  // namespace distill::teacher

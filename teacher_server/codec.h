@@ -1,0 +1,57 @@
+// Converts between LibTorch tensors / losses::TeacherTargets and the wire
+// messages of proto/teacher.proto. Shared by the teacher server (encode), the
+// trainer's client (decode) and the teacher-output cache (both). Every decode
+// validates what it reads, since the bytes come from another process: a
+// message whose dtype, shape, byte count or values are inconsistent is an
+// InvalidArgument naming the field. Stateless; safe from any thread.
+#ifndef DISTILL_TEACHER_SERVER_CODEC_H_
+#define DISTILL_TEACHER_SERVER_CODEC_H_
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "losses/teacher_targets.h"
+#include "proto/teacher.pb.h"
+
+namespace distill::teacher {
+
+// "DENSE_FP32", "DENSE_FP16", "TOP_K".
+std::string EncodingName(v1::Encoding encoding);
+// "FLOAT32", ...
+std::string DTypeName(v1::Tensor::DType dtype);
+
+// The wire dtype of a torch dtype; InvalidArgument for one the wire lacks.
+absl::StatusOr<v1::Tensor::DType> WireDType(torch::Dtype dtype);
+
+// Copies `tensor` (any device, made contiguous) to the wire as `dtype`,
+// converting values when the dtypes differ.
+v1::Tensor ToProto(const torch::Tensor& tensor, v1::Tensor::DType dtype);
+// Same, keeping the tensor's own dtype; InvalidArgument when the wire has no
+// such dtype.
+absl::StatusOr<v1::Tensor> ToProto(const torch::Tensor& tensor);
+
+// A CPU tensor owning a copy of the message's bytes. `what` names the field
+// in errors ("inputs", "probs", ...). Half tensors come back as kHalf.
+absl::StatusOr<torch::Tensor> FromProto(const v1::Tensor& message,
+                                        absl::string_view what);
+
+// Encodes teacher targets for the wire. Dense targets may be sent as
+// DENSE_FP32 or DENSE_FP16, top-k targets only as TOP_K; anything else is
+// InvalidArgument.
+absl::StatusOr<v1::SoftTargets> EncodeTargets(
+    const losses::TeacherTargets& targets, v1::Encoding encoding);
+
+// Decodes and validates: dtypes and shapes as teacher.proto states, indices in
+// [0, num_classes), probabilities finite and in [0, 1], temperature > 0.
+// Probabilities come back as float32 whatever the wire precision.
+// `expected_rows` (when >= 0) is the batch size the targets must cover.
+absl::StatusOr<losses::TeacherTargets> DecodeTargets(
+    const v1::SoftTargets& message, int64_t expected_rows = -1);
+
+}  // namespace distill::teacher
+
+#endif  // DISTILL_TEACHER_SERVER_CODEC_H_

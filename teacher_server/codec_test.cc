@@ -1,0 +1,197 @@
+#include "teacher_server/codec.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+#include <string>
+
+#include "common/testing/status_matchers.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace distill::teacher {
+namespace {
+
+using ::distill::testing::IsOk;
+using ::distill::testing::StatusIs;
+using ::testing::HasSubstr;
+
+TEST(TensorCodecTest, Float32BytesAreLittleEndianIeee) {
+  v1::Tensor message = ToProto(torch::tensor({1.0f, -2.0f}), v1::Tensor::FLOAT32);
+  ASSERT_EQ(message.shape_size(), 1);
+  EXPECT_EQ(message.shape(0), 2);
+  // 1.0f = 0x3f800000, -2.0f = 0xc0000000, least significant byte first.
+  EXPECT_EQ(message.data(), std::string("\x00\x00\x80\x3f\x00\x00\x00\xc0", 8));
+}
+
+TEST(TensorCodecTest, Float16ConversionOnTheWire) {
+  v1::Tensor message =
+      ToProto(torch::tensor({0.5f, 1.0f}), v1::Tensor::FLOAT16);
+  // 0.5 = 0x3800, 1.0 = 0x3c00 in IEEE half precision.
+  EXPECT_EQ(message.data(), std::string("\x00\x38\x00\x3c", 4));
+  auto back = FromProto(message, "x");
+  ASSERT_THAT(back.status(), IsOk());
+  EXPECT_EQ(back->scalar_type(), torch::kHalf);
+  EXPECT_EQ(back->to(torch::kFloat)[0].item<float>(), 0.5f);
+}
+
+TEST(TensorCodecTest, RoundTripsEveryDtypeAndShape) {
+  for (torch::Dtype dtype :
+       {torch::kFloat, torch::kHalf, torch::kInt, torch::kLong, torch::kByte}) {
+    torch::Tensor t = torch::arange(24).reshape({2, 3, 4}).to(dtype);
+    auto message = ToProto(t);
+    ASSERT_THAT(message.status(), IsOk());
+    auto back = FromProto(*message, "t");
+    ASSERT_THAT(back.status(), IsOk());
+    EXPECT_EQ(back->scalar_type(), dtype);
+    EXPECT_TRUE(torch::equal(*back, t)) << c10::toString(dtype);
+  }
+  // A non-contiguous view goes out in its logical order.
+  torch::Tensor t = torch::arange(6, torch::kFloat).reshape({2, 3}).t();
+  auto back = FromProto(ToProto(t, v1::Tensor::FLOAT32), "t");
+  ASSERT_THAT(back.status(), IsOk());
+  EXPECT_TRUE(torch::equal(*back, t));
+}
+
+TEST(TensorCodecTest, RefusesInconsistentMessages) {
+  v1::Tensor message;
+  message.set_dtype(v1::Tensor::FLOAT32);
+  message.add_shape(2);
+  message.add_shape(3);
+  message.set_data(std::string(20, '\0'));
+  EXPECT_THAT(FromProto(message, "inputs").status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "inputs carries 20 bytes but FLOAT32 [2, 3] needs 24"));
+  message.set_shape(1, -3);
+  EXPECT_THAT(FromProto(message, "inputs").status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("negative dimension")));
+  message.set_shape(1, int64_t{1} << 62);
+  EXPECT_THAT(FromProto(message, "inputs").status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("too large")));
+  message.set_dtype(v1::Tensor::DTYPE_UNSPECIFIED);
+  EXPECT_THAT(FromProto(message, "inputs").status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "inputs: unsupported tensor dtype DTYPE_UNSPECIFIED"));
+  EXPECT_THAT(ToProto(torch::zeros({1}, torch::kDouble)).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("no wire encoding")));
+}
+
+// Logits [0, ln 2, ln 4] at T = 1 give probabilities [1/7, 2/7, 4/7].
+torch::Tensor SeventhsLogits() {
+  return torch::tensor({{0.0, std::log(2.0), std::log(4.0)}}, torch::kFloat);
+}
+
+TEST(TargetsCodecTest, DenseRoundTripAtBothPrecisions) {
+  auto dense = losses::TeacherTargets::DenseFromLogits(SeventhsLogits(), 1.0);
+  for (v1::Encoding encoding : {v1::DENSE_FP32, v1::DENSE_FP16}) {
+    auto message = EncodeTargets(dense, encoding);
+    ASSERT_THAT(message.status(), IsOk());
+    EXPECT_EQ(message->probs().data().size(),
+              encoding == v1::DENSE_FP32 ? 12u : 6u);
+    auto back = DecodeTargets(*message, /*expected_rows=*/1);
+    ASSERT_THAT(back.status(), IsOk());
+    EXPECT_EQ(back->form, losses::TeacherTargets::Form::kDense);
+    EXPECT_EQ(back->num_classes, 3);
+    EXPECT_EQ(back->temperature, 1.0);
+    EXPECT_EQ(back->probs.scalar_type(), torch::kFloat);
+    const double tol = encoding == v1::DENSE_FP32 ? 1e-7 : 1e-3;
+    EXPECT_NEAR(back->probs[0][0].item<double>(), 1.0 / 7, tol);
+    EXPECT_NEAR(back->probs[0][1].item<double>(), 2.0 / 7, tol);
+    EXPECT_NEAR(back->probs[0][2].item<double>(), 4.0 / 7, tol);
+  }
+}
+
+TEST(TargetsCodecTest, TopKRoundTripKeepsIndicesAndTail) {
+  auto topk = losses::TeacherTargets::TopKFromLogits(SeventhsLogits(), 1.0, 2);
+  auto message = EncodeTargets(topk, v1::TOP_K);
+  ASSERT_THAT(message.status(), IsOk());
+  auto back = DecodeTargets(*message, 1);
+  ASSERT_THAT(back.status(), IsOk());
+  EXPECT_EQ(back->form, losses::TeacherTargets::Form::kTopK);
+  EXPECT_EQ(back->indices[0][0].item<int64_t>(), 2);
+  EXPECT_EQ(back->indices[0][1].item<int64_t>(), 1);
+  EXPECT_EQ(back->indices.scalar_type(), torch::kLong);
+  EXPECT_NEAR(back->values[0][0].item<double>(), 4.0 / 7, 1e-3);
+  EXPECT_NEAR(back->values[0][1].item<double>(), 2.0 / 7, 1e-3);
+  // The tail travels in float32, computed before the values were rounded.
+  EXPECT_NEAR(back->tail_mass[0].item<double>(), 1.0 / 7, 1e-6);
+}
+
+TEST(TargetsCodecTest, SequenceTargetsKeepTheirShape) {
+  torch::Tensor logits = torch::randn({2, 5, 11});
+  auto topk = losses::TeacherTargets::TopKFromLogits(logits, 2.0, 4);
+  auto back = DecodeTargets(*EncodeTargets(topk, v1::TOP_K), 2);
+  ASSERT_THAT(back.status(), IsOk());
+  EXPECT_EQ(back->values.sizes(), torch::IntArrayRef({2, 5, 4}));
+  EXPECT_EQ(back->tail_mass.sizes(), torch::IntArrayRef({2, 5}));
+  EXPECT_TRUE(torch::equal(back->indices, topk.indices));
+}
+
+TEST(TargetsCodecTest, EncodingMustFitTheForm) {
+  auto dense = losses::TeacherTargets::DenseFromLogits(SeventhsLogits(), 1.0);
+  EXPECT_THAT(EncodeTargets(dense, v1::TOP_K).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "cannot encode dense targets as TOP_K"));
+  auto topk = losses::TeacherTargets::TopKFromLogits(SeventhsLogits(), 1.0, 2);
+  EXPECT_THAT(EncodeTargets(topk, v1::DENSE_FP16).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "cannot encode top-k targets as DENSE_FP16"));
+}
+
+TEST(TargetsCodecTest, RefusesBadMessages) {
+  auto topk = losses::TeacherTargets::TopKFromLogits(SeventhsLogits(), 1.0, 2);
+  const v1::SoftTargets good = *EncodeTargets(topk, v1::TOP_K);
+
+  v1::SoftTargets m = good;
+  m.set_temperature(0);
+  EXPECT_THAT(DecodeTargets(m).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("temperature must be > 0")));
+
+  m = good;
+  m.set_num_classes(2);  // index 2 is now out of range, and k = 2 still fits
+  EXPECT_THAT(DecodeTargets(m).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "topk_indices must be in [0, 2)"));
+
+  m = good;
+  m.set_num_classes(1);
+  EXPECT_THAT(DecodeTargets(m).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "top-k k = 2 must be in [1, num_classes = 1]"));
+
+  m = good;
+  *m.mutable_tail_mass() = ToProto(torch::zeros({2}), v1::Tensor::FLOAT32);
+  EXPECT_THAT(DecodeTargets(m).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("top-k shapes disagree")));
+
+  EXPECT_THAT(DecodeTargets(good, /*expected_rows=*/3).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "topk_values shape [1, 2] does not cover 3 samples"));
+
+  m = good;
+  *m.mutable_topk_values() =
+      ToProto(torch::tensor({{NAN, 0.5f}}), v1::Tensor::FLOAT16);
+  EXPECT_THAT(DecodeTargets(m).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("finite probabilities")));
+
+  m = good;
+  m.set_encoding(v1::DENSE_FP32);
+  EXPECT_THAT(DecodeTargets(m).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "probs must be FLOAT32, got DTYPE_UNSPECIFIED"));
+
+  m = good;
+  m.set_encoding(static_cast<v1::Encoding>(42));
+  EXPECT_THAT(DecodeTargets(m).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "soft targets have unknown encoding encoding 42"));
+}
+
+}  // namespace
+}  // namespace distill::teacher
