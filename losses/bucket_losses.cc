@@ -1,0 +1,163 @@
+// The built-in losses that compare the teacher's and the student's
+// distributions bucket by bucket: kd_kl, reverse_kl, js, soft_ce and tvd.
+// They accept dense teacher targets and the sparse top-k form. Conventions
+// shared by every built-in are in losses/builtin_common.h; here:
+// * Top-k teacher targets are compared "bucketed": the k listed classes are
+//   k buckets and everything else one tail bucket, whose teacher mass is
+//   tail_mass and whose student mass is 1 - sum_i q_i, computed in log space
+//   as logsumexp(z over unlisted classes) - logsumexp(z). With k == C there
+//   is no tail bucket and every bucketed loss equals its dense form.
+//
+// The losses, in bucket terms (p teacher, q student, sums over buckets):
+//   kd_kl       T^2 * sum p (log p - log q)          KL(p || q)
+//   reverse_kl  T^2 * sum q (log q - log max(p, 1e-12))  KL(q || p)
+//   js          T^2 * (KL(p || m) + KL(q || m)) / 2, m = (p + q) / 2
+//   soft_ce     T^2 * -sum p log q
+//   tvd         T^2 * sum |p - q| / 2             total variation distance
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "absl/status/statusor.h"
+#include "common/status.h"
+#include "common/torch_status.h"
+#include "losses/builtin_common.h"
+#include "losses/loss.h"
+#include "losses/registry.h"
+#include "losses/teacher_targets.h"
+
+namespace distill::losses {
+namespace {
+
+using internal::CheckStudent;
+using internal::CheckTeacher;
+using internal::FlatLogits;
+using internal::kProbFloor;
+
+// Teacher and student distributions over the same buckets, [M, B].
+struct Buckets {
+  torch::Tensor p;      // teacher probabilities (no gradient)
+  torch::Tensor log_q;  // student log-probabilities at temperature T
+};
+
+Buckets MakeBuckets(const torch::Tensor& student,
+                    const TeacherTargets& teacher) {
+  const torch::Tensor z = FlatLogits(student) / teacher.temperature;
+  const int64_t classes = z.size(-1);
+  const auto options = z.options().requires_grad(false);
+  const torch::Tensor log_q = torch::log_softmax(z, -1);
+  if (teacher.form == TeacherTargets::Form::kDense) {
+    return {teacher.probs.detach().reshape({-1, classes}).to(options), log_q};
+  }
+  const int64_t k = teacher.values.size(-1);
+  const torch::Tensor values =
+      teacher.values.detach().reshape({-1, k}).to(options);
+  const torch::Tensor indices =
+      teacher.indices.reshape({-1, k}).to(z.device(), torch::kLong);
+  const torch::Tensor log_q_top = log_q.gather(-1, indices);
+  if (k == classes) return {values, log_q_top};
+  // log(1 - sum_i q_i) without cancellation: the log-mass of the unlisted
+  // classes. At least one class is unlisted, so the logsumexp is finite.
+  const torch::Tensor listed =
+      torch::zeros_like(z, torch::kBool).scatter(-1, indices, true);
+  const torch::Tensor log_q_tail =
+      torch::logsumexp(
+          z.masked_fill(listed, -std::numeric_limits<double>::infinity()), -1,
+          /*keepdim=*/true) -
+      torch::logsumexp(z, -1, /*keepdim=*/true);
+  const torch::Tensor tail =
+      teacher.tail_mass.detach().reshape({-1, 1}).to(options);
+  return {torch::cat({values, tail}, -1),
+          torch::cat({log_q_top, log_q_tail}, -1)};
+}
+
+// Per-bucket contribution of a teacher loss, summed over buckets afterwards.
+using BucketTerm = torch::Tensor (*)(const torch::Tensor& p,
+                                     const torch::Tensor& log_q);
+
+torch::Tensor KdKlTerm(const torch::Tensor& p, const torch::Tensor& log_q) {
+  return torch::xlogy(p, p) - p * log_q;
+}
+
+torch::Tensor ReverseKlTerm(const torch::Tensor& p,
+                            const torch::Tensor& log_q) {
+  return torch::exp(log_q) * (log_q - torch::log(p.clamp_min(kProbFloor)));
+}
+
+torch::Tensor JsTerm(const torch::Tensor& p, const torch::Tensor& log_q) {
+  // log m = logaddexp(log p, log q) - log 2 is finite because log q is, even
+  // where p = 0 (log p = -inf), so neither product below meets 0 * inf.
+  const torch::Tensor log_m =
+      torch::logaddexp(torch::log(p), log_q) - std::log(2.0);
+  return 0.5 * (torch::xlogy(p, p) - p * log_m) +
+         0.5 * torch::exp(log_q) * (log_q - log_m);
+}
+
+torch::Tensor TvdTerm(const torch::Tensor& p, const torch::Tensor& log_q) {
+  return 0.5 * (p - torch::exp(log_q)).abs();
+}
+
+torch::Tensor SoftCeTerm(const torch::Tensor& p, const torch::Tensor& log_q) {
+  return -p * log_q;
+}
+
+class BucketLoss final : public Loss {
+ public:
+  BucketLoss(std::string name, BucketTerm term)
+      : name_(std::move(name)), term_(term) {}
+
+  absl::StatusOr<torch::Tensor> Compute(
+      const LossInputs& inputs) const override {
+    DISTILL_RETURN_IF_ERROR(CheckStudent(name_, inputs.student_logits));
+    DISTILL_RETURN_IF_ERROR(CheckTeacher(name_, inputs));
+    return TorchCall(name_, [&]() -> torch::Tensor {
+      const Buckets buckets =
+          MakeBuckets(inputs.student_logits, *inputs.teacher);
+      const double t = inputs.teacher->temperature;
+      return term_(buckets.p, buckets.log_q).sum(-1).mean() * (t * t);
+    });
+  }
+
+ private:
+  std::string name_;
+  BucketTerm term_;
+};
+
+LossEntry BucketEntry(std::string name, std::string description,
+                      BucketTerm term) {
+  LossEntry entry;
+  entry.name = name;
+  entry.description = std::move(description);
+  entry.needs_teacher = true;
+  entry.factory = [name, term](const LossParams&) -> std::unique_ptr<Loss> {
+    return std::make_unique<BucketLoss>(name, term);
+  };
+  return entry;
+}
+
+}  // namespace
+
+DISTILL_REGISTER_LOSS(kd_kl, BucketEntry("kd_kl",
+                                         "T^2 * KL(p_T || q_T), Hinton et al.",
+                                         &KdKlTerm));
+DISTILL_REGISTER_LOSS(
+    reverse_kl,
+    BucketEntry("reverse_kl",
+                "T^2 * KL(q_T || p_T), mode-seeking; p floored at 1e-12.",
+                &ReverseKlTerm));
+DISTILL_REGISTER_LOSS(
+    js, BucketEntry("js", "T^2 * Jensen-Shannon divergence of p_T and q_T.",
+                    &JsTerm));
+DISTILL_REGISTER_LOSS(soft_ce,
+                      BucketEntry("soft_ce",
+                                  "T^2 * cross entropy -sum p_T log q_T.",
+                                  &SoftCeTerm));
+DISTILL_REGISTER_LOSS(
+    tvd, BucketEntry("tvd",
+                     "T^2 * total variation distance sum |p_T - q_T| / 2.",
+                     &TvdTerm));
+
+}  // namespace distill::losses

@@ -1,0 +1,228 @@
+// The loss plugin workflow of docs/PLUGINS.md, end to end and out of tree:
+// `cmake --install` this build into a fresh prefix, copy losses/examples/
+// elsewhere, configure and build it with only `-DCMAKE_PREFIX_PATH=<prefix>`
+// (find_package(Distill) + one MODULE library), and load the library it
+// builds into a 2-rank distillation run by the installed `distill`.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::ElementsAre;
+
+std::string ReadFile(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::string Quote(const fs::path& path) { return "'" + path.string() + "'"; }
+
+int FreePort() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+class PluginInstallTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("distill_plugin_install_test_" + std::to_string(::getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override {
+    if (!HasFailure()) fs::remove_all(dir_);
+  }
+
+  // Runs a shell command with its output in `dir_/<log>`; returns its exit
+  // code, and the log on failure through `output`.
+  int Shell(const std::string& command, const std::string& log,
+            std::string* output) {
+    const fs::path log_path = dir_ / log;
+    const int status =
+        std::system((command + " > " + Quote(log_path) + " 2>&1").c_str());
+    *output = ReadFile(log_path);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+
+  // `world` ranks of `distill` with torchrun-style variables; returns their
+  // exit codes once all have finished. Rank r's stderr is in rank<r>.err.
+  std::vector<int> RunRanks(const fs::path& distill, int world,
+                            const std::vector<std::string>& args) {
+    const int port = FreePort();
+    std::vector<pid_t> pids;
+    for (int rank = 0; rank < world; ++rank) {
+      const fs::path err = dir_ / ("rank" + std::to_string(rank) + ".err");
+      const pid_t pid = ::fork();
+      if (pid == 0) {
+        if (!freopen("/dev/null", "w", stdout) ||
+            !freopen(err.c_str(), "w", stderr)) {
+          _exit(120);
+        }
+        setenv("RANK", std::to_string(rank).c_str(), 1);
+        setenv("WORLD_SIZE", std::to_string(world).c_str(), 1);
+        setenv("LOCAL_RANK", std::to_string(rank).c_str(), 1);
+        setenv("MASTER_ADDR", "127.0.0.1", 1);
+        setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
+        std::string bin = distill.string();
+        std::vector<std::string> copy = args;
+        std::vector<char*> argv{bin.data()};
+        for (auto& a : copy) argv.push_back(a.data());
+        argv.push_back(nullptr);
+        execv(bin.c_str(), argv.data());
+        _exit(127);
+      }
+      pids.push_back(pid);
+    }
+    std::vector<int> codes;
+    for (pid_t pid : pids) {
+      int status = 0;
+      ::waitpid(pid, &status, 0);
+      codes.push_back(WIFEXITED(status) ? WEXITSTATUS(status)
+                                        : -WTERMSIG(status));
+    }
+    return codes;
+  }
+
+  std::string Err(int rank) {
+    return ReadFile(dir_ / ("rank" + std::to_string(rank) + ".err"));
+  }
+
+  fs::path Write(const std::string& name, const std::string& text) {
+    fs::path p = dir_ / name;
+    std::ofstream(p) << text;
+    return p;
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(PluginInstallTest, ExamplePluginBuiltAgainstInstallRunsOnTwoRanks) {
+  const std::string cmake = DISTILL_CMAKE_COMMAND;
+  const fs::path prefix = dir_ / "prefix";
+  std::string log;
+
+  // 1. Install this build.
+  ASSERT_EQ(Shell(Quote(cmake) + " --install " + Quote(DISTILL_BUILD_DIR) +
+                      " --prefix " + Quote(prefix),
+                  "install.log", &log),
+            0)
+      << log;
+  const fs::path distill = prefix / "bin" / "distill";
+  ASSERT_TRUE(fs::exists(distill)) << log;
+  ASSERT_TRUE(fs::exists(prefix / "include/distill/losses/plugin.h")) << log;
+
+  // 2. Copy the example away from the source tree and build it as the docs
+  //    do, against the installed package only. (A compiler launcher such as
+  //    ccache, when the framework used one, only caches the compile.)
+  const fs::path source = dir_ / "my_plugin";
+  fs::create_directories(source);
+  fs::copy(fs::path(DISTILL_SOURCE_DIR) / "losses/examples", source);
+  if (std::string(DISTILL_CXX_LAUNCHER).size() > 0) {
+    setenv("CMAKE_CXX_COMPILER_LAUNCHER", DISTILL_CXX_LAUNCHER, 1);
+    // Paths under the (per-process) temp dir hash the same on every run.
+    setenv("CCACHE_BASEDIR", dir_.c_str(), 1);
+  }
+  const fs::path build = source / "build";
+  ASSERT_EQ(Shell("cd " + Quote(source) + " && " + Quote(cmake) +
+                      " -S . -B build -DCMAKE_BUILD_TYPE=Release"
+                      " -DCMAKE_PREFIX_PATH=" + Quote(prefix),
+                  "configure.log", &log),
+            0)
+      << log;
+  ASSERT_EQ(Shell("cd " + Quote(source) + " && " + Quote(cmake) +
+                      " --build build",
+                  "build.log", &log),
+            0)
+      << log;
+  const fs::path plugin = build / "libcosine_kd.so";
+  ASSERT_TRUE(fs::exists(plugin)) << log;
+  // Only the plugin's own file was compiled: nothing of the framework.
+  std::vector<std::string> objects;
+  for (const auto& e : fs::recursive_directory_iterator(build)) {
+    if (e.path().extension() == ".o") {
+      objects.push_back(e.path().filename().string());
+    }
+  }
+  EXPECT_THAT(objects, ElementsAre("cosine_kd.cc.o"));
+
+  // 3. A teacher, then a 2-rank distillation with the plugin's loss term.
+  const fs::path teacher_config = Write("teacher.pbtxt", R"pb(
+    mode: TRAIN
+    student { arch: "mlp" }
+    data { train_limit: 64 test_limit: 64 }
+    batch_size: 64 epochs: 1 threads: 1
+  )pb");
+  const fs::path teacher = dir_ / "teacher";
+  auto codes = RunRanks(distill, 1, {"--quiet", "--config",
+                                     teacher_config.string(), "--run_dir",
+                                     teacher.string()});
+  ASSERT_EQ(codes[0], 0) << Err(0);
+
+  const fs::path config = Write("job.pbtxt", R"pb(
+    mode: DISTILL
+    student { arch: "mlp" }
+    teacher { model { arch: "mlp" weights: ")pb" +
+                                               (teacher / "model.pt").string() +
+                                               R"pb(" } }
+    data { train_limit: 256 test_limit: 64 }
+    batch_size: 64 epochs: 1 threads: 1 log_every_steps: 1
+    loss { name: "cosine_kd" weight: 0.5 params { key: "eps" value: 1e-6 } }
+    loss { name: "hard_ce" weight: 0.5 }
+  )pb");
+  const fs::path run = dir_ / "run";
+  codes = RunRanks(distill, 2, {"--quiet", "--loss_plugin", plugin.string(),
+                                "--config", config.string(), "--run_dir",
+                                run.string()});
+  ASSERT_EQ(codes[0], 0) << Err(0);
+  ASSERT_EQ(codes[1], 0) << Err(1);
+
+  auto summary = nlohmann::json::parse(ReadFile(run / "summary.json"));
+  EXPECT_EQ(summary["ranks"], 2);
+  ASSERT_TRUE(summary["loss_terms"].contains("cosine_kd")) << summary.dump();
+  // 1 - cosine similarity of two probability vectors lies in [0, 1], and is
+  // not 0 for an untrained student against a trained teacher.
+  const double cosine = summary["loss_terms"]["cosine_kd"].get<double>();
+  EXPECT_GT(cosine, 0.0);
+  EXPECT_LT(cosine, 1.0);
+  int train_records = 0;
+  std::istringstream lines(ReadFile(run / "metrics.jsonl"));
+  for (std::string line; std::getline(lines, line);) {
+    auto record = nlohmann::json::parse(line);
+    if (record["type"] != "train") continue;
+    ++train_records;
+    ASSERT_TRUE(record["terms"].contains("cosine_kd")) << line;
+    const double term = record["terms"]["cosine_kd"].get<double>();
+    EXPECT_GT(term, 0.0) << line;
+    EXPECT_LT(term, 1.0) << line;
+  }
+  // 256 samples, global batch 64, a record per step.
+  EXPECT_EQ(train_records, 256 / 64);
+}
+
+}  // namespace
