@@ -326,6 +326,24 @@ TEST_F(LaunchTest, SigtermStopsTheRanksAtACheckpointAndTheJobResumes) {
   EXPECT_EQ(summary["steps"], 2 * 3200 / 32);
 }
 
+// SIGUSR1, the preemption notice a scheduler sends, stops the ranks at a
+// checkpoint too, with its own status: 128 + SIGUSR1 (138).
+TEST_F(LaunchTest, SigusrOneIsAPreemptionNotice) {
+  const fs::path teacher = TeacherWeights();
+  const std::string config = DistillConfig(teacher, 3200);
+  const fs::path run = dir_ / "run", work = dir_ / "work";
+  fs::create_directories(work);
+  Launch l = Start({"--nproc", "1", "--work_dir", work.string(), "--", "--quiet",
+                    "--config", config, "--run_dir", run.string()});
+  ASSERT_TRUE(WaitForFile(run / "checkpoints" / "ckpt-000000005.pt",
+                          std::chrono::seconds(120)));
+  ASSERT_EQ(::kill(l.pid, SIGUSR1), 0);
+  EXPECT_EQ(Wait(l), 128 + SIGUSR1) << ReadFile(l.err);
+  EXPECT_THAT(ReadFile(l.out), HasSubstr("[rank 0] stopped after a checkpoint at "));
+  EXPECT_FALSE(fs::exists(run / "summary.json"));
+  ExpectNoneLeft(work, 1);
+}
+
 TEST_F(LaunchTest, BadCommandLinesSayWhatIsWrong) {
   EXPECT_EQ(Run({"--nproc", "0", "--", "--config", "x.pbtxt"}), 1);
   EXPECT_EQ(ReadFile(last_.err), "distill_launch: error: --nproc must be >= 1\n");
