@@ -8,7 +8,10 @@
 //
 // Exit status: 0 on success (also after --stop_after_steps), 1 with one
 // "distill: error: ..." line on any failure, 128+N when stopped by signal N
-// (after writing a checkpoint at the next step boundary).
+// (after writing a checkpoint at the next step boundary): 130 for SIGINT,
+// 143 for SIGTERM, and 138 for SIGUSR1, the preemption notice a batch
+// scheduler sends (Slurm's --signal=USR1@N), so a job script can tell a
+// preemption from a cancellation.
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -118,6 +121,7 @@ int main(int argc, char** argv) {
 
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
+  std::signal(SIGUSR1, OnSignal);
 
   distill::trainer::RunOptions options;
   options.resume = absl::GetFlag(FLAGS_resume);

@@ -99,9 +99,13 @@ absl::StatusOr<WorldInfo> DetectWorld(
     if (!(s = set(IntVar(getenv, "SLURM_NTASKS", 1), w.world_size)).ok()) return s;
     if (!(s = set(IntVar(getenv, "SLURM_LOCALID", 0), w.local_rank)).ok()) return s;
     w.local_world_size = LeadingInt(getenv("SLURM_NTASKS_PER_NODE"), w.world_size);
+    // Rank 0 runs on the first node of its step, which need not be the
+    // job's first node when the job also runs other steps (teachers).
+    const char* step_nodes = getenv("SLURM_STEP_NODELIST");
     if (const char* addr = getenv("MASTER_ADDR")) {
       w.master_addr = addr;
-    } else if (const char* nodes = getenv("SLURM_JOB_NODELIST")) {
+    } else if (const char* nodes =
+                   step_nodes != nullptr ? step_nodes : getenv("SLURM_JOB_NODELIST")) {
       auto host = FirstSlurmHost(nodes);
       if (!host.ok()) return host.status();
       w.master_addr = *host;

@@ -2,7 +2,8 @@
 // by the torchrun conventions (RANK, WORLD_SIZE, LOCAL_RANK,
 // LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT) with a fallback to Slurm's
 // (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_NTASKS_PER_NODE, the
-// first host of SLURM_JOB_NODELIST). Stateless and thread-safe.
+// first host of SLURM_STEP_NODELIST, else of SLURM_JOB_NODELIST). Stateless
+// and thread-safe.
 #ifndef DISTILL_TRAINER_WORLD_H_
 #define DISTILL_TRAINER_WORLD_H_
 

@@ -69,6 +69,16 @@ TEST(WorldTest, SlurmVariablesWithARangedNodeList) {
   EXPECT_EQ(w->source, "slurm");
 }
 
+// A job whose first node runs teachers puts its ranks' step elsewhere:
+// rank 0 is on the step's first node.
+TEST(WorldTest, SlurmStepNodeListWinsOverTheJobs) {
+  auto w = Detect({{"SLURM_PROCID", "1"}, {"SLURM_NTASKS", "2"},
+                   {"SLURM_JOB_NODELIST", "node[01-03]"},
+                   {"SLURM_STEP_NODELIST", "node[02-03]"}});
+  ASSERT_THAT(w, IsOk());
+  EXPECT_EQ(w->master_addr, "node02");
+}
+
 TEST(WorldTest, TorchrunWinsOverSlurm) {
   auto w = Detect({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"SLURM_PROCID", "7"},
                    {"SLURM_NTASKS", "9"}});

@@ -1,0 +1,330 @@
+#include "launch/launcher.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/status.h"
+#include "launch/health.h"
+#include "launch/restart_policy.h"
+#include "launch/supervisor.h"
+
+namespace distill::launch {
+namespace {
+
+namespace fs = std::filesystem;
+
+// What the teacher server's health service calls the teacher.
+constexpr char kTeacherService[] = "distill.v1.Teacher";
+// How often teachers' port files and health are looked at while they start.
+constexpr absl::Duration kTeacherPoll = absl::Milliseconds(100);
+
+enum class Outcome { kDone, kFailed, kInterrupted };
+
+struct AttemptResult {
+  Outcome outcome = Outcome::kDone;
+  // What failed (kFailed).
+  std::string cause;
+  // The launcher's exit code (kDone, kInterrupted).
+  int exit_code = 0;
+};
+
+void Say(const LaunchOptions& o, const std::string& text) {
+  const std::string line = absl::StrCat("distill_launch: ", text, "\n");
+  (void)!::write(o.err_fd, line.data(), line.size());
+}
+
+absl::StatusOr<int> FreeLoopbackPort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return absl::InternalError("socket() failed");
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  const bool ok =
+      ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0;
+  ::close(fd);
+  if (!ok) return absl::InternalError("cannot bind a loopback port");
+  return static_cast<int>(ntohs(addr.sin_port));
+}
+
+absl::Status WriteFileAtomically(const fs::path& path, const std::string& text) {
+  const fs::path tmp = path.string() + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out << text;
+    if (!out.flush()) {
+      return absl::InternalError(absl::StrCat("cannot write ", tmp.string()));
+    }
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) {
+    return absl::InternalError(
+        absl::StrCat("cannot rename ", tmp.string(), ": ", ec.message()));
+  }
+  return absl::OkStatus();
+}
+
+// The port a teacher wrote ("<port>\n"), once the file is there.
+std::optional<int> ReadPortFile(const fs::path& path) {
+  std::ifstream in(path);
+  std::string text;
+  if (!std::getline(in, text)) return std::nullopt;
+  int port = 0;
+  if (!absl::SimpleAtoi(text, &port) || port < 1 || port > 65535) {
+    return std::nullopt;
+  }
+  return port;
+}
+
+bool HasResumeFlag(const std::vector<std::string>& args) {
+  return std::any_of(args.begin(), args.end(), [](const std::string& a) {
+    return a == "--resume" || a == "-resume" || a.rfind("--resume=", 0) == 0 ||
+           a.rfind("-resume=", 0) == 0;
+  });
+}
+
+int FirstSignal(const Events& e) { return e.signals.empty() ? 0 : e.signals[0]; }
+
+class Attempt {
+ public:
+  Attempt(const LaunchOptions& o, int number, Supervisor& sup)
+      : o_(o), number_(number), sup_(sup) {}
+
+  absl::StatusOr<AttemptResult> Run() {
+    DISTILL_ASSIGN_OR_RETURN(std::optional<AttemptResult> early, StartTeachers());
+    if (early) return *early;
+    DISTILL_RETURN_IF_ERROR(StartRanks());
+    DISTILL_RETURN_IF_ERROR(WriteRecord());
+    return Supervise();
+  }
+
+ private:
+  // Starts the teachers and waits until each serves. A result when the
+  // attempt ends here (a teacher failed, or a signal came).
+  absl::StatusOr<std::optional<AttemptResult>> StartTeachers() {
+    std::vector<fs::path> port_files;
+    for (int i = 0; i < o_.teachers; ++i) {
+      const fs::path port_file =
+          fs::path(o_.work_dir) / absl::StrCat("teacher-", number_, "-", i, ".port");
+      fs::remove(port_file);
+      ChildSpec spec{"teacher", i, {o_.teacher_server_path, "--port", "0",
+                                    "--port_file", port_file.string()}, {}};
+      spec.argv.insert(spec.argv.end(), o_.teacher_args.begin(),
+                       o_.teacher_args.end());
+      DISTILL_ASSIGN_OR_RETURN(int id, sup_.Start(spec));
+      teacher_ids_.push_back(id);
+      port_files.push_back(port_file);
+    }
+    endpoints_.assign(o_.teachers, "");
+    const absl::Time deadline = absl::Now() + o_.teacher_timeout;
+    int ready = 0;
+    while (ready < o_.teachers) {
+      const Events events = sup_.Wait(kTeacherPoll);
+      if (const int sig = FirstSignal(events)) {
+        Say(o_, absl::StrCat("got SIG", ::sigabbrev_np(sig),
+                             " while teachers were starting; stopping"));
+        sup_.StopAll(o_.stop_grace);
+        return AttemptResult{Outcome::kInterrupted, "", 128 + sig};
+      }
+      if (!events.exits.empty()) {
+        const ChildExit& e = events.exits.front();
+        return Fail(DescribeExit(sup_.name(e.id), e.wait_status) +
+                    " before it was serving");
+      }
+      for (int i = 0; i < o_.teachers; ++i) {
+        if (!endpoints_[i].empty()) continue;
+        const std::optional<int> port = ReadPortFile(port_files[i]);
+        if (!port) continue;
+        const std::string endpoint = absl::StrCat("127.0.0.1:", *port);
+        if (!CheckServing(endpoint, kTeacherService, absl::Milliseconds(500)).ok()) {
+          continue;
+        }
+        endpoints_[i] = endpoint;
+        ++ready;
+        Say(o_, absl::StrCat("teacher ", i, " is serving at ", endpoint));
+      }
+      if (ready < o_.teachers && absl::Now() >= deadline) {
+        for (int i = 0; i < o_.teachers; ++i) {
+          if (endpoints_[i].empty()) {
+            return Fail(absl::StrCat("teacher ", i, " was not serving after ",
+                                     absl::FormatDuration(o_.teacher_timeout)));
+          }
+        }
+      }
+    }
+    return std::optional<AttemptResult>();
+  }
+
+  absl::Status StartRanks() {
+    master_port_ = o_.master_port;
+    if (master_port_ == 0) {
+      DISTILL_ASSIGN_OR_RETURN(master_port_, FreeLoopbackPort());
+    }
+    std::vector<std::string> args = o_.distill_args;
+    if (number_ > 0 && !HasResumeFlag(args)) args.push_back("--resume");
+    if (o_.teachers > 0) {
+      args.push_back("--teacher_endpoints=" + absl::StrJoin(endpoints_, ","));
+    }
+    for (int r = 0; r < o_.nproc; ++r) {
+      ChildSpec spec{"rank", r, {o_.distill_path}, {}};
+      spec.argv.insert(spec.argv.end(), args.begin(), args.end());
+      spec.env = {absl::StrCat("RANK=", r),
+                  absl::StrCat("WORLD_SIZE=", o_.nproc),
+                  absl::StrCat("LOCAL_RANK=", r),
+                  absl::StrCat("LOCAL_WORLD_SIZE=", o_.nproc),
+                  "MASTER_ADDR=127.0.0.1",
+                  absl::StrCat("MASTER_PORT=", master_port_),
+                  absl::StrCat("TORCHELASTIC_RESTART_COUNT=", number_)};
+      DISTILL_ASSIGN_OR_RETURN(int id, sup_.Start(spec));
+      rank_ids_.push_back(id);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status WriteRecord() {
+    nlohmann::json record = {{"attempt", number_},
+                             {"launcher_pid", ::getpid()},
+                             {"master_port", master_port_},
+                             {"ranks", nlohmann::json::array()},
+                             {"teachers", nlohmann::json::array()}};
+    for (int r = 0; r < o_.nproc; ++r) {
+      record["ranks"].push_back({{"rank", r}, {"pid", sup_.pid(rank_ids_[r])}});
+    }
+    for (int i = 0; i < o_.teachers; ++i) {
+      record["teachers"].push_back(
+          {{"teacher", i}, {"pid", sup_.pid(teacher_ids_[i])}, {"endpoint", endpoints_[i]}});
+    }
+    return WriteFileAtomically(
+        fs::path(o_.work_dir) / absl::StrCat("attempt-", number_, ".json"),
+        record.dump(2) + "\n");
+  }
+
+  bool IsRank(int id) const {
+    return std::find(rank_ids_.begin(), rank_ids_.end(), id) != rank_ids_.end();
+  }
+
+  bool RanksRunning() const {
+    return std::any_of(rank_ids_.begin(), rank_ids_.end(),
+                       [&](int id) { return sup_.running(id); });
+  }
+
+  AttemptResult Supervise() {
+    int stop_signal = 0;
+    std::vector<int> rank_codes(o_.nproc, 0);
+    while (RanksRunning()) {
+      const Events events = sup_.Wait(absl::InfiniteDuration());
+      for (int sig : events.signals) {
+        if (stop_signal != 0) {
+          Say(o_, absl::StrCat("got SIG", ::sigabbrev_np(sig),
+                               " again; killing every process"));
+          sup_.StopAll(absl::ZeroDuration());
+          return {Outcome::kInterrupted, "", 128 + sig};
+        }
+        stop_signal = sig;
+        Say(o_, absl::StrCat("got SIG", ::sigabbrev_np(sig),
+                             "; passing it to the ranks, which checkpoint and stop"));
+        for (int id : rank_ids_) sup_.Signal(id, sig);
+      }
+      const ChildExit* failure = nullptr;
+      for (const ChildExit& e : events.exits) {
+        const bool rank = IsRank(e.id);
+        if (rank) rank_codes[sup_.spec(e.id).index] = ExitCode(e.wait_status);
+        if (stop_signal != 0) continue;  // Stopping: exits are expected.
+        if (rank && ExitCode(e.wait_status) == 0) continue;
+        // When several went down together, one killed by a signal is the
+        // likelier cause: the others fail because it is gone.
+        if (failure == nullptr ||
+            (WIFSIGNALED(e.wait_status) && !WIFSIGNALED(failure->wait_status))) {
+          failure = &e;
+        }
+      }
+      if (failure != nullptr) {
+        return Fail(DescribeExit(sup_.name(failure->id), failure->wait_status));
+      }
+    }
+    sup_.StopAll(o_.stop_grace);  // The teachers.
+    for (int code : rank_codes) {
+      if (code != 0) return {Outcome::kInterrupted, "", code};
+    }
+    return {Outcome::kDone, "", 0};
+  }
+
+  AttemptResult Fail(const std::string& cause) {
+    Say(o_, cause + "; stopping the others");
+    sup_.StopAll(o_.stop_grace);
+    return {Outcome::kFailed, cause, 1};
+  }
+
+  const LaunchOptions& o_;
+  const int number_;
+  Supervisor& sup_;
+  std::vector<int> teacher_ids_, rank_ids_;
+  std::vector<std::string> endpoints_;
+  int master_port_ = 0;
+};
+
+absl::Status Validate(const LaunchOptions& o) {
+  if (o.nproc < 1) return absl::InvalidArgumentError("--nproc must be >= 1");
+  if (o.teachers < 0) return absl::InvalidArgumentError("--teachers must be >= 0");
+  if (o.max_restarts < 0) {
+    return absl::InvalidArgumentError("--max_restarts must be >= 0");
+  }
+  if (o.distill_path.empty()) {
+    return absl::InvalidArgumentError("no distill program given");
+  }
+  if (o.teachers > 0 && o.teacher_server_path.empty()) {
+    return absl::InvalidArgumentError("no teacher_server program given");
+  }
+  if (!fs::is_directory(o.work_dir)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("work directory ", o.work_dir, " does not exist"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<int> RunLaunch(const LaunchOptions& options) {
+  DISTILL_RETURN_IF_ERROR(Validate(options));
+  RestartPolicy policy(options.max_restarts);
+  for (int number = 0;; ++number) {
+    DISTILL_ASSIGN_OR_RETURN(std::unique_ptr<Supervisor> sup,
+                             Supervisor::Create(options.out_fd, options.err_fd));
+    Attempt attempt(options, number, *sup);
+    DISTILL_ASSIGN_OR_RETURN(AttemptResult result, attempt.Run());
+    switch (result.outcome) {
+      case Outcome::kDone:
+        Say(options, absl::StrCat("all ", options.nproc, " ranks finished"));
+        return 0;
+      case Outcome::kInterrupted:
+        return result.exit_code;
+      case Outcome::kFailed:
+        break;
+    }
+    if (!policy.RecordFailure(result.cause)) {
+      return absl::AbortedError(policy.GiveUpMessage());
+    }
+    Say(options, absl::StrCat("restarting the group from the newest checkpoint "
+                              "(restart ", policy.restarts(), " of ",
+                              policy.max_restarts(), ")"));
+  }
+}
+
+}  // namespace distill::launch

@@ -1,0 +1,408 @@
+// distill_launch as users run it: real `distill` ranks (and real teacher
+// servers, once that binary is built) on loopback. A short distillation on
+// two ranks, a rank or teacher killed mid-run and the group restarted from
+// its checkpoint, restarts running out, a signal passed to the ranks, bad
+// command lines, and, after every run, no process left behind (checked by
+// the pids the launcher recorded).
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+std::string BinDir() {
+  const char* env = std::getenv("DISTILL_BIN_DIR");
+  return env != nullptr ? env : DISTILL_BIN_DIR_DEFAULT;
+}
+
+std::string ReadFile(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+int Count(const std::string& text, const std::string& what) {
+  int n = 0;
+  for (size_t at = text.find(what); at != std::string::npos;
+       at = text.find(what, at + 1)) {
+    ++n;
+  }
+  return n;
+}
+
+// Polls for `path` until it exists or `timeout` passes (a bounded wait for
+// the event, not a sleep standing in for it).
+bool WaitForFile(const fs::path& path, std::chrono::seconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!fs::exists(path)) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
+}
+
+bool Alive(pid_t pid) { return ::kill(pid, 0) == 0 || errno != ESRCH; }
+
+struct Launch {
+  pid_t pid = -1;
+  fs::path out, err;
+};
+
+class LaunchTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("distill_launch_test_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override {
+    if (!HasFailure()) fs::remove_all(dir_);
+  }
+
+  fs::path Write(const std::string& name, const std::string& text) {
+    fs::path p = dir_ / name;
+    std::ofstream(p) << text;
+    return p;
+  }
+
+  Launch Start(const std::vector<std::string>& args) {
+    Launch l;
+    const std::string tag = std::to_string(launches_++);
+    l.out = dir_ / ("launch" + tag + ".out");
+    l.err = dir_ / ("launch" + tag + ".err");
+    l.pid = ::fork();
+    if (l.pid == 0) {
+      if (!freopen(l.out.c_str(), "w", stdout) || !freopen(l.err.c_str(), "w", stderr)) {
+        _exit(120);
+      }
+      std::string bin = BinDir() + "/distill_launch";
+      std::vector<std::string> copy = args;
+      std::vector<char*> argv{bin.data()};
+      for (auto& a : copy) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(bin.c_str(), argv.data());
+      _exit(127);
+    }
+    return l;
+  }
+
+  // Exit code; -signal when killed.
+  static int Wait(const Launch& l) {
+    int status = 0;
+    ::waitpid(l.pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+  }
+
+  int Run(const std::vector<std::string>& args) {
+    last_ = Start(args);
+    return Wait(last_);
+  }
+
+  // Every process the launcher recorded in `work`'s attempt files.
+  static std::vector<pid_t> RecordedPids(const fs::path& work) {
+    std::vector<pid_t> pids;
+    for (int k = 0; fs::exists(work / ("attempt-" + std::to_string(k) + ".json")); ++k) {
+      auto record = nlohmann::json::parse(
+          ReadFile(work / ("attempt-" + std::to_string(k) + ".json")));
+      for (const auto& r : record["ranks"]) pids.push_back(r["pid"].get<pid_t>());
+      for (const auto& t : record["teachers"]) pids.push_back(t["pid"].get<pid_t>());
+    }
+    return pids;
+  }
+
+  void ExpectNoneLeft(const fs::path& work, size_t expected_processes) {
+    const std::vector<pid_t> pids = RecordedPids(work);
+    EXPECT_EQ(pids.size(), expected_processes);
+    for (pid_t pid : pids) EXPECT_FALSE(Alive(pid)) << "pid " << pid << " still exists";
+  }
+
+  // A small MLP teacher trained for one step, as the teacher of the jobs.
+  fs::path TeacherWeights() {
+    const std::string config = Write("teacher.pbtxt", R"pb(
+      mode: TRAIN
+      student { arch: "mlp" }
+      data { train_limit: 64 test_limit: 64 }
+      batch_size: 64 epochs: 1 threads: 1
+    )pb").string();
+    const fs::path run = dir_ / "teacher";
+    EXPECT_EQ(Run({"--nproc", "1", "--", "--quiet", "--config", config, "--run_dir",
+                   run.string()}),
+              0)
+        << ReadFile(last_.err);
+    return run / "model.pt";
+  }
+
+  // A distillation of an MLP student from the MLP teacher: `train` samples,
+  // global batch 32, 2 epochs, a checkpoint every 5 steps.
+  std::string DistillConfig(const fs::path& teacher, int train) {
+    return Write("job.pbtxt", R"pb(
+      mode: DISTILL
+      student { arch: "mlp" }
+      teacher { model { arch: "mlp" weights: ")pb" + teacher.string() + R"pb(" } }
+      data { train_limit: )pb" + std::to_string(train) + R"pb( test_limit: 64 }
+      loss { name: "kd_kl" weight: 0.9 }
+      loss { name: "hard_ce" weight: 0.1 }
+      temperature: 4
+      batch_size: 32 epochs: 2 threads: 1
+      checkpoint_every_steps: 5
+      distributed { collective_timeout_seconds: 60 }
+    )pb").string();
+  }
+
+  bool HaveTeacherServer() const { return fs::exists(BinDir() + "/teacher_server"); }
+
+  fs::path dir_;
+  Launch last_;
+  int launches_ = 0;
+};
+
+TEST_F(LaunchTest, TwoRanksCompleteADistillation) {
+  const fs::path teacher = TeacherWeights();
+  const std::string config = DistillConfig(teacher, 256);
+  const fs::path run = dir_ / "run", work = dir_ / "work";
+  fs::create_directories(work);
+  ASSERT_EQ(Run({"--nproc", "2", "--work_dir", work.string(), "--", "--config",
+                 config, "--run_dir", run.string()}),
+            0)
+      << ReadFile(last_.err);
+  auto summary = nlohmann::json::parse(ReadFile(run / "summary.json"));
+  EXPECT_EQ(summary["ranks"], 2);
+  EXPECT_EQ(summary["steps"], 2 * 256 / 32);
+  // Rank 0's lines carry its prefix, and nothing comes out unprefixed.
+  const std::string out = ReadFile(last_.out);
+  EXPECT_THAT(out, HasSubstr("[rank 0] test accuracy "));
+  std::istringstream lines(out);
+  for (std::string line; std::getline(lines, line);) {
+    EXPECT_EQ(line.rfind("[rank ", 0), 0u) << line;
+  }
+  EXPECT_THAT(ReadFile(last_.err), HasSubstr("distill_launch: all 2 ranks finished\n"));
+  ExpectNoneLeft(work, 2);
+}
+
+// Rank 1 is SIGKILLed once the first checkpoint exists: the launcher stops
+// rank 0, starts both again with --resume, and the job ends with the
+// number of steps an unbroken run takes.
+TEST_F(LaunchTest, KilledRankRestartsTheGroupFromTheCheckpoint) {
+  const fs::path teacher = TeacherWeights();
+  const std::string config = DistillConfig(teacher, 3200);
+  const fs::path run = dir_ / "run", work = dir_ / "work";
+  fs::create_directories(work);
+  Launch l = Start({"--nproc", "2", "--max_restarts", "2", "--work_dir",
+                    work.string(), "--", "--config", config, "--run_dir",
+                    run.string()});
+  ASSERT_TRUE(WaitForFile(run / "checkpoints" / "ckpt-000000005.pt",
+                          std::chrono::seconds(120)));
+  auto record = nlohmann::json::parse(ReadFile(work / "attempt-0.json"));
+  const pid_t rank1 = record["ranks"][1]["pid"].get<pid_t>();
+  ASSERT_EQ(::kill(rank1, SIGKILL), 0);
+  ASSERT_EQ(Wait(l), 0) << ReadFile(l.err);
+  EXPECT_FALSE(fs::exists(work / "attempt-2.json"));
+  auto summary = nlohmann::json::parse(ReadFile(run / "summary.json"));
+  EXPECT_EQ(summary["steps"], 2 * 3200 / 32);
+  const std::string err = ReadFile(l.err);
+  EXPECT_THAT(err, HasSubstr("distill_launch: rank 1 was killed by signal 9 (SIGKILL); "
+                             "stopping the others\n"));
+  EXPECT_THAT(err, HasSubstr("distill_launch: restarting the group from the newest "
+                             "checkpoint (restart 1 of 2)\n"));
+  // The second attempt resumed from a checkpoint, not from the start.
+  EXPECT_THAT(ReadFile(l.out), HasSubstr("[rank 0] resuming from "));
+  EXPECT_THAT(ReadFile(l.out), Not(HasSubstr("(epoch 1, step 0)")));
+  ExpectNoneLeft(work, 4);
+}
+
+// Every attempt fails the same way: after 1 + max_restarts attempts the
+// launcher stops with one line saying what failed and how often.
+TEST_F(LaunchTest, SpentRestartsEndWithOneClearError) {
+  // Refused by distill's config check, before any data is read.
+  const std::string config =
+      Write("bad.pbtxt", "mode: TRAIN\nstudent { arch: \"mlp\" }\nbatch_size: 0\n").string();
+  const fs::path work = dir_ / "work";
+  fs::create_directories(work);
+  EXPECT_EQ(Run({"--nproc", "1", "--max_restarts", "2", "--work_dir", work.string(),
+                 "--", "--config", config, "--run_dir", (dir_ / "run").string()}),
+            1);
+  const std::string err = ReadFile(last_.err);
+  EXPECT_EQ(Count(err, "[rank 0] distill: error: "), 3) << err;
+  EXPECT_THAT(err, HasSubstr("batch_size must be >= 1"));
+  EXPECT_EQ(Count(err, "(restart "), 2) << err;
+  const std::string last_line =
+      err.substr(err.rfind('\n', err.size() - 2) + 1);
+  EXPECT_EQ(last_line,
+            "distill_launch: error: the job failed 3 times and --max_restarts=2 "
+            "is spent: rank 0 exited with status 1 (3 times)\n");
+  ExpectNoneLeft(work, 3);
+}
+
+// What each rank is given and how its output comes back, seen through a
+// shell standing in for distill: the torchrun variables, one prefix per
+// line on the stream it was written to (an unfinished last line too), and
+// on a restart the next TORCHELASTIC_RESTART_COUNT and --resume.
+TEST_F(LaunchTest, RanksGetTheirVariablesAndTheirOutputIsPrefixed) {
+  const fs::path work = dir_ / "work";
+  fs::create_directories(work);
+  // Rank 0 finishes; rank 1 fails once rank 0 is done (so the launcher
+  // has nothing left to stop and every line gets out).
+  const std::string marker = (dir_ / "rank0_done_").string();
+  const std::string script =
+      "echo \"$RANK/$WORLD_SIZE local $LOCAL_RANK/$LOCAL_WORLD_SIZE "
+      "$MASTER_ADDR attempt $TORCHELASTIC_RESTART_COUNT args:$*\"; "
+      "echo \"port $MASTER_PORT\" >&2; printf unfinished; "
+      "m=" + marker + "$TORCHELASTIC_RESTART_COUNT; "
+      "if [ $RANK = 0 ]; then touch $m; exit 0; fi; "
+      "for i in $(seq 6000); do [ -e $m ] && exit 3; sleep 0.01; done; exit 4";
+  EXPECT_EQ(Run({"--nproc", "2", "--max_restarts", "1", "--master_port", "29999",
+                 "--work_dir", work.string(), "--distill", "/bin/bash", "--", "-c",
+                 script, "rank"}),
+            1);
+  std::vector<std::string> out, err;
+  std::istringstream out_lines(ReadFile(last_.out)), err_lines(ReadFile(last_.err));
+  for (std::string l; std::getline(out_lines, l);) out.push_back(l);
+  for (std::string l; std::getline(err_lines, l);) {
+    if (l.rfind("[rank", 0) == 0) err.push_back(l);
+  }
+  std::sort(out.begin(), out.end());
+  std::sort(err.begin(), err.end());
+  EXPECT_THAT(out, ::testing::ElementsAre(
+                       "[rank 0] 0/2 local 0/2 127.0.0.1 attempt 0 args:",
+                       "[rank 0] 0/2 local 0/2 127.0.0.1 attempt 1 args:--resume",
+                       "[rank 0] unfinished", "[rank 0] unfinished",
+                       "[rank 1] 1/2 local 1/2 127.0.0.1 attempt 0 args:",
+                       "[rank 1] 1/2 local 1/2 127.0.0.1 attempt 1 args:--resume",
+                       "[rank 1] unfinished", "[rank 1] unfinished"));
+  EXPECT_THAT(err, ::testing::ElementsAre("[rank 0] port 29999", "[rank 0] port 29999",
+                                          "[rank 1] port 29999", "[rank 1] port 29999"));
+  EXPECT_THAT(ReadFile(last_.err),
+              HasSubstr("distill_launch: error: the job failed 2 times and "
+                        "--max_restarts=1 is spent: rank 1 exited with status 3 "
+                        "(2 times)\n"));
+  ExpectNoneLeft(work, 4);
+}
+
+// SIGTERM to the launcher reaches the ranks, which agree on a step,
+// checkpoint and exit 143; the launcher exits with their status, and a
+// second launch with --resume finishes the job with the full step count.
+TEST_F(LaunchTest, SigtermStopsTheRanksAtACheckpointAndTheJobResumes) {
+  const fs::path teacher = TeacherWeights();
+  const std::string config = DistillConfig(teacher, 3200);
+  const fs::path run = dir_ / "run", work = dir_ / "work";
+  fs::create_directories(work);
+  Launch l = Start({"--nproc", "2", "--work_dir", work.string(), "--", "--quiet",
+                    "--config", config, "--run_dir", run.string()});
+  ASSERT_TRUE(WaitForFile(run / "checkpoints" / "ckpt-000000005.pt",
+                          std::chrono::seconds(120)));
+  ASSERT_EQ(::kill(l.pid, SIGTERM), 0);
+  EXPECT_EQ(Wait(l), 128 + SIGTERM) << ReadFile(l.err);
+  EXPECT_THAT(ReadFile(l.out), HasSubstr("[rank 0] stopped after a checkpoint at "));
+  EXPECT_THAT(ReadFile(l.err), HasSubstr("distill_launch: got SIGTERM; passing it to "
+                                         "the ranks, which checkpoint and stop\n"));
+  EXPECT_FALSE(fs::exists(run / "summary.json"));
+  ExpectNoneLeft(work, 2);
+
+  ASSERT_EQ(Run({"--nproc", "2", "--", "--quiet", "--config", config, "--run_dir",
+                 run.string(), "--resume"}),
+            0)
+      << ReadFile(last_.err);
+  auto summary = nlohmann::json::parse(ReadFile(run / "summary.json"));
+  EXPECT_EQ(summary["steps"], 2 * 3200 / 32);
+}
+
+// SIGUSR1, the preemption notice a scheduler sends, stops the ranks at a
+// checkpoint too, with its own status: 128 + SIGUSR1 (138).
+TEST_F(LaunchTest, SigusrOneIsAPreemptionNotice) {
+  const fs::path teacher = TeacherWeights();
+  const std::string config = DistillConfig(teacher, 3200);
+  const fs::path run = dir_ / "run", work = dir_ / "work";
+  fs::create_directories(work);
+  Launch l = Start({"--nproc", "1", "--work_dir", work.string(), "--", "--quiet",
+                    "--config", config, "--run_dir", run.string()});
+  ASSERT_TRUE(WaitForFile(run / "checkpoints" / "ckpt-000000005.pt",
+                          std::chrono::seconds(120)));
+  ASSERT_EQ(::kill(l.pid, SIGUSR1), 0);
+  EXPECT_EQ(Wait(l), 128 + SIGUSR1) << ReadFile(l.err);
+  EXPECT_THAT(ReadFile(l.out), HasSubstr("[rank 0] stopped after a checkpoint at "));
+  EXPECT_FALSE(fs::exists(run / "summary.json"));
+  ExpectNoneLeft(work, 1);
+}
+
+TEST_F(LaunchTest, BadCommandLinesSayWhatIsWrong) {
+  EXPECT_EQ(Run({"--nproc", "0", "--", "--config", "x.pbtxt"}), 1);
+  EXPECT_EQ(ReadFile(last_.err), "distill_launch: error: --nproc must be >= 1\n");
+  EXPECT_EQ(Run({"--nproc", "2"}), 1);
+  EXPECT_EQ(ReadFile(last_.err),
+            "distill_launch: error: no distill arguments: add -- --config FILE\n");
+  EXPECT_EQ(Run({"--nproc", "1", "stray", "--", "--config", "x.pbtxt"}), 1);
+  EXPECT_EQ(ReadFile(last_.err),
+            "distill_launch: error: unexpected argument 'stray'; distill's flags "
+            "go after --\n");
+  EXPECT_EQ(Run({"--distill", "/nonexistent/distill", "--", "--config", "x.pbtxt"}), 1);
+  EXPECT_EQ(ReadFile(last_.err),
+            "distill_launch: error: cannot run /nonexistent/distill: No such file "
+            "or directory\n");
+}
+
+// With teacher servers: the ranks reach the teacher over gRPC.
+TEST_F(LaunchTest, TwoRanksAndOneTeacherServer) {
+  if (!HaveTeacherServer()) GTEST_SKIP() << "no teacher_server built";
+  const fs::path teacher = TeacherWeights();
+  const std::string config = DistillConfig(teacher, 256);
+  const fs::path run = dir_ / "run", work = dir_ / "work";
+  fs::create_directories(work);
+  ASSERT_EQ(Run({"--nproc", "2", "--teachers", "1", "--teacher_args",
+                 "--arch mlp --weights " + teacher.string(), "--work_dir",
+                 work.string(), "--", "--quiet", "--config", config, "--run_dir",
+                 run.string()}),
+            0)
+      << ReadFile(last_.err);
+  auto summary = nlohmann::json::parse(ReadFile(run / "summary.json"));
+  EXPECT_EQ(summary["steps"], 2 * 256 / 32);
+  auto record = nlohmann::json::parse(ReadFile(work / "attempt-0.json"));
+  const std::string endpoint = record["teachers"][0]["endpoint"];
+  EXPECT_THAT(ReadFile(last_.err),
+              HasSubstr("distill_launch: teacher 0 is serving at " + endpoint + "\n"));
+  ExpectNoneLeft(work, 3);
+}
+
+// A teacher that dies mid-run takes the group down and back up.
+TEST_F(LaunchTest, KilledTeacherRestartsTheGroup) {
+  if (!HaveTeacherServer()) GTEST_SKIP() << "no teacher_server built";
+  const fs::path teacher = TeacherWeights();
+  const std::string config = DistillConfig(teacher, 3200);
+  const fs::path run = dir_ / "run", work = dir_ / "work";
+  fs::create_directories(work);
+  Launch l = Start({"--nproc", "2", "--teachers", "1", "--max_restarts", "1",
+                    "--teacher_args", "--arch mlp --weights " + teacher.string(),
+                    "--work_dir", work.string(), "--", "--quiet", "--config",
+                    config, "--run_dir", run.string()});
+  ASSERT_TRUE(WaitForFile(run / "checkpoints" / "ckpt-000000005.pt",
+                          std::chrono::seconds(120)));
+  auto record = nlohmann::json::parse(ReadFile(work / "attempt-0.json"));
+  ASSERT_EQ(::kill(record["teachers"][0]["pid"].get<pid_t>(), SIGKILL), 0);
+  ASSERT_EQ(Wait(l), 0) << ReadFile(l.err);
+  EXPECT_THAT(ReadFile(l.err),
+              HasSubstr("distill_launch: teacher 0 was killed by signal 9 (SIGKILL)"));
+  auto summary = nlohmann::json::parse(ReadFile(run / "summary.json"));
+  EXPECT_EQ(summary["steps"], 2 * 3200 / 32);
+  ExpectNoneLeft(work, 6);
+}
+
+}  // namespace
