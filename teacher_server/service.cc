@@ -33,7 +33,7 @@ class TeacherService::DistillReactor final
         absl::MutexLock lock(&mu_);
         finished_ = true;
       }
-      Finish(refusal);
+      Finish(ToGrpcStatus(refusal));
       return;
     }
     Actions actions;
