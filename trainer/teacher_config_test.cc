@@ -122,7 +122,7 @@ TEST(TeacherConfigTest, CacheNeedsDeterministicTargets) {
   ExpectError(
       "teacher {\n  endpoints: \"h:1\"\n  cache {\n    mode: MEMORY\n"
       "    dir: \"c\"\n  }\n}\n",
-      "job.pbtxt:9: teacher.cache.dir applies to cache mode DISK only");
+      "job.pbtxt:8: teacher.cache.dir applies to cache mode DISK only");
 }
 
 }  // namespace
