@@ -11,7 +11,7 @@ PACKAGES=(
   libtorch-dev libgloo-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
-  libonnx-dev prometheus-cpp-dev nlohmann-json3-dev zlib1g-dev
+  libonnx-dev prometheus-cpp-dev nlohmann-json3-dev zlib1g-dev libssl-dev openssl
   dataset-fashion-mnist
   python3 python3-torch python3-grpcio python3-grpc-tools python3-numpy
 )

@@ -20,6 +20,8 @@ namespace distill::trainer {
 namespace {
 
 using ::distill::v1::ModelConfig;
+using ::distill::v1::TeacherCacheConfig;
+using ::distill::v1::TeacherConfig;
 using ::distill::v1::OptimizerConfig;
 using ::distill::v1::ScheduleConfig;
 using ::google::protobuf::Descriptor;
@@ -229,6 +231,102 @@ absl::Status ValidateLoss(const JobConfig& config) {
   return absl::OkStatus();
 }
 
+// "host:port" with a non-empty host and a port in [1, 65535]; IPv6 hosts in
+// brackets ("[::1]:5001").
+bool IsHostPort(const std::string& endpoint) {
+  const size_t colon = endpoint.rfind(':');
+  if (colon == std::string::npos || colon == 0) return false;
+  int port = 0;
+  return absl::SimpleAtoi(endpoint.substr(colon + 1), &port) && port >= 1 &&
+         port <= 65535;
+}
+
+absl::Status ValidateTeacher(const JobConfig& c) {
+  const TeacherConfig& t = c.teacher();
+  const bool remote = IsRemoteTeacher(t);
+  if (!remote) {
+    if (!t.has_model()) {
+      return Bad("teacher", "needs `model` (run in this process) or "
+                            "`endpoints`/`registry_dir` (teacher servers)");
+    }
+    DISTILL_RETURN_IF_ERROR(
+        ValidateModel(t.model(), "teacher.model", /*weights_required=*/true));
+    const std::string remote_only =
+        "applies to teacher servers only (set teacher.endpoints or "
+        "teacher.registry_dir)";
+    if (t.encoding() != TeacherConfig::ENCODING_UNSPECIFIED) {
+      return Bad("teacher.encoding", remote_only);
+    }
+    if (t.top_k() != 0) return Bad("teacher.top_k", remote_only);
+    if (!t.token_file().empty()) return Bad("teacher.token_file", remote_only);
+    if (!t.tls_ca_file().empty()) {
+      return Bad("teacher.tls_ca_file", remote_only);
+    }
+    if (t.has_cache() && t.cache().mode() != TeacherCacheConfig::NONE) {
+      return Bad("teacher.cache.mode", remote_only);
+    }
+  } else if (t.has_model()) {
+    return Bad("teacher.model",
+               "must be unset when teacher.endpoints or teacher.registry_dir "
+               "name teacher servers (the servers load the model)");
+  }
+  std::set<std::string> seen;
+  for (int i = 0; i < t.endpoints_size(); ++i) {
+    const std::string path = absl::StrCat("teacher.endpoints[", i, "]");
+    if (!IsHostPort(t.endpoints(i))) {
+      return Bad(path, absl::StrCat("must be host:port with a port in [1, "
+                                    "65535] (got '",
+                                    t.endpoints(i), "')"));
+    }
+    if (!seen.insert(t.endpoints(i)).second) {
+      return Bad(path, absl::StrCat("'", t.endpoints(i), "' is listed twice"));
+    }
+  }
+  if (t.encoding() == TeacherConfig::TOP_K && t.top_k() < 1) {
+    return Bad("teacher.top_k",
+               absl::StrCat("must be >= 1 with encoding TOP_K (got ", t.top_k(),
+                            ")"));
+  }
+  if (t.encoding() != TeacherConfig::TOP_K && t.top_k() != 0) {
+    return Bad("teacher.top_k", "applies to encoding TOP_K only");
+  }
+  if (t.prefetch_batches() < 0 || t.prefetch_batches() > 64) {
+    return Bad("teacher.prefetch_batches",
+               absl::StrCat("must be in [0, 64] (got ", t.prefetch_batches(),
+                            ")"));
+  }
+  if (!(t.connect_timeout_seconds() > 0) ||
+      !std::isfinite(t.connect_timeout_seconds())) {
+    return Bad("teacher.connect_timeout_seconds",
+               absl::StrCat("must be > 0 (got ", t.connect_timeout_seconds(),
+                            ")"));
+  }
+  if (!(t.failover_grace_seconds() > 0) ||
+      !std::isfinite(t.failover_grace_seconds())) {
+    return Bad("teacher.failover_grace_seconds",
+               absl::StrCat("must be > 0 (got ", t.failover_grace_seconds(),
+                            ")"));
+  }
+  const TeacherCacheConfig& cache = t.cache();
+  if (cache.mode() == TeacherCacheConfig::MEMORY ||
+      cache.mode() == TeacherCacheConfig::DISK) {
+    if (c.data().augment().enabled()) {
+      return Bad("teacher.cache.mode",
+                 "needs data.augment.enabled false: augmented inputs get new "
+                 "targets every epoch");
+    }
+    if (c.has_temperature_schedule()) {
+      return Bad("teacher.cache.mode",
+                 "needs a constant temperature: temperature_schedule changes "
+                 "the targets every step");
+    }
+  }
+  if (!cache.dir().empty() && cache.mode() != TeacherCacheConfig::DISK) {
+    return Bad("teacher.cache.dir", "applies to cache mode DISK only");
+  }
+  return absl::OkStatus();
+}
+
 // Resolves "a.b[2].c" to the line of that field in the parsed text.
 int LineOf(const std::string& path, const Descriptor* descriptor,
            const TextFormat::ParseInfoTree* tree) {
@@ -283,6 +381,10 @@ absl::StatusOr<std::string> ReadText(const std::string& path) {
 }
 
 }  // namespace
+
+bool IsRemoteTeacher(const ::distill::v1::TeacherConfig& teacher) {
+  return teacher.endpoints_size() > 0 || !teacher.registry_dir().empty();
+}
 
 void ApplyDefaults(JobConfig& c) {
   if (!c.has_temperature()) c.set_temperature(4.0);
@@ -340,6 +442,21 @@ void ApplyDefaults(JobConfig& c) {
   if (!opt->has_beta2()) opt->set_beta2(0.999);
   if (!opt->has_eps()) opt->set_eps(1e-8);
 
+  if (c.has_teacher()) {
+    auto* t = c.mutable_teacher();
+    if (!t->has_prefetch_batches()) t->set_prefetch_batches(4);
+    if (!t->has_connect_timeout_seconds()) t->set_connect_timeout_seconds(10);
+    if (!t->has_failover_grace_seconds()) t->set_failover_grace_seconds(30);
+    if (IsRemoteTeacher(*t) &&
+        t->encoding() == TeacherConfig::ENCODING_UNSPECIFIED) {
+      t->set_encoding(TeacherConfig::DENSE_FP32);
+    }
+    if (t->has_cache() &&
+        t->cache().mode() == TeacherCacheConfig::MODE_UNSPECIFIED) {
+      t->mutable_cache()->set_mode(TeacherCacheConfig::NONE);
+    }
+  }
+
   auto* s = c.mutable_lr_schedule();
   if (s->type() == ScheduleConfig::TYPE_UNSPECIFIED) {
     s->set_type(ScheduleConfig::CONSTANT);
@@ -382,8 +499,7 @@ absl::Status ValidateJobConfig(const JobConfig& c) {
   DISTILL_RETURN_IF_ERROR(ValidateModel(c.student(), "student", false));
   if (c.mode() == JobConfig::DISTILL) {
     if (!c.has_teacher()) return Bad("teacher", "is required in mode DISTILL");
-    DISTILL_RETURN_IF_ERROR(ValidateModel(c.teacher().model(), "teacher.model",
-                                          /*weights_required=*/true));
+    DISTILL_RETURN_IF_ERROR(ValidateTeacher(c));
   } else if (c.has_teacher()) {
     return Bad("teacher", "is only used in mode DISTILL");
   }

@@ -34,6 +34,10 @@ absl::StatusOr<JobConfig> LoadJobConfig(const std::string& path,
 absl::StatusOr<std::vector<std::string>> ReadConfigPlugins(
     const std::string& path);
 
+// True when the teacher is reached over gRPC (endpoints or registry_dir set)
+// rather than run in this process.
+bool IsRemoteTeacher(const ::distill::v1::TeacherConfig& teacher);
+
 // Sets every absent optional field to its documented default.
 void ApplyDefaults(JobConfig& config);
 

@@ -1,7 +1,8 @@
 // The `distill` binary: trains, distills or evaluates one job.
 //
 //   distill --config job.pbtxt [--run_dir DIR] [--resume]
-//           [--loss_plugin PATH ...]
+//           [--loss_plugin PATH ...] [--teacher_endpoints host:port,...]
+//           [--teacher_token_file PATH] [--teacher_tls_ca PATH]
 //
 // Loss plugins (the flag's, then the config's `plugins`) are loaded before
 // the config is validated, so its loss terms may name their losses.
@@ -21,6 +22,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "losses/plugin_loader.h"
@@ -42,7 +44,48 @@ ABSL_FLAG(std::vector<std::string>, loss_plugin, {},
           "validated; repeat the flag or separate paths with commas. A "
           "relative path is taken from the current directory.");
 
+ABSL_FLAG(std::vector<std::string>, teacher_endpoints, {},
+          "Teacher servers (host:port, comma-separated) replacing the "
+          "config's teacher: the job distills through them.");
+ABSL_FLAG(std::string, teacher_token_file, "",
+          "Overrides teacher.token_file: the bearer token for the teacher "
+          "servers.");
+ABSL_FLAG(std::string, teacher_tls_ca, "",
+          "Overrides teacher.tls_ca_file: PEM root certificates; connects to "
+          "the teacher servers with TLS.");
+
 namespace {
+
+// Applies the --teacher_* flags to a loaded config and validates it again.
+absl::Status ApplyTeacherFlags(distill::trainer::JobConfig& config,
+                               const std::string& source) {
+  const auto endpoints = absl::GetFlag(FLAGS_teacher_endpoints);
+  const std::string token = absl::GetFlag(FLAGS_teacher_token_file);
+  const std::string ca = absl::GetFlag(FLAGS_teacher_tls_ca);
+  if (endpoints.empty() && token.empty() && ca.empty()) {
+    return absl::OkStatus();
+  }
+  if (config.mode() != distill::trainer::JobConfig::DISTILL) {
+    return absl::InvalidArgumentError(
+        "--teacher_endpoints, --teacher_token_file and --teacher_tls_ca apply "
+        "to mode DISTILL only");
+  }
+  auto* teacher = config.mutable_teacher();
+  if (!endpoints.empty()) {
+    teacher->clear_model();
+    teacher->clear_endpoints();
+    for (const auto& e : endpoints) teacher->add_endpoints(e);
+  }
+  if (!token.empty()) teacher->set_token_file(token);
+  if (!ca.empty()) teacher->set_tls_ca_file(ca);
+  distill::trainer::ApplyDefaults(config);
+  absl::Status valid = distill::trainer::ValidateJobConfig(config);
+  if (!valid.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, " with the --teacher flags: ", valid.message()));
+  }
+  return absl::OkStatus();
+}
 
 volatile std::sig_atomic_t g_signal = 0;
 
@@ -118,6 +161,9 @@ int main(int argc, char** argv) {
       distill::trainer::LoadJobConfig(config_path, absl::GetFlag(FLAGS_run_dir));
   if (!config.ok()) return Fail(std::string(config.status().message()));
   if (config->name().empty()) config->set_name(config_path);
+  if (absl::Status flags = ApplyTeacherFlags(*config, config_path); !flags.ok()) {
+    return Fail(std::string(flags.message()));
+  }
 
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);

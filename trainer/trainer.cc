@@ -23,6 +23,8 @@
 #include "trainer/grad_sync.h"
 #include "trainer/lr_schedule.h"
 #include "trainer/metrics.h"
+#include "trainer/teacher_connect.h"
+#include "trainer/teacher_prefetch.h"
 
 namespace distill::trainer {
 namespace {
@@ -156,6 +158,12 @@ absl::Status BuildJob(const JobConfig& config, const RunOptions& options,
   if (config.mode() == JobConfig::DISTILL) {
     if (options.teacher) {
       job.teacher = options.teacher;
+    } else if (IsRemoteTeacher(config.teacher())) {
+      DISTILL_ASSIGN_OR_RETURN(
+          job.teacher,
+          ConnectRemoteTeacher(config, input,
+                               config.batch_size() / world.world_size,
+                               job.train->size(), world.rank));
     } else {
       DISTILL_ASSIGN_OR_RETURN(
           job.teacher,
@@ -386,24 +394,41 @@ absl::StatusOr<RunResult> Train(Job& job, const RunOptions& options) {
     loader_options.epoch = epoch;
     data::Loader loader(*job.train, sampler.Remaining(), loader_options);
 
+    // Teacher targets are asked for ahead of the step that needs them
+    // (when the teacher answers asynchronously); the schedule gives the
+    // temperature of a future step.
+    TargetPrefetcher prefetcher(
+        loader, job.teacher.get(),
+        job.teacher && job.teacher->asynchronous() ? c.teacher().prefetch_batches()
+                                                   : 0,
+        [&, first = pos.global_step](int64_t i) {
+          return temperature_schedule
+                     ? temperature_schedule->At(first + i, total_steps)
+                     : c.temperature();
+        });
+
     std::map<std::string, double> term_sums;
     double loss_sum = 0;
     int64_t epoch_samples = 0;
     const auto epoch_start = Clock::now();
     while (true) {
-      DISTILL_ASSIGN_OR_RETURN(std::optional<data::Batch> batch, loader.Next());
-      if (!batch) break;
+      absl::StatusOr<std::optional<TargetPrefetcher::Item>> item =
+          prefetcher.Next();
+      if (!item.ok() && prefetcher.teacher_failed()) {
+        // Keep what was trained: the teacher may be back for --resume.
+        DISTILL_ASSIGN_OR_RETURN(std::string saved, save(pos));
+        return absl::Status(
+            item.status().code(),
+            absl::StrCat(item.status().message(),
+                         saved.empty() ? "" : "; checkpoint written to ", saved));
+      }
+      if (!item.ok()) return item.status();
+      if (!*item) break;
+      const data::Batch* batch = &(*item)->batch;
       const int64_t n = batch->labels.size(0);
       const double lr = LearningRate(c.lr_schedule(), c.optimizer().lr(),
                                      pos.global_step, steps_per_epoch, total_steps);
-      std::optional<losses::TeacherTargets> targets;
-      if (job.teacher) {
-        const double temperature =
-            temperature_schedule
-                ? temperature_schedule->At(pos.global_step, total_steps)
-                : c.temperature();
-        DISTILL_ASSIGN_OR_RETURN(targets, job.teacher->Targets(*batch, temperature));
-      }
+      std::optional<losses::TeacherTargets> targets = std::move((*item)->targets);
       if (world > 1 && !buffers.empty()) {
         // As DDP does: BatchNorm statistics follow rank 0.
         DISTILL_RETURN_IF_ERROR(job.grad_sync->BroadcastFromRankZero(
@@ -435,19 +460,23 @@ absl::StatusOr<RunResult> Train(Job& job, const RunOptions& options) {
         const double elapsed = SecondsSince(epoch_start);
         const double rate = world * epoch_samples / std::max(elapsed, 1e-9);
         const double eta = (total_steps - pos.global_step) * c.batch_size() / rate;
+        const nlohmann::json teacher_stats =
+            job.teacher ? prefetcher.TakeStats() : nlohmann::json::object();
         if (verbose) {
-          std::printf("epoch %lld/%d step %lld/%lld loss %.4f [%s] lr %.4g %.0f samples/s ETA %s\n",
+          std::printf("epoch %lld/%d step %lld/%lld loss %.4f [%s] lr %.4g %.0f samples/s ETA %s%s\n",
                       static_cast<long long>(epoch + 1), c.epochs(),
                       static_cast<long long>(step_in_epoch),
                       static_cast<long long>(steps_per_epoch), loss_value,
                       TermsString(step_loss.terms).c_str(), lr, rate,
-                      FormatDuration(eta).c_str());
+                      FormatDuration(eta).c_str(),
+                      TeacherProgress(teacher_stats).c_str());
           std::fflush(stdout);
         }
         nlohmann::json record = {{"type", "train"},      {"epoch", epoch + 1},
                                  {"step", pos.global_step}, {"loss", loss_value},
                                  {"lr", lr},              {"samples_per_sec", rate}};
         record["terms"] = step_loss.terms;
+        record.update(teacher_stats);
         DISTILL_RETURN_IF_ERROR(metrics.Write(record));
       }
 
@@ -485,6 +514,9 @@ absl::StatusOr<RunResult> Train(Job& job, const RunOptions& options) {
     pos.epoch = epoch + 1;
     pos.cursor = 0;
     const bool last = epoch + 1 == c.epochs();
+    const nlohmann::json teacher_epoch =
+        job.teacher ? prefetcher.EpochStats() : nlohmann::json::object();
+    if (job.teacher) DISTILL_RETURN_IF_ERROR(job.teacher->EpochDone());
     if (!leader) continue;
     nlohmann::json epoch_record = {
         {"type", "epoch"},
@@ -494,6 +526,7 @@ absl::StatusOr<RunResult> Train(Job& job, const RunOptions& options) {
         {"terms", last_epoch_terms},
         {"epoch_seconds", epoch_seconds},
         {"samples_per_sec", world * epoch_samples / std::max(epoch_seconds, 1e-9)}};
+    epoch_record.update(teacher_epoch);
     if (last || (epoch + 1) % c.eval_every_epochs() == 0) {
       DISTILL_ASSIGN_OR_RETURN(EvalResult eval,
                                Evaluate(*job.model, *job.test, 512, true));

@@ -1,0 +1,147 @@
+#include "teacher_server/batcher.h"
+
+#include <algorithm>
+#include <stdexcept>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "common/torch_status.h"
+#include "losses/teacher_targets.h"
+#include "teacher_server/codec.h"
+
+namespace distill::teacher {
+
+absl::StatusOr<v1::SoftTargets> EncodeLogits(const torch::Tensor& logits,
+                                             const v1::StreamHeader& header) {
+  auto targets = TorchCall("computing soft targets", [&] {
+    return header.encoding() == v1::TOP_K
+               ? losses::TeacherTargets::TopKFromLogits(
+                     logits, header.temperature(), header.top_k())
+               : losses::TeacherTargets::DenseFromLogits(logits,
+                                                         header.temperature());
+  });
+  if (!targets.ok()) return targets.status();
+  return EncodeTargets(*targets, header.encoding());
+}
+
+DynamicBatcher::DynamicBatcher(const ServedModel* model, BatcherOptions options,
+                               ServerMetrics* metrics)
+    : model_(model), options_(options), metrics_(metrics) {
+  worker_ = std::thread([this] { Run(); });
+}
+
+DynamicBatcher::~DynamicBatcher() { Stop(); }
+
+void DynamicBatcher::Submit(torch::Tensor inputs,
+                            const v1::StreamHeader& header, Done done) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!stopping_) {
+      queued_samples_ += inputs.size(0);
+      queue_.push_back(
+          {std::move(inputs), header, std::move(done), absl::Now()});
+      return;
+    }
+  }
+  done(absl::UnavailableError("the teacher server is shutting down"));
+}
+
+void DynamicBatcher::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  if (worker_.joinable()) worker_.join();
+}
+
+BatcherStats DynamicBatcher::stats() const {
+  absl::MutexLock lock(&mu_);
+  return stats_;
+}
+
+void DynamicBatcher::Run() {
+  // Inference tensors never leave this thread: answers leave as bytes.
+  torch::InferenceMode inference;
+  while (true) {
+    std::deque<Item> items;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](DynamicBatcher* b) {
+            return b->stopping_ || !b->queue_.empty();
+          },
+          this));
+      if (queue_.empty()) return;  // stopping, nothing left
+      // Wait for company until the batch is full, the oldest batch has
+      // waited long enough, or the server stops.
+      const absl::Time deadline =
+          queue_.front().enqueued + options_.max_queue_delay;
+      mu_.AwaitWithDeadline(
+          absl::Condition(
+              +[](DynamicBatcher* b) {
+                return b->stopping_ ||
+                       b->queued_samples_ >= b->options_.max_batch;
+              },
+              this),
+          deadline);
+      int64_t samples = 0;
+      while (!queue_.empty() &&
+             (items.empty() ||
+              samples + queue_.front().inputs.size(0) <= options_.max_batch)) {
+        samples += queue_.front().inputs.size(0);
+        items.push_back(std::move(queue_.front()));
+        queue_.pop_front();
+      }
+      queued_samples_ -= samples;
+      ++stats_.forwards;
+      stats_.batches += items.size();
+      stats_.samples += samples;
+      stats_.max_batches_per_forward = std::max<int64_t>(
+          stats_.max_batches_per_forward, static_cast<int64_t>(items.size()));
+    }
+    Process(items);
+  }
+}
+
+void DynamicBatcher::Process(std::deque<Item>& items) {
+  const absl::Time start = absl::Now();
+  std::vector<torch::Tensor> inputs;
+  std::vector<int64_t> sizes;
+  for (const Item& item : items) {
+    inputs.push_back(item.inputs);
+    sizes.push_back(item.inputs.size(0));
+    if (metrics_ != nullptr) metrics_->ObserveQueueDelay(start - item.enqueued);
+  }
+  auto logits = TorchCall("teacher forward", [&] {
+    torch::Tensor batch =
+        inputs.size() == 1 ? inputs[0] : torch::cat(inputs, 0);
+    torch::Tensor out = model_->forward(batch);
+    if (out.dim() < 2 || out.size(0) != batch.size(0)) {
+      throw std::runtime_error(absl::StrCat(
+          "the teacher returned ", out.dim() == 0 ? 0 : out.size(0),
+          " rows for ", batch.size(0), " samples"));
+    }
+    return out.split_with_sizes(sizes, 0);
+  });
+  if (metrics_ != nullptr) {
+    int64_t samples = 0;
+    for (int64_t s : sizes) samples += s;
+    metrics_->ObserveForward(static_cast<int>(samples),
+                             static_cast<int>(items.size()));
+  }
+  for (size_t i = 0; i < items.size(); ++i) {
+    Item& item = items[i];
+    if (!logits.ok()) {
+      item.done(logits.status());
+      continue;
+    }
+    absl::StatusOr<v1::SoftTargets> answer =
+        EncodeLogits((*logits)[i], item.header);
+    if (metrics_ != nullptr) metrics_->ObserveLatency(absl::Now() - item.enqueued);
+    item.done(std::move(answer));
+  }
+}
+
+}  // namespace distill::teacher

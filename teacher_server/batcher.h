@@ -1,0 +1,97 @@
+// Dynamic batching across streams. Streams submit validated input batches;
+// one worker thread gathers what is queued, up to `max_batch` samples or
+// until the oldest batch has waited `max_queue_delay`, runs ONE forward of
+// the teacher on the concatenation (in inference mode), splits the logits
+// back, applies softmax(z / T) at each batch's own temperature, encodes each
+// answer and hands it to the batch's callback. Batches run in submission
+// order, so each stream's answers come back in its order. Submit and stats
+// are thread-safe; the model runs on the worker thread only.
+#ifndef DISTILL_TEACHER_SERVER_BATCHER_H_
+#define DISTILL_TEACHER_SERVER_BATCHER_H_
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "proto/teacher.pb.h"
+#include "teacher_server/metrics.h"
+#include "teacher_server/served_model.h"
+
+namespace distill::teacher {
+
+struct BatcherOptions {
+  // Most samples per forward. Default: 512.
+  int max_batch = 512;
+  // How long the oldest queued batch may wait for company. Zero runs
+  // whatever is queued at once. Default: 2 ms.
+  absl::Duration max_queue_delay = absl::Microseconds(2000);
+};
+
+// Counts since the batcher started, for tests and logs.
+struct BatcherStats {
+  int64_t forwards = 0;
+  int64_t batches = 0;
+  int64_t samples = 0;
+  // The most batches (requests) one forward has combined.
+  int64_t max_batches_per_forward = 0;
+};
+
+class DynamicBatcher {
+ public:
+  using Done = std::function<void(absl::StatusOr<v1::SoftTargets>)>;
+
+  // `model` and `metrics` must outlive the batcher; `metrics` may be null.
+  DynamicBatcher(const ServedModel* model, BatcherOptions options,
+                 ServerMetrics* metrics);
+  // Stop()s.
+  ~DynamicBatcher();
+
+  // Queues `inputs` ([n, input_shape...], 1 <= n <= max_batch, validated by
+  // the caller) to be answered with `header`'s temperature and encoding.
+  // `done` runs once, on the worker thread, with the encoded targets or the
+  // error of the forward. After Stop, `done` runs at once with Unavailable.
+  void Submit(torch::Tensor inputs, const v1::StreamHeader& header, Done done);
+
+  // Answers everything queued, then joins the worker. Idempotent.
+  void Stop();
+
+  BatcherStats stats() const;
+
+ private:
+  struct Item {
+    torch::Tensor inputs;
+    v1::StreamHeader header;
+    Done done;
+    absl::Time enqueued;
+  };
+
+  void Run();
+  // Runs one forward over `items` and answers each.
+  void Process(std::deque<Item>& items);
+
+  const ServedModel* const model_;
+  const BatcherOptions options_;
+  ServerMetrics* const metrics_;
+
+  mutable absl::Mutex mu_;
+  std::deque<Item> queue_ ABSL_GUARDED_BY(mu_);
+  int64_t queued_samples_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  BatcherStats stats_ ABSL_GUARDED_BY(mu_);
+  std::thread worker_;
+};
+
+// softmax(logits / T) of one batch's logits, encoded as `header` asks.
+absl::StatusOr<v1::SoftTargets> EncodeLogits(const torch::Tensor& logits,
+                                             const v1::StreamHeader& header);
+
+}  // namespace distill::teacher
+
+#endif  // DISTILL_TEACHER_SERVER_BATCHER_H_

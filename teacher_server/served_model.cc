@@ -1,0 +1,110 @@
+#include "teacher_server/served_model.h"
+
+#include <filesystem>
+#include <memory>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/status.h"
+#include "common/torch_status.h"
+#include "student/model.h"
+#include "teacher_server/file_hash.h"
+
+namespace distill::teacher {
+namespace {
+
+absl::StatusOr<torch::Dtype> InputTorchDType(v1::Tensor::DType dtype) {
+  switch (dtype) {
+    case v1::Tensor::FLOAT32:
+      return torch::kFloat;
+    case v1::Tensor::INT64:
+      return torch::kLong;
+    case v1::Tensor::INT32:
+      return torch::kInt;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("input dtype must be FLOAT32, INT64 or INT32, got ",
+                       v1::Tensor::DType_Name(dtype)));
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<ServedModel> LoadServedModel(const ModelSource& source) {
+  if (source.arch.empty() == source.torchscript.empty()) {
+    return absl::InvalidArgumentError(
+        "give exactly one of a zoo architecture (with weights) and a "
+        "TorchScript file");
+  }
+  if (!source.arch.empty() && source.weights.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the zoo teacher '", source.arch, "' needs a weights file"));
+  }
+  for (int64_t d : source.input_shape) {
+    if (d < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("input shape [", absl::StrJoin(source.input_shape, ", "),
+                       "] must have positive dimensions"));
+    }
+  }
+  DISTILL_ASSIGN_OR_RETURN(torch::Dtype input_dtype,
+                           InputTorchDType(source.input_dtype));
+  const std::string& file =
+      source.torchscript.empty() ? source.weights : source.torchscript;
+  if (!std::filesystem::is_regular_file(file)) {
+    return absl::NotFoundError(absl::StrCat(
+        source.torchscript.empty() ? "weights" : "TorchScript model",
+        " file not found: ", file));
+  }
+
+  ServedModel served;
+  served.input_shape = source.input_shape;
+  served.input_dtype = source.input_dtype;
+  DISTILL_ASSIGN_OR_RETURN(served.hash, FileSha256Hex(file));
+  served.name = source.torchscript.empty()
+                    ? source.arch
+                    : std::filesystem::path(file).filename().string();
+
+  student::ModelSpec spec{source.arch, source.torchscript, source.arch_options};
+  student::ZooInput zoo_input{source.input_shape, source.num_classes};
+  DISTILL_ASSIGN_OR_RETURN(std::unique_ptr<student::Model> model,
+                           student::Model::Create(spec, zoo_input));
+  if (!source.weights.empty()) {
+    DISTILL_RETURN_IF_ERROR(
+        Annotate(model->LoadFile(source.weights), "loading the teacher's weights"));
+  }
+  model->train(false);
+  for (torch::Tensor& p : model->parameters()) p.set_requires_grad(false);
+
+  std::vector<int64_t> probe_shape = {2};
+  probe_shape.insert(probe_shape.end(), source.input_shape.begin(),
+                     source.input_shape.end());
+  DISTILL_ASSIGN_OR_RETURN(
+      torch::Tensor out,
+      TorchCall(absl::StrCat("running the teacher '", model->description(),
+                             "' on zeros [", absl::StrJoin(probe_shape, ", "),
+                             "]"),
+                [&] {
+                  torch::InferenceMode guard;
+                  return model->forward(torch::zeros(
+                      probe_shape, torch::TensorOptions().dtype(input_dtype)));
+                }));
+  if ((out.dim() != 2 && out.dim() != 3) || out.size(0) != 2 ||
+      !out.is_floating_point()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the teacher '", model->description(), "' returns ",
+        c10::toString(out.scalar_type()), " [",
+        absl::StrJoin(out.sizes(), ", "),
+        "] for a batch of 2; expected floating-point logits [2, C] or "
+        "[2, S, V]"));
+  }
+  served.output_shape.assign(out.sizes().begin() + 1, out.sizes().end());
+  std::shared_ptr<student::Model> shared = std::move(model);
+  served.forward = [shared](const torch::Tensor& inputs) {
+    return shared->forward(inputs).to(torch::kFloat);
+  };
+  return served;
+}
+
+}  // namespace distill::teacher

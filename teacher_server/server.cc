@@ -1,0 +1,128 @@
+#include "teacher_server/server.h"
+
+#include <grpcpp/health_check_service_interface.h>
+
+#include <algorithm>
+#include <limits>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+
+namespace distill::teacher {
+namespace {
+
+// Bytes one input sample takes on the wire.
+int64_t SampleBytes(const ServedModel& model) {
+  int64_t n = model.input_dtype == v1::Tensor::FLOAT32 ||
+                      model.input_dtype == v1::Tensor::INT32
+                  ? 4
+                  : 8;
+  for (int64_t d : model.input_shape) n *= d;
+  return n;
+}
+
+std::string HostPort(const std::string& host, int port) {
+  return absl::StrContains(host, ':') ? absl::StrCat("[", host, "]:", port)
+                                      : absl::StrCat(host, ":", port);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<TeacherServer>> TeacherServer::Start(
+    ServedModel model, const ServerOptions& options) {
+  if (options.batcher.max_batch < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_batch must be >= 1, got ", options.batcher.max_batch));
+  }
+  if (options.batcher.max_queue_delay < absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("max_queue_delay must be >= 0");
+  }
+  if (options.max_inflight_per_stream < 1) {
+    return absl::InvalidArgumentError("max_inflight_per_stream must be >= 1");
+  }
+  if (options.port < 0 || options.port > 65535 || options.metrics_port < 0 ||
+      options.metrics_port > 65535) {
+    return absl::InvalidArgumentError("ports must be in [0, 65535]");
+  }
+  if (options.tls_cert_pem.empty() != options.tls_key_pem.empty()) {
+    return absl::InvalidArgumentError(
+        "TLS needs both a certificate and a private key");
+  }
+  std::unique_ptr<TeacherServer> server(new TeacherServer);
+  server->host_ = options.host;
+  server->drain_timeout_ = options.drain_timeout;
+  server->model_ = std::make_unique<ServedModel>(std::move(model));
+  server->metrics_ = std::make_unique<ServerMetrics>(options.batcher.max_batch);
+
+  ServiceOptions service_options;
+  service_options.batcher = options.batcher;
+  service_options.max_request_bytes =
+      options.max_request_bytes > 0
+          ? options.max_request_bytes
+          : options.batcher.max_batch * SampleBytes(*server->model_) + (64 << 10);
+  service_options.max_inflight_per_stream = options.max_inflight_per_stream;
+  service_options.token = options.token;
+  server->service_ = std::make_unique<TeacherService>(
+      server->model_.get(), service_options, server->metrics_.get());
+
+  std::shared_ptr<grpc::ServerCredentials> credentials;
+  if (options.tls_cert_pem.empty()) {
+    credentials = grpc::InsecureServerCredentials();
+  } else {
+    grpc::SslServerCredentialsOptions ssl;
+    ssl.pem_key_cert_pairs.push_back(
+        {options.tls_key_pem, options.tls_cert_pem});
+    credentials = grpc::SslServerCredentials(ssl);
+  }
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  const std::string address = HostPort(options.host, options.port);
+  builder.AddListeningPort(address, credentials, &server->port_);
+  builder.SetMaxReceiveMessageSize(
+      static_cast<int>(std::min<int64_t>(service_options.max_request_bytes,
+                                         std::numeric_limits<int>::max())));
+  builder.RegisterService(server->service_.get());
+  server->server_ = builder.BuildAndStart();
+  if (server->server_ == nullptr || server->port_ == 0) {
+    server->service_->StopBatcher();
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", address));
+  }
+  grpc::HealthCheckServiceInterface* health =
+      server->server_->GetHealthCheckService();
+  health->SetServingStatus("", true);
+  health->SetServingStatus(kTeacherServiceName, true);
+
+  if (options.metrics_port != 0) {
+    absl::Status serving =
+        server->metrics_->Serve(options.host, options.metrics_port);
+    if (!serving.ok()) {
+      server->Shutdown();
+      return serving;
+    }
+  }
+  return server;
+}
+
+TeacherServer::~TeacherServer() { Shutdown(); }
+
+std::string TeacherServer::address() const { return HostPort(host_, port_); }
+
+void TeacherServer::Shutdown() {
+  absl::MutexLock lock(&shutdown_mu_);
+  if (shut_down_) return;
+  shut_down_ = true;
+  if (server_ != nullptr) {
+    // Health first, so balancers stop sending work before streams end.
+    server_->GetHealthCheckService()->SetServingStatus(false);
+    service_->Drain();
+    server_->Shutdown(absl::ToChronoTime(absl::Now() + drain_timeout_));
+    server_->Wait();
+  }
+  service_->StopBatcher();
+}
+
+}  // namespace distill::teacher

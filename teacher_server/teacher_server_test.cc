@@ -1,0 +1,296 @@
+// The teacher_server binary as users and launchers run it: bad flags, a
+// drained shutdown on SIGTERM that answers in-flight batches, the port and
+// registry files, and an independent Python client generated from
+// proto/teacher.proto getting the same targets as the C++ stub.
+#include <arpa/inet.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "teacher_server/codec.h"
+#include "teacher_server/testing/teacher_testing.h"
+
+namespace distill::teacher {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+using namespace ::distill::teacher::testing;  // NOLINT
+
+std::string ReadFile(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::string BinDir() {
+  const char* env = std::getenv("DISTILL_BIN_DIR");
+  return env != nullptr ? env : DISTILL_BIN_DIR_DEFAULT;
+}
+
+std::string SourceDir() {
+  const char* env = std::getenv("DISTILL_SOURCE_DIR");
+  return env != nullptr ? env : DISTILL_SOURCE_DIR_DEFAULT;
+}
+
+// A port free at the time of asking (for the metrics endpoint, which has no
+// port file).
+int FreePort() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+// The body of GET http://127.0.0.1:port/metrics, or "" when unreachable.
+std::string FetchMetrics(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string out;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+    const std::string request = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    if (::write(fd, request.data(), request.size()) ==
+        static_cast<ssize_t>(request.size())) {
+      char buffer[4096];
+      ssize_t n;
+      while ((n = ::read(fd, buffer, sizeof(buffer))) > 0) out.append(buffer, n);
+    }
+  }
+  ::close(fd);
+  return out;
+}
+
+class TeacherServerBinaryTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("teacher_server_test_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    weights_ = (dir_ / "teacher.pt").string();
+    WriteTeacherWeights(weights_, /*seed=*/3);
+  }
+  void TearDown() override {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+    if (!HasFailure()) fs::remove_all(dir_);
+  }
+
+  // Runs the binary to completion: exit code (-1 when killed) and stderr.
+  std::pair<int, std::string> RunToEnd(const std::string& args) {
+    const fs::path err = dir_ / "stderr.txt";
+    const std::string cmd = BinDir() + "/teacher_server " + args + " >" +
+                            (dir_ / "stdout.txt").string() + " 2>" + err.string();
+    const int status = std::system(cmd.c_str());
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, ReadFile(err)};
+  }
+
+  // Starts the binary serving the test teacher; returns its port once the
+  // port file appears (bounded wait).
+  int StartServer(const std::vector<std::string>& extra) {
+    const fs::path port_file = dir_ / "port";
+    std::vector<std::string> args = {BinDir() + "/teacher_server",
+                                     "--arch", kTestArch, "--weights", weights_,
+                                     "--port_file", port_file.string()};
+    args.insert(args.end(), extra.begin(), extra.end());
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      if (!freopen((dir_ / "server.out").c_str(), "w", stdout)) _exit(120);
+      if (!freopen((dir_ / "server.err").c_str(), "w", stderr)) _exit(120);
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (!fs::exists(port_file) && std::chrono::steady_clock::now() < deadline) {
+      if (::waitpid(pid_, nullptr, WNOHANG) == pid_) {
+        pid_ = 0;
+        ADD_FAILURE() << "server exited: " << ReadFile(dir_ / "server.err");
+        return 0;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    const std::string text = ReadFile(port_file);
+    EXPECT_FALSE(text.empty()) << "no port file";
+    EXPECT_EQ(text.back(), '\n');
+    return std::atoi(text.c_str());
+  }
+
+  // Exit code after SIGTERM (-1 when killed by a signal).
+  int Terminate() {
+    ::kill(pid_, SIGTERM);
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+    pid_ = 0;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+
+  fs::path dir_;
+  std::string weights_;
+  pid_t pid_ = 0;
+};
+
+TEST_F(TeacherServerBinaryTest, BadFlagsExitOneWithOneLine) {
+  auto expect = [&](const std::string& args, const std::string& message) {
+    auto [code, err] = RunToEnd(args);
+    EXPECT_EQ(code, 1) << args;
+    EXPECT_EQ(err, "teacher_server: error: " + message + "\n") << args;
+  };
+  expect("", "give either --arch NAME --weights FILE or --torchscript FILE");
+  expect("--arch cnn_student", "--arch needs --weights FILE");
+  expect("--arch cnn_student --weights /nonexistent/teacher.pt",
+         "weights file not found: /nonexistent/teacher.pt");
+  expect("--torchscript /nonexistent/t.pt",
+         "TorchScript model file not found: /nonexistent/t.pt");
+  expect("--arch resnet --weights " + weights_,
+         "unknown model architecture 'resnet'; known architectures: "
+         "cnn_student, cnn_teacher, mlp");
+  expect("--arch cnn_teacher --weights " + weights_,
+         "loading the teacher's weights: " + weights_ +
+             " was written for model 'cnn_student' but the config asks for "
+             "'cnn_teacher'");
+  expect("--arch cnn_student --weights " + weights_ + " --max_batch 0",
+         "--max_batch must be >= 1, got 0");
+  expect("--arch cnn_student --weights " + weights_ + " --input_shape 1,x,28",
+         "--input_shape must be positive integers separated by commas, got "
+         "'1,x,28'");
+  expect("--arch cnn_student --weights " + weights_ + " --tls_cert c.pem",
+         "--tls_cert and --tls_key go together");
+  expect("--arch cnn_student --weights " + weights_ +
+             " --token_file /nonexistent/token",
+         "token file not found: /nonexistent/token");
+  expect("--arch cnn_student --weights " + weights_ + " --registry_dir " +
+             weights_,
+         "--registry_dir " + weights_ + " is not a directory");
+  expect("--arch cnn_student --weights " + weights_ + " extra",
+         "unexpected argument 'extra'");
+}
+
+// SIGTERM while batches sit in the batcher's queue (a one-minute queue
+// delay holds them): they are answered at once, the stream ends, the
+// registry file goes away and the process exits 0.
+TEST_F(TeacherServerBinaryTest, SigtermAnswersInFlightBatchesAndExitsZero) {
+  const fs::path registry = dir_ / "registry";
+  fs::create_directories(registry);
+  const int metrics_port = FreePort();
+  const int port = StartServer(
+      {"--registry_dir", registry.string(), "--max_batch", "64",
+       "--max_queue_delay_us", "60000000", "--metrics_port",
+       std::to_string(metrics_port)});
+  ASSERT_GT(port, 0);
+  const fs::path endpoint =
+      registry / ("teacher-127.0.0.1-" + std::to_string(port) + ".endpoint");
+  EXPECT_EQ(ReadFile(endpoint), "127.0.0.1:" + std::to_string(port) + "\n");
+
+  auto stub = v1::Teacher::NewStub(PlainChannel("127.0.0.1:" + std::to_string(port)));
+  grpc::ClientContext context;
+  auto stream = stub->Distill(&context);
+  const torch::Tensor a = TestInputs(4, 1), b = TestInputs(2, 2);
+  ASSERT_TRUE(stream->Write(HeaderRequest(2.0, v1::DENSE_FP32)));
+  ASSERT_TRUE(stream->Write(BatchRequest(10, a)));
+  ASSERT_TRUE(stream->Write(BatchRequest(11, b)));
+  ASSERT_TRUE(stream->WritesDone());
+  // Both batches are in the server once its metrics count them.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  std::string metrics;
+  while (metrics.find("distill_teacher_received_batches_total 2\n") ==
+             std::string::npos &&
+         std::chrono::steady_clock::now() < deadline) {
+    metrics = FetchMetrics(metrics_port);
+  }
+  ASSERT_THAT(metrics, HasSubstr("distill_teacher_received_batches_total 2\n"));
+  EXPECT_THAT(metrics, HasSubstr("distill_teacher_forwards_total 0\n"));
+
+  ::kill(pid_, SIGTERM);
+  v1::DistillResponse response;
+  std::vector<torch::Tensor> sent = {a, b};
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(stream->Read(&response)) << i;
+    EXPECT_EQ(response.batch_id(), 10u + i);
+    auto probs = FromProto(response.targets().probs(), "probs");
+    ASSERT_TRUE(probs.ok());
+    const torch::Tensor want =
+        torch::softmax(ReferenceLogits(weights_, sent[i]) / 2.0, 1);
+    EXPECT_LE((*probs - want).abs().max().item<double>(), 1e-6);
+  }
+  EXPECT_FALSE(stream->Read(&response));
+  EXPECT_TRUE(stream->Finish().ok());
+  int status = 0;
+  ::waitpid(pid_, &status, 0);
+  pid_ = 0;
+  ASSERT_TRUE(WIFEXITED(status)) << "killed instead of draining";
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  EXPECT_FALSE(fs::exists(endpoint));
+  EXPECT_THAT(ReadFile(dir_ / "server.out"), HasSubstr("draining"));
+}
+
+// A Python client built from proto/teacher.proto by grpc_tools.protoc gets
+// the same Info and the same targets as the C++ stub, for every encoding.
+TEST_F(TeacherServerBinaryTest, PythonClientGetsTheSameTargets) {
+  const int port = StartServer({"--max_queue_delay_us", "0"});
+  ASSERT_GT(port, 0);
+  const std::string address = "127.0.0.1:" + std::to_string(port);
+  auto stub = v1::Teacher::NewStub(PlainChannel(address));
+  grpc::ClientContext info_context;
+  v1::InfoResponse info;
+  ASSERT_TRUE(stub->Info(&info_context, v1::InfoRequest(), &info).ok());
+  std::ofstream(dir_ / "info.bin", std::ios::binary) << info.SerializeAsString();
+
+  const fs::path cases = dir_ / "cases";
+  fs::create_directories(cases);
+  const std::vector<v1::DistillRequest> headers = {
+      HeaderRequest(1.0, v1::DENSE_FP32), HeaderRequest(2.5, v1::DENSE_FP16),
+      HeaderRequest(4.0, v1::TOP_K, 3)};
+  const v1::DistillRequest batch = BatchRequest(42, TestInputs(5, 9));
+  for (size_t i = 0; i < headers.size(); ++i) {
+    StreamResult result = RunStream(*stub, {headers[i], batch});
+    ASSERT_TRUE(result.status.ok()) << result.status.error_message();
+    ASSERT_EQ(result.responses.size(), 1u);
+    const std::string prefix = (cases / std::to_string(i)).string();
+    std::ofstream(prefix + ".header.bin", std::ios::binary)
+        << headers[i].SerializeAsString();
+    std::ofstream(prefix + ".batch.bin", std::ios::binary) << batch.SerializeAsString();
+    std::ofstream(prefix + ".response.bin", std::ios::binary)
+        << result.responses[0].SerializeAsString();
+  }
+  const std::string cmd =
+      "/usr/bin/python3 " + SourceDir() + "/teacher_server/testdata/python_client.py" +
+      " --proto_dir " + SourceDir() + "/proto --address " + address +
+      " --info " + (dir_ / "info.bin").string() + " --cases " + cases.string() +
+      " > " + (dir_ / "python.out").string() + " 2>&1";
+  const int status = std::system(cmd.c_str());
+  const std::string out = ReadFile(dir_ / "python.out");
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << out;
+  EXPECT_THAT(out, HasSubstr("case 0 DENSE_FP32: OK"));
+  EXPECT_THAT(out, HasSubstr("case 1 DENSE_FP16: OK"));
+  EXPECT_THAT(out, HasSubstr("case 2 TOP_K: OK"));
+  EXPECT_EQ(Terminate(), 0);
+}
+
+}  // namespace
+}  // namespace distill::teacher

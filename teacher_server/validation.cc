@@ -1,0 +1,86 @@
+#include "teacher_server/validation.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/status.h"
+#include "teacher_server/codec.h"
+
+namespace distill::teacher {
+namespace {
+
+template <typename Shape>
+std::string ShapeString(const Shape& shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+
+}  // namespace
+
+absl::Status ValidateHeader(const v1::StreamHeader& header,
+                            const v1::InfoResponse& info) {
+  if (!std::isfinite(header.temperature()) || !(header.temperature() > 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "header.temperature must be a finite number > 0, got ",
+        header.temperature()));
+  }
+  const auto& encodings = info.encodings();
+  if (std::find(encodings.begin(), encodings.end(), header.encoding()) ==
+      encodings.end()) {
+    std::vector<std::string> names;
+    for (int e : encodings) names.push_back(EncodingName(static_cast<v1::Encoding>(e)));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "header.encoding ", EncodingName(header.encoding()),
+        " is not supported; supported: ", absl::StrJoin(names, ", ")));
+  }
+  if (header.encoding() == v1::TOP_K &&
+      (header.top_k() < 1 || header.top_k() > info.num_classes())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("header.top_k must be in [1, ", info.num_classes(),
+                     "] (the teacher's classes), got ", header.top_k()));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<torch::Tensor> DecodeInputs(const v1::InputBatch& batch,
+                                           const v1::InfoResponse& info) {
+  const v1::Tensor& inputs = batch.inputs();
+  if (inputs.dtype() != info.input_dtype()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("batch ", batch.batch_id(), ": inputs must be ",
+                     DTypeName(info.input_dtype()), ", got ",
+                     DTypeName(inputs.dtype())));
+  }
+  std::vector<int64_t> want = {-1};
+  want.insert(want.end(), info.input_shape().begin(), info.input_shape().end());
+  const bool shape_ok =
+      inputs.shape_size() == static_cast<int>(want.size()) &&
+      std::equal(want.begin() + 1, want.end(), inputs.shape().begin() + 1);
+  if (!shape_ok) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "batch ", batch.batch_id(), ": inputs shape ",
+        ShapeString(inputs.shape()), " must be [N, ",
+        absl::StrJoin(info.input_shape(), ", "), "]"));
+  }
+  const int64_t n = inputs.shape(0);
+  if (n < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("batch ", batch.batch_id(), " is empty"));
+  }
+  if (n > info.max_batch()) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("batch ", batch.batch_id(), " has ", n,
+                     " samples; the most one batch may carry is ",
+                     info.max_batch()));
+  }
+  absl::StatusOr<torch::Tensor> tensor = FromProto(inputs, "inputs");
+  if (!tensor.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "batch ", batch.batch_id(), ": ", tensor.status().message()));
+  }
+  return tensor;
+}
+
+}  // namespace distill::teacher

@@ -1,0 +1,439 @@
+// Distillation through real `teacher_server` processes on loopback, driven
+// through the `distill` binary: the same result as the in-process teacher,
+// failover when a server is SIGKILLed mid-epoch, a mismatched teacher
+// refused at connect, a clear error (after a checkpoint) when every server
+// is gone, the target cache, and TLS with a bearer token. Progress is read
+// from the run's metrics.jsonl (one record per step), never from timing.
+#include <fcntl.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/testing/status_matchers.h"
+#include "student/model.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using ::distill::testing::IsOk;
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+std::string BinDir() {
+  const char* env = std::getenv("DISTILL_BIN_DIR");
+  return env != nullptr ? env : DISTILL_BIN_DIR_DEFAULT;
+}
+
+std::string ReadFile(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// Starts `argv` with stdout and stderr sent to files.
+pid_t Spawn(const std::vector<std::string>& argv, const fs::path& out,
+            const fs::path& err) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    const int o = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    const int e = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(o, 1);
+    ::dup2(e, 2);
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    ::execv(args[0], args.data());
+    ::_exit(127);
+  }
+  return pid;
+}
+
+// The exit code, or -signal when the process was killed.
+int WaitExit(pid_t pid) {
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+}
+
+// Polls `done` until it holds or 120 s pass (a deadline, not a delay).
+bool WaitUntil(const std::function<bool()>& done) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return false;
+}
+
+std::vector<nlohmann::json> Records(const fs::path& run, const std::string& type) {
+  std::vector<nlohmann::json> records;
+  std::istringstream lines(ReadFile(run / "metrics.jsonl"));
+  for (std::string line; std::getline(lines, line);) {
+    // The line being written may be incomplete.
+    auto record = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (!record.is_discarded() && record["type"] == type) records.push_back(record);
+  }
+  return records;
+}
+
+int64_t LastStep(const fs::path& run) {
+  auto train = Records(run, "train");
+  return train.empty() ? 0 : train.back()["step"].get<int64_t>();
+}
+
+// A teacher_server process; SIGTERMed at destruction unless killed before.
+class Server {
+ public:
+  Server(const fs::path& dir, const std::string& name,
+         std::vector<std::string> model_args,
+         const std::vector<std::string>& extra = {}) {
+    const fs::path port_file = dir / (name + ".port");
+    err_ = dir / (name + ".err");
+    std::vector<std::string> argv = {BinDir() + "/teacher_server",
+                                     "--port_file=" + port_file.string(),
+                                     "--threads=1"};
+    argv.insert(argv.end(), model_args.begin(), model_args.end());
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    pid_ = Spawn(argv, dir / (name + ".out"), err_);
+    const bool up = WaitUntil([&] {
+      return ReadFile(port_file).find('\n') != std::string::npos ||
+             ::waitpid(pid_, nullptr, WNOHANG) != 0;
+    });
+    port_ = std::atoi(ReadFile(port_file).c_str());
+    EXPECT_TRUE(up && port_ > 0) << "teacher_server did not start: "
+                                 << ReadFile(err_);
+  }
+  ~Server() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGTERM);
+      WaitExit(pid_);
+    }
+  }
+  void Kill() {
+    ::kill(pid_, SIGKILL);
+    WaitExit(pid_);
+    pid_ = -1;
+  }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+
+ private:
+  pid_t pid_ = -1;
+  int port_ = 0;
+  fs::path err_;
+};
+
+struct Outcome {
+  int exit_code = -1;
+  std::string out, err;
+};
+
+class TeacherClientTest : public ::testing::Test {
+ protected:
+  // One small trained teacher for every test.
+  static void SetUpTestSuite() {
+    shared_ = fs::temp_directory_path() /
+              ("distill_teacher_client_" + std::to_string(::getpid()));
+    fs::create_directories(shared_);
+    if (!fs::exists(BinDir() + "/teacher_server")) return;
+    std::ofstream(shared_ / "teacher.pbtxt") << R"pb(
+      mode: TRAIN
+      student { arch: "mlp" }
+      data { train_limit: 2048 test_limit: 100 }
+      batch_size: 64 threads: 1 seed: 7
+    )pb";
+    const pid_t pid =
+        Spawn({BinDir() + "/distill", "--quiet",
+               "--config=" + (shared_ / "teacher.pbtxt").string(),
+               "--run_dir=" + (shared_ / "teacher").string()},
+              shared_ / "teacher.out", shared_ / "teacher.err");
+    ASSERT_EQ(WaitExit(pid), 0) << ReadFile(shared_ / "teacher.err");
+  }
+  static void TearDownTestSuite() { fs::remove_all(shared_); }
+
+  void SetUp() override {
+    if (!fs::exists(BinDir() + "/teacher_server")) {
+      GTEST_SKIP() << "teacher_server is not built";
+    }
+    dir_ = shared_ / ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    fs::create_directories(dir_);
+  }
+
+  static std::vector<std::string> TeacherModel() {
+    return {"--arch=mlp", "--weights=" + (shared_ / "teacher/model.pt").string()};
+  }
+
+  // A DISTILL config of the mlp student on `train_limit` samples; `teacher`
+  // is the body of the teacher section.
+  fs::path Config(const std::string& name, const std::string& teacher,
+                  int64_t train_limit, int epochs = 1,
+                  const std::string& batch = "batch_size: 32") {
+    const fs::path path = dir_ / (name + ".pbtxt");
+    std::ofstream(path) << "mode: DISTILL\nstudent { arch: \"mlp\" }\n"
+                        << "data { train_limit: " << train_limit
+                        << " test_limit: 1000 }\n"
+                        << batch << " epochs: " << epochs
+                        << " threads: 1 seed: 3 log_every_steps: 1\n"
+                        << "teacher { " << teacher << " }\n";
+    return path;
+  }
+
+  pid_t Start(const fs::path& config, const fs::path& run,
+              const std::vector<std::string>& flags = {}) {
+    std::vector<std::string> argv = {BinDir() + "/distill", "--quiet",
+                                     "--config=" + config.string(),
+                                     "--run_dir=" + run.string()};
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    return Spawn(argv, run.string() + ".out", run.string() + ".err");
+  }
+
+  Outcome Finish(pid_t pid, const fs::path& run) {
+    Outcome o;
+    o.exit_code = WaitExit(pid);
+    o.out = ReadFile(run.string() + ".out");
+    o.err = ReadFile(run.string() + ".err");
+    return o;
+  }
+
+  Outcome Run(const fs::path& config, const fs::path& run,
+              const std::vector<std::string>& flags = {}) {
+    return Finish(Start(config, run, flags), run);
+  }
+
+  // Largest absolute difference between two runs' final mlp weights.
+  static double WeightDistance(const fs::path& a, const fs::path& b) {
+    const distill::student::ZooInput input{{1, 28, 28}, 10};
+    auto load = [&](const fs::path& run) {
+      auto m = distill::student::Model::Create({"mlp", "", {}}, input);
+      EXPECT_THAT(m, IsOk());
+      EXPECT_THAT((*m)->LoadFile((run / "model.pt").string()), IsOk());
+      return std::move(m).value();
+    };
+    auto ma = load(a), mb = load(b);
+    auto pa = ma->named_parameters(), pb = mb->named_parameters();
+    double distance = 0;
+    for (size_t i = 0; i < pa.size(); ++i) {
+      distance = std::max(
+          distance, (pa[i].second - pb[i].second).abs().max().item<double>());
+    }
+    return distance;
+  }
+
+  static double Accuracy(const fs::path& run) {
+    return nlohmann::json::parse(ReadFile(run / "summary.json"))["test_accuracy"]
+        .get<double>();
+  }
+
+  static fs::path shared_;
+  fs::path dir_;
+};
+
+fs::path TeacherClientTest::shared_;
+
+// Dense fp32 through a server gives the in-process teacher's targets, so
+// the student ends where the in-process run ends (up to float rounding of
+// the server's batched forward).
+TEST_F(TeacherClientTest, ServerMatchesInProcessTeacher) {
+  Server server(dir_, "a", TeacherModel());
+  const fs::path model_weights = shared_ / "teacher/model.pt";
+  Outcome local = Run(Config("local",
+                             "model { arch: \"mlp\" weights: \"" +
+                                 model_weights.string() + "\" }",
+                             1024),
+                      dir_ / "local");
+  ASSERT_EQ(local.exit_code, 0) << local.err;
+  Outcome remote = Run(
+      Config("remote", "endpoints: \"" + server.address() + "\"", 1024),
+      dir_ / "remote");
+  ASSERT_EQ(remote.exit_code, 0) << remote.err;
+
+  EXPECT_LT(WeightDistance(dir_ / "local", dir_ / "remote"), 1e-4);
+  EXPECT_NEAR(Accuracy(dir_ / "local"), Accuracy(dir_ / "remote"), 0.002);
+  auto epoch = Records(dir_ / "remote", "epoch");
+  ASSERT_EQ(epoch.size(), 1u);
+  EXPECT_EQ(epoch[0]["teacher_batches"], 32);
+  EXPECT_EQ(epoch[0]["teacher_samples"], 1024);
+  EXPECT_GT(epoch[0]["teacher_latency_ms_mean"].get<double>(), 0);
+  auto train = Records(dir_ / "remote", "train");
+  ASSERT_EQ(train.size(), 32u);
+  EXPECT_TRUE(train[5].contains("teacher_latency_ms_p95"));
+  EXPECT_TRUE(train[5].contains("teacher_queue_depth"));
+  EXPECT_TRUE(train[5].contains("teacher_waits"));
+}
+
+TEST_F(TeacherClientTest, EpochSurvivesASigkilledServer) {
+  Server a(dir_, "a", TeacherModel());
+  Outcome unbroken = Run(
+      Config("one", "endpoints: \"" + a.address() + "\"", 4096), dir_ / "one");
+  ASSERT_EQ(unbroken.exit_code, 0) << unbroken.err;
+
+  Server b(dir_, "b", TeacherModel());
+  const fs::path run = dir_ / "two";
+  const pid_t trainer =
+      Start(Config("two",
+                   "endpoints: \"" + a.address() + "\" endpoints: \"" +
+                       b.address() + "\"",
+                   4096),
+            run);
+  // Kill b once 10 of the 128 steps are trained, both servers serving.
+  ASSERT_TRUE(WaitUntil([&] {
+    return LastStep(run) >= 10 || ::waitpid(trainer, nullptr, WNOHANG) != 0;
+  }));
+  EXPECT_TRUE(Records(run, "epoch").empty()) << "the epoch ended before the kill";
+  b.Kill();
+  Outcome o = Finish(trainer, run);
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_THAT(o.err, HasSubstr("distill: teacher server " + b.address() + " failed: "));
+
+  auto epoch = Records(run, "epoch");
+  ASSERT_EQ(epoch.size(), 1u);
+  // Every sample got its targets once, paired with the right sample: the
+  // student ends where the unbroken run ended.
+  EXPECT_EQ(epoch[0]["teacher_samples"], 4096);
+  EXPECT_GE(epoch[0]["teacher_endpoint_failures"].get<int>(), 1);
+  EXPECT_EQ(Records(run, "train").back()["step"], 128);
+  EXPECT_LT(WeightDistance(dir_ / "one", run), 1e-4);
+  EXPECT_NEAR(Accuracy(dir_ / "one"), Accuracy(run), 0.002);
+}
+
+TEST_F(TeacherClientTest, MismatchedTeacherIsRefusedAtConnect) {
+  const fs::path script = dir_ / "seven_classes.pt";
+  const std::string python =
+      "import torch, sys\n"
+      "m = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 7))\n"
+      "torch.jit.script(m).save(sys.argv[1])\n";
+  std::ofstream(dir_ / "make.py") << python;
+  ASSERT_EQ(std::system(("/usr/bin/python3 " + (dir_ / "make.py").string() + " " +
+                         script.string())
+                            .c_str()),
+            0);
+  Server server(dir_, "seven", {"--torchscript=" + script.string()});
+  const fs::path run = dir_ / "run";
+  Outcome o = Run(Config("job", "endpoints: \"" + server.address() + "\"", 256),
+                  run);
+  EXPECT_EQ(o.exit_code, 1);
+  EXPECT_EQ(o.err, "distill: error: teacher server " + server.address() +
+                       " ('seven_classes.pt') outputs 7 classes but the data "
+                       "has 10\n");
+  EXPECT_FALSE(fs::exists(run / "metrics.jsonl"));
+}
+
+TEST_F(TeacherClientTest, AllServersGoneStopsAfterACheckpoint) {
+  auto server = std::make_unique<Server>(dir_, "a", TeacherModel());
+  const fs::path run = dir_ / "run";
+  const fs::path config =
+      Config("job",
+             "endpoints: \"" + server->address() +
+                 "\" failover_grace_seconds: 1",
+             4096);
+  const pid_t trainer = Start(config, run);
+  ASSERT_TRUE(WaitUntil([&] {
+    return LastStep(run) >= 10 || ::waitpid(trainer, nullptr, WNOHANG) != 0;
+  }));
+  const std::string address = server->address();
+  server->Kill();
+  Outcome o = Finish(trainer, run);
+  EXPECT_EQ(o.exit_code, 1);
+  EXPECT_THAT(o.err, HasSubstr("distill: error: no teacher server has answered "
+                               "for 1s: " + address + " (last error: "));
+  const std::string marker = "; checkpoint written to ";
+  ASSERT_THAT(o.err, HasSubstr(marker));
+  const std::string checkpoint =
+      o.err.substr(o.err.find(marker) + marker.size());
+  EXPECT_TRUE(fs::exists(checkpoint.substr(0, checkpoint.find('\n'))));
+
+  // A new server lets the run continue from that checkpoint.
+  Server again(dir_, "b", TeacherModel());
+  Outcome resumed =
+      Run(config, run, {"--resume", "--teacher_endpoints=" + again.address()});
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  EXPECT_EQ(Records(run, "train").back()["step"], 128);
+}
+
+TEST_F(TeacherClientTest, CacheServesLaterEpochsAndFollowsTheTeacherHash) {
+  Server server(dir_, "a", TeacherModel());
+  const std::string endpoint = "endpoints: \"" + server.address() + "\" ";
+  Outcome memory = Run(Config("memory", endpoint + "cache { mode: MEMORY }", 512,
+                              /*epochs=*/2),
+                       dir_ / "memory");
+  ASSERT_EQ(memory.exit_code, 0) << memory.err;
+  auto epochs = Records(dir_ / "memory", "epoch");
+  ASSERT_EQ(epochs.size(), 2u);
+  EXPECT_EQ(epochs[0]["teacher_batches"], 16);
+  EXPECT_EQ(epochs[0]["teacher_cache_hits"], 0);
+  EXPECT_EQ(epochs[1]["teacher_batches"], 0);
+  EXPECT_EQ(epochs[1]["teacher_cache_hits"], 512);
+
+  // On disk, a second run starts warm...
+  const fs::path cache_dir = dir_ / "cache";
+  const std::string disk =
+      endpoint + "cache { mode: DISK dir: \"" + cache_dir.string() + "\" }";
+  Outcome first = Run(Config("disk", disk, 512), dir_ / "first");
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  EXPECT_TRUE(fs::exists(cache_dir / "targets-rank0.bin"));
+  Outcome warm = Run(Config("disk", disk, 512), dir_ / "warm");
+  ASSERT_EQ(warm.exit_code, 0) << warm.err;
+  EXPECT_EQ(Records(dir_ / "warm", "epoch")[0]["teacher_batches"], 0);
+  EXPECT_EQ(Records(dir_ / "warm", "epoch")[0]["teacher_cache_hits"], 512);
+
+  // ...but not with a teacher whose weights differ (the distilled student
+  // of the first run, also an mlp).
+  Server other(dir_, "other",
+               {"--arch=mlp", "--weights=" + (dir_ / "first/model.pt").string()});
+  const std::string other_disk = "endpoints: \"" + other.address() +
+                                 "\" cache { mode: DISK dir: \"" +
+                                 cache_dir.string() + "\" }";
+  Outcome changed = Run(Config("other", other_disk, 512), dir_ / "changed");
+  ASSERT_EQ(changed.exit_code, 0) << changed.err;
+  EXPECT_THAT(changed.err,
+              HasSubstr("distill: discarding teacher cache " +
+                        (cache_dir / "targets-rank0.bin").string() +
+                        ": it was made for teacher hash "));
+  EXPECT_EQ(Records(dir_ / "changed", "epoch")[0]["teacher_batches"], 16);
+  EXPECT_EQ(Records(dir_ / "changed", "epoch")[0]["teacher_cache_hits"], 0);
+}
+
+TEST_F(TeacherClientTest, TlsAndTokenThroughDistillFlags) {
+  const fs::path key = dir_ / "key.pem", cert = dir_ / "cert.pem";
+  ASSERT_EQ(std::system(("openssl req -x509 -newkey rsa:2048 -nodes -days 1 "
+                         "-subj /CN=localhost -addext subjectAltName=IP:127.0.0.1 "
+                         "-keyout " + key.string() + " -out " + cert.string() +
+                         " 2>/dev/null")
+                            .c_str()),
+            0);
+  std::ofstream(dir_ / "token") << "s3cret\n";
+  std::ofstream(dir_ / "wrong") << "guess\n";
+  Server server(dir_, "tls", TeacherModel(),
+                {"--tls_cert=" + cert.string(), "--tls_key=" + key.string(),
+                 "--token_file=" + (dir_ / "token").string()});
+  const fs::path config =
+      Config("job", "endpoints: \"" + server.address() + "\"", 256);
+  Outcome ok = Run(config, dir_ / "ok",
+                   {"--teacher_tls_ca=" + cert.string(),
+                    "--teacher_token_file=" + (dir_ / "token").string()});
+  ASSERT_EQ(ok.exit_code, 0) << ok.err;
+  EXPECT_EQ(Records(dir_ / "ok", "epoch")[0]["teacher_samples"], 256);
+
+  Outcome refused = Run(config, dir_ / "refused",
+                        {"--teacher_tls_ca=" + cert.string(),
+                         "--teacher_token_file=" + (dir_ / "wrong").string()});
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_EQ(refused.err, "distill: error: teacher server " + server.address() +
+                             " refused Info: invalid bearer token\n");
+}
+
+}  // namespace

@@ -1,0 +1,129 @@
+// The job config's `teacher` section for teacher servers: defaults, and one
+// exact message (with the field's line) for every bad value.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "common/testing/status_matchers.h"
+#include "trainer/config.h"
+
+namespace distill::trainer {
+namespace {
+
+using ::distill::testing::IsOk;
+using ::distill::testing::StatusIs;
+
+constexpr char kHead[] = R"pb(mode: DISTILL
+run_dir: "/tmp/x"
+student { arch: "mlp" }
+)pb";
+
+// Parses kHead followed by `rest`; the teacher section starts on line 4.
+absl::StatusOr<JobConfig> Parse(const std::string& rest) {
+  return ParseJobConfig(std::string(kHead) + rest, "job.pbtxt");
+}
+
+void ExpectError(const std::string& rest, const std::string& message) {
+  EXPECT_THAT(Parse(rest),
+              StatusIs(absl::StatusCode::kInvalidArgument, message))
+      << rest;
+}
+
+TEST(TeacherConfigTest, RemoteTeacherGetsDocumentedDefaults) {
+  auto c = Parse("teacher { endpoints: \"127.0.0.1:5001\" }\n");
+  ASSERT_THAT(c, IsOk());
+  EXPECT_TRUE(IsRemoteTeacher(c->teacher()));
+  EXPECT_EQ(c->teacher().encoding(), v1::TeacherConfig::DENSE_FP32);
+  EXPECT_EQ(c->teacher().prefetch_batches(), 4);
+  EXPECT_EQ(c->teacher().connect_timeout_seconds(), 10);
+  EXPECT_EQ(c->teacher().failover_grace_seconds(), 30);
+  EXPECT_EQ(c->teacher().cache().mode(), v1::TeacherCacheConfig::MODE_UNSPECIFIED);
+
+  auto registry = Parse(
+      "teacher { registry_dir: \"reg\" encoding: TOP_K top_k: 8\n"
+      "  cache { mode: DISK } }\n");
+  ASSERT_THAT(registry, IsOk());
+  EXPECT_TRUE(IsRemoteTeacher(registry->teacher()));
+  EXPECT_EQ(registry->teacher().top_k(), 8);
+
+  auto local = Parse("teacher { model { arch: \"mlp\" weights: \"t.pt\" } }\n");
+  ASSERT_THAT(local, IsOk());
+  EXPECT_FALSE(IsRemoteTeacher(local->teacher()));
+}
+
+TEST(TeacherConfigTest, ModelAndServersAreExclusive) {
+  ExpectError("teacher {\n  endpoints: \"h:1\"\n  model { arch: \"mlp\" }\n}\n",
+              "job.pbtxt:6: teacher.model must be unset when "
+              "teacher.endpoints or teacher.registry_dir name teacher servers "
+              "(the servers load the model)");
+  ExpectError("teacher { prefetch_batches: 2 }\n",
+              "job.pbtxt:4: teacher needs `model` (run in this process) or "
+              "`endpoints`/`registry_dir` (teacher servers)");
+}
+
+TEST(TeacherConfigTest, EndpointsMustBeHostPortOnce) {
+  ExpectError("teacher {\n  endpoints: \"h:1\"\n  endpoints: \"nohost\"\n}\n",
+              "job.pbtxt:6: teacher.endpoints[1] must be host:port with a "
+              "port in [1, 65535] (got 'nohost')");
+  ExpectError("teacher { endpoints: \"h:70000\" }\n",
+              "job.pbtxt:4: teacher.endpoints[0] must be host:port with a "
+              "port in [1, 65535] (got 'h:70000')");
+  ExpectError("teacher { endpoints: \"h:1\" endpoints: \"h:1\" }\n",
+              "job.pbtxt:4: teacher.endpoints[1] 'h:1' is listed twice");
+}
+
+TEST(TeacherConfigTest, TopKGoesWithItsEncoding) {
+  ExpectError("teacher {\n  endpoints: \"h:1\"\n  encoding: TOP_K\n}\n",
+              "job.pbtxt:4: teacher.top_k must be >= 1 with encoding TOP_K "
+              "(got 0)");
+  ExpectError("teacher {\n  endpoints: \"h:1\"\n  top_k: 4\n}\n",
+              "job.pbtxt:6: teacher.top_k applies to encoding TOP_K only");
+}
+
+TEST(TeacherConfigTest, NumbersAreBounded) {
+  ExpectError("teacher {\n  endpoints: \"h:1\"\n  prefetch_batches: -1\n}\n",
+              "job.pbtxt:6: teacher.prefetch_batches must be in [0, 64] (got "
+              "-1)");
+  ExpectError("teacher {\n  endpoints: \"h:1\"\n  connect_timeout_seconds: 0\n}\n",
+              "job.pbtxt:6: teacher.connect_timeout_seconds must be > 0 (got "
+              "0)");
+  ExpectError(
+      "teacher {\n  endpoints: \"h:1\"\n  failover_grace_seconds: -2\n}\n",
+      "job.pbtxt:6: teacher.failover_grace_seconds must be > 0 (got -2)");
+}
+
+TEST(TeacherConfigTest, ServerOnlyFieldsNeedServers) {
+  const std::string model = "  model { arch: \"mlp\" weights: \"t.pt\" }\n";
+  const std::string suffix =
+      " applies to teacher servers only (set teacher.endpoints or "
+      "teacher.registry_dir)";
+  ExpectError("teacher {\n" + model + "  encoding: DENSE_FP16\n}\n",
+              "job.pbtxt:6: teacher.encoding" + suffix);
+  ExpectError("teacher {\n" + model + "  token_file: \"t\"\n}\n",
+              "job.pbtxt:6: teacher.token_file" + suffix);
+  ExpectError("teacher {\n" + model + "  tls_ca_file: \"ca.pem\"\n}\n",
+              "job.pbtxt:6: teacher.tls_ca_file" + suffix);
+  ExpectError("teacher {\n" + model + "  cache { mode: MEMORY }\n}\n",
+              "job.pbtxt:6: teacher.cache.mode" + suffix);
+}
+
+TEST(TeacherConfigTest, CacheNeedsDeterministicTargets) {
+  ExpectError(
+      "data { augment { enabled: true } }\n"
+      "teacher {\n  endpoints: \"h:1\"\n  cache { mode: MEMORY }\n}\n",
+      "job.pbtxt:7: teacher.cache.mode needs data.augment.enabled false: "
+      "augmented inputs get new targets every epoch");
+  ExpectError(
+      "temperature_schedule { type: LINEAR start: 4 end: 1 }\n"
+      "teacher {\n  endpoints: \"h:1\"\n  cache { mode: DISK }\n}\n",
+      "job.pbtxt:7: teacher.cache.mode needs a constant temperature: "
+      "temperature_schedule changes the targets every step");
+  ExpectError(
+      "teacher {\n  endpoints: \"h:1\"\n  cache {\n    mode: MEMORY\n"
+      "    dir: \"c\"\n  }\n}\n",
+      "job.pbtxt:8: teacher.cache.dir applies to cache mode DISK only");
+}
+
+}  // namespace
+}  // namespace distill::trainer
