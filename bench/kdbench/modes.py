@@ -25,10 +25,10 @@ MODES = {
     },
     # A smoke check of the whole comparison on this machine, < 5 minutes.
     "quick": {
-        "train_limit": 5000, "test_limit": 0, "batch_size": 128,
+        "train_limit": 3000, "test_limit": 0, "batch_size": 128,
         "teacher": {"arch": "cnn_teacher", "options": {}}, "teacher_epochs": 2,
-        "student_epochs": 2, "seeds": [1, 2], "warmup_steps": 20,
-        "log_every_steps": 5, "threshold": 0.8, "check_batches": 2,
+        "student_epochs": 2, "seeds": [1, 2], "warmup_steps": 10,
+        "log_every_steps": 3, "threshold": 0.75, "check_batches": 2,
     },
     # The published figures: full training set, 3 seeds, long schedules.
     "full": {

@@ -181,6 +181,7 @@ def check_data_order(bin_dir, spec, batches, epoch, work_dir):
     """Compares the framework's first batches (ids and augmented pixels) with
     the reference's. Returns a dict with `passed` and what was compared."""
     fw_dir, ref_dir = os.path.join(work_dir, "framework"), os.path.join(work_dir, "reference")
+    os.makedirs(work_dir, exist_ok=True)
     aug = spec["data"]["augment"]
     _run([os.path.join(bin_dir, "dump_batches"), f"--data_dir={spec['data']['dir']}",
           f"--train_limit={spec['data']['train_limit']}", f"--seed={spec['seed']}",
