@@ -250,6 +250,8 @@ def probe_config(bin_dir, teacher_weights, teacher_extra, work_dir):
     # The data folder does not exist: a config that parsed and validated
     # fails on it, one that did not fails on the config first.
     message = (proc.stderr.strip().splitlines() or [""])[-1]
+    # Name the probe file, not where this run put it.
+    message = message.replace(config, "probe.pbtxt")
     if "nonexistent-probe-dir" in message:
         return True, ""
     return False, message
