@@ -14,6 +14,7 @@ PACKAGES=(
   libonnx-dev prometheus-cpp-dev nlohmann-json3-dev zlib1g-dev libssl-dev openssl
   dataset-fashion-mnist
   python3 python3-torch python3-grpcio python3-grpc-tools python3-numpy
+  python3-matplotlib
 )
 
 missing=()

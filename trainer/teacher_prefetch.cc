@@ -37,7 +37,11 @@ absl::StatusOr<std::optional<TargetPrefetcher::Item>> TargetPrefetcher::Next() {
     }
     Entry entry{std::move(**batch), std::nullopt};
     if (teacher_ != nullptr) {
+      const auto submit_start = std::chrono::steady_clock::now();
       entry.targets = teacher_->Submit(entry.batch, temperature_at_(submitted_));
+      teacher_seconds_ += std::chrono::duration<double>(
+                              std::chrono::steady_clock::now() - submit_start)
+                              .count();
     }
     ++submitted_;
     queue_.push_back(std::move(entry));
@@ -55,6 +59,7 @@ absl::StatusOr<std::optional<TargetPrefetcher::Item>> TargetPrefetcher::Next() {
     const double waited =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
             .count();
+    teacher_seconds_ += waited;
     // A deferred future (a cache miss) does its waiting inside get().
     if (state == std::future_status::timeout ||
         (state == std::future_status::deferred && waited > 1e-3)) {

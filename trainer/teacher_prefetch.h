@@ -38,6 +38,9 @@ class TargetPrefetcher {
   // teacher's error is returned as is, and teacher_failed() says so.
   absl::StatusOr<std::optional<Item>> Next();
   bool teacher_failed() const { return teacher_failed_; }
+  // Seconds spent inside the teacher's Submit and waiting for its answers
+  // since construction: the teacher's share of the time Next() took.
+  double teacher_seconds() const { return teacher_seconds_; }
 
   // Stats since the previous call: the client's (teacher_latency_ms_mean,
   // ...) plus teacher_waits, teacher_wait_seconds and teacher_queue_depth
@@ -60,6 +63,7 @@ class TargetPrefetcher {
   bool loader_done_ = false;
   bool teacher_failed_ = false;
   int64_t submitted_ = 0;
+  double teacher_seconds_ = 0;
 
   // Since the last TakeStats, and for the epoch.
   int64_t waits_ = 0, steps_ = 0, depth_sum_ = 0;

@@ -98,6 +98,24 @@ std::string TermsString(const std::map<std::string, double>& terms) {
   return out;
 }
 
+// Wall seconds an epoch spent in each phase of its steps, for the profile in
+// metrics.jsonl (bench/ prints it). On the CPU every op is synchronous, so
+// the clock between phases is the phase's own cost.
+struct StepProfile {
+  double data = 0;       // waiting for the loader's next batch
+  double teacher = 0;    // teacher targets (in-process forward or remote wait)
+  double forward = 0;    // student forward and loss terms
+  double backward = 0;   // autograd backward (hooks start bucket all-reduces)
+  double sync = 0;       // finishing gradient sync, broadcasting buffers
+  double optimizer = 0;  // gradient clipping and the optimizer step
+
+  nlohmann::json ToJson() const {
+    return {{"data", data},         {"teacher", teacher},
+            {"forward", forward},   {"backward", backward},
+            {"sync", sync},         {"optimizer", optimizer}};
+  }
+};
+
 // Everything a run builds from its config before the first step.
 struct Job {
   JobConfig config;
@@ -242,7 +260,7 @@ absl::StatusOr<RunResult> Evaluation(Job& job) {
 absl::StatusOr<losses::CompositeResult> Step(
     Job& job, const data::Batch& batch,
     const std::optional<losses::TeacherTargets>& targets, double lr,
-    int64_t step, int64_t epoch, int64_t total_steps) {
+    int64_t step, int64_t epoch, int64_t total_steps, StepProfile& profile) {
   const JobConfig& c = job.config;
   losses::CompositeResult result;
   DISTILL_RETURN_IF_ERROR(TorchCall(
@@ -261,6 +279,7 @@ absl::StatusOr<losses::CompositeResult> Step(
           if (targets) {
             part_targets = parts == 1 ? *targets : targets->Rows(rows);
           }
+          auto phase_start = Clock::now();
           losses::LossInputs in;
           in.student_logits = job.model->forward(
               parts == 1 ? batch.inputs : batch.inputs.index_select(0, rows));
@@ -271,18 +290,25 @@ absl::StatusOr<losses::CompositeResult> Step(
           in.total_steps = total_steps;
           DISTILL_ASSIGN_OR_RETURN(losses::CompositeResult part,
                                    job.loss->Compute(in));
+          profile.forward += SecondsSince(phase_start);
+          phase_start = Clock::now();
           job.grad_sync->BeginBackward(/*sync=*/k + 1 == parts, step);
           (part.total * share).backward();
+          profile.backward += SecondsSince(phase_start);
+          phase_start = Clock::now();
           DISTILL_RETURN_IF_ERROR(job.grad_sync->FinishBackward());
+          profile.sync += SecondsSince(phase_start);
           total += part.total.item<double>() * share;
           for (const auto& [name, v] : part.terms) result.terms[name] += v * share;
         }
         result.total = torch::tensor(total);
+        const auto optimizer_start = Clock::now();
         if (c.grad_clip_norm() > 0) {
           torch::nn::utils::clip_grad_norm_(job.model->parameters(),
                                             c.grad_clip_norm());
         }
         job.optimizer->step();
+        profile.optimizer += SecondsSince(optimizer_start);
         return absl::OkStatus();
       }));
   return result;
@@ -410,10 +436,18 @@ absl::StatusOr<RunResult> Train(Job& job, const RunOptions& options) {
     std::map<std::string, double> term_sums;
     double loss_sum = 0;
     int64_t epoch_samples = 0;
+    StepProfile profile;
     const auto epoch_start = Clock::now();
     while (true) {
+      auto phase_start = Clock::now();
+      const double teacher_before = prefetcher.teacher_seconds();
       absl::StatusOr<std::optional<TargetPrefetcher::Item>> item =
           prefetcher.Next();
+      // Next() reads the loader and waits for (or, in process, computes)
+      // the teacher's targets; the prefetcher says which share was which.
+      const double teacher_seconds = prefetcher.teacher_seconds() - teacher_before;
+      profile.teacher += teacher_seconds;
+      profile.data += SecondsSince(phase_start) - teacher_seconds;
       if (!item.ok() && prefetcher.teacher_failed()) {
         // Keep what was trained: the teacher may be back for --resume.
         DISTILL_ASSIGN_OR_RETURN(std::string saved, save(pos));
@@ -431,13 +465,16 @@ absl::StatusOr<RunResult> Train(Job& job, const RunOptions& options) {
       std::optional<losses::TeacherTargets> targets = std::move((*item)->targets);
       if (world > 1 && !buffers.empty()) {
         // As DDP does: BatchNorm statistics follow rank 0.
+        phase_start = Clock::now();
         DISTILL_RETURN_IF_ERROR(job.grad_sync->BroadcastFromRankZero(
             buffers, absl::StrCat("broadcast of buffers at step ",
                                   pos.global_step + 1)));
+        profile.sync += SecondsSince(phase_start);
       }
       DISTILL_ASSIGN_OR_RETURN(
           losses::CompositeResult step_loss,
-          Step(job, *batch, targets, lr, pos.global_step, epoch, total_steps));
+          Step(job, *batch, targets, lr, pos.global_step, epoch, total_steps,
+               profile));
       const double loss_value = step_loss.total.item<double>();
       if (!std::isfinite(loss_value)) {
         return absl::InternalError(absl::StrCat(
@@ -525,6 +562,7 @@ absl::StatusOr<RunResult> Train(Job& job, const RunOptions& options) {
         {"train_loss", loss_sum / std::max<int64_t>(epoch_samples, 1)},
         {"terms", last_epoch_terms},
         {"epoch_seconds", epoch_seconds},
+        {"profile_seconds", profile.ToJson()},
         {"samples_per_sec", world * epoch_samples / std::max(epoch_seconds, 1e-9)}};
     epoch_record.update(teacher_epoch);
     if (last || (epoch + 1) % c.eval_every_epochs() == 0) {
