@@ -24,12 +24,26 @@ for p in "${PACKAGES[@]}"; do
   fi
 done
 
-if ((${#missing[@]} == 0)); then
-  echo "install_deps: all ${#PACKAGES[@]} packages already installed"
-  exit 0
+# Node.js runs ONNX Runtime (npm's onnxruntime-node) in the QAT export test;
+# any existing installation (Debian's or another) will do.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  missing+=(nodejs npm)
 fi
 
-echo "install_deps: installing ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -q
-$SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+if ((${#missing[@]} == 0)); then
+  echo "install_deps: all ${#PACKAGES[@]} packages already installed"
+else
+  echo "install_deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -q
+  $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# onnxruntime-node at the version tests/onnx/package-lock.json pins. Its
+# npm tarball carries the Linux x64 CPU runtime, so the install script
+# (which only fetches GPU builds) is skipped.
+ONNX_DIR="$(cd "$(dirname "$0")/.." && pwd)/tests/onnx"
+if ! node -e "require('$ONNX_DIR/node_modules/onnxruntime-node')" >/dev/null 2>&1; then
+  echo "install_deps: npm ci in tests/onnx (onnxruntime-node)"
+  (cd "$ONNX_DIR" && npm ci --ignore-scripts --no-audit --no-fund)
+fi

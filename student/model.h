@@ -51,6 +51,9 @@ class Model {
   // "cnn_student", or "torchscript:<file name>".
   const std::string& description() const { return description_; }
   bool is_torchscript() const { return script_.has_value(); }
+  // The zoo module (null for TorchScript models), for tools that rewrite the
+  // network layer by layer (the QAT stage). Owned by this Model.
+  ZooModule* zoo_module() { return zoo_.get(); }
 
   // Writes parameters and buffers under "model/" and the description under
   // "model_description".

@@ -35,6 +35,16 @@ class ConvStageImpl : public torch::nn::Module {
     }
     return torch::max_pool2d(x, 2);
   }
+  void AppendLayers(const std::string& prefix, std::vector<LayerOp>& out) {
+    for (size_t i = 0; i < convs_.size(); ++i) {
+      out.push_back({LayerOp::Kind::kConv2d, absl::StrCat(prefix, ".conv", i),
+                     convs_[i].ptr()});
+      out.push_back({LayerOp::Kind::kBatchNorm2d,
+                     absl::StrCat(prefix, ".bn", i), bns_[i].ptr()});
+      out.push_back({LayerOp::Kind::kRelu, "", nullptr});
+    }
+    out.push_back({LayerOp::Kind::kMaxPool2x2, "", nullptr});
+  }
 
  private:
   std::vector<Conv2d> convs_;
@@ -65,6 +75,18 @@ class CnnImpl : public ZooModule {
     return fc2_(x);
   }
 
+  std::vector<LayerOp> Layers() override {
+    std::vector<LayerOp> out;
+    stage1_->AppendLayers("stage1", out);
+    stage2_->AppendLayers("stage2", out);
+    out.push_back({LayerOp::Kind::kFlatten, "", nullptr});
+    out.push_back({LayerOp::Kind::kLinear, "fc1", fc1_.ptr()});
+    out.push_back({LayerOp::Kind::kRelu, "", nullptr});
+    out.push_back({LayerOp::Kind::kDropout, "dropout", dropout_.ptr()});
+    out.push_back({LayerOp::Kind::kLinear, "fc2", fc2_.ptr()});
+    return out;
+  }
+
  private:
   ConvStage stage1_;
   ConvStage stage2_;
@@ -90,6 +112,19 @@ class MlpImpl : public ZooModule {
     x = dropout_(torch::relu(fc1_(x.flatten(1))));
     x = dropout_(torch::relu(fc2_(x)));
     return fc3_(x);
+  }
+
+  std::vector<LayerOp> Layers() override {
+    std::vector<LayerOp> out = {
+        {LayerOp::Kind::kFlatten, "", nullptr},
+        {LayerOp::Kind::kLinear, "fc1", fc1_.ptr()},
+        {LayerOp::Kind::kRelu, "", nullptr},
+        {LayerOp::Kind::kDropout, "dropout", dropout_.ptr()},
+        {LayerOp::Kind::kLinear, "fc2", fc2_.ptr()},
+        {LayerOp::Kind::kRelu, "", nullptr},
+        {LayerOp::Kind::kDropout, "dropout", dropout_.ptr()},
+        {LayerOp::Kind::kLinear, "fc3", fc3_.ptr()}};
+    return out;
   }
 
  private:

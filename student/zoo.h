@@ -16,10 +16,33 @@
 
 namespace distill::student {
 
+// One step of a zoo model's forward pass, for tools that rewrite a network
+// layer by layer (the QAT stage, the ONNX exporter). Running a model's
+// Layers() in order computes exactly its forward().
+struct LayerOp {
+  enum class Kind {
+    kConv2d,       // module: torch::nn::Conv2dImpl
+    kBatchNorm2d,  // module: torch::nn::BatchNorm2dImpl
+    kBatchNorm1d,  // module: torch::nn::BatchNorm1dImpl
+    kLinear,       // module: torch::nn::LinearImpl
+    kRelu,
+    kMaxPool2x2,   // 2x2 max pooling, stride 2
+    kFlatten,      // flatten every dimension after the first
+    kDropout,      // module: torch::nn::DropoutImpl (identity in eval)
+  };
+  Kind kind;
+  // The module's dotted path (its parameters' prefix), e.g. "stage1.conv0";
+  // empty for the functional ops (relu, pooling, flatten).
+  std::string name;
+  std::shared_ptr<torch::nn::Module> module;
+};
+
 // Base of every zoo module: one tensor in ([N, C, H, W]), logits out.
 class ZooModule : public torch::nn::Module {
  public:
   virtual torch::Tensor forward(torch::Tensor x) = 0;
+  // The forward pass as a flat list of ops sharing this model's modules.
+  virtual std::vector<LayerOp> Layers() = 0;
 };
 
 struct ZooOption {

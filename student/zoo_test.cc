@@ -29,6 +29,47 @@ TEST(ZooTest, EveryEntryBuildsAndMapsImagesToClassLogits) {
   }
 }
 
+// Layers() is what the QAT stage and the ONNX exporter rebuild a model from:
+// running its ops one by one must give forward()'s logits.
+TEST(ZooTest, LayersRunInOrderEqualForward) {
+  for (const auto& entry : ZooEntries()) {
+    auto model = CreateZooModel(entry.arch, {}, {{1, 28, 28}, 10});
+    ASSERT_TRUE(model.ok()) << model.status();
+    (*model)->eval();
+    torch::NoGradGuard no_grad;
+    torch::Tensor x = torch::randn({4, 1, 28, 28});
+    torch::Tensor y = x;
+    for (const LayerOp& op : (*model)->Layers()) {
+      switch (op.kind) {
+        case LayerOp::Kind::kConv2d:
+          y = op.module->as<torch::nn::Conv2dImpl>()->forward(y);
+          break;
+        case LayerOp::Kind::kBatchNorm2d:
+          y = op.module->as<torch::nn::BatchNorm2dImpl>()->forward(y);
+          break;
+        case LayerOp::Kind::kBatchNorm1d:
+          y = op.module->as<torch::nn::BatchNorm1dImpl>()->forward(y);
+          break;
+        case LayerOp::Kind::kLinear:
+          y = op.module->as<torch::nn::LinearImpl>()->forward(y);
+          break;
+        case LayerOp::Kind::kRelu:
+          y = torch::relu(y);
+          break;
+        case LayerOp::Kind::kMaxPool2x2:
+          y = torch::max_pool2d(y, 2);
+          break;
+        case LayerOp::Kind::kFlatten:
+          y = y.flatten(1);
+          break;
+        case LayerOp::Kind::kDropout:
+          break;
+      }
+    }
+    EXPECT_TRUE(torch::equal(y, (*model)->forward(x))) << entry.arch;
+  }
+}
+
 TEST(ZooTest, SizesMatchTheirRoles) {
   auto student = CreateZooModel("cnn_student", {}, kMnist);
   auto teacher = CreateZooModel("cnn_teacher", {}, kMnist);

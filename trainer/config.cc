@@ -177,6 +177,76 @@ absl::Status ValidateValueSchedule(const ::distill::v1::ValueSchedule& s,
 }
 
 bool Positive(double v) { return v > 0; }
+
+// A teacher guides training in mode DISTILL, and the QAT stage of mode
+// QUANTIZE when the config gives one.
+bool HasTeacher(const JobConfig& c) {
+  return c.mode() == JobConfig::DISTILL ||
+         (c.mode() == JobConfig::QUANTIZE && c.has_teacher());
+}
+
+absl::Status ValidateQat(const JobConfig& c) {
+  if (c.mode() == JobConfig::QUANTIZE && !c.has_qat()) {
+    return Bad("qat", "is required in mode QUANTIZE");
+  }
+  if (!c.has_qat()) return absl::OkStatus();
+  if (c.mode() == JobConfig::EVALUATE) {
+    return Bad("qat", "is not used in mode EVALUATE");
+  }
+  if (c.student().has_torchscript()) {
+    return Bad("qat",
+               "supports zoo students only (student.arch): a TorchScript "
+               "student's layers cannot be rewritten for quantization here");
+  }
+  const auto& q = c.qat();
+  if (q.calibration_batches() < 1) {
+    return Bad("qat.calibration_batches",
+               absl::StrCat("must be >= 1 (got ", q.calibration_batches(), ")"));
+  }
+  if (q.epochs() < 0) {
+    return Bad("qat.epochs", absl::StrCat("must be >= 0 (0: PTQ only) (got ",
+                                          q.epochs(), ")"));
+  }
+  if (!(q.lr() > 0) || !std::isfinite(q.lr())) {
+    return Bad("qat.lr", absl::StrCat("must be > 0 (got ", q.lr(), ")"));
+  }
+  if (!(q.percentile() > 0 && q.percentile() <= 100)) {
+    return Bad("qat.percentile",
+               absl::StrCat("must be in (0, 100] (got ", q.percentile(), ")"));
+  }
+  if (!(q.averaging_constant() > 0 && q.averaging_constant() <= 1)) {
+    return Bad("qat.averaging_constant",
+               absl::StrCat("must be in (0, 1] (got ", q.averaging_constant(),
+                            ")"));
+  }
+  if (!(q.freeze_observers_after_epochs() >= 0 &&
+        q.freeze_observers_after_epochs() <= q.epochs())) {
+    return Bad("qat.freeze_observers_after_epochs",
+               absl::StrCat("must be in [0, qat.epochs] = [0, ", q.epochs(),
+                            "] (got ", q.freeze_observers_after_epochs(), ")"));
+  }
+  if (!(q.freeze_bn_after_epochs() >= 0 &&
+        q.freeze_bn_after_epochs() <= q.epochs())) {
+    return Bad("qat.freeze_bn_after_epochs",
+               absl::StrCat("must be in [0, qat.epochs] = [0, ", q.epochs(),
+                            "] (got ", q.freeze_bn_after_epochs(), ")"));
+  }
+  std::set<std::string> skipped;
+  for (int i = 0; i < q.skip_layers_size(); ++i) {
+    if (q.skip_layers(i).empty()) {
+      return Bad(absl::StrCat("qat.skip_layers[", i, "]"), "must name a layer");
+    }
+    if (!skipped.insert(q.skip_layers(i)).second) {
+      return Bad(absl::StrCat("qat.skip_layers[", i, "]"),
+                 absl::StrCat("'", q.skip_layers(i), "' is listed twice"));
+    }
+  }
+  if (q.teacher_guided() && !HasTeacher(c)) {
+    return Bad("qat.teacher_guided",
+               "needs a teacher: mode DISTILL, or QUANTIZE with a `teacher`");
+  }
+  return absl::OkStatus();
+}
 bool NonNegative(double v) { return v >= 0; }
 
 absl::Status ValidateLoss(const JobConfig& config) {
@@ -222,10 +292,11 @@ absl::Status ValidateLoss(const JobConfig& config) {
                                 spec->max_value, "] (got ", value, ")"));
       }
     }
-    if (entry->needs_teacher && config.mode() != JobConfig::DISTILL) {
+    if (entry->needs_teacher && !HasTeacher(config)) {
       return Bad(path + ".name",
                  absl::StrCat("'", term.name(),
-                              "' needs a teacher, which only mode DISTILL has"));
+                              "' needs a teacher, which only mode DISTILL has "
+                              "(or QUANTIZE with a `teacher`)"));
     }
   }
   return absl::OkStatus();
@@ -412,7 +483,7 @@ void ApplyDefaults(JobConfig& c) {
   if (!aug->has_crop_padding()) aug->set_crop_padding(2);
   if (!aug->has_horizontal_flip()) aug->set_horizontal_flip(true);
 
-  if (c.loss_size() == 0 && c.mode() == JobConfig::DISTILL) {
+  if (c.loss_size() == 0 && HasTeacher(c)) {
     auto* kd = c.add_loss();
     kd->set_name("kd_kl");
     kd->set_weight(0.9);
@@ -456,6 +527,24 @@ void ApplyDefaults(JobConfig& c) {
       t->mutable_cache()->set_mode(TeacherCacheConfig::NONE);
     }
   }
+  if (c.has_qat()) {
+    auto* q = c.mutable_qat();
+    if (!q->has_calibration_batches()) q->set_calibration_batches(32);
+    if (!q->has_epochs()) q->set_epochs(1);
+    if (!q->has_lr()) q->set_lr(opt->lr() / 10);
+    if (q->observer() == v1::QatConfig::OBSERVER_UNSPECIFIED) {
+      q->set_observer(v1::QatConfig::MINMAX);
+    }
+    if (!q->has_percentile()) q->set_percentile(99.99);
+    if (!q->has_averaging_constant()) q->set_averaging_constant(0.01);
+    if (!q->has_freeze_observers_after_epochs()) {
+      q->set_freeze_observers_after_epochs(0.75 * q->epochs());
+    }
+    if (!q->has_freeze_bn_after_epochs()) {
+      q->set_freeze_bn_after_epochs(0.5 * q->epochs());
+    }
+    if (!q->has_teacher_guided()) q->set_teacher_guided(HasTeacher(c));
+  }
 
   auto* s = c.mutable_lr_schedule();
   if (s->type() == ScheduleConfig::TYPE_UNSPECIFIED) {
@@ -467,7 +556,7 @@ void ApplyDefaults(JobConfig& c) {
 
 absl::Status ValidateJobConfig(const JobConfig& c) {
   if (c.mode() == JobConfig::MODE_UNSPECIFIED) {
-    return Bad("mode", "is required: TRAIN, DISTILL or EVALUATE");
+    return Bad("mode", "is required: TRAIN, DISTILL, EVALUATE or QUANTIZE");
   }
   if (c.run_dir().empty()) {
     return Bad("run_dir", "is required (in the config or as --run_dir)");
@@ -500,8 +589,15 @@ absl::Status ValidateJobConfig(const JobConfig& c) {
   if (c.mode() == JobConfig::DISTILL) {
     if (!c.has_teacher()) return Bad("teacher", "is required in mode DISTILL");
     DISTILL_RETURN_IF_ERROR(ValidateTeacher(c));
+  } else if (c.mode() == JobConfig::QUANTIZE && c.has_teacher()) {
+    DISTILL_RETURN_IF_ERROR(ValidateTeacher(c));
   } else if (c.has_teacher()) {
-    return Bad("teacher", "is only used in mode DISTILL");
+    return Bad("teacher", "is only used in modes DISTILL and QUANTIZE");
+  }
+  if (c.mode() == JobConfig::QUANTIZE && c.student().has_arch() &&
+      c.student().weights().empty()) {
+    return Bad("student.weights",
+               "is required in mode QUANTIZE: the trained student to quantize");
   }
   if (c.mode() == JobConfig::EVALUATE && c.student().has_arch() &&
       c.student().weights().empty()) {
@@ -516,6 +612,7 @@ absl::Status ValidateJobConfig(const JobConfig& c) {
         c.temperature_schedule(), "temperature_schedule", &Positive, "> 0"));
   }
   DISTILL_RETURN_IF_ERROR(ValidateLoss(c));
+  DISTILL_RETURN_IF_ERROR(ValidateQat(c));
   DISTILL_RETURN_IF_ERROR(ValidateOptimizer(c.optimizer()));
   DISTILL_RETURN_IF_ERROR(ValidateSchedule(c.lr_schedule(), c.optimizer().lr()));
   if (c.epochs() < 1) {

@@ -189,6 +189,106 @@ TEST(ConfigTest, ModelArchitectureAndOptionsAreChecked) {
                HasSubstr("student.options[hidden1] must be in [1, 8192] (got 0)")));
 }
 
+TEST(ConfigTest, QatGetsDocumentedDefaults) {
+  auto c = ParseJobConfig(std::string(kValid) + "optimizer { lr: 0.05 }\nqat {}\n",
+                          "job.pbtxt");
+  ASSERT_THAT(c, IsOk());
+  const auto& q = c->qat();
+  EXPECT_EQ(q.calibration_batches(), 32);
+  EXPECT_EQ(q.epochs(), 1);
+  EXPECT_DOUBLE_EQ(q.lr(), 0.005);  // a tenth of optimizer.lr
+  EXPECT_EQ(q.observer(), v1::QatConfig::MINMAX);
+  EXPECT_DOUBLE_EQ(q.percentile(), 99.99);
+  EXPECT_DOUBLE_EQ(q.averaging_constant(), 0.01);
+  EXPECT_DOUBLE_EQ(q.freeze_bn_after_epochs(), 0.5);
+  EXPECT_DOUBLE_EQ(q.freeze_observers_after_epochs(), 0.75);
+  EXPECT_TRUE(q.teacher_guided());  // DISTILL has a teacher
+
+  auto train = ParseJobConfig(
+      "mode: TRAIN run_dir: \"r\" student { arch: \"mlp\" } qat { epochs: 4 }",
+      "c");
+  ASSERT_THAT(train, IsOk());
+  EXPECT_FALSE(train->qat().teacher_guided());
+  EXPECT_DOUBLE_EQ(train->qat().freeze_bn_after_epochs(), 2);
+  EXPECT_DOUBLE_EQ(train->qat().lr(), 0.01);  // SGD's default lr / 10
+  auto no_qat = ParseJobConfig(kValid, "c");
+  ASSERT_THAT(no_qat, IsOk());
+  EXPECT_FALSE(no_qat->has_qat());
+}
+
+// Every QAT field out of range names its field and line.
+TEST(ConfigTest, QatFieldsAreValidated) {
+  const std::string base = std::string(kValid);  // 5 lines, "qat {" on 6
+  struct Case {
+    std::string field;
+    std::string error;
+  };
+  const std::vector<Case> cases = {
+      {"calibration_batches: 0", "qat.calibration_batches must be >= 1 (got 0)"},
+      {"epochs: -1", "qat.epochs must be >= 0 (0: PTQ only) (got -1)"},
+      {"lr: 0", "qat.lr must be > 0 (got 0)"},
+      {"percentile: 0", "qat.percentile must be in (0, 100] (got 0)"},
+      {"percentile: 100.5", "qat.percentile must be in (0, 100] (got 100.5)"},
+      {"averaging_constant: 1.5",
+       "qat.averaging_constant must be in (0, 1] (got 1.5)"},
+      {"freeze_observers_after_epochs: -0.5",
+       "qat.freeze_observers_after_epochs must be in [0, qat.epochs] = [0, 1] "
+       "(got -0.5)"},
+      {"freeze_bn_after_epochs: 2",
+       "qat.freeze_bn_after_epochs must be in [0, qat.epochs] = [0, 1] (got 2)"},
+      {"skip_layers: \"\"", "qat.skip_layers[0] must name a layer"},
+  };
+  for (const Case& c : cases) {
+    EXPECT_THAT(ParseJobConfig(base + "qat {\n  " + c.field + "\n}\n", "job.pbtxt"),
+                StatusIs(absl::StatusCode::kInvalidArgument,
+                         "job.pbtxt:7: " + c.error))
+        << c.field;
+  }
+  EXPECT_THAT(
+      ParseJobConfig(base + "qat {\n  skip_layers: \"fc1\"\n  skip_layers: \"fc1\"\n}\n",
+                     "job.pbtxt"),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               "job.pbtxt:8: qat.skip_layers[1] 'fc1' is listed twice"));
+}
+
+TEST(ConfigTest, QatModeRules) {
+  EXPECT_THAT(
+      ParseJobConfig("mode: TRAIN run_dir: \"r\" student { arch: \"mlp\" }\n"
+                     "qat { teacher_guided: true }",
+                     "c"),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               "c:2: qat.teacher_guided needs a teacher: mode DISTILL, or "
+               "QUANTIZE with a `teacher`"));
+  EXPECT_THAT(
+      ParseJobConfig("mode: EVALUATE run_dir: \"r\" student { arch: \"mlp\" "
+                     "weights: \"w.pt\" }\nqat {}",
+                     "c"),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               "c:2: qat is not used in mode EVALUATE"));
+  EXPECT_THAT(
+      ParseJobConfig("mode: QUANTIZE run_dir: \"r\" student { arch: \"mlp\" "
+                     "weights: \"w.pt\" }",
+                     "c"),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               "c: qat is required in mode QUANTIZE"));
+  // QUANTIZE with a teacher distills during fine-tuning by default.
+  auto guided = ParseJobConfig(
+      "mode: QUANTIZE run_dir: \"r\" student { arch: \"mlp\" weights: "
+      "\"w.pt\" } teacher { model { arch: \"cnn_teacher\" weights: \"t.pt\" } } "
+      "qat {}",
+      "c");
+  ASSERT_THAT(guided, IsOk());
+  EXPECT_TRUE(guided->qat().teacher_guided());
+  ASSERT_EQ(guided->loss_size(), 2);
+  EXPECT_EQ(guided->loss(0).name(), "kd_kl");
+  EXPECT_THAT(
+      ParseJobConfig("mode: TRAIN run_dir: \"r\" student { arch: \"mlp\" } "
+                     "teacher { model { arch: \"mlp\" weights: \"t.pt\" } }",
+                     "c"),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr("teacher is only used in modes DISTILL and QUANTIZE")));
+}
+
 TEST(ConfigTest, MissingFileIsNotFound) {
   EXPECT_THAT(LoadJobConfig("/nonexistent/job.pbtxt"),
               StatusIs(absl::StatusCode::kNotFound,

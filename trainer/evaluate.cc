@@ -18,6 +18,20 @@ nlohmann::json EvalResult::ToJson() const {
 absl::StatusOr<EvalResult> Evaluate(student::Model& model,
                                     const data::Dataset& dataset,
                                     int64_t batch_size, bool restore_train) {
+  model.train(false);
+  auto result = EvaluateForward(
+      [&](const torch::Tensor& x) { return model.forward(x); }, dataset,
+      batch_size);
+  model.train(restore_train);
+  return result;
+}
+
+absl::StatusOr<EvalResult> EvaluateForward(
+    const std::function<torch::Tensor(const torch::Tensor&)>& forward,
+    const data::Dataset& dataset, int64_t batch_size,
+    std::vector<int64_t>* predictions, torch::Tensor* logits) {
+  std::vector<torch::Tensor> all_logits;
+  if (predictions != nullptr) predictions->clear();
   std::vector<int64_t> ids(dataset.size());
   std::iota(ids.begin(), ids.end(), 0);
   data::LoaderOptions options;
@@ -27,19 +41,24 @@ absl::StatusOr<EvalResult> Evaluate(student::Model& model,
   const int64_t classes = dataset.num_classes();
   std::vector<int64_t> correct(classes, 0), total(classes, 0);
   double loss_sum = 0;
-  model.train(false);
   while (true) {
     DISTILL_ASSIGN_OR_RETURN(std::optional<data::Batch> batch, loader.Next());
     if (!batch) break;
     DISTILL_RETURN_IF_ERROR(TorchCall("evaluating on the test set", [&] {
       torch::NoGradGuard no_grad;
-      torch::Tensor logits = model.forward(batch->inputs);
+      torch::Tensor out = forward(batch->inputs);
+      if (logits != nullptr) all_logits.push_back(out.detach());
       loss_sum += torch::nn::functional::cross_entropy(
-                      logits, batch->labels,
+                      out, batch->labels,
                       torch::nn::functional::CrossEntropyFuncOptions()
                           .reduction(torch::kSum))
                       .item<double>();
-      torch::Tensor hit = logits.argmax(1).eq(batch->labels);
+      torch::Tensor argmax = out.argmax(1);
+      if (predictions != nullptr) {
+        auto a = argmax.accessor<int64_t, 1>();
+        for (int64_t i = 0; i < a.size(0); ++i) predictions->push_back(a[i]);
+      }
+      torch::Tensor hit = argmax.eq(batch->labels);
       auto labels = batch->labels.accessor<int64_t, 1>();
       auto hits = hit.accessor<bool, 1>();
       for (int64_t i = 0; i < labels.size(0); ++i) {
@@ -48,7 +67,7 @@ absl::StatusOr<EvalResult> Evaluate(student::Model& model,
       }
     }));
   }
-  model.train(restore_train);
+  if (logits != nullptr && !all_logits.empty()) *logits = torch::cat(all_logits);
 
   EvalResult result;
   int64_t all_correct = 0;

@@ -4,6 +4,7 @@
 #define DISTILL_TRAINER_EVALUATE_H_
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -28,6 +29,16 @@ struct EvalResult {
 absl::StatusOr<EvalResult> Evaluate(student::Model& model,
                                     const data::Dataset& dataset,
                                     int64_t batch_size, bool restore_train);
+
+// Evaluates any forward function (e.g. the QAT stage's fake-quantized
+// network, already in eval mode) the same way, without autograd. When given,
+// `predictions` receives each sample's argmax and `logits` the [N, C]
+// logits, in dataset order.
+absl::StatusOr<EvalResult> EvaluateForward(
+    const std::function<torch::Tensor(const torch::Tensor&)>& forward,
+    const data::Dataset& dataset, int64_t batch_size,
+    std::vector<int64_t>* predictions = nullptr,
+    torch::Tensor* logits = nullptr);
 
 }  // namespace distill::trainer
 

@@ -23,6 +23,7 @@
 #include "trainer/grad_sync.h"
 #include "trainer/lr_schedule.h"
 #include "trainer/metrics.h"
+#include "trainer/qat_stage.h"
 #include "trainer/teacher_connect.h"
 #include "trainer/teacher_prefetch.h"
 
@@ -149,9 +150,12 @@ absl::Status BuildJob(const JobConfig& config, const RunOptions& options,
   torch::manual_seed(config.seed());
 
   const WorldInfo& world = options.world;
-  if (config.mode() == JobConfig::EVALUATE && world.world_size > 1) {
-    return absl::InvalidArgumentError(
-        "mode EVALUATE runs in one process; start it without RANK/WORLD_SIZE");
+  if ((config.mode() == JobConfig::EVALUATE ||
+       config.mode() == JobConfig::QUANTIZE) &&
+      world.world_size > 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "mode ", JobConfig::Mode_Name(config.mode()),
+        " runs in one process; start it without RANK/WORLD_SIZE"));
   }
   if (config.batch_size() % world.world_size != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -172,8 +176,12 @@ absl::Status BuildJob(const JobConfig& config, const RunOptions& options,
                                      "loading student.weights"));
   }
   DISTILL_RETURN_IF_ERROR(ProbeNumClasses(*job.model, input, "student").status());
+  if (config.has_qat()) {
+    DISTILL_RETURN_IF_ERROR(CheckQatSupported(config, *job.model));
+  }
 
-  if (config.mode() == JobConfig::DISTILL) {
+  if (config.mode() == JobConfig::DISTILL ||
+      (config.mode() == JobConfig::QUANTIZE && config.has_teacher())) {
     if (options.teacher) {
       job.teacher = options.teacher;
     } else if (IsRemoteTeacher(config.teacher())) {
@@ -612,6 +620,33 @@ absl::StatusOr<RunResult> Train(Job& job, const RunOptions& options) {
   return result;
 }
 
+// The QAT stage on the job's (trained) student; its report joins the
+// summary under "qat".
+absl::Status Quantize(Job& job, const RunOptions& options, RunResult& result) {
+  QatStageInputs in;
+  in.config = &job.config;
+  in.model = job.model.get();
+  in.train = job.train.get();
+  in.test = job.test.get();
+  in.teacher = job.teacher.get();
+  in.loss = &*job.loss;
+  in.make_optimizer = [&job](std::vector<torch::Tensor> params, double lr) {
+    OptimizerConfig optimizer = job.config.optimizer();
+    optimizer.set_lr(lr);
+    return MakeOptimizer(optimizer, std::move(params));
+  };
+  in.verbose = options.verbose;
+  DISTILL_ASSIGN_OR_RETURN(nlohmann::json report, RunQatStage(in));
+  if (result.summary.is_null()) result.summary = BaseSummary(job);
+  result.summary["qat"] = {
+      {"report", "qat/quantization_report.json"},
+      {"accuracy", report["accuracy"]},
+      {"onnx_file_bytes", report["onnx_file_bytes"]}};
+  return WriteJsonFile(
+      (std::filesystem::path(job.config.run_dir()) / "summary.json").string(),
+      result.summary);
+}
+
 }  // namespace
 
 absl::StatusOr<RunResult> RunJob(const JobConfig& config,
@@ -619,7 +654,16 @@ absl::StatusOr<RunResult> RunJob(const JobConfig& config,
   Job job;
   DISTILL_RETURN_IF_ERROR(BuildJob(config, options, job));
   if (config.mode() == JobConfig::EVALUATE) return Evaluation(job);
-  return Train(job, options);
+  if (config.mode() == JobConfig::QUANTIZE) {
+    RunResult result;
+    DISTILL_RETURN_IF_ERROR(Quantize(job, options, result));
+    return result;
+  }
+  DISTILL_ASSIGN_OR_RETURN(RunResult result, Train(job, options));
+  if (config.has_qat() && !result.stopped && job.comm->rank() == 0) {
+    DISTILL_RETURN_IF_ERROR(Quantize(job, options, result));
+  }
+  return result;
 }
 
 }  // namespace distill::trainer
