@@ -128,27 +128,23 @@ absl::StatusOr<std::unique_ptr<QatNet>> QatNet::Create(
               unit->conv ? "Conv2d" : "Linear", " '", op.name,
               "' before it (BatchNorm2d follows Conv2d, BatchNorm1d Linear)"));
         }
-        if (bn.kind == Kind::kBatchNorm2d) {
-          auto* m = bn.module->as<torch::nn::BatchNorm2dImpl>();
-          if (!m->options.track_running_stats()) {
+        // BatchNorm1d and BatchNorm2d share options and buffers, not a base.
+        auto take = [&](auto& m) -> absl::Status {
+          if (!m.options.track_running_stats()) {
             return absl::InvalidArgumentError(absl::StrCat(
                 "BatchNorm '", bn.name, "' keeps no running statistics, so "
                 "it cannot be folded for export"));
           }
-          TakeBatchNorm(*m, unit->has_bn, unit->gamma, unit->beta,
+          TakeBatchNorm(m, unit->has_bn, unit->gamma, unit->beta,
                         unit->running_mean, unit->running_var,
                         unit->num_batches_tracked, unit->eps, unit->momentum);
-        } else {
-          auto* m = bn.module->as<torch::nn::BatchNorm1dImpl>();
-          if (!m->options.track_running_stats()) {
-            return absl::InvalidArgumentError(absl::StrCat(
-                "BatchNorm '", bn.name, "' keeps no running statistics, so "
-                "it cannot be folded for export"));
-          }
-          TakeBatchNorm(*m, unit->has_bn, unit->gamma, unit->beta,
-                        unit->running_mean, unit->running_var,
-                        unit->num_batches_tracked, unit->eps, unit->momentum);
-        }
+          return absl::OkStatus();
+        };
+        const absl::Status taken =
+            bn.kind == Kind::kBatchNorm2d
+                ? take(*bn.module->as<torch::nn::BatchNorm2dImpl>())
+                : take(*bn.module->as<torch::nn::BatchNorm1dImpl>());
+        if (!taken.ok()) return taken;
         ++i;
       }
       unit->quantized =
