@@ -16,8 +16,8 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
-#include <thread>
 
+#include "common/testing/process.h"
 #include "teacher_server/codec.h"
 #include "teacher_server/testing/teacher_testing.h"
 
@@ -28,36 +28,13 @@ namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 using namespace ::distill::teacher::testing;  // NOLINT
 
-std::string ReadFile(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-std::string BinDir() {
-  const char* env = std::getenv("DISTILL_BIN_DIR");
-  return env != nullptr ? env : DISTILL_BIN_DIR_DEFAULT;
-}
-
-std::string SourceDir() {
-  const char* env = std::getenv("DISTILL_SOURCE_DIR");
-  return env != nullptr ? env : DISTILL_SOURCE_DIR_DEFAULT;
-}
-
-// A port free at the time of asking (for the metrics endpoint, which has no
-// port file).
-int FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
+using ::distill::testing::BinDir;
+using ::distill::testing::FreePort;
+using ::distill::testing::ReadFile;
+using ::distill::testing::SourceDir;
+using ::distill::testing::Spawn;
+using ::distill::testing::WaitExit;
+using ::distill::testing::WaitUntil;
 
 // The body of GET http://127.0.0.1:port/metrics, or "" when unreachable.
 std::string FetchMetrics(int port) {
@@ -116,24 +93,18 @@ class TeacherServerBinaryTest : public ::testing::Test {
                                      "--arch", kTestArch, "--weights", weights_,
                                      "--port_file", port_file.string()};
     args.insert(args.end(), extra.begin(), extra.end());
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      if (!freopen((dir_ / "server.out").c_str(), "w", stdout)) _exit(120);
-      if (!freopen((dir_ / "server.err").c_str(), "w", stderr)) _exit(120);
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-    while (!fs::exists(port_file) && std::chrono::steady_clock::now() < deadline) {
-      if (::waitpid(pid_, nullptr, WNOHANG) == pid_) {
-        pid_ = 0;
-        ADD_FAILURE() << "server exited: " << ReadFile(dir_ / "server.err");
-        return 0;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    pid_ = Spawn(args, dir_ / "server.out", dir_ / "server.err");
+    bool exited = false;
+    WaitUntil(
+        [&] {
+          exited = ::waitpid(pid_, nullptr, WNOHANG) == pid_;
+          return exited || fs::exists(port_file);
+        },
+        std::chrono::seconds(60));
+    if (exited) {
+      pid_ = 0;
+      ADD_FAILURE() << "server exited: " << ReadFile(dir_ / "server.err");
+      return 0;
     }
     const std::string text = ReadFile(port_file);
     EXPECT_FALSE(text.empty()) << "no port file";
@@ -141,13 +112,12 @@ class TeacherServerBinaryTest : public ::testing::Test {
     return std::atoi(text.c_str());
   }
 
-  // Exit code after SIGTERM (-1 when killed by a signal).
+  // Exit code after SIGTERM (-signal when a signal killed it).
   int Terminate() {
     ::kill(pid_, SIGTERM);
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
+    const int code = WaitExit(pid_);
     pid_ = 0;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return code;
   }
 
   fs::path dir_;

@@ -2,13 +2,9 @@
 // loopback: equivalence with one rank, a rank killed mid-run, resuming on
 // another number of ranks, the same binary under torchrun, and a loss plugin
 // loaded on every rank.
-#include <arpa/inet.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -16,10 +12,10 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
-#include <thread>
 
 #include <nlohmann/json.hpp>
 
+#include "common/testing/process.h"
 #include "common/testing/status_matchers.h"
 #include "student/model.h"
 
@@ -29,29 +25,13 @@ namespace fs = std::filesystem;
 using ::distill::testing::IsOk;
 using ::testing::HasSubstr;
 
-std::string BinDir() {
-  const char* env = std::getenv("DISTILL_BIN_DIR");
-  return env != nullptr ? env : DISTILL_BIN_DIR_DEFAULT;
-}
-
-std::string ReadFile(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-int FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
+using ::distill::testing::BinDir;
+using ::distill::testing::FreePort;
+using ::distill::testing::ReadFile;
+using ::distill::testing::Spawn;
+using ::distill::testing::TorchrunEnv;
+using ::distill::testing::WaitExit;
+using ::distill::testing::WaitForFile;
 
 // A `distill` rank as a child process with torchrun-style variables.
 struct Rank {
@@ -82,31 +62,14 @@ class DdpTest : public ::testing::Test {
     Rank r;
     r.out = dir_ / ("rank" + std::to_string(rank) + "_" + std::to_string(port) + ".out");
     r.err = dir_ / ("rank" + std::to_string(rank) + "_" + std::to_string(port) + ".err");
-    r.pid = ::fork();
-    if (r.pid == 0) {
-      if (!freopen(r.out.c_str(), "w", stdout) || !freopen(r.err.c_str(), "w", stderr)) _exit(120);
-      setenv("RANK", std::to_string(rank).c_str(), 1);
-      setenv("WORLD_SIZE", std::to_string(world).c_str(), 1);
-      setenv("LOCAL_RANK", std::to_string(rank).c_str(), 1);
-      setenv("MASTER_ADDR", "127.0.0.1", 1);
-      setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
-      std::string bin = BinDir() + "/distill";
-      std::vector<char*> argv{bin.data()};
-      std::vector<std::string> copy = args;
-      for (auto& a : copy) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(bin.c_str(), argv.data());
-      _exit(127);
-    }
+    std::vector<std::string> argv = {BinDir() + "/distill"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    r.pid = Spawn(argv, r.out, r.err, TorchrunEnv(rank, world, port));
     return r;
   }
 
   // Exit code of a finished rank; -signal when it was killed.
-  static int Wait(const Rank& r) {
-    int status = 0;
-    ::waitpid(r.pid, &status, 0);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
-  }
+  static int Wait(const Rank& r) { return WaitExit(r.pid); }
 
   // Runs `world` ranks to completion; returns their exit codes.
   std::vector<int> RunRanks(int world, const std::vector<std::string>& args) {
@@ -222,11 +185,7 @@ TEST_F(DdpTest, HungRankTimesOut) {
   const int port = FreePort();
   Rank r0 = Start(0, 2, port, args), r1 = Start(1, 2, port, args);
   const fs::path first = run / "checkpoints" / "ckpt-000000005.pt";
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(2);
-  while (!fs::exists(first) && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  ASSERT_TRUE(fs::exists(first));
+  ASSERT_TRUE(WaitForFile(first, std::chrono::minutes(2)));
   ::kill(r1.pid, SIGSTOP);
   EXPECT_EQ(Wait(r0), 1);
   ::kill(r1.pid, SIGKILL);
@@ -256,11 +215,7 @@ TEST_F(DdpTest, KilledRankStopsTheOthersAndTheJobResumes) {
   // Kill rank 1 once rank 0 has written its first checkpoint (bounded wait
   // for that event, not a sleep standing in for it).
   const fs::path first = run / "checkpoints" / "ckpt-000000005.pt";
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(3);
-  while (!fs::exists(first) && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  ASSERT_TRUE(fs::exists(first));
+  ASSERT_TRUE(WaitForFile(first, std::chrono::minutes(3)));
   ::kill(r1.pid, SIGKILL);
   const auto killed_at = std::chrono::steady_clock::now();
   EXPECT_EQ(Wait(r1), -SIGKILL);

@@ -17,9 +17,10 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
-#include <thread>
 
 #include <nlohmann/json.hpp>
+
+#include "common/testing/process.h"
 
 namespace {
 
@@ -27,17 +28,11 @@ namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
-std::string BinDir() {
-  const char* env = std::getenv("DISTILL_BIN_DIR");
-  return env != nullptr ? env : DISTILL_BIN_DIR_DEFAULT;
-}
-
-std::string ReadFile(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using ::distill::testing::BinDir;
+using ::distill::testing::ReadFile;
+using ::distill::testing::Spawn;
+using ::distill::testing::WaitExit;
+using ::distill::testing::WaitForFile;
 
 int Count(const std::string& text, const std::string& what) {
   int n = 0;
@@ -46,17 +41,6 @@ int Count(const std::string& text, const std::string& what) {
     ++n;
   }
   return n;
-}
-
-// Polls for `path` until it exists or `timeout` passes (a bounded wait for
-// the event, not a sleep standing in for it).
-bool WaitForFile(const fs::path& path, std::chrono::seconds timeout) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (!fs::exists(path)) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return true;
 }
 
 bool Alive(pid_t pid) { return ::kill(pid, 0) == 0 || errno != ESRCH; }
@@ -90,28 +74,14 @@ class LaunchTest : public ::testing::Test {
     const std::string tag = std::to_string(launches_++);
     l.out = dir_ / ("launch" + tag + ".out");
     l.err = dir_ / ("launch" + tag + ".err");
-    l.pid = ::fork();
-    if (l.pid == 0) {
-      if (!freopen(l.out.c_str(), "w", stdout) || !freopen(l.err.c_str(), "w", stderr)) {
-        _exit(120);
-      }
-      std::string bin = BinDir() + "/distill_launch";
-      std::vector<std::string> copy = args;
-      std::vector<char*> argv{bin.data()};
-      for (auto& a : copy) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(bin.c_str(), argv.data());
-      _exit(127);
-    }
+    std::vector<std::string> argv = {BinDir() + "/distill_launch"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    l.pid = Spawn(argv, l.out, l.err);
     return l;
   }
 
   // Exit code; -signal when killed.
-  static int Wait(const Launch& l) {
-    int status = 0;
-    ::waitpid(l.pid, &status, 0);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
-  }
+  static int Wait(const Launch& l) { return WaitExit(l.pid); }
 
   int Run(const std::vector<std::string>& args) {
     last_ = Start(args);

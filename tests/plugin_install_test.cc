@@ -8,9 +8,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -21,31 +18,20 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/testing/process.h"
+
 namespace {
 
 namespace fs = std::filesystem;
 using ::testing::ElementsAre;
 
-std::string ReadFile(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using ::distill::testing::FreePort;
+using ::distill::testing::ReadFile;
+using ::distill::testing::Spawn;
+using ::distill::testing::TorchrunEnv;
+using ::distill::testing::WaitExit;
 
 std::string Quote(const fs::path& path) { return "'" + path.string() + "'"; }
-
-int FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
 
 class PluginInstallTest : public ::testing::Test {
  protected:
@@ -78,34 +64,12 @@ class PluginInstallTest : public ::testing::Test {
     std::vector<pid_t> pids;
     for (int rank = 0; rank < world; ++rank) {
       const fs::path err = dir_ / ("rank" + std::to_string(rank) + ".err");
-      const pid_t pid = ::fork();
-      if (pid == 0) {
-        if (!freopen("/dev/null", "w", stdout) ||
-            !freopen(err.c_str(), "w", stderr)) {
-          _exit(120);
-        }
-        setenv("RANK", std::to_string(rank).c_str(), 1);
-        setenv("WORLD_SIZE", std::to_string(world).c_str(), 1);
-        setenv("LOCAL_RANK", std::to_string(rank).c_str(), 1);
-        setenv("MASTER_ADDR", "127.0.0.1", 1);
-        setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
-        std::string bin = distill.string();
-        std::vector<std::string> copy = args;
-        std::vector<char*> argv{bin.data()};
-        for (auto& a : copy) argv.push_back(a.data());
-        argv.push_back(nullptr);
-        execv(bin.c_str(), argv.data());
-        _exit(127);
-      }
-      pids.push_back(pid);
+      std::vector<std::string> argv = {distill.string()};
+      argv.insert(argv.end(), args.begin(), args.end());
+      pids.push_back(Spawn(argv, "/dev/null", err, TorchrunEnv(rank, world, port)));
     }
     std::vector<int> codes;
-    for (pid_t pid : pids) {
-      int status = 0;
-      ::waitpid(pid, &status, 0);
-      codes.push_back(WIFEXITED(status) ? WEXITSTATUS(status)
-                                        : -WTERMSIG(status));
-    }
+    for (pid_t pid : pids) codes.push_back(WaitExit(pid));
     return codes;
   }
 

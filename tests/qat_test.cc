@@ -18,6 +18,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/testing/process.h"
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -30,17 +32,8 @@ struct Outcome {
   std::string err;
 };
 
-std::string ReadFile(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-std::string BinDir() {
-  const char* env = std::getenv("DISTILL_BIN_DIR");
-  return env != nullptr ? env : DISTILL_BIN_DIR_DEFAULT;
-}
+using ::distill::testing::BinDir;
+using ::distill::testing::ReadFile;
 
 class QatTest : public ::testing::Test {
  protected:
