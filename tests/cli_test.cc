@@ -12,13 +12,13 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
-#include <thread>
 #include <fstream>
 #include <map>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
 
+#include "common/testing/process.h"
 #include "common/testing/status_matchers.h"
 #include "student/model.h"
 
@@ -36,17 +36,11 @@ struct Outcome {
   std::string err;
 };
 
-std::string ReadFile(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-std::string BinDir() {
-  const char* env = std::getenv("DISTILL_BIN_DIR");
-  return env != nullptr ? env : DISTILL_BIN_DIR_DEFAULT;
-}
+using ::distill::testing::BinDir;
+using ::distill::testing::ReadFile;
+using ::distill::testing::Spawn;
+using ::distill::testing::WaitExit;
+using ::distill::testing::WaitForFile;
 
 class CliTest : public ::testing::Test {
  protected:
@@ -329,27 +323,16 @@ TEST_F(CliTest, SigtermCheckpointsAtTheNextStepAndResumes) {
     checkpoint_every_steps: 3
   )pb").string();
   const fs::path run = dir_ / "run";
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    if (!freopen((dir_ / "term.out").c_str(), "w", stdout)) _exit(120);
-    const std::string bin = BinDir() + "/distill";
-    execl(bin.c_str(), bin.c_str(), "--config", config.c_str(), "--run_dir",
-          run.c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
+  const pid_t pid =
+      Spawn({BinDir() + "/distill", "--config", config, "--run_dir", run.string()},
+            dir_ / "term.out", dir_ / "term.err");
   // Signal once the first checkpoint shows the run is under way (a bounded
   // wait for that event).
   const fs::path first = run / "checkpoints" / "ckpt-000000003.pt";
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(2);
-  while (!fs::exists(first) && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  ASSERT_TRUE(fs::exists(first));
+  ASSERT_TRUE(WaitForFile(first, std::chrono::minutes(2)));
   ::kill(pid, SIGTERM);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  ASSERT_TRUE(WIFEXITED(status)) << "killed instead of stopping cleanly";
-  EXPECT_EQ(WEXITSTATUS(status), 128 + SIGTERM);
+  // A negative code would mean a signal killed it instead of a clean stop.
+  EXPECT_EQ(WaitExit(pid), 128 + SIGTERM) << ReadFile(dir_ / "term.err");
   EXPECT_THAT(ReadFile(dir_ / "term.out"),
               HasSubstr("stopped after a checkpoint at "));
   EXPECT_FALSE(fs::exists(run / "summary.json"));
@@ -359,6 +342,27 @@ TEST_F(CliTest, SigtermCheckpointsAtTheNextStepAndResumes) {
   EXPECT_THAT(o.out, HasSubstr("resuming from"));
   auto summary = nlohmann::json::parse(ReadFile(run / "summary.json"));
   EXPECT_EQ(summary["steps"], 50);
+}
+
+// A config from a pipe (`--config <(...)`, `--config /dev/stdin`) can be
+// read only once; the plugins list and the config come from that one read.
+TEST_F(CliTest, ConfigFromAPipeIsReadOnce) {
+  const fs::path config = Write("piped.pbtxt", R"pb(
+    mode: TRAIN
+    student { arch: "mlp" }
+    data { train_limit: 128 test_limit: 64 }
+    batch_size: 64 epochs: 1 threads: 1
+  )pb");
+  const fs::path run = dir_ / "piped", err = dir_ / "piped.err";
+  const std::string cmd = "cat " + config.string() + " | " + BinDir() +
+                          "/distill --quiet --config /dev/stdin --run_dir " +
+                          run.string() + " 2>" + err.string();
+  const int status = std::system(cmd.c_str());
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << ReadFile(err);
+  EXPECT_EQ(ReadFile(err), "");
+  auto summary = nlohmann::json::parse(ReadFile(run / "summary.json"));
+  EXPECT_EQ(summary["steps"], 2);
 }
 
 }  // namespace

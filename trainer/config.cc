@@ -378,6 +378,12 @@ absl::Status ValidateTeacher(const JobConfig& c) {
                absl::StrCat("must be > 0 (got ", t.failover_grace_seconds(),
                             ")"));
   }
+  if (!(t.answer_timeout_seconds() > 0) ||
+      !std::isfinite(t.answer_timeout_seconds())) {
+    return Bad("teacher.answer_timeout_seconds",
+               absl::StrCat("must be > 0 (got ", t.answer_timeout_seconds(),
+                            ")"));
+  }
   const TeacherCacheConfig& cache = t.cache();
   if (cache.mode() == TeacherCacheConfig::MEMORY ||
       cache.mode() == TeacherCacheConfig::DISK) {
@@ -439,16 +445,6 @@ absl::Status ParseText(const std::string& text, const std::string& source,
     return absl::InvalidArgumentError(message);
   }
   return absl::OkStatus();
-}
-
-absl::StatusOr<std::string> ReadText(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) {
-    return absl::NotFoundError(absl::StrCat("config file not found: ", path));
-  }
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  return buffer.str();
 }
 
 }  // namespace
@@ -518,6 +514,7 @@ void ApplyDefaults(JobConfig& c) {
     if (!t->has_prefetch_batches()) t->set_prefetch_batches(4);
     if (!t->has_connect_timeout_seconds()) t->set_connect_timeout_seconds(10);
     if (!t->has_failover_grace_seconds()) t->set_failover_grace_seconds(30);
+    if (!t->has_answer_timeout_seconds()) t->set_answer_timeout_seconds(60);
     if (IsRemoteTeacher(*t) &&
         t->encoding() == TeacherConfig::ENCODING_UNSPECIFIED) {
       t->set_encoding(TeacherConfig::DENSE_FP32);
@@ -702,18 +699,27 @@ absl::StatusOr<JobConfig> ParseJobConfig(const std::string& text,
   return config;
 }
 
+absl::StatusOr<std::string> ReadConfigFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) {
+    return absl::NotFoundError(absl::StrCat("config file not found: ", path));
+  }
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
 absl::StatusOr<JobConfig> LoadJobConfig(const std::string& path,
                                         const std::string& run_dir) {
-  DISTILL_ASSIGN_OR_RETURN(std::string text, ReadText(path));
+  DISTILL_ASSIGN_OR_RETURN(std::string text, ReadConfigFile(path));
   return ParseJobConfig(text, path, run_dir);
 }
 
-absl::StatusOr<std::vector<std::string>> ReadConfigPlugins(
-    const std::string& path) {
-  DISTILL_ASSIGN_OR_RETURN(std::string text, ReadText(path));
+absl::StatusOr<std::vector<std::string>> ConfigPlugins(
+    const std::string& text, const std::string& source) {
   JobConfig config;
   TextFormat::ParseInfoTree tree;
-  DISTILL_RETURN_IF_ERROR(ParseText(text, path, config, &tree));
+  DISTILL_RETURN_IF_ERROR(ParseText(text, source, config, &tree));
   return std::vector<std::string>(config.plugins().begin(),
                                   config.plugins().end());
 }

@@ -23,16 +23,20 @@ absl::StatusOr<JobConfig> ParseJobConfig(const std::string& text,
                                          const std::string& source,
                                          const std::string& run_dir = "");
 
+// The text of a config file; NotFound when it cannot be opened. Read once:
+// the path may be a pipe (`--config <(...)`).
+absl::StatusOr<std::string> ReadConfigFile(const std::string& path);
+
 // Reads and parses a file; NotFound when it does not exist.
 absl::StatusOr<JobConfig> LoadJobConfig(const std::string& path,
                                         const std::string& run_dir = "");
 
-// The `plugins` list of the config file at `path`, read ahead of
-// LoadJobConfig: plugins must be loaded before the config is validated,
-// since its loss terms may name their losses. Checks the syntax only; errors
-// as LoadJobConfig's (NotFound, InvalidArgument with file:line:col).
-absl::StatusOr<std::vector<std::string>> ReadConfigPlugins(
-    const std::string& path);
+// The `plugins` list of a config's text, read ahead of ParseJobConfig:
+// plugins must be loaded before the config is validated, since its loss
+// terms may name their losses. Checks the syntax only; errors as
+// ParseJobConfig's (InvalidArgument with source:line:col).
+absl::StatusOr<std::vector<std::string>> ConfigPlugins(
+    const std::string& text, const std::string& source);
 
 // True when the teacher is reached over gRPC (endpoints or registry_dir set)
 // rather than run in this process.

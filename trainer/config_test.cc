@@ -56,7 +56,9 @@ TEST(ConfigTest, PluginsAreReadAheadOfValidation) {
   std::ofstream(path) << kValid << "plugins: \"a/libx.so\"\n"
                       << "plugins: \"/abs/liby.so\"\n"
                       << "loss { name: \"from_plugin\" }\n";
-  auto plugins = ReadConfigPlugins(path);
+  auto text = ReadConfigFile(path);
+  ASSERT_THAT(text, IsOk());
+  auto plugins = ConfigPlugins(*text, path);
   ASSERT_THAT(plugins, IsOk());
   EXPECT_THAT(*plugins, ElementsAre("a/libx.so", "/abs/liby.so"));
   EXPECT_THAT(LoadJobConfig(path),
@@ -67,13 +69,10 @@ TEST(ConfigTest, PluginsAreReadAheadOfValidation) {
 }
 
 TEST(ConfigTest, ReadingPluginsReportsSyntaxErrorsAndMissingFiles) {
-  const std::string path = ::testing::TempDir() + "/bad_plugins_job.pbtxt";
-  std::ofstream(path) << "plugins: 3\n";
-  EXPECT_THAT(ReadConfigPlugins(path),
+  EXPECT_THAT(ConfigPlugins("plugins: 3\n", "job.pbtxt"),
               StatusIs(absl::StatusCode::kInvalidArgument,
-                       StartsWith(path + ":1:10: Expected string")));
-  std::remove(path.c_str());
-  EXPECT_THAT(ReadConfigPlugins("/nonexistent/job.pbtxt"),
+                       StartsWith("job.pbtxt:1:10: Expected string")));
+  EXPECT_THAT(ReadConfigFile("/nonexistent/job.pbtxt"),
               StatusIs(absl::StatusCode::kNotFound,
                        HasSubstr("config file not found: "
                                  "/nonexistent/job.pbtxt")));

@@ -146,7 +146,11 @@ int main(int argc, char** argv) {
   auto world = distill::trainer::DetectWorld(
       [](const char* name) { return std::getenv(name); });
   if (!world.ok()) return Fail(std::string(world.status().message()));
-  auto config_plugins = distill::trainer::ReadConfigPlugins(config_path);
+  // Read once: the path may be a pipe (`--config <(...)`).
+  auto config_text = distill::trainer::ReadConfigFile(config_path);
+  if (!config_text.ok()) return Fail(std::string(config_text.status().message()));
+  auto config_plugins =
+      distill::trainer::ConfigPlugins(*config_text, config_path);
   if (!config_plugins.ok()) {
     return Fail(std::string(config_plugins.status().message()));
   }
@@ -157,8 +161,8 @@ int main(int argc, char** argv) {
         plugin, distill::losses::LossRegistry::Global());
     if (!loaded.ok()) return Fail(std::string(loaded.message()));
   }
-  auto config =
-      distill::trainer::LoadJobConfig(config_path, absl::GetFlag(FLAGS_run_dir));
+  auto config = distill::trainer::ParseJobConfig(*config_text, config_path,
+                                                absl::GetFlag(FLAGS_run_dir));
   if (!config.ok()) return Fail(std::string(config.status().message()));
   if (config->name().empty()) config->set_name(config_path);
   if (absl::Status flags = ApplyTeacherFlags(*config, config_path); !flags.ok()) {

@@ -66,6 +66,8 @@ struct Pending {
   v1::DistillRequest request;
   std::promise<Result> promise;
   Clock::time_point start;
+  // When it was last handed to a stream.
+  Clock::time_point sent;
 };
 
 // One Distill call. Its reader thread owns reading; writers hold write_mu.
@@ -136,6 +138,8 @@ class RemoteTeacher::Impl {
   Result Decode(const Endpoint& endpoint, const Pending& pending,
                 const v1::DistillResponse& response) const;
   void MarkDown(Endpoint& endpoint, const std::string& error)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void MarkSilentEndpointsDown(Clock::time_point now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool AnyUp() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FailEverything(const absl::Status& status)
@@ -360,6 +364,7 @@ void RemoteTeacher::Impl::Dispatch(std::shared_ptr<Pending> pending,
     std::shared_ptr<Stream> stream = StreamFor(best, pending->temperature);
     if (stream == nullptr) continue;  // StreamFor marked `best` down.
     best->outstanding += pending->rows;
+    pending->sent = Clock::now();
     stream->inflight[pending->id] = pending;
     writes.push_back({std::move(stream), std::move(pending)});
     return;
@@ -567,6 +572,33 @@ void RemoteTeacher::Impl::MarkDown(Endpoint& endpoint,
   wake_.Signal();
 }
 
+void RemoteTeacher::Impl::MarkSilentEndpointsDown(Clock::time_point now) {
+  for (const auto& endpoint : endpoints_) {
+    if (!endpoint->up) continue;
+    const Pending* oldest = nullptr;
+    for (const auto& stream : endpoint->streams) {
+      for (const auto& [id, pending] : stream->inflight) {
+        if (oldest == nullptr || pending->sent < oldest->sent) {
+          oldest = pending.get();
+        }
+      }
+    }
+    if (oldest == nullptr ||
+        SecondsBetween(oldest->sent, now) < options_.answer_timeout_seconds) {
+      continue;
+    }
+    // Cancelling its streams hands their batches to the readers, which
+    // resend them elsewhere.
+    MarkDown(*endpoint, absl::StrCat("no answer to batch ", oldest->id, " within ",
+                                     options_.answer_timeout_seconds, "s"));
+    // A server that hangs again after answering Info would otherwise cost
+    // one timeout per reconnect.
+    endpoint->next_retry =
+        now + std::chrono::milliseconds(static_cast<int64_t>(
+                  1000 * options_.answer_timeout_seconds));
+  }
+}
+
 bool RemoteTeacher::Impl::AnyUp() const {
   for (const auto& endpoint : endpoints_) {
     if (endpoint->up) return true;
@@ -584,6 +616,7 @@ void RemoteTeacher::Impl::Supervise() {
   absl::MutexLock lock(&mu_);
   while (!shutting_down_) {
     const auto now = Clock::now();
+    MarkSilentEndpointsDown(now);
     // New servers announce themselves in the registry.
     if (!options_.registry_dir.empty() && (!waiting_.empty() || !AnyUp())) {
       mu_.Unlock();

@@ -7,7 +7,9 @@
 // size, so every batch's future gets its own targets exactly once. When no
 // endpoint has answered for `failover_grace_seconds` while work waits, every
 // waiting future fails with UNAVAILABLE naming the endpoints and their last
-// errors. Submit/Targets/TakeStats may be called from any thread; the client
+// errors. A server that leaves a batch unanswered for
+// `answer_timeout_seconds` while its connection stays open is treated as
+// failed the same way. Submit/Targets/TakeStats may be called from any thread; the client
 // runs one reader thread per stream and one supervisor thread.
 #ifndef DISTILL_TRAINER_REMOTE_TEACHER_H_
 #define DISTILL_TRAINER_REMOTE_TEACHER_H_
@@ -38,6 +40,8 @@ struct RemoteTeacherOptions {
   double connect_timeout_seconds = 10;
   // Default: 30.
   double failover_grace_seconds = 30;
+  // Default: 60.
+  double answer_timeout_seconds = 60;
   // Sent as `authorization: Bearer <token>` on every call. Default: none.
   std::string token;
   // PEM root certificates; non-empty connects with TLS. Default: plaintext.

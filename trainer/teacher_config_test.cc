@@ -38,6 +38,7 @@ TEST(TeacherConfigTest, RemoteTeacherGetsDocumentedDefaults) {
   EXPECT_EQ(c->teacher().prefetch_batches(), 4);
   EXPECT_EQ(c->teacher().connect_timeout_seconds(), 10);
   EXPECT_EQ(c->teacher().failover_grace_seconds(), 30);
+  EXPECT_EQ(c->teacher().answer_timeout_seconds(), 60);
   EXPECT_EQ(c->teacher().cache().mode(), v1::TeacherCacheConfig::MODE_UNSPECIFIED);
 
   auto registry = Parse(
@@ -91,6 +92,9 @@ TEST(TeacherConfigTest, NumbersAreBounded) {
   ExpectError(
       "teacher {\n  endpoints: \"h:1\"\n  failover_grace_seconds: -2\n}\n",
       "job.pbtxt:6: teacher.failover_grace_seconds must be > 0 (got -2)");
+  ExpectError(
+      "teacher {\n  endpoints: \"h:1\"\n  answer_timeout_seconds: 0\n}\n",
+      "job.pbtxt:6: teacher.answer_timeout_seconds must be > 0 (got 0)");
 }
 
 TEST(TeacherConfigTest, ServerOnlyFieldsNeedServers) {

@@ -39,6 +39,7 @@ absl::StatusOr<std::shared_ptr<TeacherClient>> ConnectRemoteTeacher(
   options.top_k = t.top_k();
   options.connect_timeout_seconds = t.connect_timeout_seconds();
   options.failover_grace_seconds = t.failover_grace_seconds();
+  options.answer_timeout_seconds = t.answer_timeout_seconds();
   if (!t.token_file().empty()) {
     DISTILL_ASSIGN_OR_RETURN(std::string token,
                              ReadSmallFile(t.token_file(), "teacher.token_file"));
