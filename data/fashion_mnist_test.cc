@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common/testing/status_matchers.h"
+#include "data/testing/test_files.h"
 
 namespace distill::data {
 namespace {
@@ -37,25 +38,6 @@ std::vector<uint8_t> Gunzip(const std::string& path) {
     bytes.insert(bytes.end(), buffer, buffer + n);
   }
   gzclose(file);
-  return bytes;
-}
-
-void WriteRaw(const std::string& path, const std::vector<uint8_t>& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(reinterpret_cast<const char*>(bytes.data()), bytes.size());
-  ASSERT_TRUE(out.good()) << path;
-}
-
-std::vector<uint8_t> IdxBytes(const std::vector<uint32_t>& dims,
-                              const std::vector<uint8_t>& payload) {
-  std::vector<uint8_t> bytes = {0, 0, 0x08, static_cast<uint8_t>(dims.size())};
-  for (const uint32_t d : dims) {
-    bytes.push_back(d >> 24);
-    bytes.push_back(d >> 16);
-    bytes.push_back(d >> 8);
-    bytes.push_back(d);
-  }
-  bytes.insert(bytes.end(), payload.begin(), payload.end());
   return bytes;
 }
 
@@ -172,7 +154,7 @@ TEST_F(FashionMnistTest, MismatchedCountsAreDataLoss) {
       Gunzip(std::string(kDir) + "/t10k-labels-idx1-ubyte.gz");
   // A well-formed labels file with 9999 items.
   const std::vector<uint8_t> fewer(labels.begin() + 8, labels.end() - 1);
-  WriteRaw(tmp_ + "/t10k-labels-idx1-ubyte", IdxBytes({9999}, fewer));
+  WriteRaw(tmp_ + "/t10k-labels-idx1-ubyte", IdxBytes(0x08, {9999}, fewer));
   std::filesystem::copy_file(std::string(kDir) + "/t10k-images-idx3-ubyte.gz",
                              tmp_ + "/t10k-images-idx3-ubyte.gz");
   FashionMnistOptions options;
@@ -187,8 +169,8 @@ TEST_F(FashionMnistTest, MismatchedCountsAreDataLoss) {
 
 TEST_F(FashionMnistTest, WrongImageSizeIsDataLoss) {
   const std::string images_path = tmp_ + "/train-images-idx3-ubyte";
-  WriteRaw(images_path, IdxBytes({2, 32, 32}, std::vector<uint8_t>(2048, 0)));
-  WriteRaw(tmp_ + "/train-labels-idx1-ubyte", IdxBytes({2}, {1, 2}));
+  WriteRaw(images_path, IdxBytes(0x08, {2, 32, 32}, std::vector<uint8_t>(2048, 0)));
+  WriteRaw(tmp_ + "/train-labels-idx1-ubyte", IdxBytes(0x08, {2}, {1, 2}));
   FashionMnistOptions options;
   options.dir = tmp_;
   EXPECT_THAT(LoadFashionMnist(options),
@@ -199,8 +181,8 @@ TEST_F(FashionMnistTest, WrongImageSizeIsDataLoss) {
 TEST_F(FashionMnistTest, LabelOutOfRangeIsDataLoss) {
   const std::string labels_path = tmp_ + "/train-labels-idx1-ubyte";
   WriteRaw(tmp_ + "/train-images-idx3-ubyte",
-           IdxBytes({2, 28, 28}, std::vector<uint8_t>(2 * 784, 0)));
-  WriteRaw(labels_path, IdxBytes({2}, {3, 10}));
+           IdxBytes(0x08, {2, 28, 28}, std::vector<uint8_t>(2 * 784, 0)));
+  WriteRaw(labels_path, IdxBytes(0x08, {2}, {3, 10}));
   FashionMnistOptions options;
   options.dir = tmp_;
   EXPECT_THAT(LoadFashionMnist(options),

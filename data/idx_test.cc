@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common/testing/status_matchers.h"
+#include "data/testing/test_files.h"
 
 namespace distill::data {
 namespace {
@@ -37,25 +38,6 @@ class IdxTest : public ::testing::Test {
 
   std::string dir_;
 };
-
-std::vector<uint8_t> IdxBytes(uint8_t type, const std::vector<uint32_t>& dims,
-                              const std::vector<uint8_t>& payload) {
-  std::vector<uint8_t> bytes = {0, 0, type, static_cast<uint8_t>(dims.size())};
-  for (const uint32_t d : dims) {
-    bytes.push_back(d >> 24);
-    bytes.push_back(d >> 16);
-    bytes.push_back(d >> 8);
-    bytes.push_back(d);
-  }
-  bytes.insert(bytes.end(), payload.begin(), payload.end());
-  return bytes;
-}
-
-void WriteRaw(const std::string& path, const std::vector<uint8_t>& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(reinterpret_cast<const char*>(bytes.data()), bytes.size());
-  ASSERT_TRUE(out.good()) << path;
-}
 
 void WriteGzip(const std::string& path, const std::vector<uint8_t>& bytes) {
   gzFile file = gzopen(path.c_str(), "wb");

@@ -19,6 +19,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "common/testing/status_matchers.h"
+#include "data/testing/test_files.h"
 
 namespace distill::data {
 namespace {
@@ -103,12 +104,6 @@ class CountingDataset final : public FakeDataset {
   mutable absl::Notification filled_;
   mutable absl::Notification overran_;
 };
-
-std::vector<int64_t> Iota(int64_t n) {
-  std::vector<int64_t> v(n);
-  std::iota(v.begin(), v.end(), int64_t{0});
-  return v;
-}
 
 LoaderOptions Options(int64_t batch_size, int64_t depth = 4) {
   LoaderOptions options;

@@ -16,6 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/testing/status_matchers.h"
+#include "data/testing/test_files.h"
 
 namespace distill::data {
 namespace {
@@ -39,12 +40,6 @@ SamplerOptions Options(uint64_t seed, int64_t rank, int64_t world,
 
 std::vector<int64_t> Sorted(std::vector<int64_t> v) {
   std::sort(v.begin(), v.end());
-  return v;
-}
-
-std::vector<int64_t> Iota(int64_t n) {
-  std::vector<int64_t> v(n);
-  std::iota(v.begin(), v.end(), int64_t{0});
   return v;
 }
 

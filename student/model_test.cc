@@ -15,7 +15,7 @@ using ::distill::testing::IsOk;
 using ::distill::testing::StatusIs;
 using ::testing::HasSubstr;
 
-const ZooInput kMnist{{1, 28, 28}, 10};
+const ZooInput kFashionMnist{{1, 28, 28}, 10};
 
 std::string TempPath(const std::string& name) {
   auto dir = std::filesystem::temp_directory_path() /
@@ -26,7 +26,7 @@ std::string TempPath(const std::string& name) {
 
 std::unique_ptr<Model> Make(const std::string& arch,
                             std::map<std::string, double> options = {}) {
-  auto m = Model::Create({arch, "", std::move(options)}, kMnist);
+  auto m = Model::Create({arch, "", std::move(options)}, kFashionMnist);
   EXPECT_TRUE(m.ok()) << m.status();
   return std::move(m).value();
 }
@@ -98,7 +98,7 @@ TEST(ModelTest, SaveFileLeavesNoTemporaryBehind) {
 }
 
 TEST(ModelTest, MissingTorchScriptFileIsNotFound) {
-  EXPECT_THAT(Model::Create({"", TempPath("absent.ts.pt"), {}}, kMnist),
+  EXPECT_THAT(Model::Create({"", TempPath("absent.ts.pt"), {}}, kFashionMnist),
               StatusIs(absl::StatusCode::kNotFound,
                        HasSubstr("TorchScript model file not found")));
 }
