@@ -219,7 +219,13 @@ say "sent SIGUSR1 to job $long's batch shell"
 requeued() { [[ "$(job_field "$long" Restarts)" == 1 ]]; }
 wait_for 120 "job $long to requeue" requeued
 # A requeued job may start 120 s later (Slurm holds it that long); the
-# cluster's operator, this test, lets it start now.
+# cluster's operator, this test, lets it start now, but not within the
+# second of the requeue: slurmd refuses a job whose credential is not newer,
+# to the second, than the revocation the requeue made ("Job credential
+# revoked").
+requeue_second=$(date +%s)
+next_second() { (( $(date +%s) > requeue_second )); }
+wait_for 5 "the second after the requeue" next_second
 scontrol update JobId="$long" StartTime=now 2>/dev/null || true
 wait_for 240 "job $long to finish" job_done "$long"
 
