@@ -58,7 +58,7 @@ def parse_args():
 def build(build_dir):
     env = dict(os.environ, DISTILL_BUILD_DIR=build_dir)
     proc = subprocess.run(["bash", os.path.join(REPO, "launch", "build.sh"), "distill",
-                           "dump_batches"], env=env, stdout=subprocess.PIPE,
+                           "teacher_server", "dump_batches"], env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0:
         raise runs.BenchError("build failed:\n" + proc.stdout[-3000:])
@@ -77,43 +77,56 @@ def loss_agreement(fw, ref):
             "max_relative_difference": max(rel)}
 
 
-def optional_runs(args, ctx, mode, teacher_weights, out, log):
-    """Teacher server and cached targets, when this build has them."""
+def teacher_service_runs(args, ctx, mode, teacher_weights, out, log):
+    """Distillation through one teacher server, and through it with the
+    target cache (which only a remote teacher has) against no teacher."""
     bin_dir = os.path.join(args.build_dir, "bin")
     seed = mode["seeds"][0]
-    if ctx["features"]["teacher_server"][0]:
-        spec = modes.student_spec(mode, args.threads, seed, teacher_weights,
-                                  args.temperature, args.alpha)
-        server = runs.TeacherServer(bin_dir, spec["teacher"], args.threads,
-                                    os.path.join(out, "server"))
-        try:
-            endpoint = server.endpoint()
-            log(f"framework distill through teacher_server at {endpoint}, seed {seed}")
-            r = runs.run_framework(bin_dir, spec, os.path.join(out, f"server-s{seed}"),
-                                   extra_flags=[f"--teacher_endpoints={endpoint}"])
-        finally:
-            server.stop()
-        inproc = report.median_epoch([x for x in ctx["distill"] if x.spec["seed"] == seed])
-        ctx["server"] = {"server": report.median_epoch([r]), "inprocess": inproc,
-                         "ratio": report.ratio(report.median_epoch([r]), inproc),
-                         "accuracy": r.accuracy}
-    if ctx["features"]["cached_targets"][0]:
-        # The cache holds targets only when augmentation is off; both runs
-        # here turn it off and take at least two epochs (the first fills it).
-        cached_mode = dict(mode, student_epochs=max(2, mode["student_epochs"]))
-        spec = modes.student_spec(cached_mode, args.threads, seed, teacher_weights,
-                                  args.temperature, args.alpha)
-        hard = modes.student_spec(cached_mode, args.threads, seed)
-        for s in (spec, hard):
-            s["data"]["augment"]["enabled"] = False
-        log(f"framework distill with cached targets (no augmentation), seed {seed}")
-        c = runs.run_framework(bin_dir, spec, os.path.join(out, f"cached-s{seed}"),
+    spec = modes.student_spec(mode, args.threads, seed, teacher_weights,
+                              args.temperature, args.alpha)
+    # The cache holds targets only when augmentation is off; those runs turn
+    # it off and take at least two epochs (the first fills the cache).
+    cached_mode = dict(mode, student_epochs=max(2, mode["student_epochs"]))
+    cached_spec = modes.student_spec(cached_mode, args.threads, seed, teacher_weights,
+                                     args.temperature, args.alpha)
+    hard = modes.student_spec(cached_mode, args.threads, seed)
+    for s in (cached_spec, hard):
+        s["data"]["augment"]["enabled"] = False
+    server = runs.TeacherServer(bin_dir, spec["teacher"], args.threads,
+                                os.path.join(out, "server"))
+    try:
+        spec["teacher_endpoints"] = cached_spec["teacher_endpoints"] = [server.endpoint()]
+        log(f"framework distill through teacher_server, seed {seed}")
+        r = runs.run_framework(bin_dir, spec, os.path.join(out, f"server-s{seed}"))
+        log(f"framework distill through teacher_server with cached targets "
+            f"(no augmentation), seed {seed}")
+        c = runs.run_framework(bin_dir, cached_spec, os.path.join(out, f"cached-s{seed}"),
                                teacher_extra=runs.CACHE_SNIPPET)
-        log(f"framework hard labels (no augmentation), seed {seed}")
-        h = runs.run_framework(bin_dir, hard, os.path.join(out, f"hard-noaug-s{seed}"))
-        cached, none = (statistics.median(r.epoch_seconds[1:]) for r in (c, h))
-        ctx["cached"] = {"cached": cached, "none": none,
-                         "ratio": report.ratio(cached, none)}
+    finally:
+        server.stop()
+    same_seed = [x for x in ctx["distill"] if x.spec["seed"] == seed]
+    inproc = report.median_epoch(same_seed)
+    ctx["server"] = {"server": report.median_epoch([r]), "inprocess": inproc,
+                     "ratio": report.ratio(report.median_epoch([r]), inproc),
+                     "accuracy": r.accuracy, "inprocess_accuracy": same_seed[0].accuracy}
+    log(f"framework hard labels (no augmentation), seed {seed}")
+    h = runs.run_framework(bin_dir, hard, os.path.join(out, f"hard-noaug-s{seed}"))
+    cached, none = (statistics.median(x.epoch_seconds[1:]) for x in (c, h))
+    ctx["cached"] = {"cached": cached, "none": none, "ratio": report.ratio(cached, none)}
+
+
+def quantize_runs(args, ctx, mode, out, log):
+    """PTQ and teacher-guided QAT (one epoch) of every seed's distilled student."""
+    bin_dir = os.path.join(args.build_dir, "bin")
+    ctx["ptq"], ctx["qat"] = [], []
+    for r in ctx["distill"]:
+        seed = r.spec["seed"]
+        weights = os.path.join(r.run_dir, "model.pt")
+        for kind, epochs in (("ptq", 0), ("qat", 1)):
+            log(f"framework {kind.upper()} INT8 of the distilled student, seed {seed}")
+            spec = modes.quantize_spec(r.spec, weights, epochs, mode["calibration_batches"])
+            ctx[kind].append(runs.run_quantize(bin_dir, spec,
+                                               os.path.join(out, f"{kind}-s{seed}")))
 
 
 def main():
@@ -137,7 +150,7 @@ def main():
            "machine": runs.machine_description(), "threshold": mode["threshold"],
            "temperature": args.temperature, "alpha": args.alpha}
     if not args.no_build:
-        log(f"building distill and dump_batches in {args.build_dir}")
+        log(f"building distill, teacher_server and dump_batches in {args.build_dir}")
         build(args.build_dir)
 
     teacher_spec = modes.teacher_spec(mode, args.threads)
@@ -160,11 +173,6 @@ def main():
     ctx["data_check"] = runs.check_data_order(bin_dir, check_spec, mode["check_batches"], 1,
                                               os.path.join(out, "data-check"))
     log(f"data order check: {'passed' if ctx['data_check']['passed'] else 'FAILED'}")
-    ctx["features"] = runs.detect_features(bin_dir, teacher_weights,
-                                           os.path.join(out, "probe"))
-    for name, (ok, why) in ctx["features"].items():
-        log(f"feature {name}: {'built' if ok else 'n/a (not built): ' + why}")
-
     ctx["hard"], ctx["distill"], ctx["reference"] = [], [], []
     for i, seed in enumerate(mode["seeds"]):
         spec = modes.student_spec(mode, args.threads, seed, teacher_weights,
@@ -184,7 +192,8 @@ def main():
         ctx["hard"].append(runs.run_framework(
             bin_dir, modes.student_spec(mode, args.threads, seed),
             os.path.join(out, f"hard-s{seed}")))
-    optional_runs(args, ctx, mode, teacher_weights, out, log)
+    teacher_service_runs(args, ctx, mode, teacher_weights, out, log)
+    quantize_runs(args, ctx, mode, out, log)
     ctx["loss_check"] = loss_agreement(ctx["distill"][0], ctx["reference"][0])
 
     res = report.analyze(ctx)
@@ -210,7 +219,6 @@ def main():
         "mode": mode_name, "command": command, "date": ctx["date"],
         "machine": ctx["machine"], "threads": args.threads,
         "data_check": ctx["data_check"], "loss_check": ctx["loss_check"],
-        "features": {k: {"built": ok, "why": why} for k, (ok, why) in ctx["features"].items()},
         "teacher": {"accuracy": teacher.accuracy, "params": teacher.summary["params"],
                     "train_seconds": teacher.summary.get("train_seconds"),
                     "reused": teacher.reused, "run_dir": teacher.run_dir},
@@ -219,6 +227,13 @@ def main():
                       "accuracy_by_epoch": [e.get("test_accuracy") for e in r.epochs],
                       "run_dir": r.run_dir} for r in ctx[k]]
                  for k in ("hard", "distill", "reference")},
+        "quantized": {k: [{"seed": q.spec["seed"], "fp32_accuracy": q.fp32_accuracy,
+                           "int8_accuracy": q.int8_accuracy,
+                           "int8_onnx_bytes": q.int8_onnx_bytes,
+                           "fp32_onnx_bytes": q.fp32_onnx_bytes,
+                           "wall_seconds": q.wall_seconds, "run_dir": q.run_dir}
+                          for q in ctx[k]]
+                      for k in ("ptq", "qat")},
         "quality": res["quality"], "speed": res["speed"], "profile": res["profile"],
         "targets": res["targets"], "plots": ctx.get("plots", {}),
     }

@@ -22,6 +22,7 @@ MODES = {
         "teacher": {"arch": "cnn_teacher", "options": {}}, "teacher_epochs": 1,
         "student_epochs": 1, "seeds": [1], "warmup_steps": 4,
         "log_every_steps": 1, "threshold": 0.5, "check_batches": 2,
+        "calibration_batches": 2,
     },
     # A smoke check of the whole comparison on this machine, < 5 minutes.
     "quick": {
@@ -29,6 +30,7 @@ MODES = {
         "teacher": {"arch": "cnn_teacher", "options": {}}, "teacher_epochs": 2,
         "student_epochs": 2, "seeds": [1, 2], "warmup_steps": 10,
         "log_every_steps": 3, "threshold": 0.75, "check_batches": 2,
+        "calibration_batches": 8,
     },
     # The published figures: full training set, 3 seeds, long schedules.
     "full": {
@@ -36,6 +38,7 @@ MODES = {
         "teacher": FULL_TEACHER, "teacher_epochs": 15,
         "student_epochs": 15, "seeds": [1, 2, 3], "warmup_steps": 200,
         "log_every_steps": 50, "threshold": 0.91, "check_batches": 2,
+        "calibration_batches": 32,
     },
 }
 
@@ -80,4 +83,15 @@ def student_spec(mode, threads, seed, teacher_weights=None, temperature=4.0, alp
                      "temperature": temperature,
                      "loss": [{"name": "kd_kl", "weight": alpha},
                               {"name": "hard_ce", "weight": round(1.0 - alpha, 6)}]})
+    return spec
+
+
+def quantize_spec(distill_spec, student_weights, qat_epochs, calibration_batches):
+    """INT8 of a distilled student: PTQ alone (qat_epochs 0) or PTQ followed by
+    teacher-guided QAT with the distillation's own loss, teacher and data."""
+    spec = copy.deepcopy(distill_spec)
+    spec["student"]["weights"] = student_weights
+    kind = "ptq" if qat_epochs == 0 else "qat"
+    spec.update({"name": f"{kind}-s{spec['seed']}", "mode": "QUANTIZE",
+                 "qat": {"calibration_batches": calibration_batches, "epochs": qat_epochs}})
     return spec

@@ -1,9 +1,8 @@
 """Runs of the framework (`distill`) and of the PyTorch reference.
 
 Every run gets a job spec (bench/kdbench/modes.py), writes metrics.jsonl and
-summary.json into its own folder, and comes back as a RunResult. Features
-that are not built yet (teacher server, cached targets, QAT) are detected
-here, so the tables print "n/a (not built)" instead of failing.
+summary.json into its own folder, and comes back as a RunResult (training)
+or a QuantizeResult (the INT8 stage).
 """
 import hashlib
 import json
@@ -12,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -23,8 +21,6 @@ REFERENCE = os.path.join(REPO, "bench", "reference", "distill_reference.py")
 PYTHON = "/usr/bin/python3"
 
 # The config text that turns on cached teacher targets, inside `teacher { }`.
-# The cache is not on main yet; when it lands, set this to its real field and
-# the harness measures it (a config that `distill` rejects reads as not built).
 CACHE_SNIPPET = "cache { mode: MEMORY }"
 
 
@@ -76,6 +72,34 @@ class RunResult:
         return total
 
 
+class QuantizeResult:
+    """What one QUANTIZE run left: summary.json and qat/quantization_report.json."""
+
+    def __init__(self, spec, run_dir, wall_seconds):
+        self.spec = spec
+        self.run_dir = run_dir
+        self.wall_seconds = wall_seconds
+        with open(os.path.join(run_dir, "qat", "quantization_report.json")) as f:
+            self.report = json.load(f)
+
+    @property
+    def fp32_accuracy(self):
+        return self.report["accuracy"]["fp32"]["accuracy"]
+
+    @property
+    def int8_accuracy(self):
+        """The exported INT8 model's: after QAT when it ran, else after PTQ."""
+        return self.report["exported_int8_accuracy"]
+
+    @property
+    def int8_onnx_bytes(self):
+        return self.report["onnx_file_bytes"]["int8"]
+
+    @property
+    def fp32_onnx_bytes(self):
+        return self.report["onnx_file_bytes"]["fp32"]
+
+
 def _quote(s):
     return json.dumps(str(s))
 
@@ -100,7 +124,11 @@ def config_text(spec, run_dir, teacher_extra=""):
         f"student {{ {_model_text(spec['student'])} }}",
     ]
     if spec.get("teacher"):
-        lines.append(f"teacher {{ model {{ {_model_text(spec['teacher'])} }} {teacher_extra} }}")
+        # A spec with teacher_endpoints distills through those servers
+        # (which serve spec["teacher"]) instead of loading the model.
+        source = " ".join(f"endpoints: {_quote(e)}" for e in spec.get("teacher_endpoints", []))
+        source = source or f"model {{ {_model_text(spec['teacher'])} }}"
+        lines.append(f"teacher {{ {source} {teacher_extra} }}")
         lines.append(f"temperature: {spec['temperature']}")
     for term in spec["loss"]:
         lines.append(f"loss {{ name: {_quote(term['name'])} weight: {term['weight']} }}")
@@ -121,6 +149,10 @@ def config_text(spec, run_dir, teacher_extra=""):
         "checkpoint_every_epochs: 0",
         "keep_checkpoints: 1",
     ]
+    if spec.get("qat"):
+        q = spec["qat"]
+        lines.append(f"qat {{ calibration_batches: {q['calibration_batches']} "
+                     f"epochs: {q['epochs']} }}")
     return "\n".join(lines) + "\n"
 
 
@@ -136,15 +168,25 @@ def _run(cmd, what, log_path, env=None):
     return seconds
 
 
-def run_framework(bin_dir, spec, run_dir, teacher_extra="", extra_flags=()):
+def _run_distill(bin_dir, spec, run_dir, teacher_extra="", extra_flags=()):
+    """Writes the spec's config into run_dir, runs `distill` on it and
+    returns the wall seconds."""
     os.makedirs(run_dir, exist_ok=True)
     config = os.path.join(run_dir, "job.pbtxt")
     with open(config, "w") as f:
         f.write(config_text(spec, run_dir, teacher_extra))
-    seconds = _run([os.path.join(bin_dir, "distill"), "--quiet", "--config", config,
-                    *extra_flags], f"distill {spec['name']}",
-                   os.path.join(run_dir, "distill.log"))
+    return _run([os.path.join(bin_dir, "distill"), "--quiet", "--config", config,
+                 *extra_flags], f"distill {spec['name']}",
+                os.path.join(run_dir, "distill.log"))
+
+
+def run_framework(bin_dir, spec, run_dir, teacher_extra="", extra_flags=()):
+    seconds = _run_distill(bin_dir, spec, run_dir, teacher_extra, extra_flags)
     return RunResult("framework", spec, run_dir, seconds)
+
+
+def run_quantize(bin_dir, spec, run_dir):
+    return QuantizeResult(spec, run_dir, _run_distill(bin_dir, spec, run_dir))
 
 
 def run_reference(spec, run_dir):
@@ -224,61 +266,6 @@ def check_data_order(bin_dir, spec, batches, epoch, work_dir):
             "passed": ids_equal and pixels_equal and samples > 0}
 
 
-# ---------------------------------------------------------------- features
-
-def probe_config(bin_dir, teacher_weights, teacher_extra, work_dir):
-    """True when `distill` accepts a distillation config with `teacher_extra`
-    inside `teacher { }`, with the reason otherwise (its error line)."""
-    spec = {"name": "probe", "mode": "DISTILL",
-            "student": {"arch": "cnn_student"},
-            "teacher": {"arch": "cnn_teacher", "weights": teacher_weights},
-            "temperature": 4.0, "loss": [{"name": "kd_kl", "weight": 1.0}],
-            "data": {"dir": "/nonexistent-probe-dir", "train_limit": 0, "test_limit": 0,
-                     "augment": {"enabled": False, "crop_padding": 2,
-                                 "horizontal_flip": True}},
-            "epochs": 1, "batch_size": 8,
-            "optimizer": {"lr": 0.1, "momentum": 0.9, "nesterov": False,
-                          "weight_decay": 0.0},
-            "lr_schedule": {"type": "CONSTANT", "warmup_steps": 0, "min_lr": 0.0},
-            "seed": 0, "threads": 1, "log_every_steps": 1}
-    os.makedirs(work_dir, exist_ok=True)
-    config = os.path.join(work_dir, "probe.pbtxt")
-    with open(config, "w") as f:
-        f.write(config_text(spec, os.path.join(work_dir, "probe-run"), teacher_extra))
-    proc = subprocess.run([os.path.join(bin_dir, "distill"), "--quiet", "--config", config],
-                          capture_output=True, text=True)
-    # The data folder does not exist: a config that parsed and validated
-    # fails on it, one that did not fails on the config first.
-    message = (proc.stderr.strip().splitlines() or [""])[-1]
-    # Name the probe file, not where this run put it.
-    message = message.replace(config, "probe.pbtxt")
-    if "nonexistent-probe-dir" in message:
-        return True, ""
-    return False, message
-
-
-def detect_features(bin_dir, teacher_weights, work_dir):
-    features = {}
-    server = os.path.join(bin_dir, "teacher_server")
-    help_text = subprocess.run([os.path.join(bin_dir, "distill"), "--helpfull"],
-                               capture_output=True, text=True).stdout
-    if os.path.exists(server) and "teacher_endpoints" in help_text:
-        features["teacher_server"] = (True, "")
-    else:
-        features["teacher_server"] = (False, "no teacher_server binary or "
-                                             "--teacher_endpoints flag in this build")
-    ok, why = probe_config(bin_dir, teacher_weights, CACHE_SNIPPET, work_dir)
-    features["cached_targets"] = (ok, "" if ok else f"`teacher {{ {CACHE_SNIPPET} }}` "
-                                                    f"rejected: {why}")
-    features["qat"] = (False, "no QAT stage in this build (proto/job.proto has no "
-                              "quantization config)")
-    with open(os.path.join(REPO, "proto", "job.proto")) as f:
-        if "qat" in f.read().lower():
-            features["qat"] = (False, "a QAT config exists but the harness does not "
-                                      "drive it yet")
-    return features
-
-
 class TeacherServer:
     """A `teacher_server` process on loopback (the contract in the teacher
     server's docs): started with --port_file, stopped with SIGTERM."""
@@ -345,10 +332,6 @@ def machine_description():
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return {"cpu": cpu, "cores": os.cpu_count(), "os": os_name,
             "torch": version, "load_at_start": round(load, 2)}
-
-
-def temp_dir(prefix):
-    return tempfile.mkdtemp(prefix=prefix)
 
 
 def log_to_stderr(message):
