@@ -61,10 +61,13 @@ class CliTest : public ::testing::Test {
     return p;
   }
 
-  Outcome Run(const std::string& args) {
+  // Runs `distill args`; a non-empty `input` is a shell command whose
+  // output is piped into it.
+  Outcome Run(const std::string& args, const std::string& input = "") {
     const fs::path out = dir_ / "stdout.txt", err = dir_ / "stderr.txt";
-    const std::string cmd = BinDir() + "/distill " + args + " >" +
-                            out.string() + " 2>" + err.string();
+    const std::string cmd = (input.empty() ? "" : input + " | ") + BinDir() +
+                            "/distill " + args + " >" + out.string() + " 2>" +
+                            err.string();
     const int status = std::system(cmd.c_str());
     Outcome o;
     if (WIFEXITED(status)) o.exit_code = WEXITSTATUS(status);
@@ -353,14 +356,11 @@ TEST_F(CliTest, ConfigFromAPipeIsReadOnce) {
     data { train_limit: 128 test_limit: 64 }
     batch_size: 64 epochs: 1 threads: 1
   )pb");
-  const fs::path run = dir_ / "piped", err = dir_ / "piped.err";
-  const std::string cmd = "cat " + config.string() + " | " + BinDir() +
-                          "/distill --quiet --config /dev/stdin --run_dir " +
-                          run.string() + " 2>" + err.string();
-  const int status = std::system(cmd.c_str());
-  ASSERT_TRUE(WIFEXITED(status));
-  EXPECT_EQ(WEXITSTATUS(status), 0) << ReadFile(err);
-  EXPECT_EQ(ReadFile(err), "");
+  const fs::path run = dir_ / "piped";
+  Outcome o = Run("--quiet --config /dev/stdin --run_dir " + run.string(),
+                  "cat " + config.string());
+  EXPECT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_EQ(o.err, "");
   auto summary = nlohmann::json::parse(ReadFile(run / "summary.json"));
   EXPECT_EQ(summary["steps"], 2);
 }

@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -84,8 +85,11 @@ class Server {
     }
   }
   // The process stops but its connections stay open: nothing breaks.
-  void Stop() { ::kill(pid_, SIGSTOP); }
+  void Stop() {
+    if (pid_ > 0) ::kill(pid_, SIGSTOP);
+  }
   void Kill() {
+    if (pid_ <= 0) return;  // Already killed (kill(-1, ...) would hit everything).
     ::kill(pid_, SIGKILL);
     WaitExit(pid_);
     pid_ = -1;
@@ -199,6 +203,54 @@ class TeacherClientTest : public ::testing::Test {
         .get<double>();
   }
 
+  struct FailoverOutcome {
+    std::string err;     // the trainer's stderr
+    std::string failed;  // the address of the server that failed
+    nlohmann::json epoch;
+  };
+
+  // Distills 4096 samples (128 steps) through servers a and b, with
+  // `teacher_extra` in the teacher section, and does `fail` to b once 10
+  // steps are trained. Expects the epoch to complete with every sample's
+  // targets once, paired with the right sample: the student ends where a
+  // run through a alone ends.
+  FailoverOutcome RunWithFailingServer(const std::string& teacher_extra,
+                                       const std::function<void(Server&)>& fail) {
+    FailoverOutcome result;
+    Server a(dir_, "a", TeacherModel());
+    Outcome unbroken = Run(
+        Config("one", "endpoints: \"" + a.address() + "\"", 4096), dir_ / "one");
+    EXPECT_EQ(unbroken.exit_code, 0) << unbroken.err;
+
+    Server b(dir_, "b", TeacherModel());
+    result.failed = b.address();
+    const fs::path run = dir_ / "two";
+    const pid_t trainer = Start(Config("two",
+                                       "endpoints: \"" + a.address() +
+                                           "\" endpoints: \"" + b.address() +
+                                           "\"" + teacher_extra,
+                                       4096),
+                                run);
+    EXPECT_TRUE(WaitUntil([&] {
+      return LastStep(run) >= 10 || ::waitpid(trainer, nullptr, WNOHANG) != 0;
+    }));
+    EXPECT_TRUE(Records(run, "epoch").empty()) << "the epoch ended before the failure";
+    fail(b);
+    Outcome o = Finish(trainer, run);
+    b.Kill();
+    result.err = o.err;
+    EXPECT_EQ(o.exit_code, 0) << o.err;
+    auto epoch = Records(run, "epoch");
+    EXPECT_EQ(epoch.size(), 1u);
+    if (epoch.empty()) return result;
+    result.epoch = epoch[0];
+    EXPECT_EQ(result.epoch["teacher_samples"], 4096);
+    EXPECT_EQ(Records(run, "train").back()["step"], 128);
+    EXPECT_LT(WeightDistance(dir_ / "one", run), 1e-4);
+    EXPECT_NEAR(Accuracy(dir_ / "one"), Accuracy(run), 0.002);
+    return result;
+  }
+
   static fs::path shared_;
   fs::path dir_;
 };
@@ -241,76 +293,22 @@ TEST_F(TeacherClientTest, ServerMatchesInProcessTeacher) {
 }
 
 TEST_F(TeacherClientTest, EpochSurvivesASigkilledServer) {
-  Server a(dir_, "a", TeacherModel());
-  Outcome unbroken = Run(
-      Config("one", "endpoints: \"" + a.address() + "\"", 4096), dir_ / "one");
-  ASSERT_EQ(unbroken.exit_code, 0) << unbroken.err;
-
-  Server b(dir_, "b", TeacherModel());
-  const fs::path run = dir_ / "two";
-  const pid_t trainer =
-      Start(Config("two",
-                   "endpoints: \"" + a.address() + "\" endpoints: \"" +
-                       b.address() + "\"",
-                   4096),
-            run);
-  // Kill b once 10 of the 128 steps are trained, both servers serving.
-  ASSERT_TRUE(WaitUntil([&] {
-    return LastStep(run) >= 10 || ::waitpid(trainer, nullptr, WNOHANG) != 0;
-  }));
-  EXPECT_TRUE(Records(run, "epoch").empty()) << "the epoch ended before the kill";
-  b.Kill();
-  Outcome o = Finish(trainer, run);
-  ASSERT_EQ(o.exit_code, 0) << o.err;
-  EXPECT_THAT(o.err, HasSubstr("distill: teacher server " + b.address() + " failed: "));
-
-  auto epoch = Records(run, "epoch");
-  ASSERT_EQ(epoch.size(), 1u);
-  // Every sample got its targets once, paired with the right sample: the
-  // student ends where the unbroken run ended.
-  EXPECT_EQ(epoch[0]["teacher_samples"], 4096);
-  EXPECT_GE(epoch[0]["teacher_endpoint_failures"].get<int>(), 1);
-  EXPECT_EQ(Records(run, "train").back()["step"], 128);
-  EXPECT_LT(WeightDistance(dir_ / "one", run), 1e-4);
-  EXPECT_NEAR(Accuracy(dir_ / "one"), Accuracy(run), 0.002);
+  const FailoverOutcome o =
+      RunWithFailingServer("", [](Server& b) { b.Kill(); });
+  EXPECT_THAT(o.err, HasSubstr("distill: teacher server " + o.failed + " failed: "));
+  EXPECT_GE(o.epoch["teacher_endpoint_failures"].get<int>(), 1);
 }
 
 // A stopped server keeps its connection open, so only the answer timeout
-// notices it; its unanswered batches go to the other server and the epoch
-// ends where the unbroken run ends.
+// notices it; its unanswered batches go to the other server.
 TEST_F(TeacherClientTest, EpochSurvivesAStoppedServer) {
-  Server a(dir_, "a", TeacherModel());
-  Outcome unbroken = Run(
-      Config("one", "endpoints: \"" + a.address() + "\"", 4096), dir_ / "one");
-  ASSERT_EQ(unbroken.exit_code, 0) << unbroken.err;
-
-  Server b(dir_, "b", TeacherModel());
-  const fs::path run = dir_ / "two";
-  const pid_t trainer = Start(
-      Config("two",
-             "endpoints: \"" + a.address() + "\" endpoints: \"" + b.address() +
-                 "\" answer_timeout_seconds: 2 connect_timeout_seconds: 1",
-             4096),
-      run);
-  ASSERT_TRUE(WaitUntil([&] {
-    return LastStep(run) >= 10 || ::waitpid(trainer, nullptr, WNOHANG) != 0;
-  }));
-  EXPECT_TRUE(Records(run, "epoch").empty()) << "the epoch ended before the stop";
-  b.Stop();
-  Outcome o = Finish(trainer, run);
-  b.Kill();
-  ASSERT_EQ(o.exit_code, 0) << o.err;
-  EXPECT_THAT(o.err, HasSubstr("distill: teacher server " + b.address() +
+  const FailoverOutcome o = RunWithFailingServer(
+      " answer_timeout_seconds: 2 connect_timeout_seconds: 1",
+      [](Server& b) { b.Stop(); });
+  EXPECT_THAT(o.err, HasSubstr("distill: teacher server " + o.failed +
                                " failed: no answer to batch "));
   EXPECT_THAT(o.err, HasSubstr(" within 2s\n"));
-
-  auto epoch = Records(run, "epoch");
-  ASSERT_EQ(epoch.size(), 1u);
-  EXPECT_EQ(epoch[0]["teacher_samples"], 4096);
-  EXPECT_GE(epoch[0]["teacher_resent_batches"].get<int>(), 1);
-  EXPECT_EQ(Records(run, "train").back()["step"], 128);
-  EXPECT_LT(WeightDistance(dir_ / "one", run), 1e-4);
-  EXPECT_NEAR(Accuracy(dir_ / "one"), Accuracy(run), 0.002);
+  EXPECT_GE(o.epoch["teacher_resent_batches"].get<int>(), 1);
 }
 
 TEST_F(TeacherClientTest, MismatchedTeacherIsRefusedAtConnect) {
