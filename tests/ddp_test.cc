@@ -31,7 +31,7 @@ using ::distill::testing::ReadFile;
 using ::distill::testing::Spawn;
 using ::distill::testing::TorchrunEnv;
 using ::distill::testing::WaitExit;
-using ::distill::testing::WaitForFile;
+using ::distill::testing::WaitForCheckpoint;
 
 // A `distill` rank as a child process with torchrun-style variables.
 struct Rank {
@@ -184,8 +184,7 @@ TEST_F(DdpTest, HungRankTimesOut) {
                                          "--run_dir", run.string()};
   const int port = FreePort();
   Rank r0 = Start(0, 2, port, args), r1 = Start(1, 2, port, args);
-  const fs::path first = run / "checkpoints" / "ckpt-000000005.pt";
-  ASSERT_TRUE(WaitForFile(first, std::chrono::minutes(2)));
+  ASSERT_TRUE(WaitForCheckpoint(run, std::chrono::minutes(2)));
   ::kill(r1.pid, SIGSTOP);
   EXPECT_EQ(Wait(r0), 1);
   ::kill(r1.pid, SIGKILL);
@@ -214,8 +213,7 @@ TEST_F(DdpTest, KilledRankStopsTheOthersAndTheJobResumes) {
   Rank r0 = Start(0, 2, port, args), r1 = Start(1, 2, port, args);
   // Kill rank 1 once rank 0 has written its first checkpoint (bounded wait
   // for that event, not a sleep standing in for it).
-  const fs::path first = run / "checkpoints" / "ckpt-000000005.pt";
-  ASSERT_TRUE(WaitForFile(first, std::chrono::minutes(3)));
+  ASSERT_TRUE(WaitForCheckpoint(run, std::chrono::minutes(3)));
   ::kill(r1.pid, SIGKILL);
   const auto killed_at = std::chrono::steady_clock::now();
   EXPECT_EQ(Wait(r1), -SIGKILL);

@@ -32,7 +32,7 @@ using ::distill::testing::BinDir;
 using ::distill::testing::ReadFile;
 using ::distill::testing::Spawn;
 using ::distill::testing::WaitExit;
-using ::distill::testing::WaitForFile;
+using ::distill::testing::WaitForCheckpoint;
 
 int Count(const std::string& text, const std::string& what) {
   int n = 0;
@@ -180,8 +180,7 @@ TEST_F(LaunchTest, KilledRankRestartsTheGroupFromTheCheckpoint) {
   Launch l = Start({"--nproc", "2", "--max_restarts", "2", "--work_dir",
                     work.string(), "--", "--config", config, "--run_dir",
                     run.string()});
-  ASSERT_TRUE(WaitForFile(run / "checkpoints" / "ckpt-000000005.pt",
-                          std::chrono::seconds(120)));
+  ASSERT_TRUE(WaitForCheckpoint(run));
   auto record = nlohmann::json::parse(ReadFile(work / "attempt-0.json"));
   const pid_t rank1 = record["ranks"][1]["pid"].get<pid_t>();
   ASSERT_EQ(::kill(rank1, SIGKILL), 0);
@@ -278,8 +277,7 @@ TEST_F(LaunchTest, SigtermStopsTheRanksAtACheckpointAndTheJobResumes) {
   fs::create_directories(work);
   Launch l = Start({"--nproc", "2", "--work_dir", work.string(), "--", "--quiet",
                     "--config", config, "--run_dir", run.string()});
-  ASSERT_TRUE(WaitForFile(run / "checkpoints" / "ckpt-000000005.pt",
-                          std::chrono::seconds(120)));
+  ASSERT_TRUE(WaitForCheckpoint(run));
   ASSERT_EQ(::kill(l.pid, SIGTERM), 0);
   EXPECT_EQ(Wait(l), 128 + SIGTERM) << ReadFile(l.err);
   EXPECT_THAT(ReadFile(l.out), HasSubstr("[rank 0] stopped after a checkpoint at "));
@@ -305,8 +303,7 @@ TEST_F(LaunchTest, SigusrOneIsAPreemptionNotice) {
   fs::create_directories(work);
   Launch l = Start({"--nproc", "1", "--work_dir", work.string(), "--", "--quiet",
                     "--config", config, "--run_dir", run.string()});
-  ASSERT_TRUE(WaitForFile(run / "checkpoints" / "ckpt-000000005.pt",
-                          std::chrono::seconds(120)));
+  ASSERT_TRUE(WaitForCheckpoint(run));
   ASSERT_EQ(::kill(l.pid, SIGUSR1), 0);
   EXPECT_EQ(Wait(l), 128 + SIGUSR1) << ReadFile(l.err);
   EXPECT_THAT(ReadFile(l.out), HasSubstr("[rank 0] stopped after a checkpoint at "));
@@ -363,8 +360,7 @@ TEST_F(LaunchTest, KilledTeacherRestartsTheGroup) {
                     "--teacher_args", "--arch mlp --weights " + teacher.string(),
                     "--work_dir", work.string(), "--", "--quiet", "--config",
                     config, "--run_dir", run.string()});
-  ASSERT_TRUE(WaitForFile(run / "checkpoints" / "ckpt-000000005.pt",
-                          std::chrono::seconds(120)));
+  ASSERT_TRUE(WaitForCheckpoint(run));
   auto record = nlohmann::json::parse(ReadFile(work / "attempt-0.json"));
   ASSERT_EQ(::kill(record["teachers"][0]["pid"].get<pid_t>(), SIGKILL), 0);
   ASSERT_EQ(Wait(l), 0) << ReadFile(l.err);

@@ -93,4 +93,23 @@ bool WaitForFile(const fs::path& path, std::chrono::milliseconds deadline) {
   return WaitUntil([&] { return fs::exists(path); }, deadline);
 }
 
+bool WaitForCheckpoint(const fs::path& run_dir,
+                       std::chrono::milliseconds deadline) {
+  const fs::path dir = run_dir / "checkpoints";
+  return WaitUntil(
+      [&] {
+        std::error_code ec;
+        for (fs::directory_iterator it(dir, ec), end; !ec && it != end;
+             it.increment(ec)) {
+          const std::string name = it->path().filename().string();
+          if (name.rfind("ckpt-", 0) == 0 && name.size() > 8 &&
+              name.compare(name.size() - 3, 3, ".pt") == 0) {
+            return true;
+          }
+        }
+        return false;
+      },
+      deadline);
+}
+
 }  // namespace distill::testing

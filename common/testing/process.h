@@ -53,6 +53,13 @@ bool WaitUntil(const std::function<bool()>& done,
 bool WaitForFile(const std::filesystem::path& path,
                  std::chrono::milliseconds deadline = std::chrono::seconds(120));
 
+// WaitUntil `run_dir`/checkpoints holds a finished checkpoint (any
+// ckpt-*.pt). Waiting for one particular file races with retention: with
+// keep_checkpoints 2 the step-5 file is gone by step 15, which a fast run
+// reaches in a fraction of a second.
+bool WaitForCheckpoint(const std::filesystem::path& run_dir,
+                       std::chrono::milliseconds deadline = std::chrono::seconds(120));
+
 }  // namespace distill::testing
 
 #endif  // DISTILL_COMMON_TESTING_PROCESS_H_
