@@ -8,6 +8,7 @@
 #include "absl/strings/str_join.h"
 #include "common/status.h"
 #include "common/torch_status.h"
+#include "student/inference.h"
 #include "student/model.h"
 #include "teacher_server/file_hash.h"
 
@@ -100,9 +101,12 @@ absl::StatusOr<ServedModel> LoadServedModel(const ModelSource& source) {
         "[2, S, V]"));
   }
   served.output_shape.assign(out.sizes().begin() + 1, out.sizes().end());
-  std::shared_ptr<student::Model> shared = std::move(model);
-  served.forward = [shared](const torch::Tensor& inputs) {
-    return shared->forward(inputs).to(torch::kFloat);
+  // Served teachers never train: prepared for inference (BatchNorm folded,
+  // linear layers on oneDNN), as the trainer's in-process teacher is.
+  DISTILL_ASSIGN_OR_RETURN(std::shared_ptr<student::InferenceModel> prepared,
+                           student::InferenceModel::Create(std::move(model)));
+  served.forward = [prepared](const torch::Tensor& inputs) {
+    return prepared->forward(inputs).to(torch::kFloat);
   };
   return served;
 }

@@ -17,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "data/dataset.h"
 #include "losses/teacher_targets.h"
+#include "student/inference.h"
 #include "student/model.h"
 
 namespace distill::trainer {
@@ -62,13 +63,15 @@ class InProcessTeacher final : public TeacherClient {
                                                  double temperature) override;
   int64_t num_classes() const override { return num_classes_; }
   std::string description() const override;
-  student::Model& model() { return *model_; }
+  // How the forward runs (student::InferenceModel::how()).
+  const std::string& how() const { return model_->how(); }
 
  private:
-  InProcessTeacher(std::unique_ptr<student::Model> model, int64_t num_classes)
+  InProcessTeacher(std::unique_ptr<student::InferenceModel> model,
+                   int64_t num_classes)
       : model_(std::move(model)), num_classes_(num_classes) {}
 
-  std::unique_ptr<student::Model> model_;
+  std::unique_ptr<student::InferenceModel> model_;
   int64_t num_classes_;
 };
 
