@@ -159,6 +159,10 @@ class RemoteTeacher::Impl {
   absl::Status failed_ ABSL_GUARDED_BY(mu_);
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  // Where Dispatch starts looking: endpoints with equal load take turns, so
+  // a teacher that answers before the next batch comes (every server idle)
+  // does not get all the work.
+  size_t next_endpoint_ ABSL_GUARDED_BY(mu_) = 0;
 
   // Metrics since the last TakeStats.
   std::vector<double> latencies_ms_ ABSL_GUARDED_BY(mu_);
@@ -350,12 +354,14 @@ void RemoteTeacher::Impl::Dispatch(std::shared_ptr<Pending> pending,
   }
   while (true) {
     std::shared_ptr<Endpoint> best;
-    for (const auto& endpoint : endpoints_) {
+    for (size_t i = 0; i < endpoints_.size(); ++i) {
+      const auto& endpoint = endpoints_[(next_endpoint_ + i) % endpoints_.size()];
       if (endpoint->up &&
           (best == nullptr || endpoint->outstanding < best->outstanding)) {
         best = endpoint;
       }
     }
+    ++next_endpoint_;
     if (best == nullptr) {
       waiting_.push_back(std::move(pending));
       wake_.Signal();
