@@ -14,8 +14,9 @@ namespace distill::student {
 struct InferenceModel::Step {
   enum class Kind { kConv, kLinear, kAffine, kRelu, kMaxPool2x2, kFlatten };
   Kind kind = Kind::kRelu;
-  // kConv: the folded weight and bias (dense). kLinear: weight and bias
-  // (bias may be undefined), packed for oneDNN when `onednn`.
+  // The folded weight and bias (bias may be undefined). With `onednn`, a
+  // conv's weight is reordered for oneDNN's conv (bias dense) and a linear
+  // layer's weight and bias are oneDNN tensors.
   torch::Tensor weight, bias;
   bool onednn = false;
   std::vector<int64_t> stride, padding, dilation;
@@ -85,28 +86,43 @@ Step Functional(Step::Kind kind) {
   return s;
 }
 
+torch::Tensor Dense(const torch::Tensor& x) {
+  return x.is_mkldnn() ? x.to_dense() : x;
+}
+
+torch::Tensor OneDnn(const torch::Tensor& x) {
+  return x.is_mkldnn() ? x : x.contiguous().to_mkldnn();
+}
+
+// Runs one step. Between oneDNN convs the activations stay in oneDNN's
+// layout (ReLU and pooling run on it too), so each conv's input and weight
+// are not reordered on every call; flatten and linear layers go back to
+// dense tensors.
 torch::Tensor Run(const Step& s, const torch::Tensor& x) {
+  const auto bias = [&s] {
+    return s.bias.defined() ? c10::optional<torch::Tensor>(s.bias) : c10::nullopt;
+  };
   switch (s.kind) {
     case Step::Kind::kConv:
-      return torch::conv2d(x, s.weight, s.bias, s.stride, s.padding, s.dilation,
-                           s.groups);
+      if (s.onednn) {
+        return torch::mkldnn_convolution(OneDnn(x), s.weight, bias(), s.padding,
+                                         s.stride, s.dilation, s.groups);
+      }
+      return torch::conv2d(Dense(x), s.weight, s.bias, s.stride, s.padding,
+                           s.dilation, s.groups);
     case Step::Kind::kLinear:
       if (s.onednn) {
-        return torch::mkldnn_linear(x.contiguous().to_mkldnn(), s.weight,
-                                    s.bias.defined()
-                                        ? c10::optional<torch::Tensor>(s.bias)
-                                        : c10::nullopt)
-            .to_dense();
+        return torch::mkldnn_linear(OneDnn(Dense(x)), s.weight, bias()).to_dense();
       }
-      return torch::linear(x, s.weight, s.bias);
+      return torch::linear(Dense(x), s.weight, s.bias);
     case Step::Kind::kAffine:
-      return torch::addcmul(s.shift, x, s.scale);
+      return torch::addcmul(s.shift, Dense(x), s.scale);
     case Step::Kind::kRelu:
       return torch::relu(x);
     case Step::Kind::kMaxPool2x2:
       return torch::max_pool2d(x, 2);
     case Step::Kind::kFlatten:
-      return x.flatten(1);
+      return Dense(x).flatten(1);
   }
   return x;
 }
@@ -212,9 +228,16 @@ absl::StatusOr<std::unique_ptr<InferenceModel>> InferenceModel::Create(
           out->how_ = absl::StrCat("eager: ", plan.unsupported);
           return absl::OkStatus();
         }
-        const bool onednn = options.onednn_linear && at::hasMKLDNN();
+        const bool onednn = options.onednn && at::hasMKLDNN();
         for (Step& s : plan.steps) {
-          if (s.kind == Step::Kind::kLinear && onednn) {
+          if (s.kind == Step::Kind::kConv && onednn) {
+            // Reordered once into the layout oneDNN's conv wants; the bias
+            // stays dense, as oneDNN's conv takes it.
+            s.weight = torch::mkldnn_reorder_conv2d_weight(
+                s.weight.contiguous().to_mkldnn(), s.padding, s.stride,
+                s.dilation, s.groups);
+            s.onednn = true;
+          } else if (s.kind == Step::Kind::kLinear && onednn) {
             s.weight = s.weight.contiguous().to_mkldnn();
             if (s.bias.defined()) s.bias = s.bias.contiguous().to_mkldnn();
             s.onednn = true;
@@ -223,12 +246,10 @@ absl::StatusOr<std::unique_ptr<InferenceModel>> InferenceModel::Create(
         }
         std::vector<std::string> parts;
         if (plan.convs > 0) parts.push_back(absl::StrCat(plan.convs, " conv"));
-        if (plan.linears > 0) {
-          parts.push_back(absl::StrCat(plan.linears, " linear",
-                                       onednn ? " (oneDNN)" : ""));
-        }
-        out->how_ = absl::StrCat("prepared: ", absl::StrJoin(parts, ", "), ", ",
-                                 plan.folded, " BatchNorm folded");
+        if (plan.linears > 0) parts.push_back(absl::StrCat(plan.linears, " linear"));
+        out->how_ = absl::StrCat("prepared", onednn ? " for oneDNN" : "", ": ",
+                                 absl::StrJoin(parts, ", "), ", ", plan.folded,
+                                 " BatchNorm folded");
         return absl::OkStatus();
       });
   if (!prepared.ok()) return prepared;
@@ -240,7 +261,7 @@ torch::Tensor InferenceModel::forward(const torch::Tensor& inputs) const {
   if (steps_.empty()) return model_->forward(inputs);
   torch::Tensor x = inputs;
   for (const auto& step : steps_) x = Run(*step, x);
-  return x;
+  return Dense(x);
 }
 
 }  // namespace distill::student

@@ -56,7 +56,7 @@ TEST_P(PreparedMatchesEager, OnRandomImages) {
     ASSERT_TRUE(prepared.ok()) << prepared.status();
     EXPECT_TRUE((*prepared)->prepared());
     EXPECT_EQ((*prepared)->how(),
-              onednn ? c.how : absl::StrReplaceAll(c.how, {{" (oneDNN)", ""}}));
+              onednn ? c.how : absl::StrReplaceAll(c.how, {{" for oneDNN", ""}}));
     torch::Tensor got = (*prepared)->forward(x);
     EXPECT_FALSE(got.requires_grad());
     ASSERT_EQ(got.sizes(), want.sizes());
@@ -67,12 +67,12 @@ TEST_P(PreparedMatchesEager, OnRandomImages) {
 INSTANTIATE_TEST_SUITE_P(
     Zoo, PreparedMatchesEager,
     ::testing::Values(
-        Case{"cnn_teacher", {}, "prepared: 2 conv, 2 linear (oneDNN), 2 BatchNorm folded"},
+        Case{"cnn_teacher", {}, "prepared for oneDNN: 2 conv, 2 linear, 2 BatchNorm folded"},
         Case{"cnn_teacher",
              {{"convs_per_stage", 2}, {"hidden", 256}},
-             "prepared: 4 conv, 2 linear (oneDNN), 4 BatchNorm folded"},
-        Case{"cnn_student", {}, "prepared: 2 conv, 2 linear (oneDNN), 2 BatchNorm folded"},
-        Case{"mlp", {{"dropout", 0.5}}, "prepared: 3 linear (oneDNN), 0 BatchNorm folded"}),
+             "prepared for oneDNN: 4 conv, 2 linear, 4 BatchNorm folded"},
+        Case{"cnn_student", {}, "prepared for oneDNN: 2 conv, 2 linear, 2 BatchNorm folded"},
+        Case{"mlp", {{"dropout", 0.5}}, "prepared for oneDNN: 3 linear, 0 BatchNorm folded"}),
     [](const ::testing::TestParamInfo<Case>& info) {
       return info.param.arch + (info.param.options.empty() ? "" : "_options");
     });
