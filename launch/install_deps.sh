@@ -9,6 +9,10 @@ if [[ "$(id -u)" != "0" ]]; then SUDO="sudo"; fi
 PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git
   libtorch-dev libgloo-dev
+  # An optimized BLAS for LibTorch's linear layers: without one (apt's
+  # --no-install-recommends) they run on the netlib reference BLAS, ~20x
+  # slower. BLIS rather than OpenBLAS: see the check at the end.
+  libblis4-openmp
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
   libonnx-dev prometheus-cpp-dev nlohmann-json3-dev zlib1g-dev libssl-dev openssl
@@ -46,4 +50,17 @@ ONNX_DIR="$(cd "$(dirname "$0")/.." && pwd)/tests/onnx"
 if ! node -e "require('$ONNX_DIR/node_modules/onnxruntime-node')" >/dev/null 2>&1; then
   echo "install_deps: npm ci in tests/onnx (onnxruntime-node)"
   (cd "$ONNX_DIR" && npm ci --ignore-scripts --no-audit --no-fund)
+fi
+
+# OpenBLAS keeps 60 KB of static TLS per thread, more than fits in the
+# fixed stacks civetweb (under prometheus-cpp) gives its threads, so with
+# OpenBLAS as the system BLAS `teacher_server --metrics_port` cannot start
+# ("null context when constructing CivetServer"). Say so; the choice of the
+# system's BLAS is the machine owner's.
+blas=$(readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3 2>/dev/null || true)
+if [[ "$blas" == *openblas* ]]; then
+  echo "install_deps: warning: the system BLAS is OpenBLAS ($blas); teacher_server's"
+  echo "  Prometheus endpoint (--metrics_port) cannot start with it. To use BLIS:"
+  echo "  update-alternatives --set libblas.so.3-x86_64-linux-gnu" \
+    "/usr/lib/x86_64-linux-gnu/blis-openmp/libblas.so.3"
 fi
