@@ -168,10 +168,19 @@ def _run(cmd, what, log_path, env=None):
     return seconds
 
 
+def _fresh_dir(run_dir):
+    """An empty run folder: `distill` appends to a metrics.jsonl it finds
+    (that is how --resume keeps a run's history), so a folder left by an
+    earlier, interrupted bench would mix two runs' epochs."""
+    if os.path.isdir(run_dir):
+        shutil.rmtree(run_dir)
+    os.makedirs(run_dir)
+
+
 def _run_distill(bin_dir, spec, run_dir, teacher_extra="", extra_flags=()):
-    """Writes the spec's config into run_dir, runs `distill` on it and
-    returns the wall seconds."""
-    os.makedirs(run_dir, exist_ok=True)
+    """Writes the spec's config into a fresh run_dir, runs `distill` on it
+    and returns the wall seconds."""
+    _fresh_dir(run_dir)
     config = os.path.join(run_dir, "job.pbtxt")
     with open(config, "w") as f:
         f.write(config_text(spec, run_dir, teacher_extra))
@@ -190,7 +199,7 @@ def run_quantize(bin_dir, spec, run_dir):
 
 
 def run_reference(spec, run_dir):
-    os.makedirs(run_dir, exist_ok=True)
+    _fresh_dir(run_dir)
     spec_path = os.path.join(run_dir, "spec.json")
     with open(spec_path, "w") as f:
         json.dump(spec, f, indent=1)
