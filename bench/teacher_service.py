@@ -1,8 +1,11 @@
-"""Epoch time and accuracy of one distillation job three ways, in one run:
-the teacher in the trainer's process, the teacher behind one
-`teacher_server` on loopback, and that server with the trainer's target
-cache (`teacher { cache { mode: MEMORY } }`: epoch 1 asks the server,
-later epochs ask nobody).
+"""The teacher server's figures in one run. First `teacher_bench`: bytes
+per sample on the wire, samples/s and KL against dense fp32 for every
+encoding at C = 10 and V = 32,000, and dynamic batching on and off. Then
+the epoch time and accuracy of one distillation job three ways: the teacher
+in the trainer's process, the teacher behind one `teacher_server` on
+loopback, and that server with the trainer's target cache
+(`teacher { cache { mode: MEMORY } }`: epoch 1 asks the server, later
+epochs ask nobody).
 
 The job is the quickstart's student (launch/configs/quickstart_student.pbtxt:
 cnn_student from cnn_teacher, T = 4, 0.9 KL + 0.1 CE, 3 epochs, batch 128,
@@ -10,7 +13,8 @@ no augmentation), so its accuracy can be set beside the quickstart's. The
 teacher is the quickstart's (runs/quickstart/teacher/model.pt), trained
 first when missing.
 
-usage: bash bench/teacher_epochs.sh [--epochs N] [--train_limit N] [--threads N]
+usage: bash bench/teacher_service.sh [--epochs N] [--train_limit N] [--threads N]
+                                    [--skip_encodings]
 """
 import argparse
 import json
@@ -32,7 +36,9 @@ def parse_args():
     p.add_argument("--train_limit", type=int, default=0, help="0: all 60,000 images")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--build_dir", default=os.path.join(REPO, "build"))
-    p.add_argument("--out", default=os.path.join(REPO, "runs", "bench", "teacher_epochs"))
+    p.add_argument("--out", default=os.path.join(REPO, "runs", "bench", "teacher_service"))
+    p.add_argument("--skip_encodings", action="store_true",
+                   help="only the epoch comparison, not teacher_bench")
     args = p.parse_args()
     if args.epochs < 2:
         p.error(f"--epochs must be >= 2: the cache serves epochs after the first "
@@ -70,6 +76,15 @@ def main():
     ensure_teacher(bin_dir)
     spec = job_spec(args)
     os.makedirs(args.out, exist_ok=True)
+    if not args.skip_encodings:
+        print("teacher_bench (encodings, batching)", file=sys.stderr, flush=True)
+        proc = subprocess.run([os.path.join(bin_dir, "teacher_bench"),
+                               f"--teacher_weights={TEACHER}"],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise runs.BenchError(f"teacher_bench failed (exit {proc.returncode}):\n"
+                                  + proc.stderr[-2000:])
+        print(proc.stdout)
     results = {}
     print("in-process teacher", file=sys.stderr, flush=True)
     results["in-process teacher"] = runs.run_framework(
@@ -91,7 +106,7 @@ def main():
     base = results["in-process teacher"]
     base_later = statistics.median(base.epoch_seconds[1:])
     m = runs.machine_description()
-    print("Command: `bash bench/teacher_epochs.sh"
+    print("Epoch time, command: `bash bench/teacher_service.sh"
           + (f" --epochs {args.epochs}" if args.epochs != 3 else "")
           + (f" --train_limit {args.train_limit}" if args.train_limit else "")
           + f"` · {m['cpu']}, {m['cores']} cores, {args.threads} threads per process "
@@ -125,5 +140,5 @@ if __name__ == "__main__":
     try:
         main()
     except runs.BenchError as e:
-        print(f"teacher_epochs: error: {e}", file=sys.stderr)
+        print(f"teacher_service: error: {e}", file=sys.stderr)
         sys.exit(1)
