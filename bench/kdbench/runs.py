@@ -282,6 +282,9 @@ class TeacherServer:
     def __init__(self, bin_dir, teacher_spec, threads, work_dir):
         os.makedirs(work_dir, exist_ok=True)
         self.port_file = os.path.join(work_dir, "port")
+        # A port file left by an earlier server would name a dead port.
+        if os.path.exists(self.port_file):
+            os.remove(self.port_file)
         cmd = [os.path.join(bin_dir, "teacher_server"), "--arch", teacher_spec["arch"],
                "--weights", teacher_spec["weights"], "--port_file", self.port_file,
                f"--threads={threads}"]
