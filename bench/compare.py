@@ -145,6 +145,8 @@ def main():
                                          "smoke": " --smoke"}[mode_name]
     if args.threads != (os.cpu_count() or 1):
         command += f" --threads {args.threads}"
+    if args.seeds > 0:
+        command += f" --seeds {args.seeds}"
     ctx = {"mode_name": mode_name, "command": command, "threads": args.threads,
            "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
            "machine": runs.machine_description(), "threshold": mode["threshold"],
