@@ -102,9 +102,10 @@ absl::StatusOr<ServedModel> LoadServedModel(const ModelSource& source) {
   }
   served.output_shape.assign(out.sizes().begin() + 1, out.sizes().end());
   // Served teachers never train: prepared for inference (BatchNorm folded,
-  // linear layers on oneDNN), as the trainer's in-process teacher is.
+  // convs and linear layers on oneDNN), as the trainer's in-process teacher is.
   DISTILL_ASSIGN_OR_RETURN(std::shared_ptr<student::InferenceModel> prepared,
                            student::InferenceModel::Create(std::move(model)));
+  served.how = prepared->how();
   served.forward = [prepared](const torch::Tensor& inputs) {
     return prepared->forward(inputs).to(torch::kFloat);
   };

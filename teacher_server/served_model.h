@@ -34,6 +34,10 @@ struct ServedModel {
   // (c10::Error); the batcher catches at its boundary. The caller holds
   // torch::InferenceMode.
   std::function<torch::Tensor(const torch::Tensor&)> forward;
+  // How `forward` runs, for the server's log (InferenceModel::how(), e.g.
+  // "prepared for oneDNN: 2 conv, 2 linear, 2 BatchNorm folded"); empty
+  // when a test or benchmark fills `forward` itself.
+  std::string how;
 
   // C or V: the last dimension of output_shape.
   int64_t num_classes() const { return output_shape.back(); }

@@ -396,7 +396,9 @@ TEST_F(ServiceTest, TlsAndTokenGuardEveryCall) {
     if (!authorization.empty()) context.AddMetadata("authorization", authorization);
     v1::InfoResponse response;
     grpc::Status status = stub.Info(&context, v1::InfoRequest(), &response);
-    if (status.ok()) EXPECT_EQ(response.num_classes(), 10);
+    if (status.ok()) {
+      EXPECT_EQ(response.num_classes(), 10);
+    }
     return status;
   };
   grpc::Status status = info(*secure, "");

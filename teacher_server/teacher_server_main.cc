@@ -237,7 +237,7 @@ int main(int argc, char** argv) {
 
   auto model = teacher::LoadServedModel(*source);
   if (!model.ok()) return Fail(std::string(model.status().message()));
-  const std::string name = model->name, hash = model->hash;
+  const std::string name = model->name, hash = model->hash, how = model->how;
   auto server = teacher::TeacherServer::Start(*std::move(model), *options);
   if (!server.ok()) return Fail(std::string(server.status().message()));
   const int port = (*server)->port();
@@ -256,8 +256,9 @@ int main(int argc, char** argv) {
         WriteText(registry_file, absl::StrCat(options->host, ":", port, "\n"));
     if (!written.ok()) return Fail(std::string(written.message()));
   }
-  std::printf("teacher_server: serving %s (sha256 %s) on %s%s\n", name.c_str(),
-              hash.substr(0, 12).c_str(), (*server)->address().c_str(),
+  std::printf("teacher_server: serving %s (sha256 %s%s%s) on %s%s\n", name.c_str(),
+              hash.substr(0, 12).c_str(), how.empty() ? "" : "; ", how.c_str(),
+              (*server)->address().c_str(),
               options->tls_cert_pem.empty() ? "" : " (TLS)");
   std::fflush(stdout);
 
