@@ -16,7 +16,6 @@ import datetime
 import json
 import os
 import statistics
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -53,15 +52,6 @@ def parse_args():
     if args.seeds < 0:
         p.error(f"--seeds must be >= 0 (got {args.seeds})")
     return args
-
-
-def build(build_dir):
-    env = dict(os.environ, DISTILL_BUILD_DIR=build_dir)
-    proc = subprocess.run(["bash", os.path.join(REPO, "launch", "build.sh"), "distill",
-                           "teacher_server", "dump_batches"], env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
-    if proc.returncode != 0:
-        raise runs.BenchError("build failed:\n" + proc.stdout[-3000:])
 
 
 def loss_agreement(fw, ref):
@@ -153,7 +143,7 @@ def main():
            "temperature": args.temperature, "alpha": args.alpha}
     if not args.no_build:
         log(f"building distill, teacher_server and dump_batches in {args.build_dir}")
-        build(args.build_dir)
+        runs.build(args.build_dir, ["distill", "teacher_server", "dump_batches"])
 
     teacher_spec = modes.teacher_spec(mode, args.threads)
     teacher = runs.cached_teacher(bin_dir, args.cache_dir, teacher_spec, log)

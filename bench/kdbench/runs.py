@@ -156,6 +156,15 @@ def config_text(spec, run_dir, teacher_extra=""):
     return "\n".join(lines) + "\n"
 
 
+def build(build_dir, targets):
+    """Builds the named targets with launch/build.sh into build_dir."""
+    env = dict(os.environ, DISTILL_BUILD_DIR=build_dir)
+    proc = subprocess.run(["bash", os.path.join(REPO, "launch", "build.sh"), *targets],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        raise BenchError("build failed:\n" + proc.stdout[-3000:])
+
+
 def _run(cmd, what, log_path, env=None):
     start = time.perf_counter()
     with open(log_path, "w") as log:
