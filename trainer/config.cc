@@ -322,6 +322,11 @@ absl::Status ValidateTeacher(const JobConfig& c) {
     }
     DISTILL_RETURN_IF_ERROR(
         ValidateModel(t.model(), "teacher.model", /*weights_required=*/true));
+    for (int i = 0; i < t.ensemble_size(); ++i) {
+      DISTILL_RETURN_IF_ERROR(
+          ValidateModel(t.ensemble(i), absl::StrCat("teacher.ensemble[", i, "]"),
+                        /*weights_required=*/true));
+    }
     const std::string remote_only =
         "applies to teacher servers only (set teacher.endpoints or "
         "teacher.registry_dir)";
@@ -340,6 +345,10 @@ absl::Status ValidateTeacher(const JobConfig& c) {
     return Bad("teacher.model",
                "must be unset when teacher.endpoints or teacher.registry_dir "
                "name teacher servers (the servers load the model)");
+  } else if (t.ensemble_size() > 0) {
+    return Bad("teacher.ensemble",
+               "applies to in-process teachers only (teacher.model); teacher "
+               "servers each serve one model");
   }
   std::set<std::string> seen;
   for (int i = 0; i < t.endpoints_size(); ++i) {

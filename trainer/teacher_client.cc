@@ -39,23 +39,35 @@ absl::StatusOr<int64_t> ProbeNumClasses(student::Model& model,
 }
 
 absl::StatusOr<std::unique_ptr<InProcessTeacher>> InProcessTeacher::Create(
-    const student::ModelSpec& spec, const std::string& weights,
-    const student::ZooInput& data) {
-  DISTILL_ASSIGN_OR_RETURN(auto model, student::Model::Create(spec, data));
-  if (!weights.empty()) {
-    DISTILL_RETURN_IF_ERROR(
-        Annotate(model->LoadFile(weights), "loading the teacher's weights"));
+    const std::vector<TeacherMember>& members, const student::ZooInput& data) {
+  if (members.empty()) {
+    return absl::InvalidArgumentError("an in-process teacher needs a model");
   }
-  DISTILL_ASSIGN_OR_RETURN(int64_t classes,
-                           ProbeNumClasses(*model, data, "teacher"));
-  for (auto& p : model->parameters()) p.set_requires_grad(false);
-  // The teacher never trains: run it prepared for inference (BatchNorm
-  // folded, linear layers on oneDNN), which is most of a distillation
-  // step's time on a CPU.
-  DISTILL_ASSIGN_OR_RETURN(
-      auto prepared, student::InferenceModel::Create(std::move(model)));
+  std::vector<std::unique_ptr<student::InferenceModel>> prepared;
+  for (size_t i = 0; i < members.size(); ++i) {
+    const std::string role =
+        members.size() == 1 ? "teacher"
+                            : absl::StrCat("teacher (ensemble member ", i, ")");
+    DISTILL_ASSIGN_OR_RETURN(auto model,
+                             student::Model::Create(members[i].spec, data));
+    if (!members[i].weights.empty()) {
+      DISTILL_RETURN_IF_ERROR(Annotate(model->LoadFile(members[i].weights),
+                                       absl::StrCat("loading the ", role,
+                                                    "'s weights")));
+    }
+    DISTILL_ASSIGN_OR_RETURN(int64_t classes,
+                             ProbeNumClasses(*model, data, role));
+    (void)classes;  // equal to data.num_classes, or ProbeNumClasses failed
+    for (auto& p : model->parameters()) p.set_requires_grad(false);
+    // The teacher never trains: run it prepared for inference (BatchNorm
+    // folded, convs and linear layers on oneDNN), which is most of a
+    // distillation step's time on a CPU.
+    DISTILL_ASSIGN_OR_RETURN(auto ready,
+                             student::InferenceModel::Create(std::move(model)));
+    prepared.push_back(std::move(ready));
+  }
   return std::unique_ptr<InProcessTeacher>(
-      new InProcessTeacher(std::move(prepared), classes));
+      new InProcessTeacher(std::move(prepared), data.num_classes));
 }
 
 absl::StatusOr<losses::TeacherTargets> InProcessTeacher::Targets(
@@ -64,8 +76,20 @@ absl::StatusOr<losses::TeacherTargets> InProcessTeacher::Targets(
     // NoGradGuard rather than InferenceMode: the targets are saved for the
     // student's backward pass, which inference tensors do not allow.
     torch::NoGradGuard no_grad;
-    torch::Tensor logits = model_->forward(batch.inputs);
-    return losses::TeacherTargets::DenseFromLogits(logits, temperature);
+    losses::TeacherTargets targets = losses::TeacherTargets::DenseFromLogits(
+        models_.front()->forward(batch.inputs), temperature);
+    if (models_.size() > 1) {
+      // An ensemble averages probabilities, not logits: each member's
+      // distribution at T counts equally.
+      for (size_t i = 1; i < models_.size(); ++i) {
+        targets.probs = targets.probs +
+                        losses::TeacherTargets::DenseFromLogits(
+                            models_[i]->forward(batch.inputs), temperature)
+                            .probs;
+      }
+      targets.probs = targets.probs / static_cast<double>(models_.size());
+    }
+    return targets;
   });
 }
 
@@ -77,7 +101,13 @@ TargetsFuture TeacherClient::Submit(const data::Batch& batch,
 }
 
 std::string InProcessTeacher::description() const {
-  return absl::StrCat("in-process ", model_->model().description());
+  if (models_.size() == 1) {
+    return absl::StrCat("in-process ", models_.front()->model().description());
+  }
+  std::vector<std::string> names;
+  for (const auto& m : models_) names.push_back(m->model().description());
+  return absl::StrCat("in-process ensemble of ", models_.size(), " (",
+                      absl::StrJoin(names, ", "), ")");
 }
 
 }  // namespace distill::trainer

@@ -10,6 +10,7 @@
 #include <future>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -49,29 +50,40 @@ class TeacherClient {
   virtual std::string description() const = 0;
 };
 
-// Runs a teacher model in this process, in eval mode without autograd.
+// One model of an in-process teacher: what to build and the weights to load
+// (required for zoo models).
+struct TeacherMember {
+  student::ModelSpec spec;
+  std::string weights;
+};
+
+// Runs a teacher model in this process, in eval mode without autograd. With
+// several members it is an ensemble: the targets are the mean of the
+// members' softmax(z / T).
 class InProcessTeacher final : public TeacherClient {
  public:
-  // Builds the model, loads `weights` (required for zoo models) and checks
-  // its output against the data: FailedPrecondition "teacher outputs N
-  // classes but the data has M" on a mismatch.
+  // Builds every member, loads its weights and checks its output against
+  // the data: FailedPrecondition "teacher outputs N classes but the data
+  // has M" on a mismatch, naming the member of an ensemble.
+  // InvalidArgument when `members` is empty.
   static absl::StatusOr<std::unique_ptr<InProcessTeacher>> Create(
-      const student::ModelSpec& spec, const std::string& weights,
+      const std::vector<TeacherMember>& members,
       const student::ZooInput& data);
 
   absl::StatusOr<losses::TeacherTargets> Targets(const data::Batch& batch,
                                                  double temperature) override;
   int64_t num_classes() const override { return num_classes_; }
   std::string description() const override;
-  // How the forward runs (student::InferenceModel::how()).
-  const std::string& how() const { return model_->how(); }
+  // How the forward runs (student::InferenceModel::how() of the first
+  // member).
+  const std::string& how() const { return models_.front()->how(); }
 
  private:
-  InProcessTeacher(std::unique_ptr<student::InferenceModel> model,
+  InProcessTeacher(std::vector<std::unique_ptr<student::InferenceModel>> models,
                    int64_t num_classes)
-      : model_(std::move(model)), num_classes_(num_classes) {}
+      : models_(std::move(models)), num_classes_(num_classes) {}
 
-  std::unique_ptr<student::InferenceModel> model_;
+  std::vector<std::unique_ptr<student::InferenceModel>> models_;
   int64_t num_classes_;
 };
 

@@ -63,6 +63,30 @@ TEST(TeacherConfigTest, ModelAndServersAreExclusive) {
               "`endpoints`/`registry_dir` (teacher servers)");
 }
 
+TEST(TeacherConfigTest, EnsembleMembersAreCheckedAndInProcessOnly) {
+  auto ok = Parse(
+      "teacher {\n  model { arch: \"mlp\" weights: \"a.pt\" }\n"
+      "  ensemble { arch: \"cnn_teacher\" weights: \"b.pt\" }\n}\n");
+  ASSERT_THAT(ok, IsOk());
+  EXPECT_EQ(ok->teacher().ensemble_size(), 1);
+  ExpectError(
+      "teacher {\n  model { arch: \"mlp\" weights: \"a.pt\" }\n"
+      "  ensemble { arch: \"mlp\" weights: \"b.pt\" }\n"
+      "  ensemble { arch: \"mlp\" }\n}\n",
+      "job.pbtxt:7: teacher.ensemble[1].weights is required: a teacher built "
+      "from the zoo needs trained weights (the model.pt of a TRAIN run)");
+  ExpectError(
+      "teacher {\n  model { arch: \"mlp\" weights: \"a.pt\" }\n"
+      "  ensemble { arch: \"resnet\" weights: \"b.pt\" }\n}\n",
+      "job.pbtxt:6: teacher.ensemble[0].arch 'resnet' is not a known "
+      "architecture; known: cnn_student, cnn_teacher, mlp");
+  ExpectError(
+      "teacher {\n  endpoints: \"h:1\"\n"
+      "  ensemble { arch: \"mlp\" weights: \"b.pt\" }\n}\n",
+      "job.pbtxt:6: teacher.ensemble applies to in-process teachers only "
+      "(teacher.model); teacher servers each serve one model");
+}
+
 TEST(TeacherConfigTest, EndpointsMustBeHostPortOnce) {
   ExpectError("teacher {\n  endpoints: \"h:1\"\n  endpoints: \"nohost\"\n}\n",
               "job.pbtxt:6: teacher.endpoints[1] must be host:port with a "

@@ -191,10 +191,13 @@ absl::Status BuildJob(const JobConfig& config, const RunOptions& options,
                                config.batch_size() / world.world_size,
                                job.train->size(), world.rank));
     } else {
-      DISTILL_ASSIGN_OR_RETURN(
-          job.teacher,
-          InProcessTeacher::Create(SpecOf(config.teacher().model()),
-                                   config.teacher().model().weights(), input));
+      std::vector<TeacherMember> members = {
+          {SpecOf(config.teacher().model()), config.teacher().model().weights()}};
+      for (const ModelConfig& m : config.teacher().ensemble()) {
+        members.push_back({SpecOf(m), m.weights()});
+      }
+      DISTILL_ASSIGN_OR_RETURN(job.teacher,
+                               InProcessTeacher::Create(members, input));
     }
     if (job.teacher->num_classes() != input.num_classes) {
       return absl::FailedPreconditionError(absl::StrCat(

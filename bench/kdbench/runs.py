@@ -127,7 +127,9 @@ def config_text(spec, run_dir, teacher_extra=""):
         # A spec with teacher_endpoints distills through those servers
         # (which serve spec["teacher"]) instead of loading the model.
         source = " ".join(f"endpoints: {_quote(e)}" for e in spec.get("teacher_endpoints", []))
-        source = source or f"model {{ {_model_text(spec['teacher'])} }}"
+        source = source or " ".join(
+            [f"model {{ {_model_text(spec['teacher'])} }}"] +
+            [f"ensemble {{ {_model_text(m)} }}" for m in spec["teacher"].get("ensemble", [])])
         lines.append(f"teacher {{ {source} {teacher_extra} }}")
         lines.append(f"temperature: {spec['temperature']}")
     for term in spec["loss"]:

@@ -247,13 +247,17 @@ def train(spec, run_dir):
     # Built in the framework's order (student, then teacher), so the global
     # generator is in the same state when dropout draws its first mask.
     model = build_model(spec["student"])
-    teacher = None
+    # The teacher, and the members of an ensemble after it, in the
+    # framework's order.
+    teachers = []
     if spec.get("teacher"):
-        teacher = build_model(spec["teacher"])
-        load_distill_weights(teacher, spec["teacher"]["weights"])
-        teacher.eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
+        for member in [spec["teacher"]] + spec["teacher"].get("ensemble", []):
+            teacher = build_model(member)
+            load_distill_weights(teacher, member["weights"])
+            teacher.eval()
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+            teachers.append(teacher)
     opt = spec["optimizer"]
     optimizer = torch.optim.SGD(model.parameters(), lr=opt["lr"], momentum=opt["momentum"],
                                 nesterov=opt["nesterov"], weight_decay=opt["weight_decay"])
@@ -283,10 +287,15 @@ def train(spec, run_dir):
             _, inputs, labels = item
             lr = learning_rate(spec, step, total_steps)
             probs = None
-            if teacher is not None:
+            if teachers:
                 t = time.perf_counter()
                 with torch.no_grad():
-                    probs = F.softmax(teacher(inputs) / temperature, -1)
+                    # An ensemble's targets: the mean of its members' softmax.
+                    probs = F.softmax(teachers[0](inputs) / temperature, -1)
+                    for teacher in teachers[1:]:
+                        probs = probs + F.softmax(teacher(inputs) / temperature, -1)
+                    if len(teachers) > 1:
+                        probs = probs / len(teachers)
                 profile["teacher"] += time.perf_counter() - t
             t = time.perf_counter()
             for group in optimizer.param_groups:
