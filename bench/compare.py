@@ -148,18 +148,17 @@ def main():
     teacher_spec = modes.teacher_spec(mode, args.threads)
     teacher = runs.cached_teacher(bin_dir, args.cache_dir, teacher_spec, log)
     teacher_weights = os.path.join(teacher.run_dir, "model.pt")
-    options = teacher_spec["student"].get("options") or {}
     ctx["teacher"] = teacher
-    ctx["teacher_label"] = (f"`{teacher_spec['student']['arch']}`"
-                            + (" {" + ", ".join(f"{k} {v}" for k, v in options.items()) + "}"
-                               if options else "")
+    ctx["teacher_label"] = (modes.model_label(teacher_spec["student"])
                             + f", {teacher_spec['epochs']} epochs")
+    ctx["student_label"] = modes.model_label(mode["student"])
     ctx["test_samples"] = teacher.summary.get("test_samples", 10000)
     train_n = mode["train_limit"] or 60000
     ctx["budget"] = (f"{train_n:,} training images, {mode['student_epochs']} student epochs, "
                      f"batch {mode['batch_size']}, SGD + Nesterov 0.05 with cosine decay, "
                      f"augmentation (crop padding 2, flip), seeds "
-                     f"{', '.join(map(str, mode['seeds']))}; teacher {ctx['teacher_label']}")
+                     f"{', '.join(map(str, mode['seeds']))}; student {ctx['student_label']}; "
+                     f"teacher {ctx['teacher_label']}")
 
     check_spec = modes.student_spec(mode, args.threads, mode["seeds"][0], teacher_weights)
     ctx["data_check"] = runs.check_data_order(bin_dir, check_spec, mode["check_batches"], 1,

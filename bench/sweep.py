@@ -87,7 +87,7 @@ def markdown(ctx, hard, hard_mean, table, best):
              f"{m['cores']} cores, {m['torch']}, {ctx['parallel']} jobs at a time with "
              f"{ctx['threads']} threads each.", "",
              f"Budget: {ctx['budget']}.", "",
-             f"Student `cnn_student` on hard labels only: "
+             f"Student {ctx['student_label']} on hard labels only: "
              f"{report.pct(*report.mean_std([r.accuracy for r in hard]))} "
              f"(seeds {', '.join(str(r.spec['seed']) for r in hard)}). Each cell: the "
              f"distilled student's test accuracy (mean over the same seeds) and its "
@@ -166,10 +166,10 @@ def main():
     ctx = {"command": command, "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
            "machine": runs.machine_description(), "parallel": args.parallel,
            "threads": threads, "temperatures": args.temperatures, "alphas": args.alphas,
+           "student_label": modes.model_label(mode["student"]),
            "budget": (f"{train_n:,} training images, {mode['student_epochs']} student epochs, "
                       f"batch {mode['batch_size']}, augmentation (crop padding 2, flip); "
-                      f"teacher {teacher.spec['student']['arch']} "
-                      f"{teacher.spec['student'].get('options') or ''} at "
+                      f"teacher {modes.model_label(teacher.spec['student'])} at "
                       f"{100 * teacher.accuracy:.2f}% ({mode['teacher_epochs']} epochs)")}
     text = markdown(ctx, hard, hard_mean, table, best)
     print(text)

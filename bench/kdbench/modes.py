@@ -14,12 +14,20 @@ DATASET = "/usr/share/datasets/fashion-mnist"
 # cnn_teacher trained 8 epochs reached only 91.6%, no help to the student).
 FULL_TEACHER = {"arch": "cnn_teacher",
                 "options": {"width": 32, "convs_per_stage": 2, "hidden": 256}}
+# Full mode's student: the zoo's cnn_student with two convs per stage and a
+# narrower hidden layer, 79,634 parameters (the default has 80,650). Trained
+# alone on this budget it reaches 93.2% where the default stops at 91.8%:
+# the default is capacity-bound, and neither hard labels nor distillation
+# (92.2% at T = 2) take it to the 92.5% a <100K model should reach.
+FULL_STUDENT = {"arch": "cnn_student", "options": {"convs_per_stage": 2, "hidden": 40}}
+DEFAULT_STUDENT = {"arch": "cnn_student", "options": {}}
 
 MODES = {
     # The harness checking itself in ctest: seconds, not accuracy.
     "smoke": {
         "train_limit": 512, "test_limit": 500, "batch_size": 64,
         "teacher": {"arch": "cnn_teacher", "options": {}}, "teacher_epochs": 1,
+        "student": DEFAULT_STUDENT,
         "student_epochs": 1, "seeds": [1], "warmup_steps": 4,
         "log_every_steps": 1, "threshold": 0.5, "check_batches": 2,
         "calibration_batches": 2,
@@ -28,6 +36,7 @@ MODES = {
     "quick": {
         "train_limit": 3000, "test_limit": 0, "batch_size": 128,
         "teacher": {"arch": "cnn_teacher", "options": {}}, "teacher_epochs": 2,
+        "student": DEFAULT_STUDENT,
         "student_epochs": 2, "seeds": [1, 2], "warmup_steps": 10,
         "log_every_steps": 3, "threshold": 0.75, "check_batches": 2,
         "calibration_batches": 8,
@@ -35,12 +44,20 @@ MODES = {
     # The published figures: full training set, 3 seeds, long schedules.
     "full": {
         "train_limit": 0, "test_limit": 0, "batch_size": 128,
-        "teacher": FULL_TEACHER, "teacher_epochs": 15,
+        "teacher": FULL_TEACHER, "teacher_epochs": 15, "student": FULL_STUDENT,
         "student_epochs": 15, "seeds": [1, 2, 3], "warmup_steps": 200,
         "log_every_steps": 50, "threshold": 0.91, "check_batches": 2,
         "calibration_batches": 32,
     },
 }
+
+
+def model_label(model):
+    """`arch` {key value, ...}: how the docs name a model spec."""
+    options = model.get("options") or {}
+    return (f"`{model['arch']}`"
+            + (" {" + ", ".join(f"{k} {v}" for k, v in options.items()) + "}"
+               if options else ""))
 
 
 def base_spec(mode, threads):
@@ -71,7 +88,7 @@ def student_spec(mode, threads, seed, teacher_weights=None, temperature=4.0, alp
     Both have the same architecture, data, schedule and number of steps.
     """
     spec = base_spec(mode, threads)
-    spec.update({"student": {"arch": "cnn_student", "options": {}},
+    spec.update({"student": copy.deepcopy(mode["student"]),
                  "epochs": mode["student_epochs"], "seed": seed})
     if teacher_weights is None:
         spec.update({"name": f"hard-s{seed}", "mode": "TRAIN",
