@@ -32,7 +32,8 @@ def parse_args():
                    help="the test suite's check of the harness itself (seconds)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="intra-op threads of every run, both sides (default: cores)")
-    p.add_argument("--temperature", type=float, default=4.0)
+    p.add_argument("--temperature", type=float, default=4.0,
+                   help="softmax temperature of the teacher and student in kd_kl")
     p.add_argument("--alpha", type=float, default=0.9, help="weight of kd_kl (rest: hard_ce)")
     p.add_argument("--seeds", type=int, default=0, help="override the mode's seed count")
     p.add_argument("--build_dir", default=os.path.join(REPO, "build"))
@@ -137,6 +138,10 @@ def main():
         command += f" --threads {args.threads}"
     if args.seeds > 0:
         command += f" --seeds {args.seeds}"
+    if args.temperature != 4.0:
+        command += f" --temperature {args.temperature:g}"
+    if args.alpha != 0.9:
+        command += f" --alpha {args.alpha:g}"
     ctx = {"mode_name": mode_name, "command": command, "threads": args.threads,
            "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
            "machine": runs.machine_description(), "threshold": mode["threshold"],
