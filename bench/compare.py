@@ -41,6 +41,9 @@ def parse_args():
     p.add_argument("--out", help="run folder (default: runs/bench/<mode>-<time>)")
     p.add_argument("--cache_dir", default=os.path.join(REPO, "runs", "bench", "cache"),
                    help="where trained teachers are kept, keyed by their config")
+    p.add_argument("--reuse", action="store_true",
+                   help="with --out of an interrupted run: keep its finished runs of the "
+                        "same jobs instead of training them again")
     p.add_argument("--no_docs", action="store_true",
                    help="do not touch docs/BENCHMARKS.md or docs/img/")
     args = p.parse_args()
@@ -122,14 +125,11 @@ def quantize_runs(args, ctx, mode, out, log):
 
 def main():
     args = parse_args()
-    mode_name = "smoke" if args.smoke else "quick" if args.quick else "full"
-    mode = dict(modes.MODES[mode_name])
+    runs.REUSE = args.reuse
+    mode_name, mode = modes.selected(args)
     if args.seeds > 0:
         mode["seeds"] = list(range(1, args.seeds + 1))
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = os.path.abspath(args.out or os.path.join(REPO, "runs", "bench",
-                                                   f"{mode_name}-{stamp}"))
-    os.makedirs(out, exist_ok=True)
+    out = runs.run_folder(args.out, mode_name)
     log = runs.log_to_stderr
     bin_dir = os.path.join(args.build_dir, "bin")
     command = "bash bench/compare.sh" + {"full": "", "quick": " --quick",

@@ -12,64 +12,72 @@ budget and what it reports is well-formed and sane.
   FP32 accuracy the stage measures is the distilled run's own (same weights,
   same test set), and the INT8 ONNX file is under half the FP32 one.
 * Bad arguments stop the harness with one clear line before any work.
+* --reuse over the same folder keeps finished runs of unchanged jobs and
+  trains the unfinished and the changed ones again.
 
 Exit 77 (skipped) when /usr/bin/python3 has no torch or numpy.
 usage: compare_smoke_test.py --build_dir BUILD
 """
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 
-try:
-    import numpy  # noqa: F401
-    import torch  # noqa: F401
-except ImportError:
-    print("skipped: python3 has no torch/numpy")
-    sys.exit(77)
-
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from kdbench import smoke  # noqa: E402
+
+smoke.require_torch()
 COMPARE = os.path.join(HERE, "compare.py")
-failures = []
+check = smoke.Checks("compare.py --smoke")
 
 
-def check(condition, what):
-    if not condition:
-        failures.append(what)
-        print(f"FAILED: {what}", file=sys.stderr)
+def reuse(build_dir, tmp, out, first):
+    """--reuse over the same folder keeps the finished runs of unchanged jobs
+    up to the first run that must train (its job changed, or it never
+    finished); that one and every later one train again."""
+    order = ["distill-s1", "reference-s1", "hard-s1", "server-s1", "cached-s1",
+             "hard-noaug-s1", "ptq-s1", "qat-s1"]
 
+    def mtimes():
+        # The log each run writes from its start (QUANTIZE leaves no metrics).
+        return [os.path.getmtime(os.path.join(
+            out, n, "reference.log" if n.startswith("reference") else "distill.log"))
+            for n in order]
 
-def bad_arguments():
-    for flag, message in ((["--threads", "0"], "--threads must be >= 1 (got 0)"),
-                          (["--alpha", "1.5"], "--alpha must be in [0, 1] (got 1.5)"),
-                          (["--temperature", "-1"], "--temperature must be > 0 (got -1.0)")):
-        proc = subprocess.run([sys.executable, COMPARE, "--smoke", *flag],
-                              capture_output=True, text=True)
-        check(proc.returncode == 2, f"{flag}: exit code {proc.returncode}, expected 2")
-        check(message in proc.stderr, f"{flag}: stderr {proc.stderr!r} lacks {message!r}")
+    def edit_job(name):
+        with open(os.path.join(out, name, "job.pbtxt"), "a") as f:
+            f.write("# another job\n")
+
+    def kill(name):
+        os.remove(os.path.join(out, name, "summary.json"))
+
+    for spoil, first_trained in ((edit_job, "cached-s1"), (kill, "ptq-s1")):
+        before = mtimes()
+        spoil(first_trained)
+        _, res, _ = smoke.run_harness(COMPARE, build_dir, tmp, "--threads", "2", "--reuse")
+        after = mtimes()
+        k = order.index(first_trained)
+        for name, b, a in zip(order, before, after):
+            if order.index(name) < k:
+                check(a == b, f"--reuse after {spoil.__name__}({first_trained}) trained {name}")
+            else:
+                check(a > b, f"--reuse after {spoil.__name__}({first_trained}) kept {name}")
+        check(res["runs"]["reference"] == first["runs"]["reference"],
+              "--reuse reports the kept reference run differently")
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--build_dir", required=True)
     args = parser.parse_args()
-    bad_arguments()
+    check.usage_errors(COMPARE, (
+        (["--threads", "0"], "--threads must be >= 1 (got 0)"),
+        (["--alpha", "1.5"], "--alpha must be in [0, 1] (got 1.5)"),
+        (["--temperature", "-1"], "--temperature must be > 0 (got -1.0)")))
 
     with tempfile.TemporaryDirectory(prefix="bench-smoke-") as tmp:
-        out = os.path.join(tmp, "run")
-        proc = subprocess.run(
-            [sys.executable, COMPARE, "--smoke", "--no_build", "--no_docs",
-             "--build_dir", args.build_dir, "--out", out,
-             "--cache_dir", os.path.join(tmp, "cache"), "--threads", "2"],
-            capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(proc.stdout[-4000:], proc.stderr[-4000:], file=sys.stderr)
-            sys.exit(f"compare.py --smoke exited with {proc.returncode}")
-        with open(os.path.join(out, "results.json")) as f:
-            res = json.load(f)
-        report = proc.stdout
+        report, res, out = smoke.run_harness(COMPARE, args.build_dir, tmp, "--threads", "2")
 
         dc = res["data_check"]
         check(dc["ids_equal"], "data order: framework and reference ids differ")
@@ -126,10 +134,9 @@ def main():
                        "bit-identical"):
             check(needle in report, f"report lacks {needle!r}")
         check(os.path.exists(os.path.join(out, "report.md")), "report.md missing")
+        reuse(args.build_dir, tmp, out, res)
 
-    if failures:
-        sys.exit(f"{len(failures)} checks failed")
-    print("compare.py --smoke: all checks passed")
+    check.finish()
 
 
 if __name__ == "__main__":

@@ -111,15 +111,11 @@ def markdown(ctx, hard, hard_mean, table, best):
 
 def main():
     args = parse_args()
-    mode_name = "smoke" if args.smoke else "quick" if args.quick else "full"
-    mode = dict(modes.MODES[mode_name])
+    mode_name, mode = modes.selected(args)
     mode["seeds"] = list(range(1, args.seeds + 1))
     cores = os.cpu_count() or 1
     threads = max(1, cores // args.parallel)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = os.path.abspath(args.out or os.path.join(REPO, "runs", "bench",
-                                                   f"sweep-{mode_name}-{stamp}"))
-    os.makedirs(out, exist_ok=True)
+    out = runs.run_folder(args.out, f"sweep-{mode_name}")
     log = runs.log_to_stderr
     bin_dir = os.path.join(args.build_dir, "bin")
     command = ("bash bench/sweep.sh" + {"full": "", "quick": " --quick",

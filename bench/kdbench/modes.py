@@ -24,9 +24,12 @@ DEFAULT_STUDENT = {"arch": "cnn_student", "options": {}}
 
 MODES = {
     # The harness checking itself in ctest: seconds, not accuracy.
+    # Its teacher has options, as the full mode's does, so that every path
+    # (the reference, the teacher server's flags) is checked to carry them.
     "smoke": {
         "train_limit": 512, "test_limit": 500, "batch_size": 64,
-        "teacher": {"arch": "cnn_teacher", "options": {}}, "teacher_epochs": 1,
+        "teacher": {"arch": "cnn_teacher", "options": {"width": 16, "hidden": 64}},
+        "teacher_epochs": 1,
         "student": DEFAULT_STUDENT,
         "student_epochs": 1, "seeds": [1], "warmup_steps": 4,
         "log_every_steps": 1, "threshold": 0.5, "check_batches": 2,
@@ -50,6 +53,12 @@ MODES = {
         "calibration_batches": 32,
     },
 }
+
+
+def selected(args):
+    """(name, a copy of the mode) that a harness's --smoke / --quick chose."""
+    name = "smoke" if args.smoke else "quick" if args.quick else "full"
+    return name, dict(MODES[name])
 
 
 def model_label(model):

@@ -4,9 +4,11 @@ Every run gets a job spec (bench/kdbench/modes.py), writes metrics.jsonl and
 summary.json into its own folder, and comes back as a RunResult (training)
 or a QuantizeResult (the INT8 stage).
 """
+import datetime
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -158,6 +160,14 @@ def config_text(spec, run_dir, teacher_extra=""):
     return "\n".join(lines) + "\n"
 
 
+def run_folder(out, name):
+    """`out` or, when unset, runs/bench/<name>-<date-time>; made, absolute."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = os.path.abspath(out or os.path.join(REPO, "runs", "bench", f"{name}-{stamp}"))
+    os.makedirs(out, exist_ok=True)
+    return out
+
+
 def build(build_dir, targets):
     """Builds the named targets with launch/build.sh into build_dir."""
     env = dict(os.environ, DISTILL_BUILD_DIR=build_dir)
@@ -167,10 +177,26 @@ def build(build_dir, targets):
         raise BenchError("build failed:\n" + proc.stdout[-3000:])
 
 
-def _run(cmd, what, log_path, env=None):
+# glibc's malloc gives freed blocks of a few MB back to the kernel and the
+# next step faults them in again. On the 2-core build machine a run could
+# settle into ~85,000 page faults a second, 30% system time and 2.3x slower
+# epochs (the reference side of a full run, seeds 2 and 3, 2026-12-03).
+# Every run of both sides keeps the memory it had instead; the same knobs
+# PyTorch's CPU performance notes turn (or a different allocator).
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20),
+              "MALLOC_TRIM_THRESHOLD_": str(4 << 30),
+              "MALLOC_TOP_PAD_": str(256 << 20)}
+
+
+def run_env():
+    """The environment of every benchmarked process, both sides."""
+    return dict(os.environ, **MALLOC_ENV)
+
+
+def _run(cmd, what, log_path):
     start = time.perf_counter()
     with open(log_path, "w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=run_env())
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         with open(log_path) as f:
@@ -188,13 +214,45 @@ def _fresh_dir(run_dir):
     os.makedirs(run_dir)
 
 
+# Set by a harness's --reuse: a run folder that already holds a finished
+# run of exactly the same job is read instead of trained again, so an
+# interrupted multi-hour benchmark picks up where it stopped. Only up to the
+# first run that trains: later runs may read what it wrote (a teacher, a
+# student's weights), so from there on everything trains again.
+REUSE = False
+_trained = False
+
+
+def _finished(run_dir, job_file, job_text):
+    """True when REUSE is on, nothing has trained yet in this process and
+    run_dir holds a finished run (summary.json) whose job file says exactly
+    job_text. False marks the run as training."""
+    global _trained
+    if _trained or not REUSE or not os.path.exists(os.path.join(run_dir, "summary.json")):
+        _trained = True
+        return False
+    # A teacher server's port is new each time; the job is the same.
+    def job(text):
+        return re.sub(r'endpoints: "127\.0\.0\.1:[0-9]+"', "endpoints: <loopback>", text)
+    try:
+        with open(os.path.join(run_dir, job_file)) as f:
+            same = job(f.read()) == job(job_text)
+    except OSError:
+        same = False
+    _trained = not same
+    return same
+
+
 def _run_distill(bin_dir, spec, run_dir, teacher_extra="", extra_flags=()):
     """Writes the spec's config into a fresh run_dir, runs `distill` on it
-    and returns the wall seconds."""
+    and returns the wall seconds (None for a reused run)."""
+    text = config_text(spec, run_dir, teacher_extra)
+    if _finished(run_dir, "job.pbtxt", text):
+        return None
     _fresh_dir(run_dir)
     config = os.path.join(run_dir, "job.pbtxt")
     with open(config, "w") as f:
-        f.write(config_text(spec, run_dir, teacher_extra))
+        f.write(text)
     return _run([os.path.join(bin_dir, "distill"), "--quiet", "--config", config,
                  *extra_flags], f"distill {spec['name']}",
                 os.path.join(run_dir, "distill.log"))
@@ -210,10 +268,13 @@ def run_quantize(bin_dir, spec, run_dir):
 
 
 def run_reference(spec, run_dir):
+    text = json.dumps(spec, indent=1)
+    if _finished(run_dir, "spec.json", text):
+        return RunResult("reference", spec, run_dir, None)
     _fresh_dir(run_dir)
     spec_path = os.path.join(run_dir, "spec.json")
     with open(spec_path, "w") as f:
-        json.dump(spec, f, indent=1)
+        f.write(text)
     seconds = _run([PYTHON, REFERENCE, "--spec", spec_path, "--run_dir", run_dir],
                    f"reference {spec['name']}", os.path.join(run_dir, "reference.log"))
     return RunResult("reference", spec, run_dir, seconds)
@@ -296,17 +357,23 @@ class TeacherServer:
         # A port file left by an earlier server would name a dead port.
         if os.path.exists(self.port_file):
             os.remove(self.port_file)
+        options = teacher_spec.get("options") or {}
         cmd = [os.path.join(bin_dir, "teacher_server"), "--arch", teacher_spec["arch"],
+               "--arch_options=" + ",".join(f"{k}={v}" for k, v in options.items()),
                "--weights", teacher_spec["weights"], "--port_file", self.port_file,
                f"--threads={threads}"]
         self.log = open(os.path.join(work_dir, "teacher_server.log"), "w")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=run_env())
 
     def endpoint(self, deadline_seconds=60):
         deadline = time.monotonic() + deadline_seconds
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise BenchError(f"teacher_server exited with {self.proc.returncode}")
+                self.log.flush()
+                with open(self.log.name) as f:
+                    last = (f.read().strip().splitlines() or [""])[-1]
+                raise BenchError(f"teacher_server exited with {self.proc.returncode}: {last}")
             if os.path.exists(self.port_file):
                 with open(self.port_file) as f:
                     return f"127.0.0.1:{f.read().strip()}"
