@@ -309,7 +309,8 @@ def markdown(ctx, res):
                  f"{'identical' if dc['ids_equal'] else 'DIFFERENT'}, pixels "
                  f"{'bit-identical' if dc['pixels_equal'] else 'DIFFERENT'}.")
     lc = ctx["loss_check"]
-    lines.append(f"- Same job on both sides: first-step loss framework {lc['framework']:.6f}, "
+    lines.append(f"- Same job on both sides: training loss logged at step {lc['step']}, "
+                 f"framework {lc['framework']:.6f}, "
                  f"reference {lc['reference']:.6f} (relative difference "
                  f"{lc['relative_difference']:.1e}); over the first {lc['steps']} logged steps "
                  f"the largest relative difference is {lc['max_relative_difference']:.1e}.")

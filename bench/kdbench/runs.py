@@ -245,17 +245,25 @@ def _finished(run_dir, job_file, job_text):
 
 def _run_distill(bin_dir, spec, run_dir, teacher_extra="", extra_flags=()):
     """Writes the spec's config into a fresh run_dir, runs `distill` on it
-    and returns the wall seconds (None for a reused run)."""
+    and returns the wall seconds (kept in run_dir/wall_seconds for --reuse)."""
     text = config_text(spec, run_dir, teacher_extra)
+    wall_file = os.path.join(run_dir, "wall_seconds")
     if _finished(run_dir, "job.pbtxt", text):
-        return None
+        try:
+            with open(wall_file) as f:
+                return float(f.read())
+        except (OSError, ValueError):
+            return None
     _fresh_dir(run_dir)
     config = os.path.join(run_dir, "job.pbtxt")
     with open(config, "w") as f:
         f.write(text)
-    return _run([os.path.join(bin_dir, "distill"), "--quiet", "--config", config,
-                 *extra_flags], f"distill {spec['name']}",
-                os.path.join(run_dir, "distill.log"))
+    seconds = _run([os.path.join(bin_dir, "distill"), "--quiet", "--config", config,
+                    *extra_flags], f"distill {spec['name']}",
+                   os.path.join(run_dir, "distill.log"))
+    with open(wall_file, "w") as f:
+        f.write(f"{seconds}\n")
+    return seconds
 
 
 def run_framework(bin_dir, spec, run_dir, teacher_extra="", extra_flags=()):
