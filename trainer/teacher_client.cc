@@ -55,9 +55,8 @@ absl::StatusOr<std::unique_ptr<InProcessTeacher>> InProcessTeacher::Create(
                                        absl::StrCat("loading the ", role,
                                                     "'s weights")));
     }
-    DISTILL_ASSIGN_OR_RETURN(int64_t classes,
-                             ProbeNumClasses(*model, data, role));
-    (void)classes;  // equal to data.num_classes, or ProbeNumClasses failed
+    // An error unless the member predicts data.num_classes classes.
+    DISTILL_RETURN_IF_ERROR(ProbeNumClasses(*model, data, role).status());
     for (auto& p : model->parameters()) p.set_requires_grad(false);
     // The teacher never trains: run it prepared for inference (BatchNorm
     // folded, convs and linear layers on oneDNN), which is most of a
@@ -78,15 +77,15 @@ absl::StatusOr<losses::TeacherTargets> InProcessTeacher::Targets(
     torch::NoGradGuard no_grad;
     losses::TeacherTargets targets = losses::TeacherTargets::DenseFromLogits(
         models_.front()->forward(batch.inputs), temperature);
+    // An ensemble averages probabilities, not logits: each member's
+    // distribution at T counts equally.
+    for (size_t i = 1; i < models_.size(); ++i) {
+      targets.probs = targets.probs +
+                      losses::TeacherTargets::DenseFromLogits(
+                          models_[i]->forward(batch.inputs), temperature)
+                          .probs;
+    }
     if (models_.size() > 1) {
-      // An ensemble averages probabilities, not logits: each member's
-      // distribution at T counts equally.
-      for (size_t i = 1; i < models_.size(); ++i) {
-        targets.probs = targets.probs +
-                        losses::TeacherTargets::DenseFromLogits(
-                            models_[i]->forward(batch.inputs), temperature)
-                            .probs;
-      }
       targets.probs = targets.probs / static_cast<double>(models_.size());
     }
     return targets;

@@ -106,8 +106,7 @@ def analyze(ctx):
         "n": 1, "params": t_params, "fp32_bytes": 4 * t_params,
         "wall_seconds": teacher.summary.get("train_seconds"),
         "published": published("teacher")})
-    student = ctx.get("student_label", "")
-    for label, runs in ((f"student {student}, hard labels only", hard),
+    for label, runs in ((f"student {ctx['student_label']}, hard labels only", hard),
                         (f"student, distilled (T = {ctx['temperature']:g}, "
                          f"{ctx['alpha']:g} KL + {1 - ctx['alpha']:.2g} CE)", distill)):
         m, s = mean_std([r.accuracy for r in runs])
