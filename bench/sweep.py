@@ -85,11 +85,12 @@ def markdown(ctx, hard, hard_mean, table, best):
     m = ctx["machine"]
     lines = [f"Command: `{ctx['command']}` · date {ctx['date']} · machine: {m['cpu']}, "
              f"{m['cores']} cores, {m['torch']}, {ctx['parallel']} jobs at a time with "
-             f"{ctx['threads']} threads each.", "",
+             f"{ctx['threads']} thread{'s' if ctx['threads'] != 1 else ''} each.", "",
              f"Budget: {ctx['budget']}.", "",
              f"Student {ctx['student_label']} on hard labels only: "
              f"{report.pct(*report.mean_std([r.accuracy for r in hard]))} "
-             f"(seeds {', '.join(str(r.spec['seed']) for r in hard)}). Each cell: the "
+             f"(seed{'s' if len(hard) != 1 else ''} "
+             f"{', '.join(str(r.spec['seed']) for r in hard)}). Each cell: the "
              f"distilled student's test accuracy (mean over the same seeds) and its "
              f"difference to that, in points; loss alpha · T² KL + (1 − alpha) · CE.", "",
              "| T \\ alpha | " + " | ".join(f"{a:g}" for a in alphas) + " |",
