@@ -104,9 +104,12 @@ def markdown(ctx, hard, hard_mean, table, best):
         lines.append(f"| {t:g} | " + " | ".join(cells) + " |")
     lines += ["", f"Best cell: T = {best[0]:g}, alpha = {best[1]:g} "
               f"({100 * table[best]['mean']:.2f}%, {100 * table[best]['delta']:+.2f} points "
-              f"over hard labels). With one seed a cell's noise is about ±0.2 points "
-              f"(run-to-run spread of the same job); confirm a winner over seeds with "
-              f"`bash bench/compare.sh --temperature {best[0]:g} --alpha {best[1]:g}`.", ""]
+              f"over hard labels). "
+              + ("With one seed a cell's noise is about ±0.2 points (run-to-run spread of "
+                 "the same job); confirm a winner over seeds with " if len(hard) == 1 else
+                 f"Each cell is a mean over {len(hard)} seeds; the full comparison with the "
+                 f"quantized rows and the reference: ")
+              + f"`bash bench/compare.sh --temperature {best[0]:g} --alpha {best[1]:g}`.", ""]
     return "\n".join(lines)
 
 
