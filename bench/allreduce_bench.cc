@@ -9,8 +9,8 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
-#include "trainer/communicator.h"
-#include "trainer/world.h"
+#include "trainer/dist/communicator.h"
+#include "trainer/dist/world.h"
 
 ABSL_FLAG(int64_t, min_bytes, 1 << 10, "Smallest message.");
 ABSL_FLAG(int64_t, max_bytes, int64_t{64} << 20, "Largest message.");
@@ -69,7 +69,8 @@ int main(int argc, char** argv) {
     const int iters = static_cast<int>(iters_t.item<float>());
     const auto start = std::chrono::steady_clock::now();
     for (int i = 0; i < iters; ++i) {
-      if (auto s = (*comm)->AllReduceSum(t, "timed all-reduce")->Wait(); !s.ok()) {
+      if (auto s = (*comm)->AllReduceSum(t, "timed all-reduce")->Wait();
+          !s.ok()) {
         std::fprintf(stderr, "allreduce_bench: error: %s\n",
                      std::string(s.message()).c_str());
         return 1;
@@ -77,7 +78,8 @@ int main(int argc, char** argv) {
     }
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
-            .count() / iters;
+            .count() /
+        iters;
     const double algbw = bytes / seconds / 1e9;
     const double busbw = algbw * 2.0 * (n - 1) / n;
     if (leader) {

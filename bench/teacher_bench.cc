@@ -55,8 +55,8 @@ teacher::ServedModel ZooTeacher(const std::string& dir) {
   std::string weights = absl::GetFlag(FLAGS_teacher_weights);
   if (weights.empty()) {
     torch::manual_seed(1);
-    auto model = OrDie(distill::student::Model::Create(
-        {"cnn_teacher", "", {}}, {{1, 28, 28}, 10}));
+    auto model = OrDie(distill::student::Model::Create({"cnn_teacher", "", {}},
+                                                       {{1, 28, 28}, 10}));
     weights = dir + "/cnn_teacher.pt";
     if (!model->SaveFile(weights).ok()) Die("cannot write " + weights);
   }
@@ -86,7 +86,8 @@ teacher::ServedModel VocabTeacher() {
   return model;
 }
 
-std::unique_ptr<v1::Teacher::Stub> Connect(const teacher::TeacherServer& server) {
+std::unique_ptr<v1::Teacher::Stub> Connect(
+    const teacher::TeacherServer& server) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);
   return v1::Teacher::NewStub(grpc::CreateCustomChannel(
@@ -113,7 +114,8 @@ struct StreamFigures {
 StreamFigures RunStream(v1::Teacher::Stub& stub, const v1::StreamHeader& header,
                         const std::vector<torch::Tensor>& inputs, bool keep) {
   std::vector<v1::DistillRequest> requests;
-  for (size_t i = 0; i < inputs.size(); ++i) requests.push_back(Batch(i, inputs[i]));
+  for (size_t i = 0; i < inputs.size(); ++i)
+    requests.push_back(Batch(i, inputs[i]));
   grpc::ClientContext context;
   auto stream = stub.Distill(&context);
   v1::DistillRequest first;
@@ -131,8 +133,8 @@ StreamFigures RunStream(v1::Teacher::Stub& stub, const v1::StreamHeader& header,
   size_t i = 0;
   while (stream->Read(&response)) {
     f.response_bytes += response.ByteSizeLong();
-    auto targets = OrDie(teacher::DecodeTargets(response.targets(),
-                                                inputs[i].size(0)));
+    auto targets =
+        OrDie(teacher::DecodeTargets(response.targets(), inputs[i].size(0)));
     f.samples += inputs[i].size(0);
     if (keep) f.decoded.push_back(std::move(targets));
     ++i;
@@ -160,8 +162,9 @@ torch::Tensor Dense(const distill::losses::TeacherTargets& t) {
 // Mean over samples of KL(p || q).
 double MeanKl(const torch::Tensor& p, const torch::Tensor& q) {
   const torch::Tensor pd = p.to(torch::kDouble), qd = q.to(torch::kDouble);
-  const torch::Tensor terms = torch::where(
-      pd > 0, pd * (pd.log() - qd.clamp_min(1e-30).log()), torch::zeros_like(pd));
+  const torch::Tensor terms =
+      torch::where(pd > 0, pd * (pd.log() - qd.clamp_min(1e-30).log()),
+                   torch::zeros_like(pd));
   return terms.sum(-1).mean().item<double>();
 }
 
@@ -180,13 +183,15 @@ void EncodingTable(const std::string& title, teacher::ServedModel model,
   }
   const int64_t input_bytes = Batch(0, inputs[0]).ByteSizeLong();
 
-  std::printf("\n# %s: C = %lld, T = %g, %d requests of %d samples "
-              "(request: %.0f bytes/sample)\n",
-              title.c_str(), static_cast<long long>(classes), temperature,
-              batches, absl::GetFlag(FLAGS_batch_size),
-              static_cast<double>(input_bytes) / absl::GetFlag(FLAGS_batch_size));
-  std::printf("%-12s %14s %10s %12s %10s %14s %12s\n", "encoding", "bytes/sample",
-              "vs fp32", "samples/s", "vs fp32", "KL vs fp32", "top-k mass");
+  std::printf(
+      "\n# %s: C = %lld, T = %g, %d requests of %d samples "
+      "(request: %.0f bytes/sample)\n",
+      title.c_str(), static_cast<long long>(classes), temperature, batches,
+      absl::GetFlag(FLAGS_batch_size),
+      static_cast<double>(input_bytes) / absl::GetFlag(FLAGS_batch_size));
+  std::printf("%-12s %14s %10s %12s %10s %14s %12s\n", "encoding",
+              "bytes/sample", "vs fp32", "samples/s", "vs fp32", "KL vs fp32",
+              "top-k mass");
   struct Row {
     std::string name;
     v1::Encoding encoding;
@@ -195,7 +200,8 @@ void EncodingTable(const std::string& title, teacher::ServedModel model,
   std::vector<Row> rows = {{"dense_fp32", v1::DENSE_FP32, 0},
                            {"dense_fp16", v1::DENSE_FP16, 0}};
   for (int k : {1, 8, 32, 64}) {
-    if (k <= classes) rows.push_back({absl::StrCat("top_k k=", k), v1::TOP_K, k});
+    if (k <= classes)
+      rows.push_back({absl::StrCat("top_k k=", k), v1::TOP_K, k});
   }
   torch::Tensor reference;
   double base_bytes = 0, base_rate = 0;
@@ -234,21 +240,25 @@ void BatchingTable(const std::string& dir) {
   const int streams = absl::GetFlag(FLAGS_streams);
   const int size = absl::GetFlag(FLAGS_batch_size) / 2;
   const int batches = absl::GetFlag(FLAGS_batches);
-  std::printf("\n# dynamic batching: cnn_teacher, %d concurrent streams, "
-              "%d requests of %d samples each, dense_fp16\n",
-              streams, batches, size);
+  std::printf(
+      "\n# dynamic batching: cnn_teacher, %d concurrent streams, "
+      "%d requests of %d samples each, dense_fp16\n",
+      streams, batches, size);
   std::printf("%-28s %12s %10s %16s %10s\n", "server", "samples/s", "ratio",
               "samples/forward", "forwards");
   double base = 0;
   for (bool on : {false, true}) {
     teacher::ServerOptions options;
     options.batcher.max_batch = on ? 256 : size;
-    options.batcher.max_queue_delay = on ? absl::Milliseconds(2) : absl::ZeroDuration();
-    auto server = OrDie(teacher::TeacherServer::Start(ZooTeacher(dir), options));
+    options.batcher.max_queue_delay =
+        on ? absl::Milliseconds(2) : absl::ZeroDuration();
+    auto server =
+        OrDie(teacher::TeacherServer::Start(ZooTeacher(dir), options));
     auto stub = Connect(*server);
     torch::manual_seed(4);
     std::vector<torch::Tensor> inputs;
-    for (int i = 0; i < batches; ++i) inputs.push_back(torch::rand({size, 1, 28, 28}));
+    for (int i = 0; i < batches; ++i)
+      inputs.push_back(torch::rand({size, 1, 28, 28}));
     v1::StreamHeader header;
     header.set_temperature(4.0);
     header.set_encoding(v1::DENSE_FP16);
@@ -257,7 +267,8 @@ void BatchingTable(const std::string& dir) {
     int64_t samples = 0;
     std::vector<int64_t> per(streams);
     for (int s = 0; s < streams; ++s) {
-      threads.emplace_back([&, s] { per[s] = RunStream(*stub, header, inputs, false).samples; });
+      threads.emplace_back(
+          [&, s] { per[s] = RunStream(*stub, header, inputs, false).samples; });
     }
     for (auto& t : threads) t.join();
     for (int64_t n : per) samples += n;
@@ -278,16 +289,17 @@ void BatchingTable(const std::string& dir) {
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
-  const std::string dir =
-      (std::filesystem::temp_directory_path() /
-       absl::StrCat("teacher_bench_", ::getpid()))
-          .string();
+  const std::string dir = (std::filesystem::temp_directory_path() /
+                           absl::StrCat("teacher_bench_", ::getpid()))
+                              .string();
   std::filesystem::create_directories(dir);
-  std::printf("# teacher_bench: LibTorch threads %d; server and client in one "
-              "process on loopback\n",
-              torch::get_num_threads());
+  std::printf(
+      "# teacher_bench: LibTorch threads %d; server and client in one "
+      "process on loopback\n",
+      torch::get_num_threads());
   EncodingTable("cnn_teacher (zoo)", ZooTeacher(dir),
-                absl::GetFlag(FLAGS_temperature_c10), absl::GetFlag(FLAGS_batches));
+                absl::GetFlag(FLAGS_temperature_c10),
+                absl::GetFlag(FLAGS_batches));
   EncodingTable("synthetic vocabulary teacher", VocabTeacher(),
                 absl::GetFlag(FLAGS_temperature_vocab),
                 absl::GetFlag(FLAGS_vocab_batches));

@@ -13,16 +13,16 @@
 #define DISTILL_STATUS_CONCAT_(a, b) DISTILL_STATUS_CONCAT_INNER_(a, b)
 
 // Returns from the enclosing function when `expr` yields a non-OK status.
-#define DISTILL_RETURN_IF_ERROR(expr)                 \
-  do {                                                \
-    ::absl::Status distill_status_ = (expr);          \
+#define DISTILL_RETURN_IF_ERROR(expr)                  \
+  do {                                                 \
+    ::absl::Status distill_status_ = (expr);           \
     if (!distill_status_.ok()) return distill_status_; \
   } while (0)
 
 // `DISTILL_ASSIGN_OR_RETURN(auto x, MakeX());` binds the value of an OK
 // StatusOr, or returns its status from the enclosing function.
-#define DISTILL_ASSIGN_OR_RETURN(lhs, expr)                                  \
-  DISTILL_ASSIGN_OR_RETURN_IMPL_(                                            \
+#define DISTILL_ASSIGN_OR_RETURN(lhs, expr) \
+  DISTILL_ASSIGN_OR_RETURN_IMPL_(           \
       DISTILL_STATUS_CONCAT_(distill_statusor_, __LINE__), lhs, expr)
 #define DISTILL_ASSIGN_OR_RETURN_IMPL_(tmp, lhs, expr) \
   auto tmp = (expr);                                   \
@@ -35,8 +35,8 @@ namespace distill {
 inline absl::Status Annotate(const absl::Status& status,
                              absl::string_view context) {
   if (status.ok()) return status;
-  return absl::Status(status.code(),
-                      std::string(context) + ": " + std::string(status.message()));
+  return absl::Status(status.code(), std::string(context) + ": " +
+                                         std::string(status.message()));
 }
 
 }  // namespace distill

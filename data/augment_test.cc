@@ -18,7 +18,9 @@ torch::Tensor Inputs(int64_t n) {
   return torch::arange(n * 2 * 6 * 5, torch::kFloat).reshape({n, 2, 6, 5});
 }
 
-torch::Tensor Ids(int64_t n) { return torch::arange(100, 100 + n, torch::kLong); }
+torch::Tensor Ids(int64_t n) {
+  return torch::arange(100, 100 + n, torch::kLong);
+}
 
 AugmentOptions Enabled(int64_t padding, bool flip) {
   AugmentOptions options;
@@ -32,7 +34,8 @@ TEST(AugmentTest, DisabledReturnsInputUnchanged) {
   const torch::Tensor inputs = Inputs(4);
   AugmentOptions options;
   ASSERT_FALSE(options.enabled);
-  EXPECT_TRUE(torch::equal(Augment(inputs, Ids(4), 1, 0, options, kPad), inputs));
+  EXPECT_TRUE(
+      torch::equal(Augment(inputs, Ids(4), 1, 0, options, kPad), inputs));
 }
 
 TEST(AugmentTest, SameSeedEpochAndIdGiveSameResult) {
@@ -93,13 +96,12 @@ TEST(AugmentTest, CropKeepsShapeAndPadsWithPadValue) {
   for (int64_t i = 0; i < n; ++i) {
     // Recover the offset from where the input's top-left value landed; the
     // crop must be the padded input at exactly that offset.
-    const torch::Tensor padded = torch::constant_pad_nd(
-        inputs[i], {pad, pad, pad, pad}, kPad);
+    const torch::Tensor padded =
+        torch::constant_pad_nd(inputs[i], {pad, pad, pad, pad}, kPad);
     bool matched = false;
     for (int64_t top = 0; top <= 2 * pad && !matched; ++top) {
       for (int64_t left = 0; left <= 2 * pad && !matched; ++left) {
-        if (torch::equal(out[i],
-                         padded.narrow(1, top, 6).narrow(2, left, 5))) {
+        if (torch::equal(out[i], padded.narrow(1, top, 6).narrow(2, left, 5))) {
           matched = true;
           some_shifted |= top != pad || left != pad;
         }

@@ -37,7 +37,9 @@ class FashionMnistDataset final : public Dataset {
 
   int64_t size() const override { return labels_.size(0); }
   int64_t num_classes() const override { return kNumClasses; }
-  std::vector<int64_t> input_shape() const override { return {1, kRows, kCols}; }
+  std::vector<int64_t> input_shape() const override {
+    return {1, kRows, kCols};
+  }
   std::string name() const override { return name_; }
   float background_value() const override { return background_value_; }
 
@@ -45,8 +47,8 @@ class FashionMnistDataset final : public Dataset {
     const int64_t n = size();
     for (const int64_t id : ids) {
       if (id < 0 || id >= n) {
-        return absl::OutOfRangeError(absl::StrCat(
-            name_, ": sample id ", id, " is outside [0, ", n, ")"));
+        return absl::OutOfRangeError(absl::StrCat(name_, ": sample id ", id,
+                                                  " is outside [0, ", n, ")"));
       }
     }
     return TorchCall(absl::StrCat(name_, ": Get"), [&]() -> Batch {
@@ -118,23 +120,23 @@ absl::StatusOr<std::unique_ptr<Dataset>> LoadFashionMnist(
         images_path, ": expected images of shape Nx28x28, found ", dims));
   }
   if (labels.dims.size() != 1) {
-    return absl::DataLossError(absl::StrCat(
-        labels_path, ": expected a 1-D label array, found ",
-        labels.dims.size(), " dimensions"));
+    return absl::DataLossError(
+        absl::StrCat(labels_path, ": expected a 1-D label array, found ",
+                     labels.dims.size(), " dimensions"));
   }
   if (images.dims[0] != labels.dims[0]) {
-    return absl::DataLossError(absl::StrCat(
-        images_path, " holds ", images.dims[0], " images but ", labels_path,
-        " holds ", labels.dims[0], " labels"));
+    return absl::DataLossError(
+        absl::StrCat(images_path, " holds ", images.dims[0], " images but ",
+                     labels_path, " holds ", labels.dims[0], " labels"));
   }
   const int64_t count = options.limit > 0
                             ? std::min(options.limit, labels.dims[0])
                             : labels.dims[0];
   for (int64_t i = 0; i < count; ++i) {
     if (labels.data[i] >= kNumClasses) {
-      return absl::DataLossError(absl::StrCat(
-          labels_path, ": label ", labels.data[i], " of sample ", i,
-          " is outside [0, ", kNumClasses, ")"));
+      return absl::DataLossError(
+          absl::StrCat(labels_path, ": label ", labels.data[i], " of sample ",
+                       i, " is outside [0, ", kNumClasses, ")"));
     }
   }
 
@@ -157,8 +159,7 @@ absl::StatusOr<std::unique_ptr<Dataset>> LoadFashionMnist(
             torch::from_blob(labels.data.data(), {count}, torch::kUInt8)
                 .to(torch::kLong);
         return std::make_unique<FashionMnistDataset>(
-            name, std::move(image_tensor), std::move(label_tensor),
-            background);
+            name, std::move(image_tensor), std::move(label_tensor), background);
       });
 }
 

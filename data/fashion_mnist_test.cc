@@ -13,14 +13,17 @@
 #include <string>
 #include <vector>
 
+#include "common/testing/idx_files.h"
+#include "common/testing/scratch_dir.h"
 #include "common/testing/status_matchers.h"
-#include "data/testing/test_files.h"
 
 namespace distill::data {
 namespace {
 
+using ::distill::testing::IdxBytes;
 using ::distill::testing::IsOk;
 using ::distill::testing::StatusIs;
+using ::distill::testing::WriteRaw;
 using ::testing::AllOf;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
@@ -41,24 +44,16 @@ std::vector<uint8_t> Gunzip(const std::string& path) {
   return bytes;
 }
 
-class FashionMnistTest : public ::testing::Test {
+class FashionMnistTest : public ::distill::testing::ScratchDirTest {
  protected:
   void SetUp() override {
     if (!std::filesystem::exists(std::string(kDir) +
                                  "/t10k-labels-idx1-ubyte.gz")) {
       GTEST_SKIP() << "dataset-fashion-mnist is not installed in " << kDir;
     }
-    std::string pattern =
-        (std::filesystem::temp_directory_path() / "fmnist_test_XXXXXX")
-            .string();
-    ASSERT_NE(mkdtemp(pattern.data()), nullptr);
-    tmp_ = pattern;
-  }
-  void TearDown() override {
-    if (!tmp_.empty()) std::filesystem::remove_all(tmp_);
   }
 
-  std::string tmp_;
+  const std::string tmp_ = dir_.string();
 };
 
 TEST_F(FashionMnistTest, LoadsTrainSplit) {
@@ -113,9 +108,10 @@ TEST_F(FashionMnistTest, LimitKeepsTheFirstSamples) {
   ASSERT_THAT(dataset, IsOk());
   EXPECT_EQ((*dataset)->size(), 100);
   EXPECT_THAT((*dataset)->Get({99}), IsOk());
-  EXPECT_THAT((*dataset)->Get({5, 100}),
-              StatusIs(absl::StatusCode::kOutOfRange,
-                       AllOf(HasSubstr("100"), HasSubstr("fashion-mnist test"))));
+  EXPECT_THAT(
+      (*dataset)->Get({5, 100}),
+      StatusIs(absl::StatusCode::kOutOfRange,
+               AllOf(HasSubstr("100"), HasSubstr("fashion-mnist test"))));
   EXPECT_THAT((*dataset)->Get({-1}),
               StatusIs(absl::StatusCode::kOutOfRange, HasSubstr("-1")));
 }
@@ -160,16 +156,17 @@ TEST_F(FashionMnistTest, MismatchedCountsAreDataLoss) {
   FashionMnistOptions options;
   options.dir = tmp_;
   options.train = false;
-  EXPECT_THAT(LoadFashionMnist(options),
-              StatusIs(absl::StatusCode::kDataLoss,
-                       AllOf(HasSubstr("10000 images"),
-                             HasSubstr("9999 labels"),
-                             HasSubstr(tmp_ + "/t10k-labels-idx1-ubyte"))));
+  EXPECT_THAT(
+      LoadFashionMnist(options),
+      StatusIs(absl::StatusCode::kDataLoss,
+               AllOf(HasSubstr("10000 images"), HasSubstr("9999 labels"),
+                     HasSubstr(tmp_ + "/t10k-labels-idx1-ubyte"))));
 }
 
 TEST_F(FashionMnistTest, WrongImageSizeIsDataLoss) {
   const std::string images_path = tmp_ + "/train-images-idx3-ubyte";
-  WriteRaw(images_path, IdxBytes(0x08, {2, 32, 32}, std::vector<uint8_t>(2048, 0)));
+  WriteRaw(images_path,
+           IdxBytes(0x08, {2, 32, 32}, std::vector<uint8_t>(2048, 0)));
   WriteRaw(tmp_ + "/train-labels-idx1-ubyte", IdxBytes(0x08, {2}, {1, 2}));
   FashionMnistOptions options;
   options.dir = tmp_;

@@ -106,9 +106,9 @@ absl::StatusOr<IdxArray> ReadIdxFile(const std::string& path) {
   uint8_t magic[4];
   DISTILL_ASSIGN_OR_RETURN(size_t got, reader.Read(magic, sizeof(magic), path));
   if (got < sizeof(magic)) {
-    return absl::DataLossError(absl::StrCat(
-        path, ": truncated: the 4-byte IDX magic is incomplete (", got,
-        " bytes)"));
+    return absl::DataLossError(
+        absl::StrCat(path, ": truncated: the 4-byte IDX magic is incomplete (",
+                     got, " bytes)"));
   }
   if (magic[0] != 0 || magic[1] != 0 || !IsKnownIdxType(magic[2]) ||
       magic[3] == 0) {
@@ -125,11 +125,12 @@ absl::StatusOr<IdxArray> ReadIdxFile(const std::string& path) {
 
   const int num_dims = magic[3];
   std::vector<uint8_t> header(4 * static_cast<size_t>(num_dims));
-  DISTILL_ASSIGN_OR_RETURN(got, reader.Read(header.data(), header.size(), path));
+  DISTILL_ASSIGN_OR_RETURN(got,
+                           reader.Read(header.data(), header.size(), path));
   if (got < header.size()) {
-    return absl::DataLossError(absl::StrCat(
-        path, ": truncated: header expected ", header.size(),
-        " bytes of dimensions, found ", got));
+    return absl::DataLossError(
+        absl::StrCat(path, ": truncated: header expected ", header.size(),
+                     " bytes of dimensions, found ", got));
   }
 
   IdxArray array;
@@ -151,9 +152,9 @@ absl::StatusOr<IdxArray> ReadIdxFile(const std::string& path) {
   DISTILL_ASSIGN_OR_RETURN(got,
                            reader.Read(array.data.data(), num_elements, path));
   if (got < num_elements) {
-    return absl::DataLossError(absl::StrCat(
-        path, ": truncated: expected ", num_elements, " bytes of data, found ",
-        got));
+    return absl::DataLossError(absl::StrCat(path, ": truncated: expected ",
+                                            num_elements,
+                                            " bytes of data, found ", got));
   }
   // Trailing bytes mean the header and the payload disagree, so neither
   // can be trusted; count them for the message.

@@ -11,32 +11,26 @@
 #include <string>
 #include <vector>
 
+#include "common/testing/idx_files.h"
+#include "common/testing/scratch_dir.h"
 #include "common/testing/status_matchers.h"
-#include "data/testing/test_files.h"
 
 namespace distill::data {
 namespace {
 
+using ::distill::testing::IdxBytes;
 using ::distill::testing::IsOk;
 using ::distill::testing::StatusIs;
+using ::distill::testing::WriteRaw;
 using ::testing::AllOf;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
-// A fresh directory per test, removed afterwards.
-class IdxTest : public ::testing::Test {
+class IdxTest : public ::distill::testing::ScratchDirTest {
  protected:
-  void SetUp() override {
-    std::string pattern =
-        (std::filesystem::temp_directory_path() / "idx_test_XXXXXX").string();
-    ASSERT_NE(mkdtemp(pattern.data()), nullptr);
-    dir_ = pattern;
+  std::string Path(const std::string& name) const {
+    return (dir_ / name).string();
   }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-
-  std::string Path(const std::string& name) const { return dir_ + "/" + name; }
-
-  std::string dir_;
 };
 
 void WriteGzip(const std::string& path, const std::vector<uint8_t>& bytes) {
@@ -77,10 +71,11 @@ TEST_F(IdxTest, TruncatedRawPayloadIsDataLoss) {
   const std::vector<uint8_t> short_payload(kPayload.begin(),
                                            kPayload.end() - 3);
   WriteRaw(Path("short.idx"), IdxBytes(0x08, {2, 3, 2}, short_payload));
-  EXPECT_THAT(ReadIdxFile(Path("short.idx")),
-              StatusIs(absl::StatusCode::kDataLoss,
-                       AllOf(HasSubstr("truncated"), HasSubstr(Path("short.idx")),
-                             HasSubstr("expected 12"), HasSubstr("found 9"))));
+  EXPECT_THAT(
+      ReadIdxFile(Path("short.idx")),
+      StatusIs(absl::StatusCode::kDataLoss,
+               AllOf(HasSubstr("truncated"), HasSubstr(Path("short.idx")),
+                     HasSubstr("expected 12"), HasSubstr("found 9"))));
 }
 
 TEST_F(IdxTest, TruncatedGzipStreamIsDataLoss) {
@@ -93,19 +88,20 @@ TEST_F(IdxTest, TruncatedGzipStreamIsDataLoss) {
   ASSERT_GT(compressed.size(), 20u);
   compressed.resize(compressed.size() / 2);
   WriteRaw(Path("cut.gz"), compressed);
-  EXPECT_THAT(ReadIdxFile(Path("cut.gz")),
-              StatusIs(absl::StatusCode::kDataLoss,
-                       AllOf(HasSubstr("truncated"), HasSubstr(Path("cut.gz")))));
+  EXPECT_THAT(
+      ReadIdxFile(Path("cut.gz")),
+      StatusIs(absl::StatusCode::kDataLoss,
+               AllOf(HasSubstr("truncated"), HasSubstr(Path("cut.gz")))));
 }
 
 TEST_F(IdxTest, TruncatedHeaderIsDataLoss) {
   std::vector<uint8_t> bytes = IdxBytes(0x08, {2, 3, 2}, {});
   bytes.resize(9);
   WriteRaw(Path("header.idx"), bytes);
-  EXPECT_THAT(ReadIdxFile(Path("header.idx")),
-              StatusIs(absl::StatusCode::kDataLoss,
-                       AllOf(HasSubstr("truncated"),
-                             HasSubstr(Path("header.idx")))));
+  EXPECT_THAT(
+      ReadIdxFile(Path("header.idx")),
+      StatusIs(absl::StatusCode::kDataLoss,
+               AllOf(HasSubstr("truncated"), HasSubstr(Path("header.idx")))));
 }
 
 TEST_F(IdxTest, TrailingBytesAreDataLoss) {
@@ -136,16 +132,16 @@ TEST_F(IdxTest, UnknownTypeCodeIsDataLoss) {
 
 TEST_F(IdxTest, NonUnsignedByteTypeIsUnimplemented) {
   // Type 0x0D (float32): a valid IDX file the reader does not support.
-  WriteRaw(Path("float.idx"),
-           IdxBytes(0x0D, {3}, std::vector<uint8_t>(12, 0)));
+  WriteRaw(Path("float.idx"), IdxBytes(0x0D, {3}, std::vector<uint8_t>(12, 0)));
   EXPECT_THAT(ReadIdxFile(Path("float.idx")),
               StatusIs(absl::StatusCode::kUnimplemented,
                        AllOf(HasSubstr("0x0d"), HasSubstr(Path("float.idx")))));
 }
 
 TEST_F(IdxTest, MissingFileIsNotFound) {
-  EXPECT_THAT(ReadIdxFile(Path("nope.idx")),
-              StatusIs(absl::StatusCode::kNotFound, HasSubstr(Path("nope.idx"))));
+  EXPECT_THAT(
+      ReadIdxFile(Path("nope.idx")),
+      StatusIs(absl::StatusCode::kNotFound, HasSubstr(Path("nope.idx"))));
 }
 
 }  // namespace

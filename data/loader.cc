@@ -25,7 +25,7 @@ namespace {
 // batches inline), against 1.12x without augmentation. The loader has a
 // whole step's time to build the next batch, so it uses one thread.
 void UseOneIntraOpThread() {
-  at::get_num_threads();  // LibTorch first sets up this thread's count...
+  at::get_num_threads();   // LibTorch first sets up this thread's count...
   omp_set_num_threads(1);  // ...then it is lowered for this thread only.
 }
 
@@ -104,10 +104,9 @@ void Loader::Produce() {
     if (batch.ok() && options_.augment.enabled) {
       absl::Status augmented = TorchCall(
           absl::StrCat("augmenting a batch of ", dataset_.name()), [&] {
-            batch->inputs =
-                Augment(batch->inputs, batch->ids, options_.seed,
-                        options_.epoch, options_.augment,
-                        dataset_.background_value());
+            batch->inputs = Augment(batch->inputs, batch->ids, options_.seed,
+                                    options_.epoch, options_.augment,
+                                    dataset_.background_value());
           });
       if (!augmented.ok()) batch = augmented;
     }

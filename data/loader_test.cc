@@ -18,12 +18,13 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "common/testing/idx_files.h"
 #include "common/testing/status_matchers.h"
-#include "data/testing/test_files.h"
 
 namespace distill::data {
 namespace {
 
+using ::distill::testing::Iota;
 using ::distill::testing::IsOk;
 using ::distill::testing::StatusIs;
 using ::testing::AllOf;
@@ -50,8 +51,8 @@ class FakeDataset : public Dataset {
       }
     }
     Batch batch;
-    batch.ids = torch::tensor(
-        torch::ArrayRef<int64_t>(ids.data(), ids.size()), torch::kLong);
+    batch.ids = torch::tensor(torch::ArrayRef<int64_t>(ids.data(), ids.size()),
+                              torch::kLong);
     batch.inputs = batch.ids.to(torch::kFloat)
                        .view({-1, 1, 1, 1})
                        .expand({-1, 1, 4, 4})
@@ -130,8 +131,8 @@ TEST(LoaderTest, DeliversEveryIdOnceInOrder) {
       const int64_t id = b.ids[i].item<int64_t>();
       seen.push_back(id);
       EXPECT_EQ(b.labels[i].item<int64_t>(), id % 10);
-      EXPECT_TRUE(torch::all(b.inputs[i] == static_cast<float>(id))
-                      .item<bool>());
+      EXPECT_TRUE(
+          torch::all(b.inputs[i] == static_cast<float>(id)).item<bool>());
     }
   }
   EXPECT_EQ(seen, ids);
@@ -193,8 +194,8 @@ TEST(LoaderTest, ProducerStaysWithinQueueDepth) {
 
   // Untouched, the producer fills the queue and must then stop.
   dataset.filled().WaitForNotification();
-  EXPECT_FALSE(
-      dataset.overran().WaitForNotificationWithTimeout(absl::Milliseconds(200)));
+  EXPECT_FALSE(dataset.overran().WaitForNotificationWithTimeout(
+      absl::Milliseconds(200)));
   EXPECT_EQ(dataset.gets(), depth);
 
   int64_t batches = 0;
@@ -251,9 +252,9 @@ TEST(LoaderTest, AugmentErrorSurfacesAsStatus) {
   LoaderOptions options = Options(2);
   options.augment.enabled = true;
   Loader loader(dataset, Iota(4), options);
-  EXPECT_THAT(loader.Next(),
-              StatusIs(absl::StatusCode::kInternal,
-                       AllOf(HasSubstr("augmenting"), HasSubstr("[N, C, H, W]"))));
+  EXPECT_THAT(loader.Next(), StatusIs(absl::StatusCode::kInternal,
+                                      AllOf(HasSubstr("augmenting"),
+                                            HasSubstr("[N, C, H, W]"))));
 }
 
 TEST(LoaderTest, DestroyingMidEpochDoesNotHang) {

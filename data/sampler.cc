@@ -92,9 +92,9 @@ void Sampler::Advance(int64_t n) {
 
 absl::Status Sampler::SetCursor(int64_t cursor) {
   if (cursor < 0 || cursor > shard_size_) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "sampler cursor ", cursor, " is outside [0, ", shard_size_,
-        "] for epoch ", epoch_, " of rank ", options_.rank));
+    return absl::InvalidArgumentError(
+        absl::StrCat("sampler cursor ", cursor, " is outside [0, ", shard_size_,
+                     "] for epoch ", epoch_, " of rank ", options_.rank));
   }
   cursor_ = cursor;
   return absl::OkStatus();

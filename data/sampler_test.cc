@@ -15,12 +15,13 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/testing/idx_files.h"
 #include "common/testing/status_matchers.h"
-#include "data/testing/test_files.h"
 
 namespace distill::data {
 namespace {
 
+using ::distill::testing::Iota;
 using ::distill::testing::IsOk;
 using ::distill::testing::StatusIs;
 using ::testing::AllOf;
@@ -171,9 +172,9 @@ TEST(SamplerTest, CursorAdvancesAndRestores) {
   EXPECT_THAT(resumed.SetCursor(6),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        AllOf(HasSubstr("cursor 6"), HasSubstr("[0, 5]"))));
-  EXPECT_THAT(resumed.SetCursor(-1),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("cursor -1")));
+  EXPECT_THAT(
+      resumed.SetCursor(-1),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("cursor -1")));
   EXPECT_EQ(resumed.cursor(), 5);
 
   resumed.SetEpoch(1);
@@ -198,7 +199,8 @@ std::optional<std::string> RunPythonTorch(const std::string& script) {
   std::string out;
   char buffer[4096];
   size_t n;
-  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) out.append(buffer, n);
+  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0)
+    out.append(buffer, n);
   if (pclose(pipe) != 0) return std::nullopt;
   return out;
 }

@@ -23,11 +23,11 @@ absl::Status CheckServing(const std::string& endpoint,
         "health check of ", endpoint, " failed: ", status.error_message()));
   }
   if (response.status() != grpc::health::v1::HealthCheckResponse::SERVING) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        endpoint, " reports ",
-        grpc::health::v1::HealthCheckResponse::ServingStatus_Name(
-            response.status()),
-        " for service '", service, "'"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(endpoint, " reports ",
+                     grpc::health::v1::HealthCheckResponse::ServingStatus_Name(
+                         response.status()),
+                     " for service '", service, "'"));
   }
   return absl::OkStatus();
 }

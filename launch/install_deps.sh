@@ -7,7 +7,7 @@ SUDO=""
 if [[ "$(id -u)" != "0" ]]; then SUDO="sudo"; fi
 
 PACKAGES=(
-  build-essential cmake ninja-build ccache pkg-config git
+  build-essential cmake ninja-build ccache pkg-config git clang-format
   libtorch-dev libgloo-dev
   # An optimized BLAS for LibTorch's linear layers: without one (apt's
   # --no-install-recommends) they run on the netlib reference BLAS, ~20x

@@ -85,7 +85,8 @@ int main(int argc, char** argv) {
     }
   }
   distill::launch::LaunchOptions options;
-  for (int i = separator + 1; i < argc; ++i) options.distill_args.emplace_back(argv[i]);
+  for (int i = separator + 1; i < argc; ++i)
+    options.distill_args.emplace_back(argv[i]);
   std::vector<char*> rest = absl::ParseCommandLine(separator, argv);
   if (rest.size() > 1) {
     return Fail(std::string("unexpected argument '") + rest[1] +
@@ -98,14 +99,15 @@ int main(int argc, char** argv) {
   options.teachers = absl::GetFlag(FLAGS_teachers);
   options.max_restarts = absl::GetFlag(FLAGS_max_restarts);
   options.master_port = absl::GetFlag(FLAGS_master_port);
-  for (absl::string_view arg : absl::StrSplit(
-           absl::GetFlag(FLAGS_teacher_args), absl::ByAnyChar(" \t\n"),
-           absl::SkipEmpty())) {
+  for (absl::string_view arg :
+       absl::StrSplit(absl::GetFlag(FLAGS_teacher_args),
+                      absl::ByAnyChar(" \t\n"), absl::SkipEmpty())) {
     options.teacher_args.emplace_back(arg);
   }
   const std::string self_dir = SelfDir();
   options.distill_path = absl::GetFlag(FLAGS_distill);
-  if (options.distill_path.empty()) options.distill_path = self_dir + "/distill";
+  if (options.distill_path.empty())
+    options.distill_path = self_dir + "/distill";
   options.teacher_server_path = absl::GetFlag(FLAGS_teacher_server);
   if (options.teacher_server_path.empty()) {
     options.teacher_server_path = self_dir + "/teacher_server";
@@ -114,13 +116,15 @@ int main(int argc, char** argv) {
       absl::GetFlag(FLAGS_stop_grace_s) < 0) {
     return Fail("--teacher_timeout_s must be > 0 and --stop_grace_s >= 0");
   }
-  options.teacher_timeout = absl::Seconds(absl::GetFlag(FLAGS_teacher_timeout_s));
+  options.teacher_timeout =
+      absl::Seconds(absl::GetFlag(FLAGS_teacher_timeout_s));
   options.stop_grace = absl::Seconds(absl::GetFlag(FLAGS_stop_grace_s));
 
   std::string temp_dir;
   options.work_dir = absl::GetFlag(FLAGS_work_dir);
   if (options.work_dir.empty()) {
-    std::string pattern = (fs::temp_directory_path() / "distill_launch.XXXXXX").string();
+    std::string pattern =
+        (fs::temp_directory_path() / "distill_launch.XXXXXX").string();
     if (::mkdtemp(pattern.data()) == nullptr) {
       return Fail("cannot create a temporary work directory");
     }

@@ -1,23 +1,19 @@
 #include "launch/launcher.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
-#include <optional>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/file.h"
+#include "common/net.h"
 #include "common/status.h"
 #include "launch/health.h"
 #include "launch/restart_policy.h"
@@ -48,44 +44,11 @@ void Say(const LaunchOptions& o, const std::string& text) {
   (void)!::write(o.err_fd, line.data(), line.size());
 }
 
-absl::StatusOr<int> FreeLoopbackPort() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return absl::InternalError("socket() failed");
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  const bool ok =
-      ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0;
-  ::close(fd);
-  if (!ok) return absl::InternalError("cannot bind a loopback port");
-  return static_cast<int>(ntohs(addr.sin_port));
-}
-
-absl::Status WriteFileAtomically(const fs::path& path, const std::string& text) {
-  const fs::path tmp = path.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out << text;
-    if (!out.flush()) {
-      return absl::InternalError(absl::StrCat("cannot write ", tmp.string()));
-    }
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) {
-    return absl::InternalError(
-        absl::StrCat("cannot rename ", tmp.string(), ": ", ec.message()));
-  }
-  return absl::OkStatus();
-}
-
 // The port a teacher wrote ("<port>\n"), once the file is there.
 std::optional<int> ReadPortFile(const fs::path& path) {
-  std::ifstream in(path);
-  std::string text;
-  if (!std::getline(in, text)) return std::nullopt;
+  const absl::StatusOr<std::string> bytes = ReadFile(path.string());
+  if (!bytes.ok() || bytes->empty()) return std::nullopt;
+  const std::string text = bytes->substr(0, bytes->find('\n'));
   int port = 0;
   if (!absl::SimpleAtoi(text, &port) || port < 1 || port > 65535) {
     return std::nullopt;
@@ -100,7 +63,9 @@ bool HasResumeFlag(const std::vector<std::string>& args) {
   });
 }
 
-int FirstSignal(const Events& e) { return e.signals.empty() ? 0 : e.signals[0]; }
+int FirstSignal(const Events& e) {
+  return e.signals.empty() ? 0 : e.signals[0];
+}
 
 class Attempt {
  public:
@@ -108,7 +73,8 @@ class Attempt {
       : o_(o), number_(number), sup_(sup) {}
 
   absl::StatusOr<AttemptResult> Run() {
-    DISTILL_ASSIGN_OR_RETURN(std::optional<AttemptResult> early, StartTeachers());
+    DISTILL_ASSIGN_OR_RETURN(std::optional<AttemptResult> early,
+                             StartTeachers());
     if (early) return *early;
     DISTILL_RETURN_IF_ERROR(StartRanks());
     DISTILL_RETURN_IF_ERROR(WriteRecord());
@@ -122,10 +88,14 @@ class Attempt {
     std::vector<fs::path> port_files;
     for (int i = 0; i < o_.teachers; ++i) {
       const fs::path port_file =
-          fs::path(o_.work_dir) / absl::StrCat("teacher-", number_, "-", i, ".port");
+          fs::path(o_.work_dir) /
+          absl::StrCat("teacher-", number_, "-", i, ".port");
       fs::remove(port_file);
-      ChildSpec spec{"teacher", i, {o_.teacher_server_path, "--port", "0",
-                                    "--port_file", port_file.string()}, {}};
+      ChildSpec spec{"teacher",
+                     i,
+                     {o_.teacher_server_path, "--port", "0", "--port_file",
+                      port_file.string()},
+                     {}};
       spec.argv.insert(spec.argv.end(), o_.teacher_args.begin(),
                        o_.teacher_args.end());
       DISTILL_ASSIGN_OR_RETURN(int id, sup_.Start(spec));
@@ -153,7 +123,8 @@ class Attempt {
         const std::optional<int> port = ReadPortFile(port_files[i]);
         if (!port) continue;
         const std::string endpoint = absl::StrCat("127.0.0.1:", *port);
-        if (!CheckServing(endpoint, kTeacherService, absl::Milliseconds(500)).ok()) {
+        if (!CheckServing(endpoint, kTeacherService, absl::Milliseconds(500))
+                 .ok()) {
           continue;
         }
         endpoints_[i] = endpoint;
@@ -208,11 +179,13 @@ class Attempt {
       record["ranks"].push_back({{"rank", r}, {"pid", sup_.pid(rank_ids_[r])}});
     }
     for (int i = 0; i < o_.teachers; ++i) {
-      record["teachers"].push_back(
-          {{"teacher", i}, {"pid", sup_.pid(teacher_ids_[i])}, {"endpoint", endpoints_[i]}});
+      record["teachers"].push_back({{"teacher", i},
+                                    {"pid", sup_.pid(teacher_ids_[i])},
+                                    {"endpoint", endpoints_[i]}});
     }
-    return WriteFileAtomically(
-        fs::path(o_.work_dir) / absl::StrCat("attempt-", number_, ".json"),
+    return WriteStringAtomically(
+        (fs::path(o_.work_dir) / absl::StrCat("attempt-", number_, ".json"))
+            .string(),
         record.dump(2) + "\n");
   }
 
@@ -238,8 +211,9 @@ class Attempt {
           return {Outcome::kInterrupted, "", 128 + sig};
         }
         stop_signal = sig;
-        Say(o_, absl::StrCat("got SIG", ::sigabbrev_np(sig),
-                             "; passing it to the ranks, which checkpoint and stop"));
+        Say(o_, absl::StrCat(
+                    "got SIG", ::sigabbrev_np(sig),
+                    "; passing it to the ranks, which checkpoint and stop"));
         for (int id : rank_ids_) sup_.Signal(id, sig);
       }
       const ChildExit* failure = nullptr;
@@ -250,8 +224,8 @@ class Attempt {
         if (rank && ExitCode(e.wait_status) == 0) continue;
         // When several went down together, one killed by a signal is the
         // likelier cause: the others fail because it is gone.
-        if (failure == nullptr ||
-            (WIFSIGNALED(e.wait_status) && !WIFSIGNALED(failure->wait_status))) {
+        if (failure == nullptr || (WIFSIGNALED(e.wait_status) &&
+                                   !WIFSIGNALED(failure->wait_status))) {
           failure = &e;
         }
       }
@@ -282,7 +256,8 @@ class Attempt {
 
 absl::Status Validate(const LaunchOptions& o) {
   if (o.nproc < 1) return absl::InvalidArgumentError("--nproc must be >= 1");
-  if (o.teachers < 0) return absl::InvalidArgumentError("--teachers must be >= 0");
+  if (o.teachers < 0)
+    return absl::InvalidArgumentError("--teachers must be >= 0");
   if (o.max_restarts < 0) {
     return absl::InvalidArgumentError("--max_restarts must be >= 0");
   }
@@ -305,8 +280,9 @@ absl::StatusOr<int> RunLaunch(const LaunchOptions& options) {
   DISTILL_RETURN_IF_ERROR(Validate(options));
   RestartPolicy policy(options.max_restarts);
   for (int number = 0;; ++number) {
-    DISTILL_ASSIGN_OR_RETURN(std::unique_ptr<Supervisor> sup,
-                             Supervisor::Create(options.out_fd, options.err_fd));
+    DISTILL_ASSIGN_OR_RETURN(
+        std::unique_ptr<Supervisor> sup,
+        Supervisor::Create(options.out_fd, options.err_fd));
     Attempt attempt(options, number, *sup);
     DISTILL_ASSIGN_OR_RETURN(AttemptResult result, attempt.Run());
     switch (result.outcome) {
@@ -321,9 +297,10 @@ absl::StatusOr<int> RunLaunch(const LaunchOptions& options) {
     if (!policy.RecordFailure(result.cause)) {
       return absl::AbortedError(policy.GiveUpMessage());
     }
-    Say(options, absl::StrCat("restarting the group from the newest checkpoint "
-                              "(restart ", policy.restarts(), " of ",
-                              policy.max_restarts(), ")"));
+    Say(options,
+        absl::StrCat("restarting the group from the newest checkpoint "
+                     "(restart ",
+                     policy.restarts(), " of ", policy.max_restarts(), ")"));
   }
 }
 

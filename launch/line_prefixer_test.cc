@@ -13,8 +13,8 @@ using ::testing::ElementsAre;
 
 class LinePrefixerTest : public ::testing::Test {
  protected:
-  LinePrefixer prefixer_{"[rank 1] ",
-                         [this](absl::string_view l) { lines_.emplace_back(l); }};
+  LinePrefixer prefixer_{
+      "[rank 1] ", [this](absl::string_view l) { lines_.emplace_back(l); }};
   std::vector<std::string> lines_;
 };
 

@@ -63,7 +63,8 @@ int MillisUntil(absl::Time deadline) {
   const absl::Duration left = deadline - absl::Now();
   if (left <= absl::ZeroDuration()) return 0;
   if (left == absl::InfiniteDuration()) return -1;
-  return static_cast<int>(absl::ToInt64Milliseconds(left + absl::Milliseconds(1)));
+  return static_cast<int>(
+      absl::ToInt64Milliseconds(left + absl::Milliseconds(1)));
 }
 
 }  // namespace
@@ -175,7 +176,8 @@ absl::StatusOr<int> Supervisor::Start(const ChildSpec& spec) {
   child->pid = pid;
   child->fds[0] = out[0];
   child->fds[1] = err[0];
-  const std::string prefix = absl::StrCat("[", spec.role, " ", spec.index, "] ");
+  const std::string prefix =
+      absl::StrCat("[", spec.role, " ", spec.index, "] ");
   child->prefixers[0] = std::make_unique<LinePrefixer>(
       prefix, [this](absl::string_view l) { WriteAll(out_fd_, l); });
   child->prefixers[1] = std::make_unique<LinePrefixer>(
@@ -252,7 +254,8 @@ Events Supervisor::Wait(absl::Duration timeout) {
     if (!events.empty()) return events;
     const int ms = MillisUntil(deadline);
     if (ms == 0) return events;
-    PollOnce(ms < 0 ? absl::InfiniteDuration() : absl::Milliseconds(ms), events);
+    PollOnce(ms < 0 ? absl::InfiniteDuration() : absl::Milliseconds(ms),
+             events);
   }
 }
 
@@ -273,7 +276,8 @@ Events Supervisor::StopAll(absl::Duration grace) {
       killed = true;
     }
     const absl::Duration step =
-        killed ? absl::Milliseconds(100) : std::max(deadline - absl::Now(), absl::ZeroDuration());
+        killed ? absl::Milliseconds(100)
+               : std::max(deadline - absl::Now(), absl::ZeroDuration());
     PollOnce(step, events);
     ReapExited(events);
   }

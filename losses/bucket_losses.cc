@@ -156,8 +156,8 @@ DISTILL_REGISTER_LOSS(soft_ce,
                                   "T^2 * cross entropy -sum p_T log q_T.",
                                   &SoftCeTerm));
 DISTILL_REGISTER_LOSS(
-    tvd, BucketEntry("tvd",
-                     "T^2 * total variation distance sum |p_T - q_T| / 2.",
-                     &TvdTerm));
+    tvd,
+    BucketEntry("tvd", "T^2 * total variation distance sum |p_T - q_T| / 2.",
+                &TvdTerm));
 
 }  // namespace distill::losses

@@ -31,8 +31,8 @@ using ::testing::HasSubstr;
 
 const std::vector<std::string> kTeacherLosses = {"kd_kl", "reverse_kl", "js",
                                                  "soft_ce", "mse_logits"};
-const std::vector<std::string> kTopKLosses = {"kd_kl", "reverse_kl", "js", "tvd",
-                                              "soft_ce"};
+const std::vector<std::string> kTopKLosses = {"kd_kl", "reverse_kl", "js",
+                                              "tvd", "soft_ce"};
 
 absl::StatusOr<torch::Tensor> RunLoss(const std::string& name,
                                       const torch::Tensor& student,
@@ -336,29 +336,29 @@ TEST(TvdTest, HalfTheL1DistanceTimesTSquared) {
 //   TCKD = 0.7 ln(0.7 / 0.5) + 0.3 ln(0.3 / 0.5)
 //   NCKD = KL((2/3, 1/3) || (0.6, 0.4))
 TEST(DkdTest, MatchesHandDerivedTermsAtTemperature) {
-  const double tckd =
-      0.7 * std::log(0.7 / 0.5) + 0.3 * std::log(0.3 / 0.5);
+  const double tckd = 0.7 * std::log(0.7 / 0.5) + 0.3 * std::log(0.3 / 0.5);
   const double nckd = (2.0 / 3) * std::log((2.0 / 3) / 0.6) +
                       (1.0 / 3) * std::log((1.0 / 3) / 0.4);
   const TeacherTargets teacher = DenseRow({0.7, 0.2, 0.1}, 2.0);
   const torch::Tensor logits = LogitsFor({0.5, 0.3, 0.2}, 2.0);
   const torch::Tensor labels = torch::tensor({0}, torch::kLong);
-  auto value = RunLoss("dkd", logits, &teacher, labels,
-                       {{"alpha", 1.5}, {"beta", 8.0}});
+  auto value =
+      RunLoss("dkd", logits, &teacher, labels, {{"alpha", 1.5}, {"beta", 8.0}});
   ASSERT_THAT(value, IsOk());
   EXPECT_NEAR(value->item<double>(), 4.0 * (1.5 * tckd + 8.0 * nckd), 1e-5);
   // Each term alone.
-  auto only_t = RunLoss("dkd", logits, &teacher, labels,
-                        {{"alpha", 1.0}, {"beta", 0.0}});
+  auto only_t =
+      RunLoss("dkd", logits, &teacher, labels, {{"alpha", 1.0}, {"beta", 0.0}});
   ASSERT_THAT(only_t, IsOk());
   EXPECT_NEAR(only_t->item<double>(), 4.0 * tckd, 1e-6);
-  auto only_n = RunLoss("dkd", logits, &teacher, labels,
-                        {{"alpha", 0.0}, {"beta", 1.0}});
+  auto only_n =
+      RunLoss("dkd", logits, &teacher, labels, {{"alpha", 0.0}, {"beta", 1.0}});
   ASSERT_THAT(only_n, IsOk());
   EXPECT_NEAR(only_n->item<double>(), 4.0 * nckd, 1e-6);
   // The label picks the target class: with label 1 the terms differ.
-  auto other = RunLoss("dkd", logits, &teacher, torch::tensor({1}, torch::kLong),
-                       {{"alpha", 1.0}, {"beta", 0.0}});
+  auto other =
+      RunLoss("dkd", logits, &teacher, torch::tensor({1}, torch::kLong),
+              {{"alpha", 1.0}, {"beta", 0.0}});
   ASSERT_THAT(other, IsOk());
   EXPECT_NEAR(other->item<double>(),
               4.0 * (0.2 * std::log(0.2 / 0.3) + 0.8 * std::log(0.8 / 0.7)),
@@ -380,8 +380,8 @@ TEST(DkdTest, ReducesToKdKlWithBetaOneMinusTargetProbability) {
   teacher.temperature = 3.0;
   teacher.num_classes = 5;
   teacher.probs = p;
-  auto dkd = RunLoss("dkd", logits, &teacher, labels,
-                     {{"alpha", 1.0}, {"beta", 0.4}});
+  auto dkd =
+      RunLoss("dkd", logits, &teacher, labels, {{"alpha", 1.0}, {"beta", 0.4}});
   auto kl = RunLoss("kd_kl", logits, &teacher);
   ASSERT_THAT(dkd, IsOk());
   ASSERT_THAT(kl, IsOk());
@@ -392,7 +392,8 @@ TEST(DkdTest, OneHotTeacherAndExtremeLogitsStayFinite) {
   const TeacherTargets teacher = DenseRow({1.0, 0.0, 0.0}, 1.0);
   const torch::Tensor logits =
       torch::tensor({{-1e4, 1e4, 0.0}}).requires_grad_(true);
-  auto value = RunLoss("dkd", logits, &teacher, torch::tensor({0}, torch::kLong));
+  auto value =
+      RunLoss("dkd", logits, &teacher, torch::tensor({0}, torch::kLong));
   ASSERT_THAT(value, IsOk());
   EXPECT_TRUE(std::isfinite(value->item<double>()));
   value->backward();
@@ -403,9 +404,10 @@ TEST(DkdTest, RefusesTopKAndMissingLabels) {
   const torch::Tensor logits = LogitsFor({0.5, 0.3, 0.2}, 1.0);
   const TeacherTargets top_k =
       TeacherTargets::TopKFromLogits(torch::tensor({{1.0, 0.0, -1.0}}), 1.0, 2);
-  EXPECT_THAT(RunLoss("dkd", logits, &top_k, torch::tensor({0}, torch::kLong)),
-              StatusIs(absl::StatusCode::kFailedPrecondition,
-                       HasSubstr("dkd needs dense teacher targets, got top-k")));
+  EXPECT_THAT(
+      RunLoss("dkd", logits, &top_k, torch::tensor({0}, torch::kLong)),
+      StatusIs(absl::StatusCode::kFailedPrecondition,
+               HasSubstr("dkd needs dense teacher targets, got top-k")));
   const TeacherTargets dense = DenseRow({0.7, 0.2, 0.1}, 1.0);
   EXPECT_THAT(RunLoss("dkd", logits, &dense),
               StatusIs(absl::StatusCode::kInvalidArgument,

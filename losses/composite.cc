@@ -30,11 +30,10 @@ absl::StatusOr<CompositeLoss> CompositeLoss::Create(
           absl::StrCat("loss term '", spec.name, "' has weight ", spec.weight,
                        "; weights must be finite and >= 0"));
     }
-    if (spec.weight_schedule &&
-        !(std::isfinite(spec.weight_schedule->start) &&
-          spec.weight_schedule->start >= 0.0 &&
-          std::isfinite(spec.weight_schedule->end) &&
-          spec.weight_schedule->end >= 0.0)) {
+    if (spec.weight_schedule && !(std::isfinite(spec.weight_schedule->start) &&
+                                  spec.weight_schedule->start >= 0.0 &&
+                                  std::isfinite(spec.weight_schedule->end) &&
+                                  spec.weight_schedule->end >= 0.0)) {
       return absl::InvalidArgumentError(absl::StrCat(
           "loss term '", spec.name, "' has a weight schedule from ",
           spec.weight_schedule->start, " to ", spec.weight_schedule->end,

@@ -28,8 +28,8 @@ struct TermSpec {
 };
 
 struct CompositeResult {
-  torch::Tensor total;                   // scalar, differentiable
-  std::map<std::string, double> terms;   // unweighted value of each term
+  torch::Tensor total;                  // scalar, differentiable
+  std::map<std::string, double> terms;  // unweighted value of each term
 };
 
 class CompositeLoss {

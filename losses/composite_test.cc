@@ -66,8 +66,7 @@ TEST(CompositeLossTest, WeightScheduleFollowsTheStep) {
   inputs.teacher = &teacher;
   inputs.labels = torch::tensor({1}, torch::kLong);
   TermSpec kd{"kd_kl", 123.0, {}};
-  kd.weight_schedule =
-      ValueSchedule{ValueSchedule::Type::kLinear, 0.2, 1.0};
+  kd.weight_schedule = ValueSchedule{ValueSchedule::Type::kLinear, 0.2, 1.0};
   absl::StatusOr<CompositeLoss> composite =
       CompositeLoss::Create({kd, {"hard_ce", 0.5, {}}});
   ASSERT_THAT(composite, IsOk());

@@ -70,8 +70,8 @@ class DkdLoss final : public Loss {
       const torch::Tensor p_rest =
           p.masked_fill(is_target, 0.0).sum(-1, /*keepdim=*/true);
       const torch::Tensor tckd =
-          (torch::xlogy(p_y, p_y) - p_y * log_q_y + torch::xlogy(p_rest, p_rest) -
-           p_rest * log_q_rest)
+          (torch::xlogy(p_y, p_y) - p_y * log_q_y +
+           torch::xlogy(p_rest, p_rest) - p_rest * log_q_rest)
               .squeeze(-1);
       // Non-target distributions; a one-hot teacher has none (p' = 0).
       const torch::Tensor p_hat =
@@ -112,6 +112,5 @@ LossEntry DkdEntry() {
 }  // namespace
 
 DISTILL_REGISTER_LOSS(dkd, DkdEntry());
-
 
 }  // namespace distill::losses

@@ -87,11 +87,11 @@ struct DistillLossPluginEntry {
 // Defines the plugin's entry: `register_fn` is an
 // absl::Status(distill::losses::LossRegistry&) function. Use once per plugin,
 // at namespace scope.
-#define DISTILL_LOSS_PLUGIN(register_fn)                                     \
-  extern "C" __attribute__((visibility("default")))                          \
-  DistillLossPluginEntry distill_loss_plugin_entry() {                       \
-    return DistillLossPluginEntry{                                           \
-        ::distill::losses::kDistillLossPluginApiVersion, &(register_fn)};    \
+#define DISTILL_LOSS_PLUGIN(register_fn)                                   \
+  extern "C" __attribute__((visibility("default"))) DistillLossPluginEntry \
+  distill_loss_plugin_entry() {                                            \
+    return DistillLossPluginEntry{                                         \
+        ::distill::losses::kDistillLossPluginApiVersion, &(register_fn)};  \
   }
 
 #endif  // DISTILL_LOSSES_PLUGIN_H_

@@ -42,8 +42,8 @@ absl::Status RegisterFrom(const std::string& path, LossPluginRegisterFn fn,
         status.code() == absl::StatusCode::kAlreadyExists
             ? absl::StatusCode::kAlreadyExists
             : absl::StatusCode::kInvalidArgument,
-        absl::StrCat("loss plugin ", path, " failed to register its losses: ",
-                     status.message()));
+        absl::StrCat("loss plugin ", path,
+                     " failed to register its losses: ", status.message()));
   }
   std::vector<LossEntry> entries;
   for (const std::string& name : staging.Names()) {
@@ -74,8 +74,7 @@ absl::Status RegisterFrom(const std::string& path, LossPluginRegisterFn fn,
 absl::Status LoadLossPlugin(const std::string& path, LossRegistry& registry) {
   std::error_code error;
   if (!std::filesystem::is_regular_file(path, error)) {
-    return absl::NotFoundError(
-        absl::StrCat("loss plugin not found: ", path));
+    return absl::NotFoundError(absl::StrCat("loss plugin not found: ", path));
   }
   // dlopen searches the library path for a bare name; "./" keeps a relative
   // path relative to the current directory, as documented.
@@ -98,11 +97,11 @@ absl::Status LoadLossPlugin(const std::string& path, LossRegistry& registry) {
   const DistillLossPluginEntry entry = reinterpret_cast<EntryFn>(symbol)();
   if (entry.api_version != kDistillLossPluginApiVersion) {
     dlclose(handle);
-    return absl::FailedPreconditionError(absl::StrCat(
-        "loss plugin ", path, " was built for plugin API version ",
-        entry.api_version, " but this distill has version ",
-        kDistillLossPluginApiVersion, "; rebuild it against this release's ",
-        "headers"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("loss plugin ", path, " was built for plugin API version ",
+                     entry.api_version, " but this distill has version ",
+                     kDistillLossPluginApiVersion,
+                     "; rebuild it against this release's ", "headers"));
   }
   if (entry.register_losses == nullptr) {
     dlclose(handle);

@@ -89,8 +89,8 @@ TEST(PluginLoaderTest, PluginLossGetsGradientsAndRefusesTopK) {
   // Moving q towards p (lowering the first logit) lowers the loss.
   EXPECT_GT(e.logits.grad()[0][0].item<double>(), 0.0);
 
-  TeacherTargets top_k = TeacherTargets::TopKFromLogits(
-      torch::tensor({{1.0, 0.0}}), 1.0, 1);
+  TeacherTargets top_k =
+      TeacherTargets::TopKFromLogits(torch::tensor({{1.0, 0.0}}), 1.0, 1);
   inputs.teacher = &top_k;
   EXPECT_THAT((*loss)->Compute(inputs),
               StatusIs(absl::StatusCode::kFailedPrecondition,
@@ -139,11 +139,11 @@ TEST(PluginLoaderTest, FileThatIsNotALibrary) {
 TEST(PluginLoaderTest, LibraryWithoutEntryIsNotAPlugin) {
   LossRegistry registry;
   const std::string path = DISTILL_NOT_A_PLUGIN;
-  EXPECT_THAT(LoadLossPlugin(path, registry),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr(path +
-                                 " is not a distill loss plugin: it exports "
-                                 "no distill_loss_plugin_entry")));
+  EXPECT_THAT(
+      LoadLossPlugin(path, registry),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr(path + " is not a distill loss plugin: it exports "
+                                "no distill_loss_plugin_entry")));
   EXPECT_TRUE(registry.Names().empty());
 }
 
@@ -179,10 +179,10 @@ TEST(PluginLoaderTest, NameOfABuiltInIsADuplicate) {
     return nullptr;
   };
   ASSERT_THAT(registry.Register(entry), IsOk());
-  EXPECT_THAT(LoadLossPlugin(kCosineKd, registry),
-              StatusIs(absl::StatusCode::kAlreadyExists,
-                       AllOf(HasSubstr("loss 'cosine_kd'"),
-                             HasSubstr(kCosineKd))));
+  EXPECT_THAT(
+      LoadLossPlugin(kCosineKd, registry),
+      StatusIs(absl::StatusCode::kAlreadyExists,
+               AllOf(HasSubstr("loss 'cosine_kd'"), HasSubstr(kCosineKd))));
 }
 
 }  // namespace

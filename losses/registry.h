@@ -74,7 +74,7 @@ bool RegisterBuiltin(LossEntry entry);
 
 // Registers a built-in loss. `make_entry` is an expression yielding a
 // LossEntry, e.g. DISTILL_REGISTER_LOSS(kd_kl, KdKlEntry()).
-#define DISTILL_REGISTER_LOSS(id, make_entry)                        \
+#define DISTILL_REGISTER_LOSS(id, make_entry)                       \
   [[maybe_unused]] static const bool distill_loss_registered_##id = \
       ::distill::losses::internal::RegisterBuiltin(make_entry)
 

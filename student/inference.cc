@@ -41,7 +41,8 @@ template <typename BatchNormImpl>
 std::optional<ChannelAffine> AffineOf(BatchNormImpl& bn) {
   if (!bn.options.track_running_stats()) return std::nullopt;
   const torch::Tensor mean = bn.running_mean.detach();
-  torch::Tensor scale = torch::rsqrt(bn.running_var.detach() + bn.options.eps());
+  torch::Tensor scale =
+      torch::rsqrt(bn.running_var.detach() + bn.options.eps());
   if (bn.options.affine()) scale = scale * bn.weight.detach();
   torch::Tensor shift = -mean * scale;
   if (bn.options.affine()) shift = shift + bn.bias.detach();
@@ -100,7 +101,8 @@ torch::Tensor OneDnn(const torch::Tensor& x) {
 // dense tensors.
 torch::Tensor Run(const Step& s, const torch::Tensor& x) {
   const auto bias = [&s] {
-    return s.bias.defined() ? c10::optional<torch::Tensor>(s.bias) : c10::nullopt;
+    return s.bias.defined() ? c10::optional<torch::Tensor>(s.bias)
+                            : c10::nullopt;
   };
   switch (s.kind) {
     case Step::Kind::kConv:
@@ -112,7 +114,8 @@ torch::Tensor Run(const Step& s, const torch::Tensor& x) {
                            s.dilation, s.groups);
     case Step::Kind::kLinear:
       if (s.onednn) {
-        return torch::mkldnn_linear(OneDnn(Dense(x)), s.weight, bias()).to_dense();
+        return torch::mkldnn_linear(OneDnn(Dense(x)), s.weight, bias())
+            .to_dense();
       }
       return torch::linear(Dense(x), s.weight, s.bias);
     case Step::Kind::kAffine:
@@ -145,7 +148,8 @@ Plan BuildPlan(ZooModule& zoo) {
       case LayerOp::Kind::kConv2d: {
         auto step = ConvStep(*op.module->as<torch::nn::Conv2dImpl>());
         if (!step) {
-          plan.unsupported = absl::StrCat(op.name, ": a padding this cannot prepare");
+          plan.unsupported =
+              absl::StrCat(op.name, ": a padding this cannot prepare");
           return plan;
         }
         plan.steps.push_back(*std::move(step));
@@ -220,7 +224,8 @@ absl::StatusOr<std::unique_ptr<InferenceModel>> InferenceModel::Create(
     return out;
   }
   absl::Status prepared = TorchCall(
-      absl::StrCat("preparing '", out->model_->description(), "' for inference"),
+      absl::StrCat("preparing '", out->model_->description(),
+                   "' for inference"),
       [&]() -> absl::Status {
         torch::NoGradGuard no_grad;
         Plan plan = BuildPlan(*zoo);
@@ -246,7 +251,8 @@ absl::StatusOr<std::unique_ptr<InferenceModel>> InferenceModel::Create(
         }
         std::vector<std::string> parts;
         if (plan.convs > 0) parts.push_back(absl::StrCat(plan.convs, " conv"));
-        if (plan.linears > 0) parts.push_back(absl::StrCat(plan.linears, " linear"));
+        if (plan.linears > 0)
+          parts.push_back(absl::StrCat(plan.linears, " linear"));
         out->how_ = absl::StrCat("prepared", onednn ? " for oneDNN" : "", ": ",
                                  absl::StrJoin(parts, ", "), ", ", plan.folded,
                                  " BatchNorm folded");

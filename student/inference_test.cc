@@ -10,8 +10,8 @@ namespace {
 
 const ZooInput kImages{{1, 28, 28}, 10};
 
-std::shared_ptr<Model> TrainedLooking(const std::string& arch,
-                                      std::map<std::string, double> options = {}) {
+std::shared_ptr<Model> TrainedLooking(
+    const std::string& arch, std::map<std::string, double> options = {}) {
   auto m = Model::Create({arch, "", std::move(options)}, kImages);
   EXPECT_TRUE(m.ok()) << m.status();
   std::shared_ptr<Model> model = std::move(m).value();
@@ -19,7 +19,8 @@ std::shared_ptr<Model> TrainedLooking(const std::string& arch,
   // initial (identity) values, so a wrong fold shows.
   torch::NoGradGuard no_grad;
   model->train(true);
-  for (int i = 0; i < 3; ++i) model->forward(torch::randn({16, 1, 28, 28}) * 2 + 0.5);
+  for (int i = 0; i < 3; ++i)
+    model->forward(torch::randn({16, 1, 28, 28}) * 2 + 0.5);
   for (auto& [name, p] : model->named_parameters()) {
     if (name.find(".bn") != std::string::npos) p.uniform_(0.5, 1.5);
   }
@@ -28,7 +29,8 @@ std::shared_ptr<Model> TrainedLooking(const std::string& arch,
 }
 
 double MaxRelativeError(const torch::Tensor& got, const torch::Tensor& want) {
-  return ((got - want).abs().max() / want.abs().max().clamp_min(1e-6)).item<double>();
+  return ((got - want).abs().max() / want.abs().max().clamp_min(1e-6))
+      .item<double>();
 }
 
 struct Case {
@@ -55,8 +57,9 @@ TEST_P(PreparedMatchesEager, OnRandomImages) {
     auto prepared = InferenceModel::Create(model, {onednn});
     ASSERT_TRUE(prepared.ok()) << prepared.status();
     EXPECT_TRUE((*prepared)->prepared());
-    EXPECT_EQ((*prepared)->how(),
-              onednn ? c.how : absl::StrReplaceAll(c.how, {{" for oneDNN", ""}}));
+    EXPECT_EQ(
+        (*prepared)->how(),
+        onednn ? c.how : absl::StrReplaceAll(c.how, {{" for oneDNN", ""}}));
     torch::Tensor got = (*prepared)->forward(x);
     EXPECT_FALSE(got.requires_grad());
     ASSERT_EQ(got.sizes(), want.sizes());
@@ -67,12 +70,18 @@ TEST_P(PreparedMatchesEager, OnRandomImages) {
 INSTANTIATE_TEST_SUITE_P(
     Zoo, PreparedMatchesEager,
     ::testing::Values(
-        Case{"cnn_teacher", {}, "prepared for oneDNN: 2 conv, 2 linear, 2 BatchNorm folded"},
+        Case{"cnn_teacher",
+             {},
+             "prepared for oneDNN: 2 conv, 2 linear, 2 BatchNorm folded"},
         Case{"cnn_teacher",
              {{"convs_per_stage", 2}, {"hidden", 256}},
              "prepared for oneDNN: 4 conv, 2 linear, 4 BatchNorm folded"},
-        Case{"cnn_student", {}, "prepared for oneDNN: 2 conv, 2 linear, 2 BatchNorm folded"},
-        Case{"mlp", {{"dropout", 0.5}}, "prepared for oneDNN: 3 linear, 0 BatchNorm folded"}),
+        Case{"cnn_student",
+             {},
+             "prepared for oneDNN: 2 conv, 2 linear, 2 BatchNorm folded"},
+        Case{"mlp",
+             {{"dropout", 0.5}},
+             "prepared for oneDNN: 3 linear, 0 BatchNorm folded"}),
     [](const ::testing::TestParamInfo<Case>& info) {
       return info.param.arch + (info.param.options.empty() ? "" : "_options");
     });

@@ -1,12 +1,11 @@
 #include "student/model.h"
 
-#include <unistd.h>
-
 #include <cstdio>
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/file.h"
 #include "common/status.h"
 #include "common/torch_status.h"
 
@@ -29,9 +28,9 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelSpec& spec,
       return absl::NotFoundError(
           absl::StrCat("TorchScript model file not found: ", spec.torchscript));
     }
-    auto loaded = TorchCall(
-        absl::StrCat("loading TorchScript model ", spec.torchscript),
-        [&] { return torch::jit::load(spec.torchscript); });
+    auto loaded =
+        TorchCall(absl::StrCat("loading TorchScript model ", spec.torchscript),
+                  [&] { return torch::jit::load(spec.torchscript); });
     if (!loaded.ok()) {
       return absl::InvalidArgumentError(loaded.status().message());
     }
@@ -122,24 +121,24 @@ absl::Status Model::Load(torch::serialize::InputArchive& archive,
         absl::StrCat(source, " holds no model weights written by distill"));
   }
   if (stored.toStringRef() != description_) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        source, " was written for model '", stored.toStringRef(),
-        "' but the config asks for '", description_, "'"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(source, " was written for model '", stored.toStringRef(),
+                     "' but the config asks for '", description_, "'"));
   }
   auto copy_all = [&](std::vector<std::pair<std::string, torch::Tensor>> named)
       -> absl::Status {
     for (auto& [name, tensor] : named) {
       torch::Tensor value;
       if (!archive.try_read(absl::StrCat("model/", name), value)) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            source, " has no tensor '", name, "' for model '", description_,
-            "'"));
+        return absl::FailedPreconditionError(
+            absl::StrCat(source, " has no tensor '", name, "' for model '",
+                         description_, "'"));
       }
       if (value.sizes() != tensor.sizes()) {
         return absl::FailedPreconditionError(absl::StrCat(
             "tensor '", name, "' has shape ", ShapeString(value.sizes()),
-            " in ", source, " but ", ShapeString(tensor.sizes()),
-            " in model '", description_,
+            " in ", source, " but ", ShapeString(tensor.sizes()), " in model '",
+            description_,
             "' (a checkpoint of the same architecture with other options?)"));
       }
       torch::NoGradGuard no_grad;
@@ -161,9 +160,9 @@ absl::Status Model::LoadFile(const std::string& path) {
   auto loaded = TorchCall(absl::StrCat("reading ", path),
                           [&] { archive.load_from(path); });
   if (!loaded.ok()) {
-    return absl::DataLossError(absl::StrCat(
-        path, " is not a weights file written by distill (",
-        loaded.message(), ")"));
+    return absl::DataLossError(
+        absl::StrCat(path, " is not a weights file written by distill (",
+                     loaded.message(), ")"));
   }
   return Load(archive, path);
 }
@@ -186,19 +185,6 @@ absl::Status Model::SaveTorchScript(const std::string& path) {
     return TorchCall(absl::StrCat("writing TorchScript model ", path),
                      [&] { script_->save(tmp); });
   });
-}
-
-absl::Status WriteFileAtomically(
-    const std::string& path,
-    const std::function<absl::Status(const std::string&)>& write) {
-  const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
-  absl::Status status = write(tmp);
-  if (status.ok() && std::rename(tmp.c_str(), path.c_str()) != 0) {
-    status = absl::InternalError(
-        absl::StrCat("cannot rename ", tmp, " to ", path));
-  }
-  if (!status.ok()) std::remove(tmp.c_str());
-  return status;
 }
 
 }  // namespace distill::student

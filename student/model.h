@@ -8,7 +8,6 @@
 #include <torch/script.h>
 #include <torch/torch.h>
 
-#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -78,12 +77,6 @@ class Model {
   std::shared_ptr<ZooModule> zoo_;
   std::optional<torch::jit::Module> script_;
 };
-
-// Writes `write(tmp)` to a temporary file beside `path`, then renames it
-// over `path`, so a reader never sees a half-written file.
-absl::Status WriteFileAtomically(
-    const std::string& path,
-    const std::function<absl::Status(const std::string&)>& write);
 
 }  // namespace distill::student
 

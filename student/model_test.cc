@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "common/testing/scratch_dir.h"
 #include "common/testing/status_matchers.h"
 
 namespace distill::student {
@@ -17,13 +18,6 @@ using ::testing::HasSubstr;
 
 const ZooInput kFashionMnist{{1, 28, 28}, 10};
 
-std::string TempPath(const std::string& name) {
-  auto dir = std::filesystem::temp_directory_path() /
-             ("distill_model_test_" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
-  return (dir / name).string();
-}
-
 std::unique_ptr<Model> Make(const std::string& arch,
                             std::map<std::string, double> options = {}) {
   auto m = Model::Create({arch, "", std::move(options)}, kFashionMnist);
@@ -31,7 +25,14 @@ std::unique_ptr<Model> Make(const std::string& arch,
   return std::move(m).value();
 }
 
-TEST(ModelTest, SaveAndLoadRestoresEveryParameterAndBuffer) {
+class ModelTest : public ::distill::testing::ScratchDirTest {
+ protected:
+  std::string TempPath(const std::string& name) const {
+    return (dir_ / name).string();
+  }
+};
+
+TEST_F(ModelTest, SaveAndLoadRestoresEveryParameterAndBuffer) {
   torch::manual_seed(1);
   auto a = Make("cnn_student");
   // Move BatchNorm statistics away from their initial values.
@@ -54,7 +55,7 @@ TEST(ModelTest, SaveAndLoadRestoresEveryParameterAndBuffer) {
   }
 }
 
-TEST(ModelTest, LoadingAnotherArchitectureIsRefused) {
+TEST_F(ModelTest, LoadingAnotherArchitectureIsRefused) {
   auto teacher = Make("cnn_teacher");
   const std::string path = TempPath("teacher.pt");
   ASSERT_THAT(teacher->SaveFile(path), IsOk());
@@ -65,7 +66,7 @@ TEST(ModelTest, LoadingAnotherArchitectureIsRefused) {
                                  "config asks for 'cnn_student'")));
 }
 
-TEST(ModelTest, SameArchitectureWithOtherOptionsNamesTheTensor) {
+TEST_F(ModelTest, SameArchitectureWithOtherOptionsNamesTheTensor) {
   auto wide = Make("cnn_student", {{"hidden", 64}});
   const std::string path = TempPath("wide.pt");
   ASSERT_THAT(wide->SaveFile(path), IsOk());
@@ -75,7 +76,7 @@ TEST(ModelTest, SameArchitectureWithOtherOptionsNamesTheTensor) {
                        HasSubstr("tensor 'fc1.weight' has shape [64, 1568]")));
 }
 
-TEST(ModelTest, MissingAndCorruptFilesAreReported) {
+TEST_F(ModelTest, MissingAndCorruptFilesAreReported) {
   auto m = Make("mlp");
   EXPECT_THAT(m->LoadFile(TempPath("nope.pt")),
               StatusIs(absl::StatusCode::kNotFound,
@@ -87,7 +88,7 @@ TEST(ModelTest, MissingAndCorruptFilesAreReported) {
                        HasSubstr("is not a weights file written by distill")));
 }
 
-TEST(ModelTest, SaveFileLeavesNoTemporaryBehind) {
+TEST_F(ModelTest, SaveFileLeavesNoTemporaryBehind) {
   auto m = Make("mlp");
   const std::string path = TempPath("clean.pt");
   ASSERT_THAT(m->SaveFile(path), IsOk());
@@ -97,7 +98,7 @@ TEST(ModelTest, SaveFileLeavesNoTemporaryBehind) {
   }
 }
 
-TEST(ModelTest, MissingTorchScriptFileIsNotFound) {
+TEST_F(ModelTest, MissingTorchScriptFileIsNotFound) {
   EXPECT_THAT(Model::Create({"", TempPath("absent.ts.pt"), {}}, kFashionMnist),
               StatusIs(absl::StatusCode::kNotFound,
                        HasSubstr("TorchScript model file not found")));

@@ -21,9 +21,8 @@ class ConvStageImpl : public torch::nn::Module {
  public:
   ConvStageImpl(int64_t in, int64_t out, int64_t convs) {
     for (int64_t i = 0; i < convs; ++i) {
-      auto conv = Conv2d(Conv2dOptions(i == 0 ? in : out, out, 3)
-                             .padding(1)
-                             .bias(false));
+      auto conv = Conv2d(
+          Conv2dOptions(i == 0 ? in : out, out, 3).padding(1).bias(false));
       auto bn = BatchNorm2d(out);
       convs_.push_back(register_module(absl::StrCat("conv", i), conv));
       bns_.push_back(register_module(absl::StrCat("bn", i), bn));
@@ -60,12 +59,12 @@ class CnnImpl : public ZooModule {
           int64_t hidden, double dropout)
       : stage1_(register_module(
             "stage1", ConvStage(input.input_shape[0], width, convs_per_stage))),
-        stage2_(register_module(
-            "stage2", ConvStage(width, 2 * width, convs_per_stage))),
-        fc1_(register_module(
-            "fc1", Linear(2 * width * (input.input_shape[1] / 4) *
-                              (input.input_shape[2] / 4),
-                          hidden))),
+        stage2_(register_module("stage2",
+                                ConvStage(width, 2 * width, convs_per_stage))),
+        fc1_(register_module("fc1",
+                             Linear(2 * width * (input.input_shape[1] / 4) *
+                                        (input.input_shape[2] / 4),
+                                    hidden))),
         dropout_(register_module("dropout", Dropout(dropout))),
         fc2_(register_module("fc2", Linear(hidden, input.num_classes))) {}
 
@@ -171,50 +170,49 @@ absl::StatusOr<std::shared_ptr<ZooModule>> CreateZooModel(
   if (it == entries.end()) {
     std::vector<std::string> names;
     for (const auto& e : entries) names.push_back(e.arch);
-    return absl::NotFoundError(absl::StrCat("unknown model architecture '",
-                                            arch, "'; known architectures: ",
-                                            absl::StrJoin(names, ", ")));
+    return absl::NotFoundError(
+        absl::StrCat("unknown model architecture '", arch,
+                     "'; known architectures: ", absl::StrJoin(names, ", ")));
   }
   std::map<std::string, double> values;
   for (const auto& opt : it->options) values[opt.name] = opt.default_value;
   for (const auto& [name, value] : options) {
-    auto spec = std::find_if(it->options.begin(), it->options.end(),
-                             [&](const ZooOption& o) { return o.name == name; });
+    auto spec =
+        std::find_if(it->options.begin(), it->options.end(),
+                     [&](const ZooOption& o) { return o.name == name; });
     if (spec == it->options.end()) {
       std::vector<std::string> names;
       for (const auto& o : it->options) names.push_back(o.name);
-      return absl::InvalidArgumentError(absl::StrCat(
-          "model '", arch, "' has no option '", name,
-          "'; its options: ", absl::StrJoin(names, ", ")));
+      return absl::InvalidArgumentError(
+          absl::StrCat("model '", arch, "' has no option '", name,
+                       "'; its options: ", absl::StrJoin(names, ", ")));
     }
     if (!(value >= spec->min_value && value <= spec->max_value)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("model '", arch, "' option '", name, "' = ", value,
-                       " is outside [", spec->min_value, ", ",
-                       spec->max_value, "]"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "model '", arch, "' option '", name, "' = ", value, " is outside [",
+          spec->min_value, ", ", spec->max_value, "]"));
     }
     values[name] = value;
   }
   if (input.input_shape.size() != 3 || input.num_classes < 2) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("model '", arch,
-                     "' needs [C, H, W] inputs and at least 2 classes"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model '", arch, "' needs [C, H, W] inputs and at least 2 classes"));
   }
   auto as_int = [&](const char* name) {
     return static_cast<int64_t>(std::llround(values[name]));
   };
-  return TorchCall(
-      absl::StrCat("building model '", arch, "'"),
-      [&]() -> std::shared_ptr<ZooModule> {
-        if (arch == "mlp") {
-          return Mlp(input, as_int("hidden1"), as_int("hidden2"),
-                     values["dropout"])
-              .ptr();
-        }
-        return Cnn(input, as_int("width"), as_int("convs_per_stage"),
-                   as_int("hidden"), values["dropout"])
-            .ptr();
-      });
+  return TorchCall(absl::StrCat("building model '", arch, "'"),
+                   [&]() -> std::shared_ptr<ZooModule> {
+                     if (arch == "mlp") {
+                       return Mlp(input, as_int("hidden1"), as_int("hidden2"),
+                                  values["dropout"])
+                           .ptr();
+                     }
+                     return Cnn(input, as_int("width"),
+                                as_int("convs_per_stage"), as_int("hidden"),
+                                values["dropout"])
+                         .ptr();
+                   });
 }
 
 }  // namespace distill::student

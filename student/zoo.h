@@ -26,9 +26,9 @@ struct LayerOp {
     kBatchNorm1d,  // module: torch::nn::BatchNorm1dImpl
     kLinear,       // module: torch::nn::LinearImpl
     kRelu,
-    kMaxPool2x2,   // 2x2 max pooling, stride 2
-    kFlatten,      // flatten every dimension after the first
-    kDropout,      // module: torch::nn::DropoutImpl (identity in eval)
+    kMaxPool2x2,  // 2x2 max pooling, stride 2
+    kFlatten,     // flatten every dimension after the first
+    kDropout,     // module: torch::nn::DropoutImpl (identity in eval)
   };
   Kind kind;
   // The module's dotted path (its parameters' prefix), e.g. "stage1.conv0";

@@ -99,9 +99,10 @@ TEST(ZooTest, BadOptionsAreNamed) {
   EXPECT_THAT(CreateZooModel("mlp", {{"width", 3}}, kMnist),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("model 'mlp' has no option 'width'")));
-  EXPECT_THAT(CreateZooModel("cnn_student", {{"dropout", 1.5}}, kMnist),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("option 'dropout' = 1.5 is outside [0, 0.9]")));
+  EXPECT_THAT(
+      CreateZooModel("cnn_student", {{"dropout", 1.5}}, kMnist),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr("option 'dropout' = 1.5 is outside [0, 0.9]")));
 }
 
 }  // namespace

@@ -3,10 +3,10 @@
 #ifndef DISTILL_TEACHER_SERVER_AUTH_H_
 #define DISTILL_TEACHER_SERVER_AUTH_H_
 
+#include <grpcpp/support/string_ref.h>
+
 #include <map>
 #include <string>
-
-#include <grpcpp/support/string_ref.h>
 
 #include "absl/status/status.h"
 

@@ -69,23 +69,21 @@ void DynamicBatcher::Run() {
     {
       absl::MutexLock lock(&mu_);
       mu_.Await(absl::Condition(
-          +[](DynamicBatcher* b) {
-            return b->stopping_ || !b->queue_.empty();
-          },
+          +[](DynamicBatcher* b) { return b->stopping_ || !b->queue_.empty(); },
           this));
       if (queue_.empty()) return;  // stopping, nothing left
       // Wait for company until the batch is full, the oldest batch has
       // waited long enough, or the server stops.
       const absl::Time deadline =
           queue_.front().enqueued + options_.max_queue_delay;
-      mu_.AwaitWithDeadline(
-          absl::Condition(
-              +[](DynamicBatcher* b) {
-                return b->stopping_ ||
-                       b->queued_samples_ >= b->options_.max_batch;
-              },
-              this),
-          deadline);
+      mu_.AwaitWithDeadline(absl::Condition(
+                                +[](DynamicBatcher* b) {
+                                  return b->stopping_ ||
+                                         b->queued_samples_ >=
+                                             b->options_.max_batch;
+                                },
+                                this),
+                            deadline);
       int64_t samples = 0;
       while (!queue_.empty() &&
              (items.empty() ||
@@ -139,7 +137,8 @@ void DynamicBatcher::Process(std::deque<Item>& items) {
     }
     absl::StatusOr<v1::SoftTargets> answer =
         EncodeLogits((*logits)[i], item.header);
-    if (metrics_ != nullptr) metrics_->ObserveLatency(absl::Now() - item.enqueued);
+    if (metrics_ != nullptr)
+      metrics_->ObserveLatency(absl::Now() - item.enqueued);
     item.done(std::move(answer));
   }
 }

@@ -48,9 +48,8 @@ std::string ShapeString(torch::IntArrayRef shape) {
 absl::Status CheckTensor(const v1::Tensor& t, absl::string_view what,
                          v1::Tensor::DType dtype) {
   if (t.dtype() != dtype) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, " must be ", DTypeName(dtype), ", got ",
-                     DTypeName(t.dtype())));
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, " must be ", DTypeName(dtype), ", got ", DTypeName(t.dtype())));
   }
   return absl::OkStatus();
 }
@@ -100,9 +99,8 @@ absl::StatusOr<v1::Tensor::DType> WireDType(torch::Dtype dtype) {
 
 v1::Tensor ToProto(const torch::Tensor& tensor, v1::Tensor::DType dtype) {
   // Only the five dtypes of the enum reach here (callers pass enum values).
-  const torch::Tensor cpu = tensor.detach()
-                                .to(torch::kCPU, *TorchDType(dtype))
-                                .contiguous();
+  const torch::Tensor cpu =
+      tensor.detach().to(torch::kCPU, *TorchDType(dtype)).contiguous();
   v1::Tensor message;
   message.set_dtype(dtype);
   for (int64_t d : cpu.sizes()) message.add_shape(d);
@@ -131,7 +129,8 @@ absl::StatusOr<torch::Tensor> FromProto(const v1::Tensor& message,
       return absl::InvalidArgumentError(absl::StrCat(
           what, " has a negative dimension in shape ", ShapeString(shape)));
     }
-    if (d != 0 && count > std::numeric_limits<int64_t>::max() / element_size / d) {
+    if (d != 0 &&
+        count > std::numeric_limits<int64_t>::max() / element_size / d) {
       return absl::InvalidArgumentError(
           absl::StrCat(what, " shape ", ShapeString(shape), " is too large"));
     }
@@ -139,10 +138,10 @@ absl::StatusOr<torch::Tensor> FromProto(const v1::Tensor& message,
   }
   const int64_t expected_bytes = count * element_size;
   if (static_cast<int64_t>(message.data().size()) != expected_bytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        what, " carries ", message.data().size(), " bytes but ",
-        DTypeName(message.dtype()), " ", ShapeString(shape), " needs ",
-        expected_bytes));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " carries ", message.data().size(), " bytes but ",
+                     DTypeName(message.dtype()), " ", ShapeString(shape),
+                     " needs ", expected_bytes));
   }
   torch::Tensor out = torch::empty(shape, torch::TensorOptions().dtype(*dtype));
   if (expected_bytes > 0) {
@@ -163,8 +162,8 @@ absl::StatusOr<v1::SoftTargets> EncodeTargets(
     case v1::DENSE_FP16:
       if (!dense) break;
       *message.mutable_probs() = ToProto(
-          targets.probs,
-          encoding == v1::DENSE_FP32 ? v1::Tensor::FLOAT32 : v1::Tensor::FLOAT16);
+          targets.probs, encoding == v1::DENSE_FP32 ? v1::Tensor::FLOAT32
+                                                    : v1::Tensor::FLOAT16);
       return message;
     case v1::TOP_K:
       if (dense) break;
@@ -180,15 +179,14 @@ absl::StatusOr<v1::SoftTargets> EncodeTargets(
           absl::StrCat("cannot encode targets as ", EncodingName(encoding)));
   }
   return absl::InvalidArgumentError(
-      absl::StrCat("cannot encode ", dense ? "dense" : "top-k",
-                   " targets as ", EncodingName(encoding)));
+      absl::StrCat("cannot encode ", dense ? "dense" : "top-k", " targets as ",
+                   EncodingName(encoding)));
 }
 
 absl::StatusOr<losses::TeacherTargets> DecodeTargets(
     const v1::SoftTargets& message, int64_t expected_rows) {
   losses::TeacherTargets targets;
-  if (!(message.temperature() > 0) ||
-      !std::isfinite(message.temperature())) {
+  if (!(message.temperature() > 0) || !std::isfinite(message.temperature())) {
     return absl::InvalidArgumentError(absl::StrCat(
         "soft targets temperature must be > 0, got ", message.temperature()));
   }
@@ -203,9 +201,9 @@ absl::StatusOr<losses::TeacherTargets> DecodeTargets(
   auto check_rows = [&](const torch::Tensor& t,
                         absl::string_view what) -> absl::Status {
     if (t.dim() < 1 || (expected_rows >= 0 && t.size(0) != expected_rows)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          what, " shape ", ShapeString(t.sizes()), " does not cover ",
-          expected_rows, " samples"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, " shape ", ShapeString(t.sizes()),
+                       " does not cover ", expected_rows, " samples"));
     }
     return absl::OkStatus();
   };
@@ -213,10 +211,10 @@ absl::StatusOr<losses::TeacherTargets> DecodeTargets(
   switch (message.encoding()) {
     case v1::DENSE_FP32:
     case v1::DENSE_FP16: {
-      DISTILL_RETURN_IF_ERROR(CheckTensor(
-          message.probs(), "probs",
-          message.encoding() == v1::DENSE_FP32 ? v1::Tensor::FLOAT32
-                                               : v1::Tensor::FLOAT16));
+      DISTILL_RETURN_IF_ERROR(CheckTensor(message.probs(), "probs",
+                                          message.encoding() == v1::DENSE_FP32
+                                              ? v1::Tensor::FLOAT32
+                                              : v1::Tensor::FLOAT16));
       DISTILL_ASSIGN_OR_RETURN(torch::Tensor probs,
                                FromProto(message.probs(), "probs"));
       if (probs.dim() != 2 && probs.dim() != 3) {
@@ -240,8 +238,8 @@ absl::StatusOr<losses::TeacherTargets> DecodeTargets(
       return targets;
     }
     case v1::TOP_K: {
-      DISTILL_RETURN_IF_ERROR(
-          CheckTensor(message.topk_values(), "topk_values", v1::Tensor::FLOAT16));
+      DISTILL_RETURN_IF_ERROR(CheckTensor(message.topk_values(), "topk_values",
+                                          v1::Tensor::FLOAT16));
       DISTILL_RETURN_IF_ERROR(CheckTensor(message.topk_indices(),
                                           "topk_indices", v1::Tensor::INT32));
       DISTILL_RETURN_IF_ERROR(
@@ -270,8 +268,8 @@ absl::StatusOr<losses::TeacherTargets> DecodeTargets(
       DISTILL_RETURN_IF_ERROR(check_rows(values, "topk_values"));
       if (indices.numel() > 0 && (indices.min().item<int64_t>() < 0 ||
                                   indices.max().item<int64_t>() >= classes)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "topk_indices must be in [0, ", classes, ")"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("topk_indices must be in [0, ", classes, ")"));
       }
       values = values.to(torch::kFloat);
       if (!AllWithin(values, 0.0, 1.0 + kProbSlack) ||

@@ -17,7 +17,8 @@ using ::distill::testing::StatusIs;
 using ::testing::HasSubstr;
 
 TEST(TensorCodecTest, Float32BytesAreLittleEndianIeee) {
-  v1::Tensor message = ToProto(torch::tensor({1.0f, -2.0f}), v1::Tensor::FLOAT32);
+  v1::Tensor message =
+      ToProto(torch::tensor({1.0f, -2.0f}), v1::Tensor::FLOAT32);
   ASSERT_EQ(message.shape_size(), 1);
   EXPECT_EQ(message.shape(0), 2);
   // 1.0f = 0x3f800000, -2.0f = 0xc0000000, least significant byte first.
@@ -67,9 +68,9 @@ TEST(TensorCodecTest, RefusesInconsistentMessages) {
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("negative dimension")));
   message.set_shape(1, int64_t{1} << 62);
-  EXPECT_THAT(FromProto(message, "inputs").status(),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("too large")));
+  EXPECT_THAT(
+      FromProto(message, "inputs").status(),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("too large")));
   message.set_dtype(v1::Tensor::DTYPE_UNSPECIFIED);
   EXPECT_THAT(FromProto(message, "inputs").status(),
               StatusIs(absl::StatusCode::kInvalidArgument,

@@ -8,8 +8,8 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "absl/strings/str_cat.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
 
 namespace distill::teacher {
 
@@ -21,7 +21,8 @@ absl::StatusOr<std::string> FileSha256Hex(const std::string& path) {
   }
   std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx(EVP_MD_CTX_new(),
                                                          &EVP_MD_CTX_free);
-  if (ctx == nullptr || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) {
+  if (ctx == nullptr ||
+      EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) {
     return absl::InternalError("cannot initialise SHA-256");
   }
   std::vector<unsigned char> buffer(1 << 20);
@@ -37,8 +38,8 @@ absl::StatusOr<std::string> FileSha256Hex(const std::string& path) {
   if (EVP_DigestFinal_ex(ctx.get(), digest, &length) != 1) {
     return absl::InternalError("cannot finish SHA-256");
   }
-  return absl::BytesToHexString(absl::string_view(
-      reinterpret_cast<const char*>(digest), length));
+  return absl::BytesToHexString(
+      absl::string_view(reinterpret_cast<const char*>(digest), length));
 }
 
 }  // namespace distill::teacher

@@ -12,7 +12,8 @@ namespace {
 // 1, 2, 4, ... up to and including max_batch.
 prometheus::Histogram::BucketBoundaries BatchBuckets(int max_batch) {
   prometheus::Histogram::BucketBoundaries b;
-  for (int64_t s = 1; s < max_batch; s *= 2) b.push_back(static_cast<double>(s));
+  for (int64_t s = 1; s < max_batch; s *= 2)
+    b.push_back(static_cast<double>(s));
   b.push_back(max_batch);
   return b;
 }
@@ -73,8 +74,8 @@ absl::Status ServerMetrics::Serve(const std::string& host, int port) {
     exposer_ = std::make_unique<prometheus::Exposer>(
         absl::StrCat(host, ":", port), /*num_threads=*/1);
   } catch (const std::exception& e) {
-    return absl::UnavailableError(absl::StrCat(
-        "cannot serve metrics on ", host, ":", port, ": ", e.what()));
+    return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", host,
+                                               ":", port, ": ", e.what()));
   }
   exposer_->RegisterCollectable(registry_);
   return absl::OkStatus();

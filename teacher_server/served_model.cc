@@ -72,8 +72,8 @@ absl::StatusOr<ServedModel> LoadServedModel(const ModelSource& source) {
   DISTILL_ASSIGN_OR_RETURN(std::unique_ptr<student::Model> model,
                            student::Model::Create(spec, zoo_input));
   if (!source.weights.empty()) {
-    DISTILL_RETURN_IF_ERROR(
-        Annotate(model->LoadFile(source.weights), "loading the teacher's weights"));
+    DISTILL_RETURN_IF_ERROR(Annotate(model->LoadFile(source.weights),
+                                     "loading the teacher's weights"));
   }
   model->train(false);
   for (torch::Tensor& p : model->parameters()) p.set_requires_grad(false);
@@ -83,14 +83,14 @@ absl::StatusOr<ServedModel> LoadServedModel(const ModelSource& source) {
                      source.input_shape.end());
   DISTILL_ASSIGN_OR_RETURN(
       torch::Tensor out,
-      TorchCall(absl::StrCat("running the teacher '", model->description(),
-                             "' on zeros [", absl::StrJoin(probe_shape, ", "),
-                             "]"),
-                [&] {
-                  torch::InferenceMode guard;
-                  return model->forward(torch::zeros(
-                      probe_shape, torch::TensorOptions().dtype(input_dtype)));
-                }));
+      TorchCall(
+          absl::StrCat("running the teacher '", model->description(),
+                       "' on zeros [", absl::StrJoin(probe_shape, ", "), "]"),
+          [&] {
+            torch::InferenceMode guard;
+            return model->forward(torch::zeros(
+                probe_shape, torch::TensorOptions().dtype(input_dtype)));
+          }));
   if ((out.dim() != 2 && out.dim() != 3) || out.size(0) != 2 ||
       !out.is_floating_point()) {
     return absl::InvalidArgumentError(absl::StrCat(

@@ -62,7 +62,8 @@ absl::StatusOr<std::unique_ptr<TeacherServer>> TeacherServer::Start(
   service_options.max_request_bytes =
       options.max_request_bytes > 0
           ? options.max_request_bytes
-          : options.batcher.max_batch * SampleBytes(*server->model_) + (64 << 10);
+          : options.batcher.max_batch * SampleBytes(*server->model_) +
+                (64 << 10);
   service_options.max_inflight_per_stream = options.max_inflight_per_stream;
   service_options.token = options.token;
   server->service_ = std::make_unique<TeacherService>(
@@ -81,15 +82,13 @@ absl::StatusOr<std::unique_ptr<TeacherServer>> TeacherServer::Start(
   grpc::ServerBuilder builder;
   const std::string address = HostPort(options.host, options.port);
   builder.AddListeningPort(address, credentials, &server->port_);
-  builder.SetMaxReceiveMessageSize(
-      static_cast<int>(std::min<int64_t>(service_options.max_request_bytes,
-                                         std::numeric_limits<int>::max())));
+  builder.SetMaxReceiveMessageSize(static_cast<int>(std::min<int64_t>(
+      service_options.max_request_bytes, std::numeric_limits<int>::max())));
   builder.RegisterService(server->service_.get());
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || server->port_ == 0) {
     server->service_->StopBatcher();
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen on ", address));
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", address));
   }
   grpc::HealthCheckServiceInterface* health =
       server->server_->GetHealthCheckService();

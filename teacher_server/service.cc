@@ -162,9 +162,10 @@ class TeacherService::DistillReactor final
     }
     const uint64_t id = request_.batch().batch_id();
     if (!header_) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "batch ", id, " arrived before the stream header; the first "
-          "request must carry the header"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("batch ", id,
+                       " arrived before the stream header; the first "
+                       "request must carry the header"));
     }
     if (!batch_ids_.insert(id).second) {
       return absl::InvalidArgumentError(
@@ -208,8 +209,8 @@ class TeacherService::DistillReactor final
       writing_ = true;
       a.write = true;
     }
-    const bool ending = reads_done_ || stop_reading_ || draining_ ||
-                        cancelled_ || !final_.ok();
+    const bool ending =
+        reads_done_ || stop_reading_ || draining_ || cancelled_ || !final_.ok();
     if (!ending && !reading_ &&
         static_cast<int>(slots_.size()) <
             service_->options_.max_inflight_per_stream) {
@@ -229,8 +230,8 @@ class TeacherService::DistillReactor final
       }
       if (service_->metrics_ != nullptr) {
         service_->metrics_->CountCall(
-            "Distill", absl::StatusCodeToString(static_cast<absl::StatusCode>(
-                           a.finish->error_code())));
+            "Distill",
+            absl::StatusCodeToString(FromGrpcStatus(*a.finish).code()));
       }
     }
     return a;
@@ -262,8 +263,8 @@ class TeacherService::DistillReactor final
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
 };
 
-TeacherService::TeacherService(const ServedModel* model,
-                               ServiceOptions options, ServerMetrics* metrics)
+TeacherService::TeacherService(const ServedModel* model, ServiceOptions options,
+                               ServerMetrics* metrics)
     : options_(std::move(options)),
       metrics_(metrics),
       batcher_(model, options_.batcher, metrics) {
@@ -301,7 +302,8 @@ TeacherService::Distill(grpc::CallbackServerContext* context) {
   absl::Status refusal =
       CheckBearerToken(context->client_metadata(), options_.token);
   absl::MutexLock lock(&mu_);
-  if (refusal.ok() && draining_) refusal = absl::UnavailableError(kShuttingDown);
+  if (refusal.ok() && draining_)
+    refusal = absl::UnavailableError(kShuttingDown);
   if (!refusal.ok() && metrics_ != nullptr) {
     metrics_->CountCall("Distill", absl::StatusCodeToString(refusal.code()));
   }

@@ -1,8 +1,8 @@
 // The teacher service on a real gRPC server on loopback, driven through the
 // generated C++ stub. Expected soft targets are computed here from the same
 // weights with plain torch ops, never by the server's code.
-#include <grpcpp/grpcpp.h>
 #include <gmock/gmock.h>
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 #include <unistd.h>
@@ -15,24 +15,29 @@
 #include <thread>
 
 #include "absl/synchronization/notification.h"
+#include "common/testing/process.h"
+#include "common/testing/scratch_dir.h"
+#include "common/testing/teacher_wire.h"
 #include "proto/grpc/health/v1/health.grpc.pb.h"
 #include "teacher_server/codec.h"
 #include "teacher_server/server.h"
-#include "teacher_server/testing/teacher_testing.h"
 
 namespace distill::teacher {
 namespace {
 
 namespace fs = std::filesystem;
+using ::distill::testing::BatchRequest;
+using ::distill::testing::HeaderRequest;
+using ::distill::testing::kTestArch;
+using ::distill::testing::PlainChannel;
+using ::distill::testing::ReadFile;
+using ::distill::testing::ReferenceLogits;
+using ::distill::testing::RunStream;
+using ::distill::testing::ScratchDir;
+using ::distill::testing::StreamResult;
+using ::distill::testing::TestInputs;
+using ::distill::testing::WriteTeacherWeights;
 using ::testing::HasSubstr;
-using namespace ::distill::teacher::testing;  // NOLINT
-
-std::string ReadFile(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 std::string Sha256Sum(const fs::path& path) {
   std::string out(64, '\0');
@@ -46,13 +51,15 @@ std::string Sha256Sum(const fs::path& path) {
 class ServiceTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = new fs::path(fs::temp_directory_path() /
-                        ("teacher_service_test_" + std::to_string(::getpid())));
-    fs::create_directories(*dir_);
+    scratch_ = new ScratchDir("teacher_service_test");
+    dir_ = &scratch_->path();
     weights_ = new std::string((*dir_ / "teacher.pt").string());
     WriteTeacherWeights(*weights_, /*seed=*/11);
   }
-  static void TearDownTestSuite() { fs::remove_all(*dir_); }
+  static void TearDownTestSuite() {
+    delete weights_;
+    delete scratch_;
+  }
 
   // Starts a server on a free loopback port.
   void Start(ServerOptions options) {
@@ -105,13 +112,15 @@ class ServiceTest : public ::testing::Test {
     }
   }
 
-  static fs::path* dir_;
+  static ScratchDir* scratch_;
+  static const fs::path* dir_;
   static std::string* weights_;
   std::unique_ptr<TeacherServer> server_;
   std::unique_ptr<v1::Teacher::Stub> stub_;
 };
 
-fs::path* ServiceTest::dir_ = nullptr;
+ScratchDir* ServiceTest::scratch_ = nullptr;
+const fs::path* ServiceTest::dir_ = nullptr;
 std::string* ServiceTest::weights_ = nullptr;
 
 TEST_F(ServiceTest, InfoAndHealthDescribeTheTeacher) {
@@ -128,11 +137,12 @@ TEST_F(ServiceTest, InfoAndHealthDescribeTheTeacher) {
   EXPECT_THAT(info.output_shape(), ::testing::ElementsAre(10));
   EXPECT_EQ(info.num_classes(), 10);
   EXPECT_EQ(info.max_batch(), 8);
-  EXPECT_THAT(info.encodings(),
-              ::testing::ElementsAre(v1::DENSE_FP32, v1::DENSE_FP16, v1::TOP_K));
+  EXPECT_THAT(info.encodings(), ::testing::ElementsAre(
+                                    v1::DENSE_FP32, v1::DENSE_FP16, v1::TOP_K));
   EXPECT_EQ(info.max_request_bytes(), 8 * 28 * 28 * 4 + 65536);
 
-  auto health = grpc::health::v1::Health::NewStub(PlainChannel(server_->address()));
+  auto health =
+      grpc::health::v1::Health::NewStub(PlainChannel(server_->address()));
   for (const char* service : {"", "distill.v1.Teacher"}) {
     grpc::ClientContext health_context;
     grpc::health::v1::HealthCheckRequest request;
@@ -148,7 +158,8 @@ TEST_F(ServiceTest, OneStreamGetsOrderedDenseTargets) {
   Start(ServerOptions());
   std::vector<torch::Tensor> inputs = {TestInputs(3, 1), TestInputs(1, 2),
                                        TestInputs(5, 3)};
-  std::vector<v1::DistillRequest> requests = {HeaderRequest(2.0, v1::DENSE_FP32)};
+  std::vector<v1::DistillRequest> requests = {
+      HeaderRequest(2.0, v1::DENSE_FP32)};
   for (size_t i = 0; i < inputs.size(); ++i) {
     requests.push_back(BatchRequest(100 + i, inputs[i]));
   }
@@ -179,14 +190,15 @@ TEST_F(ServiceTest, StreamsShareOneForwardAtTheirOwnTemperatures) {
                                    {3.0, v1::TOP_K, 3}};
   std::vector<StreamResult> results(cases.size());
   std::vector<torch::Tensor> inputs;
-  for (size_t i = 0; i < cases.size(); ++i) inputs.push_back(TestInputs(2, 10 + i));
+  for (size_t i = 0; i < cases.size(); ++i)
+    inputs.push_back(TestInputs(2, 10 + i));
   std::vector<std::thread> threads;
   for (size_t i = 0; i < cases.size(); ++i) {
     threads.emplace_back([&, i] {
-      results[i] = RunStream(
-          *stub_, {HeaderRequest(cases[i].temperature, cases[i].encoding,
-                                 cases[i].top_k),
-                   BatchRequest(7, inputs[i])});
+      results[i] =
+          RunStream(*stub_, {HeaderRequest(cases[i].temperature,
+                                           cases[i].encoding, cases[i].top_k),
+                             BatchRequest(7, inputs[i])});
     });
   }
   for (auto& t : threads) t.join();
@@ -201,7 +213,8 @@ TEST_F(ServiceTest, StreamsShareOneForwardAtTheirOwnTemperatures) {
   EXPECT_EQ(stats.max_batches_per_forward, 4);
   EXPECT_EQ(stats.samples, 8);
   const std::string metrics = server_->metrics().Text();
-  EXPECT_THAT(metrics, HasSubstr("distill_teacher_forward_batch_size_count 1\n"));
+  EXPECT_THAT(metrics,
+              HasSubstr("distill_teacher_forward_batch_size_count 1\n"));
   EXPECT_THAT(metrics, HasSubstr("distill_teacher_forward_batch_size_sum 8\n"));
   EXPECT_THAT(metrics, HasSubstr("distill_teacher_samples_total 8\n"));
 }
@@ -235,8 +248,8 @@ TEST_F(ServiceTest, ManyConcurrentStreamsGetTheirOwnAnswersInOrder) {
     ASSERT_TRUE(results[s].status.ok()) << results[s].status.error_message();
     ASSERT_EQ(results[s].responses.size(), static_cast<size_t>(kBatches));
     for (int b = 0; b < kBatches; ++b) {
-      ExpectTargets(results[s].responses[b], 1000 * s + b, inputs[s][b], 1.0 + s,
-                    v1::DENSE_FP32);
+      ExpectTargets(results[s].responses[b], 1000 * s + b, inputs[s][b],
+                    1.0 + s, v1::DENSE_FP32);
     }
   }
   EXPECT_EQ(server_->stats().batches, kStreams * kBatches);
@@ -264,11 +277,13 @@ TEST_F(ServiceTest, EachBadRequestEndsOnlyItsStream) {
     *r.mutable_batch()->mutable_inputs() = tensor;
     return r;
   };
-  v1::Tensor short_bytes = ToProto(torch::zeros({1, 1, 28, 28}), v1::Tensor::FLOAT32);
+  v1::Tensor short_bytes =
+      ToProto(torch::zeros({1, 1, 28, 28}), v1::Tensor::FLOAT32);
   short_bytes.set_data(std::string(20, '\0'));
   const std::vector<BadCase> cases = {
       {"fp16 inputs",
-       {good_header, with_inputs(ToProto(TestInputs(2, 1), v1::Tensor::FLOAT16))},
+       {good_header,
+        with_inputs(ToProto(TestInputs(2, 1), v1::Tensor::FLOAT16))},
        grpc::StatusCode::INVALID_ARGUMENT,
        "batch 1: inputs must be FLOAT32, got FLOAT16"},
       {"wrong shape",
@@ -277,27 +292,35 @@ TEST_F(ServiceTest, EachBadRequestEndsOnlyItsStream) {
        "batch 1: inputs shape [2, 1, 28, 27] must be [N, 1, 28, 28]"},
       {"empty batch",
        {good_header, BatchRequest(1, torch::zeros({0, 1, 28, 28}))},
-       grpc::StatusCode::INVALID_ARGUMENT, "batch 1 is empty"},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "batch 1 is empty"},
       {"over max_batch",
        {good_header, BatchRequest(1, torch::zeros({9, 1, 28, 28}))},
        grpc::StatusCode::RESOURCE_EXHAUSTED,
        "batch 1 has 9 samples; the most one batch may carry is 8"},
-      {"byte count", {good_header, with_inputs(short_bytes)},
+      {"byte count",
+       {good_header, with_inputs(short_bytes)},
        grpc::StatusCode::INVALID_ARGUMENT,
-       "batch 1: inputs carries 20 bytes but FLOAT32 [1, 1, 28, 28] needs 3136"},
-      {"zero temperature", {HeaderRequest(0, v1::DENSE_FP32), good_batch},
+       "batch 1: inputs carries 20 bytes but FLOAT32 [1, 1, 28, 28] needs "
+       "3136"},
+      {"zero temperature",
+       {HeaderRequest(0, v1::DENSE_FP32), good_batch},
        grpc::StatusCode::INVALID_ARGUMENT,
        "header.temperature must be a finite number > 0, got 0"},
-      {"NaN temperature", {HeaderRequest(NAN, v1::DENSE_FP32), good_batch},
+      {"NaN temperature",
+       {HeaderRequest(NAN, v1::DENSE_FP32), good_batch},
        grpc::StatusCode::INVALID_ARGUMENT,
        "header.temperature must be a finite number > 0, got nan"},
-      {"k above classes", {HeaderRequest(1, v1::TOP_K, 11), good_batch},
+      {"k above classes",
+       {HeaderRequest(1, v1::TOP_K, 11), good_batch},
        grpc::StatusCode::INVALID_ARGUMENT,
        "header.top_k must be in [1, 10] (the teacher's classes), got 11"},
-      {"k zero", {HeaderRequest(1, v1::TOP_K, 0), good_batch},
+      {"k zero",
+       {HeaderRequest(1, v1::TOP_K, 0), good_batch},
        grpc::StatusCode::INVALID_ARGUMENT,
        "header.top_k must be in [1, 10] (the teacher's classes), got 0"},
-      {"no encoding", {HeaderRequest(1, v1::ENCODING_UNSPECIFIED), good_batch},
+      {"no encoding",
+       {HeaderRequest(1, v1::ENCODING_UNSPECIFIED), good_batch},
        grpc::StatusCode::INVALID_ARGUMENT,
        "header.encoding ENCODING_UNSPECIFIED is not supported; supported: "
        "DENSE_FP32, DENSE_FP16, TOP_K"},
@@ -306,17 +329,23 @@ TEST_F(ServiceTest, EachBadRequestEndsOnlyItsStream) {
        grpc::StatusCode::INVALID_ARGUMENT,
        "header.encoding encoding 9 is not supported; supported: DENSE_FP32, "
        "DENSE_FP16, TOP_K"},
-      {"batch first", {BatchRequest(7, TestInputs(1, 1)), good_header},
+      {"batch first",
+       {BatchRequest(7, TestInputs(1, 1)), good_header},
        grpc::StatusCode::INVALID_ARGUMENT,
        "batch 7 arrived before the stream header; the first request must carry "
        "the header"},
-      {"second header", {good_header, good_batch, good_header},
+      {"second header",
+       {good_header, good_batch, good_header},
        grpc::StatusCode::INVALID_ARGUMENT,
-       "the stream header was sent twice; it must come once, first", 1},
-      {"duplicate id", {good_header, good_batch, good_batch},
+       "the stream header was sent twice; it must come once, first",
+       1},
+      {"duplicate id",
+       {good_header, good_batch, good_batch},
        grpc::StatusCode::INVALID_ARGUMENT,
-       "batch id 1 was already used in this stream", 1},
-      {"empty request", {good_header, v1::DistillRequest()},
+       "batch id 1 was already used in this stream",
+       1},
+      {"empty request",
+       {good_header, v1::DistillRequest()},
        grpc::StatusCode::INVALID_ARGUMENT,
        "a request must carry a header or a batch"},
   };
@@ -342,7 +371,8 @@ TEST_F(ServiceTest, EachBadRequestEndsOnlyItsStream) {
     EXPECT_EQ(result.status.error_message(), c.message);
     ASSERT_EQ(result.responses.size(), c.answered);
     if (c.answered == 1) {
-      ExpectTargets(result.responses[0], 1, TestInputs(2, 5), 2.0, v1::DENSE_FP32);
+      ExpectTargets(result.responses[0], 1, TestInputs(2, 5), 2.0,
+                    v1::DENSE_FP32);
     }
     good_round();
   }
@@ -351,7 +381,8 @@ TEST_F(ServiceTest, EachBadRequestEndsOnlyItsStream) {
   const int64_t limit = server_->info().max_request_bytes();
   const int64_t samples = limit / (28 * 28 * 4) + 1;
   StreamResult big = RunStream(
-      *stub_, {good_header, BatchRequest(1, torch::zeros({samples, 1, 28, 28}))});
+      *stub_,
+      {good_header, BatchRequest(1, torch::zeros({samples, 1, 28, 28}))});
   EXPECT_EQ(big.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_THAT(big.status.error_message(),
               HasSubstr("Received message larger than max"));
@@ -392,8 +423,10 @@ TEST_F(ServiceTest, TlsAndTokenGuardEveryCall) {
 
   auto info = [&](v1::Teacher::Stub& stub, const std::string& authorization) {
     grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
-    if (!authorization.empty()) context.AddMetadata("authorization", authorization);
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::seconds(20));
+    if (!authorization.empty())
+      context.AddMetadata("authorization", authorization);
     v1::InfoResponse response;
     grpc::Status status = stub.Info(&context, v1::InfoRequest(), &response);
     if (status.ok()) {
@@ -415,8 +448,8 @@ TEST_F(ServiceTest, TlsAndTokenGuardEveryCall) {
   EXPECT_TRUE(info(*secure, "Bearer s3cret-token").ok());
 
   const torch::Tensor inputs = TestInputs(2, 4);
-  StreamResult refused =
-      RunStream(*secure, {HeaderRequest(1.0, v1::DENSE_FP32), BatchRequest(1, inputs)});
+  StreamResult refused = RunStream(
+      *secure, {HeaderRequest(1.0, v1::DENSE_FP32), BatchRequest(1, inputs)});
   EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_EQ(refused.status.error_message(),
             "missing 'authorization: Bearer <token>' metadata");
@@ -437,7 +470,8 @@ TEST_F(ServiceTest, TlsAndTokenGuardEveryCall) {
 bool AwaitReceived(TeacherServer& server, int n) {
   const std::string line =
       "distill_teacher_received_batches_total " + std::to_string(n) + "\n";
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(30);
   while (std::chrono::steady_clock::now() < deadline) {
     if (server.metrics().Text().find(line) != std::string::npos) return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
@@ -472,7 +506,8 @@ TEST_F(ServiceTest, ShutdownAnswersQueuedBatches) {
   EXPECT_EQ(status.error_message(), "the teacher server is shutting down");
   stopper.join();
   grpc::ClientContext info_context;
-  info_context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  info_context.set_deadline(std::chrono::system_clock::now() +
+                            std::chrono::seconds(5));
   v1::InfoResponse info;
   EXPECT_FALSE(stub_->Info(&info_context, v1::InfoRequest(), &info).ok());
 }

@@ -19,23 +19,27 @@
 #include "absl/flags/usage.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "absl/strings/ascii.h"
+#include "common/file.h"
 #include "student/model.h"
-#include "teacher_server/server.h"
 #include "teacher_server/served_model.h"
+#include "teacher_server/server.h"
 
-ABSL_FLAG(std::string, arch, "", "Zoo architecture of the teacher (needs --weights).");
+ABSL_FLAG(std::string, arch, "",
+          "Zoo architecture of the teacher (needs --weights).");
 ABSL_FLAG(std::string, arch_options, "",
           "Zoo options as name=value,name=value (e.g. width=64,hidden=512).");
-ABSL_FLAG(std::string, weights, "", "Weights file (model.pt or checkpoint) of --arch.");
+ABSL_FLAG(std::string, weights, "",
+          "Weights file (model.pt or checkpoint) of --arch.");
 ABSL_FLAG(std::string, torchscript, "", "TorchScript teacher file.");
 ABSL_FLAG(std::string, input_shape, "1,28,28",
           "One sample's input shape, without the batch dimension.");
-ABSL_FLAG(std::string, input_dtype, "float32", "Input dtype: float32, int64 or int32.");
+ABSL_FLAG(std::string, input_dtype, "float32",
+          "Input dtype: float32, int64 or int32.");
 ABSL_FLAG(int64_t, num_classes, 10, "Classes a zoo teacher is built for.");
 ABSL_FLAG(std::string, host, "127.0.0.1", "Address to listen on.");
 ABSL_FLAG(int, port, 0, "Port to listen on; 0 picks a free one.");
@@ -49,12 +53,15 @@ ABSL_FLAG(int64_t, max_queue_delay_us, 2000,
           "How long a batch may wait for others to share its forward.");
 ABSL_FLAG(int64_t, max_request_bytes, 0,
           "Largest request accepted; 0: max_batch samples plus 64 KiB.");
-ABSL_FLAG(int, threads, 0, "LibTorch threads for the forward; 0: LibTorch's default.");
-ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain: serve TLS (with --tls_key).");
+ABSL_FLAG(int, threads, 0,
+          "LibTorch threads for the forward; 0: LibTorch's default.");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain: serve TLS (with --tls_key).");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
 ABSL_FLAG(std::string, token_file, "",
           "File holding the bearer token every call must carry.");
-ABSL_FLAG(int, metrics_port, 0, "Serve Prometheus metrics on this port; 0: off.");
+ABSL_FLAG(int, metrics_port, 0,
+          "Serve Prometheus metrics on this port; 0: off.");
 
 namespace {
 
@@ -67,11 +74,11 @@ int Fail(const std::string& message) {
 
 absl::StatusOr<std::string> ReadWholeFile(const std::string& path,
                                           const std::string& what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(what, " not found: ", path));
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
+  absl::StatusOr<std::string> bytes = distill::ReadFile(path);
+  if (!bytes.ok()) {
+    return absl::NotFoundError(absl::StrCat(what, " not found: ", path));
+  }
+  return bytes;
 }
 
 absl::StatusOr<std::vector<int64_t>> ParseShape(const std::string& text) {
@@ -88,7 +95,8 @@ absl::StatusOr<std::vector<int64_t>> ParseShape(const std::string& text) {
   return shape;
 }
 
-absl::StatusOr<std::map<std::string, double>> ParseOptions(const std::string& text) {
+absl::StatusOr<std::map<std::string, double>> ParseOptions(
+    const std::string& text) {
   std::map<std::string, double> options;
   if (text.empty()) return options;
   for (absl::string_view item : absl::StrSplit(text, ',')) {
@@ -196,14 +204,7 @@ absl::StatusOr<teacher::ServerOptions> OptionsFromFlags() {
 }
 
 absl::Status WriteText(const std::string& path, const std::string& text) {
-  return distill::student::WriteFileAtomically(
-      path, [&](const std::string& tmp) -> absl::Status {
-        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-        out << text;
-        out.close();
-        if (!out) return absl::InternalError(absl::StrCat("cannot write ", tmp));
-        return absl::OkStatus();
-      });
+  return distill::WriteStringAtomically(path, text);
 }
 
 }  // namespace
@@ -214,7 +215,8 @@ int main(int argc, char** argv) {
       "[--port N] [--port_file F] [--registry_dir D]: serve a teacher's soft "
       "targets over gRPC");
   std::vector<char*> rest = absl::ParseCommandLine(argc, argv);
-  if (rest.size() > 1) return Fail(absl::StrCat("unexpected argument '", rest[1], "'"));
+  if (rest.size() > 1)
+    return Fail(absl::StrCat("unexpected argument '", rest[1], "'"));
 
   // Signals are taken by sigwait below; block them before any thread starts
   // so every thread inherits the mask.
@@ -230,10 +232,12 @@ int main(int argc, char** argv) {
   if (!options.ok()) return Fail(std::string(options.status().message()));
   const std::string registry_dir = absl::GetFlag(FLAGS_registry_dir);
   if (!registry_dir.empty() && !std::filesystem::is_directory(registry_dir)) {
-    return Fail(absl::StrCat("--registry_dir ", registry_dir, " is not a directory"));
+    return Fail(
+        absl::StrCat("--registry_dir ", registry_dir, " is not a directory"));
   }
   if (absl::GetFlag(FLAGS_threads) < 0) return Fail("--threads must be >= 0");
-  if (absl::GetFlag(FLAGS_threads) > 0) torch::set_num_threads(absl::GetFlag(FLAGS_threads));
+  if (absl::GetFlag(FLAGS_threads) > 0)
+    torch::set_num_threads(absl::GetFlag(FLAGS_threads));
 
   auto model = teacher::LoadServedModel(*source);
   if (!model.ok()) return Fail(std::string(model.status().message()));
@@ -249,16 +253,17 @@ int main(int argc, char** argv) {
   }
   std::string registry_file;
   if (!registry_dir.empty()) {
-    registry_file = (std::filesystem::path(registry_dir) /
-                     absl::StrCat("teacher-", options->host, "-", port, ".endpoint"))
-                        .string();
+    registry_file =
+        (std::filesystem::path(registry_dir) /
+         absl::StrCat("teacher-", options->host, "-", port, ".endpoint"))
+            .string();
     absl::Status written =
         WriteText(registry_file, absl::StrCat(options->host, ":", port, "\n"));
     if (!written.ok()) return Fail(std::string(written.message()));
   }
-  std::printf("teacher_server: serving %s (sha256 %s%s%s) on %s%s\n", name.c_str(),
-              hash.substr(0, 12).c_str(), how.empty() ? "" : "; ", how.c_str(),
-              (*server)->address().c_str(),
+  std::printf("teacher_server: serving %s (sha256 %s%s%s) on %s%s\n",
+              name.c_str(), hash.substr(0, 12).c_str(), how.empty() ? "" : "; ",
+              how.c_str(), (*server)->address().c_str(),
               options->tls_cert_pem.empty() ? "" : " (TLS)");
   std::fflush(stdout);
 
@@ -269,9 +274,11 @@ int main(int argc, char** argv) {
   if (!registry_file.empty()) std::filesystem::remove(registry_file);
   (*server)->Shutdown();
   const teacher::BatcherStats stats = (*server)->stats();
-  std::printf("teacher_server: stopped after %lld batches, %lld samples, %lld forwards\n",
-              static_cast<long long>(stats.batches),
-              static_cast<long long>(stats.samples),
-              static_cast<long long>(stats.forwards));
+  std::printf(
+      "teacher_server: stopped after %lld batches, %lld samples, %lld "
+      "forwards\n",
+      static_cast<long long>(stats.batches),
+      static_cast<long long>(stats.samples),
+      static_cast<long long>(stats.forwards));
   return 0;
 }

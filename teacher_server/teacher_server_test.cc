@@ -8,33 +8,42 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
+#include <optional>
 
 #include "common/testing/process.h"
+#include "common/testing/scratch_dir.h"
+#include "common/testing/teacher_process.h"
+#include "common/testing/teacher_wire.h"
 #include "teacher_server/codec.h"
-#include "teacher_server/testing/teacher_testing.h"
 
 namespace distill::teacher {
 namespace {
 
 namespace fs = std::filesystem;
-using ::testing::HasSubstr;
-using namespace ::distill::teacher::testing;  // NOLINT
-
+using ::distill::testing::BatchRequest;
 using ::distill::testing::BinDir;
 using ::distill::testing::FreePort;
+using ::distill::testing::HeaderRequest;
+using ::distill::testing::kTestArch;
+using ::distill::testing::Outcome;
+using ::distill::testing::PlainChannel;
 using ::distill::testing::ReadFile;
+using ::distill::testing::ReferenceLogits;
+using ::distill::testing::RunShell;
+using ::distill::testing::RunStream;
+using ::distill::testing::ScratchDirTest;
 using ::distill::testing::SourceDir;
-using ::distill::testing::Spawn;
-using ::distill::testing::WaitExit;
-using ::distill::testing::WaitUntil;
+using ::distill::testing::StreamResult;
+using ::distill::testing::TeacherServerProcess;
+using ::distill::testing::TestInputs;
+using ::distill::testing::WriteTeacherWeights;
+using ::testing::HasSubstr;
 
 // The body of GET http://127.0.0.1:port/metrics, or "" when unreachable.
 std::string FetchMetrics(int port) {
@@ -45,90 +54,52 @@ std::string FetchMetrics(int port) {
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   std::string out;
   if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
-    const std::string request = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    const std::string request =
+        "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
     if (::write(fd, request.data(), request.size()) ==
         static_cast<ssize_t>(request.size())) {
       char buffer[4096];
       ssize_t n;
-      while ((n = ::read(fd, buffer, sizeof(buffer))) > 0) out.append(buffer, n);
+      while ((n = ::read(fd, buffer, sizeof(buffer))) > 0)
+        out.append(buffer, n);
     }
   }
   ::close(fd);
   return out;
 }
 
-class TeacherServerBinaryTest : public ::testing::Test {
+class TeacherServerBinaryTest : public ScratchDirTest {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("teacher_server_test_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
     weights_ = (dir_ / "teacher.pt").string();
     WriteTeacherWeights(weights_, /*seed=*/3);
   }
-  void TearDown() override {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-    if (!HasFailure()) fs::remove_all(dir_);
-  }
 
-  // Runs the binary to completion: exit code (-1 when killed) and stderr.
+  // Runs the binary to completion: exit code (-signal when killed) and
+  // stderr.
   std::pair<int, std::string> RunToEnd(const std::string& args) {
-    const fs::path err = dir_ / "stderr.txt";
-    const std::string cmd = BinDir() + "/teacher_server " + args + " >" +
-                            (dir_ / "stdout.txt").string() + " 2>" + err.string();
-    const int status = std::system(cmd.c_str());
-    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, ReadFile(err)};
+    const Outcome o = RunShell(BinDir() + "/teacher_server " + args, dir_);
+    return {o.exit_code, o.err};
   }
 
-  // Starts the binary serving the test teacher; returns its port once the
-  // port file appears (bounded wait). When the server exits instead, 0, and
-  // its stderr goes to `exit_error` if given, else into a test failure.
+  // Starts the binary serving the test teacher; returns its port once it
+  // serves (bounded wait). When the server exits instead, 0, and its stderr
+  // goes to `exit_error` if given, else into a test failure.
   int StartServer(const std::vector<std::string>& extra,
                   std::string* exit_error = nullptr) {
-    const fs::path port_file = dir_ / "port";
-    std::vector<std::string> args = {BinDir() + "/teacher_server",
-                                     "--arch", kTestArch, "--weights", weights_,
-                                     "--port_file", port_file.string()};
+    std::vector<std::string> args = {"--arch", kTestArch, "--weights",
+                                     weights_};
     args.insert(args.end(), extra.begin(), extra.end());
-    pid_ = Spawn(args, dir_ / "server.out", dir_ / "server.err");
-    bool exited = false;
-    WaitUntil(
-        [&] {
-          exited = ::waitpid(pid_, nullptr, WNOHANG) == pid_;
-          return exited || fs::exists(port_file);
-        },
-        std::chrono::seconds(60));
-    if (exited) {
-      pid_ = 0;
-      if (exit_error != nullptr) {
-        *exit_error = ReadFile(dir_ / "server.err");
-      } else {
-        ADD_FAILURE() << "server exited: " << ReadFile(dir_ / "server.err");
-      }
-      return 0;
-    }
-    const std::string text = ReadFile(port_file);
-    EXPECT_FALSE(text.empty()) << "no port file";
-    EXPECT_EQ(text.back(), '\n');
-    return std::atoi(text.c_str());
+    server_.emplace(dir_, "server", args,
+                    /*expect_serving=*/exit_error == nullptr);
+    if (server_->serving()) return server_->port();
+    if (exit_error != nullptr) *exit_error = server_->err();
+    server_.reset();
+    return 0;
   }
 
-  // Exit code after SIGTERM (-signal when a signal killed it).
-  int Terminate() {
-    ::kill(pid_, SIGTERM);
-    const int code = WaitExit(pid_);
-    pid_ = 0;
-    return code;
-  }
-
-  fs::path dir_;
   std::string weights_;
-  pid_t pid_ = 0;
+  std::optional<TeacherServerProcess> server_;
 };
 
 TEST_F(TeacherServerBinaryTest, BadFlagsExitOneWithOneLine) {
@@ -179,9 +150,9 @@ TEST_F(TeacherServerBinaryTest, SigtermAnswersInFlightBatchesAndExitsZero) {
   for (int attempt = 0; attempt < 5 && port == 0; ++attempt) {
     metrics_port = FreePort();
     std::string error;
-    port = StartServer({"--registry_dir", registry.string(), "--max_batch", "64",
-                        "--max_queue_delay_us", "60000000", "--metrics_port",
-                        std::to_string(metrics_port)},
+    port = StartServer({"--registry_dir", registry.string(), "--max_batch",
+                        "64", "--max_queue_delay_us", "60000000",
+                        "--metrics_port", std::to_string(metrics_port)},
                        &error);
     if (port == 0) {
       ASSERT_THAT(error, HasSubstr("cannot serve metrics on "));
@@ -192,7 +163,8 @@ TEST_F(TeacherServerBinaryTest, SigtermAnswersInFlightBatchesAndExitsZero) {
       registry / ("teacher-127.0.0.1-" + std::to_string(port) + ".endpoint");
   EXPECT_EQ(ReadFile(endpoint), "127.0.0.1:" + std::to_string(port) + "\n");
 
-  auto stub = v1::Teacher::NewStub(PlainChannel("127.0.0.1:" + std::to_string(port)));
+  auto stub =
+      v1::Teacher::NewStub(PlainChannel("127.0.0.1:" + std::to_string(port)));
   grpc::ClientContext context;
   auto stream = stub->Distill(&context);
   const torch::Tensor a = TestInputs(4, 1), b = TestInputs(2, 2);
@@ -201,7 +173,8 @@ TEST_F(TeacherServerBinaryTest, SigtermAnswersInFlightBatchesAndExitsZero) {
   ASSERT_TRUE(stream->Write(BatchRequest(11, b)));
   ASSERT_TRUE(stream->WritesDone());
   // Both batches are in the server once its metrics count them.
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(30);
   std::string metrics;
   while (metrics.find("distill_teacher_received_batches_total 2\n") ==
              std::string::npos &&
@@ -211,7 +184,7 @@ TEST_F(TeacherServerBinaryTest, SigtermAnswersInFlightBatchesAndExitsZero) {
   ASSERT_THAT(metrics, HasSubstr("distill_teacher_received_batches_total 2\n"));
   EXPECT_THAT(metrics, HasSubstr("distill_teacher_forwards_total 0\n"));
 
-  ::kill(pid_, SIGTERM);
+  server_->Signal(SIGTERM);
   v1::DistillResponse response;
   std::vector<torch::Tensor> sent = {a, b};
   for (int i = 0; i < 2; ++i) {
@@ -225,11 +198,8 @@ TEST_F(TeacherServerBinaryTest, SigtermAnswersInFlightBatchesAndExitsZero) {
   }
   EXPECT_FALSE(stream->Read(&response));
   EXPECT_TRUE(stream->Finish().ok());
-  int status = 0;
-  ::waitpid(pid_, &status, 0);
-  pid_ = 0;
-  ASSERT_TRUE(WIFEXITED(status)) << "killed instead of draining";
-  EXPECT_EQ(WEXITSTATUS(status), 0);
+  // A negative code would mean a signal killed it instead of a drain.
+  EXPECT_EQ(server_->Wait(), 0);
   EXPECT_FALSE(fs::exists(endpoint));
   const std::string log = ReadFile(dir_ / "server.out");
   EXPECT_THAT(log, HasSubstr("draining"));
@@ -248,7 +218,8 @@ TEST_F(TeacherServerBinaryTest, PythonClientGetsTheSameTargets) {
   grpc::ClientContext info_context;
   v1::InfoResponse info;
   ASSERT_TRUE(stub->Info(&info_context, v1::InfoRequest(), &info).ok());
-  std::ofstream(dir_ / "info.bin", std::ios::binary) << info.SerializeAsString();
+  std::ofstream(dir_ / "info.bin", std::ios::binary)
+      << info.SerializeAsString();
 
   const fs::path cases = dir_ / "cases";
   fs::create_directories(cases);
@@ -263,22 +234,24 @@ TEST_F(TeacherServerBinaryTest, PythonClientGetsTheSameTargets) {
     const std::string prefix = (cases / std::to_string(i)).string();
     std::ofstream(prefix + ".header.bin", std::ios::binary)
         << headers[i].SerializeAsString();
-    std::ofstream(prefix + ".batch.bin", std::ios::binary) << batch.SerializeAsString();
+    std::ofstream(prefix + ".batch.bin", std::ios::binary)
+        << batch.SerializeAsString();
     std::ofstream(prefix + ".response.bin", std::ios::binary)
         << result.responses[0].SerializeAsString();
   }
-  const std::string cmd =
-      "/usr/bin/python3 " + SourceDir() + "/teacher_server/testdata/python_client.py" +
-      " --proto_dir " + SourceDir() + "/proto --address " + address +
-      " --info " + (dir_ / "info.bin").string() + " --cases " + cases.string() +
-      " > " + (dir_ / "python.out").string() + " 2>&1";
-  const int status = std::system(cmd.c_str());
+  const std::string cmd = "/usr/bin/python3 " + SourceDir() +
+                          "/teacher_server/testdata/python_client.py" +
+                          " --proto_dir " + SourceDir() + "/proto --address " +
+                          address + " --info " + (dir_ / "info.bin").string() +
+                          " --cases " + cases.string() + " > " +
+                          (dir_ / "python.out").string() + " 2>&1";
+  const Outcome python = RunShell(cmd, dir_);
   const std::string out = ReadFile(dir_ / "python.out");
-  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << out;
+  ASSERT_EQ(python.exit_code, 0) << out;
   EXPECT_THAT(out, HasSubstr("case 0 DENSE_FP32: OK"));
   EXPECT_THAT(out, HasSubstr("case 1 DENSE_FP16: OK"));
   EXPECT_THAT(out, HasSubstr("case 2 TOP_K: OK"));
-  EXPECT_EQ(Terminate(), 0);
+  EXPECT_EQ(server_->Terminate(), 0);
 }
 
 }  // namespace

@@ -22,15 +22,16 @@ std::string ShapeString(const Shape& shape) {
 absl::Status ValidateHeader(const v1::StreamHeader& header,
                             const v1::InfoResponse& info) {
   if (!std::isfinite(header.temperature()) || !(header.temperature() > 0)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "header.temperature must be a finite number > 0, got ",
-        header.temperature()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("header.temperature must be a finite number > 0, got ",
+                     header.temperature()));
   }
   const auto& encodings = info.encodings();
   if (std::find(encodings.begin(), encodings.end(), header.encoding()) ==
       encodings.end()) {
     std::vector<std::string> names;
-    for (int e : encodings) names.push_back(EncodingName(static_cast<v1::Encoding>(e)));
+    for (int e : encodings)
+      names.push_back(EncodingName(static_cast<v1::Encoding>(e)));
     return absl::InvalidArgumentError(absl::StrCat(
         "header.encoding ", EncodingName(header.encoding()),
         " is not supported; supported: ", absl::StrJoin(names, ", ")));
@@ -48,10 +49,9 @@ absl::StatusOr<torch::Tensor> DecodeInputs(const v1::InputBatch& batch,
                                            const v1::InfoResponse& info) {
   const v1::Tensor& inputs = batch.inputs();
   if (inputs.dtype() != info.input_dtype()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("batch ", batch.batch_id(), ": inputs must be ",
-                     DTypeName(info.input_dtype()), ", got ",
-                     DTypeName(inputs.dtype())));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "batch ", batch.batch_id(), ": inputs must be ",
+        DTypeName(info.input_dtype()), ", got ", DTypeName(inputs.dtype())));
   }
   std::vector<int64_t> want = {-1};
   want.insert(want.end(), info.input_shape().begin(), info.input_shape().end());
@@ -59,10 +59,10 @@ absl::StatusOr<torch::Tensor> DecodeInputs(const v1::InputBatch& batch,
       inputs.shape_size() == static_cast<int>(want.size()) &&
       std::equal(want.begin() + 1, want.end(), inputs.shape().begin() + 1);
   if (!shape_ok) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "batch ", batch.batch_id(), ": inputs shape ",
-        ShapeString(inputs.shape()), " must be [N, ",
-        absl::StrJoin(info.input_shape(), ", "), "]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("batch ", batch.batch_id(), ": inputs shape ",
+                     ShapeString(inputs.shape()), " must be [N, ",
+                     absl::StrJoin(info.input_shape(), ", "), "]"));
   }
   const int64_t n = inputs.shape(0);
   if (n < 1) {
@@ -70,10 +70,9 @@ absl::StatusOr<torch::Tensor> DecodeInputs(const v1::InputBatch& batch,
         absl::StrCat("batch ", batch.batch_id(), " is empty"));
   }
   if (n > info.max_batch()) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("batch ", batch.batch_id(), " has ", n,
-                     " samples; the most one batch may carry is ",
-                     info.max_batch()));
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "batch ", batch.batch_id(), " has ", n,
+        " samples; the most one batch may carry is ", info.max_batch()));
   }
   absl::StatusOr<torch::Tensor> tensor = FromProto(inputs, "inputs");
   if (!tensor.ok()) {

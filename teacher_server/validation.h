@@ -1,7 +1,7 @@
 // Checks of what a Distill stream sends, against the served model's Info.
 // Each failure is an absl::Status whose code is the gRPC code the stream ends
-// with (InvalidArgument, or ResourceExhausted for a batch over max_batch) and whose
-// message names the field and the value. Stateless; safe from any thread.
+// with (InvalidArgument, or ResourceExhausted for a batch over max_batch) and
+// whose message names the field and the value. Stateless; safe from any thread.
 #ifndef DISTILL_TEACHER_SERVER_VALIDATION_H_
 #define DISTILL_TEACHER_SERVER_VALIDATION_H_
 

@@ -3,23 +3,24 @@
 // a stopped run resumes to exactly the weights of an uninterrupted one.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <sys/wait.h>
-#include <zlib.h>
-
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
-#include <nlohmann/json.hpp>
-
 #include "common/testing/process.h"
+#include "common/testing/run_files.h"
+#include "common/testing/scratch_dir.h"
 #include "common/testing/status_matchers.h"
+#include "common/testing/weights.h"
 #include "student/model.h"
 
 namespace {
@@ -30,50 +31,27 @@ using ::testing::HasSubstr;
 
 constexpr char kDataset[] = "/usr/share/datasets/fashion-mnist";
 
-struct Outcome {
-  int exit_code = -1;       // -1 when killed by a signal (a crash)
-  std::string out;
-  std::string err;
-};
-
 using ::distill::testing::BinDir;
+using ::distill::testing::kFashionMnistInput;
+using ::distill::testing::LoadWeights;
+using ::distill::testing::MaxDifference;
+using ::distill::testing::Outcome;
+using ::distill::testing::Process;
 using ::distill::testing::ReadFile;
-using ::distill::testing::Spawn;
-using ::distill::testing::WaitExit;
+using ::distill::testing::RunShell;
+using ::distill::testing::ScratchDirTest;
+using ::distill::testing::Summary;
+using ::distill::testing::Tensors;
 using ::distill::testing::WaitForFile;
 
-class CliTest : public ::testing::Test {
+class CliTest : public ScratchDirTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("distill_cli_test_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    if (!HasFailure()) fs::remove_all(dir_);
-  }
-
-  fs::path Write(const std::string& name, const std::string& text) {
-    fs::path p = dir_ / name;
-    std::ofstream(p) << text;
-    return p;
-  }
-
   // Runs `distill args`; a non-empty `input` is a shell command whose
-  // output is piped into it.
+  // output is piped into it. A crash reads as a negative exit code.
   Outcome Run(const std::string& args, const std::string& input = "") {
-    const fs::path out = dir_ / "stdout.txt", err = dir_ / "stderr.txt";
-    const std::string cmd = (input.empty() ? "" : input + " | ") + BinDir() +
-                            "/distill " + args + " >" + out.string() + " 2>" +
-                            err.string();
-    const int status = std::system(cmd.c_str());
-    Outcome o;
-    if (WIFEXITED(status)) o.exit_code = WEXITSTATUS(status);
-    o.out = ReadFile(out);
-    o.err = ReadFile(err);
-    return o;
+    return RunShell(
+        (input.empty() ? "" : input + " | ") + BinDir() + "/distill " + args,
+        dir_);
   }
 
   // Every file under `root` with its contents.
@@ -94,8 +72,8 @@ class CliTest : public ::testing::Test {
       batch_size: 64 epochs: 2 threads: 1
     )pb");
     fs::path run = dir_ / "run";
-    Outcome o = Run("--quiet --config " + config.string() +
-                    " --run_dir " + run.string() + " --stop_after_steps 3");
+    Outcome o = Run("--quiet --config " + config.string() + " --run_dir " +
+                    run.string() + " --stop_after_steps 3");
     EXPECT_EQ(o.exit_code, 0) << o.err;
     return run;
   }
@@ -113,21 +91,20 @@ class CliTest : public ::testing::Test {
     EXPECT_EQ(o.err, "distill: error: " + error + "\n");
     EXPECT_EQ(Snapshot(run), before);
   }
-
-  fs::path dir_;
 };
 
 TEST_F(CliTest, UnknownConfigField) {
-  const std::string text = "mode: TRAIN\nepochz: 3\nstudent { arch: \"mlp\" }\n";
+  const std::string text =
+      "mode: TRAIN\nepochz: 3\nstudent { arch: \"mlp\" }\n";
   ExpectRefused(text, (dir_ / "bad.pbtxt").string() +
                           ":2:7: Message type \"distill.v1.JobConfig\" has no "
                           "field named \"epochz\".");
 }
 
 TEST_F(CliTest, WrongFieldType) {
-  ExpectRefused("mode: TRAIN\nstudent { arch: \"mlp\" }\nbatch_size: 1.5\n",
-                (dir_ / "bad.pbtxt").string() +
-                    ":3:13: Expected integer, got: 1.5");
+  ExpectRefused(
+      "mode: TRAIN\nstudent { arch: \"mlp\" }\nbatch_size: 1.5\n",
+      (dir_ / "bad.pbtxt").string() + ":3:13: Expected integer, got: 1.5");
 }
 
 TEST_F(CliTest, NegativeLearningRate) {
@@ -151,15 +128,18 @@ TEST_F(CliTest, MissingDataFile) {
 TEST_F(CliTest, TruncatedIdxFile) {
   fs::path data = dir_ / "data";
   fs::create_directories(data);
-  for (const char* name : {"train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
-                           "t10k-labels-idx1-ubyte.gz"}) {
+  for (const char* name :
+       {"train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz"}) {
     fs::copy(fs::path(kDataset) / name, data);
   }
   // The real training images, decompressed and cut off mid-way.
-  gzFile in = gzopen((fs::path(kDataset) / "train-images-idx3-ubyte.gz").c_str(), "rb");
+  gzFile in =
+      gzopen((fs::path(kDataset) / "train-images-idx3-ubyte.gz").c_str(), "rb");
   ASSERT_NE(in, nullptr);
   std::string bytes(16 + 1000 * 784 + 100, '\0');
-  ASSERT_EQ(gzread(in, bytes.data(), bytes.size()), static_cast<int>(bytes.size()));
+  ASSERT_EQ(gzread(in, bytes.data(), bytes.size()),
+            static_cast<int>(bytes.size()));
   gzclose(in);
   std::ofstream(data / "train-images-idx3-ubyte", std::ios::binary) << bytes;
   ExpectRefused("mode: TRAIN\nstudent { arch: \"mlp\" }\ndata { dir: \"" +
@@ -171,28 +151,31 @@ TEST_F(CliTest, TruncatedIdxFile) {
 
 TEST_F(CliTest, TeacherWithOtherClassCount) {
   fs::path teacher = dir_ / "teacher12.pt";
-  const std::string make = "/usr/bin/python3 " + std::string(DISTILL_SOURCE_DIR) +
-                           "/tests/testdata/make_torchscript.py " +
-                           teacher.string() + " 12";
+  const std::string make =
+      "/usr/bin/python3 " + std::string(DISTILL_SOURCE_DIR) +
+      "/tests/testdata/make_torchscript.py " + teacher.string() + " 12";
   if (std::system(("/usr/bin/python3 -c 'import torch' 2>/dev/null")) != 0) {
     GTEST_SKIP() << "/usr/bin/python3 has no torch";
   }
   ASSERT_EQ(std::system(make.c_str()), 0);
-  ExpectRefused("mode: DISTILL\nstudent { arch: \"mlp\" }\nteacher { model { "
-                "torchscript: \"" + teacher.string() + "\" } }\n",
-                "teacher 'torchscript:teacher12.pt' outputs 12 classes but the "
-                "data has 10");
+  ExpectRefused(
+      "mode: DISTILL\nstudent { arch: \"mlp\" }\nteacher { model { "
+      "torchscript: \"" +
+          teacher.string() + "\" } }\n",
+      "teacher 'torchscript:teacher12.pt' outputs 12 classes but the "
+      "data has 10");
 }
 
 TEST_F(CliTest, CheckpointFromAnotherArchitecture) {
   // ExpectRefused first writes this checkpoint with model 'mlp'.
   const std::string ckpt =
       (dir_ / "run" / "checkpoints" / "ckpt-000000003.pt").string();
-  ExpectRefused("mode: TRAIN\nstudent { arch: \"cnn_student\" }\n"
-                "data { train_limit: 256 test_limit: 128 }\n",
-                "checkpoint " + ckpt +
-                    " was written for model 'mlp' but the config asks for "
-                    "'cnn_student'");
+  ExpectRefused(
+      "mode: TRAIN\nstudent { arch: \"cnn_student\" }\n"
+      "data { train_limit: 256 test_limit: 128 }\n",
+      "checkpoint " + ckpt +
+          " was written for model 'mlp' but the config asks for "
+          "'cnn_student'");
 }
 
 // Loss plugins: every loading error stops the job before it starts.
@@ -225,17 +208,18 @@ TEST_F(CliTest, PluginLossWithParameterOutOfBounds) {
 }
 
 TEST_F(CliTest, PluginLossIsUnknownWithoutThePlugin) {
-  ExpectRefused(std::string(kPluginJob) + "loss { name: \"cosine_kd\" }\n",
-                (dir_ / "bad.pbtxt").string() +
-                    ":4: loss[0].name unknown loss 'cosine_kd'; known losses: "
-                    "dkd, hard_ce, js, kd_kl, mse_logits, reverse_kl, soft_ce, tvd");
+  ExpectRefused(
+      std::string(kPluginJob) + "loss { name: \"cosine_kd\" }\n",
+      (dir_ / "bad.pbtxt").string() +
+          ":4: loss[0].name unknown loss 'cosine_kd'; known losses: "
+          "dkd, hard_ce, js, kd_kl, mse_logits, reverse_kl, soft_ce, tvd");
 }
 
 TEST_F(CliTest, LibraryThatIsNotAPlugin) {
   fs::path config = Write("job.pbtxt", kPluginJob);
-  Outcome o = Run(std::string("--loss_plugin ") + DISTILL_NOT_A_PLUGIN +
-                  " --config " + config.string() + " --run_dir " +
-                  (dir_ / "run").string());
+  Outcome o =
+      Run(std::string("--loss_plugin ") + DISTILL_NOT_A_PLUGIN + " --config " +
+          config.string() + " --run_dir " + (dir_ / "run").string());
   EXPECT_EQ(o.exit_code, 1);
   EXPECT_EQ(o.err, std::string("distill: error: ") + DISTILL_NOT_A_PLUGIN +
                        " is not a distill loss plugin: it exports no "
@@ -275,7 +259,8 @@ TEST_F(CliTest, ResumeIsExact) {
     batch_size: 64 epochs: 2 threads: 1 seed: 7
     optimizer { type: SGD lr: 0.05 }
     lr_schedule { type: COSINE warmup_steps: 3 }
-  )pb").string();
+  )pb")
+                                 .string();
   const std::string straight = (dir_ / "straight").string();
   const std::string resumed = (dir_ / "resumed").string();
   Outcome a = Run("--quiet --config " + config + " --run_dir " + straight);
@@ -284,35 +269,23 @@ TEST_F(CliTest, ResumeIsExact) {
                    " --stop_after_steps 13");
   ASSERT_EQ(b1.exit_code, 0) << b1.err;
   ASSERT_FALSE(fs::exists(resumed + "/summary.json"));
-  Outcome b2 = Run("--config " + config + " --run_dir " + resumed + " --resume");
+  Outcome b2 =
+      Run("--config " + config + " --run_dir " + resumed + " --resume");
   ASSERT_EQ(b2.exit_code, 0) << b2.err;
   EXPECT_THAT(b2.out, HasSubstr("resuming from"));
 
-  distill::student::ZooInput input{{1, 28, 28}, 10};
-  auto load = [&](const std::string& path) {
-    auto m = distill::student::Model::Create(
-        {"cnn_student", "", {{"dropout", 0.3}}}, input);
-    EXPECT_THAT(m, IsOk());
-    EXPECT_THAT((*m)->LoadFile(path), IsOk());
-    return std::move(m).value();
-  };
-  auto ma = load(straight + "/model.pt");
-  auto mb = load(resumed + "/model.pt");
-  auto pa = ma->named_parameters(), pb = mb->named_parameters();
-  ASSERT_EQ(pa.size(), pb.size());
-  for (size_t i = 0; i < pa.size(); ++i) {
-    EXPECT_TRUE(torch::equal(pa[i].second, pb[i].second)) << pa[i].first;
-  }
-  auto ba = ma->named_buffers(), bb = mb->named_buffers();
-  for (size_t i = 0; i < ba.size(); ++i) {
-    EXPECT_TRUE(torch::equal(ba[i].second, bb[i].second)) << ba[i].first;
-  }
+  const distill::student::ModelSpec spec{"cnn_student", "", {{"dropout", 0.3}}};
+  const auto a_weights =
+      LoadWeights(spec, straight + "/model.pt", Tensors::kParametersAndBuffers);
+  EXPECT_EQ(
+      MaxDifference(a_weights, LoadWeights(spec, resumed + "/model.pt",
+                                           Tensors::kParametersAndBuffers)),
+      0.0);
   // And the weights did move: a run that trained nothing would also match.
   torch::manual_seed(7);
-  auto fresh = distill::student::Model::Create(
-      {"cnn_student", "", {{"dropout", 0.3}}}, input);
+  auto fresh = distill::student::Model::Create(spec, kFashionMnistInput);
   ASSERT_THAT(fresh, IsOk());
-  EXPECT_FALSE(torch::equal((*fresh)->parameters()[0], pa[0].second));
+  EXPECT_FALSE(torch::equal((*fresh)->parameters()[0], a_weights[0].second));
 }
 
 // SIGTERM (what Slurm and launchers send): the run finishes its step,
@@ -324,26 +297,28 @@ TEST_F(CliTest, SigtermCheckpointsAtTheNextStepAndResumes) {
     data { train_limit: 1600 test_limit: 100 }
     batch_size: 32 epochs: 1 threads: 1
     checkpoint_every_steps: 3
-  )pb").string();
+  )pb")
+                                 .string();
   const fs::path run = dir_ / "run";
-  const pid_t pid =
-      Spawn({BinDir() + "/distill", "--config", config, "--run_dir", run.string()},
-            dir_ / "term.out", dir_ / "term.err");
+  Process distill = Process::Start(
+      {BinDir() + "/distill", "--config", config, "--run_dir", run.string()},
+      dir_ / "term.out", dir_ / "term.err");
   // Signal once the first checkpoint shows the run is under way (a bounded
   // wait for that event).
   const fs::path first = run / "checkpoints" / "ckpt-000000003.pt";
   ASSERT_TRUE(WaitForFile(first, std::chrono::minutes(2)));
-  ::kill(pid, SIGTERM);
+  distill.Signal(SIGTERM);
   // A negative code would mean a signal killed it instead of a clean stop.
-  EXPECT_EQ(WaitExit(pid), 128 + SIGTERM) << ReadFile(dir_ / "term.err");
+  EXPECT_EQ(distill.Wait(), 128 + SIGTERM) << ReadFile(dir_ / "term.err");
   EXPECT_THAT(ReadFile(dir_ / "term.out"),
               HasSubstr("stopped after a checkpoint at "));
   EXPECT_FALSE(fs::exists(run / "summary.json"));
 
-  Outcome o = Run("--config " + config + " --run_dir " + run.string() + " --resume");
+  Outcome o =
+      Run("--config " + config + " --run_dir " + run.string() + " --resume");
   ASSERT_EQ(o.exit_code, 0) << o.err;
   EXPECT_THAT(o.out, HasSubstr("resuming from"));
-  auto summary = nlohmann::json::parse(ReadFile(run / "summary.json"));
+  const nlohmann::json summary = Summary(run);
   EXPECT_EQ(summary["steps"], 50);
 }
 
@@ -361,7 +336,7 @@ TEST_F(CliTest, ConfigFromAPipeIsReadOnce) {
                   "cat " + config.string());
   EXPECT_EQ(o.exit_code, 0) << o.err;
   EXPECT_EQ(o.err, "");
-  auto summary = nlohmann::json::parse(ReadFile(run / "summary.json"));
+  const nlohmann::json summary = Summary(run);
   EXPECT_EQ(summary["steps"], 2);
 }
 

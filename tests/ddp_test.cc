@@ -11,13 +11,14 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
-#include <nlohmann/json.hpp>
-
 #include "common/testing/process.h"
+#include "common/testing/run_files.h"
+#include "common/testing/scratch_dir.h"
 #include "common/testing/status_matchers.h"
-#include "student/model.h"
+#include "common/testing/weights.h"
 
 namespace {
 
@@ -27,73 +28,52 @@ using ::testing::HasSubstr;
 
 using ::distill::testing::BinDir;
 using ::distill::testing::FreePort;
+using ::distill::testing::LoadWeights;
+using ::distill::testing::MetricsRecords;
+using ::distill::testing::Process;
 using ::distill::testing::ReadFile;
-using ::distill::testing::Spawn;
+using ::distill::testing::ScratchDirTest;
+using ::distill::testing::Summary;
 using ::distill::testing::TorchrunEnv;
-using ::distill::testing::WaitExit;
 using ::distill::testing::WaitForCheckpoint;
+using ::distill::testing::WeightDistance;
 
 // A `distill` rank as a child process with torchrun-style variables.
 struct Rank {
-  pid_t pid = -1;
+  Process process;
   fs::path out, err;
 };
 
-class DdpTest : public ::testing::Test {
+class DdpTest : public ScratchDirTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("distill_ddp_test_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    if (!HasFailure()) fs::remove_all(dir_);
-  }
-
-  fs::path Write(const std::string& name, const std::string& text) {
-    fs::path p = dir_ / name;
-    std::ofstream(p) << text;
-    return p;
-  }
-
-  Rank Start(int rank, int world, int port, const std::vector<std::string>& args) {
+  Rank Start(int rank, int world, int port,
+             const std::vector<std::string>& args) {
     Rank r;
-    r.out = dir_ / ("rank" + std::to_string(rank) + "_" + std::to_string(port) + ".out");
-    r.err = dir_ / ("rank" + std::to_string(rank) + "_" + std::to_string(port) + ".err");
+    r.out = dir_ / ("rank" + std::to_string(rank) + "_" + std::to_string(port) +
+                    ".out");
+    r.err = dir_ / ("rank" + std::to_string(rank) + "_" + std::to_string(port) +
+                    ".err");
     std::vector<std::string> argv = {BinDir() + "/distill"};
     argv.insert(argv.end(), args.begin(), args.end());
-    r.pid = Spawn(argv, r.out, r.err, TorchrunEnv(rank, world, port));
+    r.process =
+        Process::Start(argv, r.out, r.err, TorchrunEnv(rank, world, port));
     return r;
   }
 
-  // Exit code of a finished rank; -signal when it was killed.
-  static int Wait(const Rank& r) { return WaitExit(r.pid); }
-
-  // Runs `world` ranks to completion; returns their exit codes.
+  // Runs `world` ranks to completion; returns their exit codes (-signal
+  // when a rank was killed).
   std::vector<int> RunRanks(int world, const std::vector<std::string>& args) {
     const int port = FreePort();
-    std::vector<Rank> ranks;
-    for (int r = 0; r < world; ++r) ranks.push_back(Start(r, world, port, args));
+    last_.clear();
+    for (int r = 0; r < world; ++r)
+      last_.push_back(Start(r, world, port, args));
     std::vector<int> codes;
-    for (auto& r : ranks) codes.push_back(Wait(r));
-    last_ = ranks;
+    for (auto& r : last_) codes.push_back(r.process.Wait());
     return codes;
   }
 
   std::string Err(int rank) { return ReadFile(last_[rank].err); }
 
-  std::vector<std::pair<std::string, torch::Tensor>> Weights(
-      const std::string& arch, const fs::path& model_pt) {
-    auto m = distill::student::Model::Create({arch, "", {}},
-                                             {{1, 28, 28}, 10});
-    EXPECT_THAT(m, IsOk());
-    EXPECT_THAT((*m)->LoadFile(model_pt.string()), IsOk());
-    return (*m)->named_parameters();
-  }
-
-  fs::path dir_;
   std::vector<Rank> last_;
 };
 
@@ -107,24 +87,21 @@ TEST_F(DdpTest, TwoRanksMatchOneRankWithTheSameGlobalBatch) {
     batch_size: 64 epochs: 1 threads: 1 seed: 5
     optimizer { type: SGD lr: 0.1 momentum: 0.9 }
     distributed { first_bucket_mb: 0.05 bucket_cap_mb: 0.2 }
-  )pb").string();
+  )pb")
+                                 .string();
   const fs::path one = dir_ / "one", two = dir_ / "two";
-  auto codes1 = RunRanks(1, {"--quiet", "--config", config, "--run_dir", one.string()});
+  auto codes1 =
+      RunRanks(1, {"--quiet", "--config", config, "--run_dir", one.string()});
   ASSERT_EQ(codes1[0], 0) << Err(0);
-  auto codes2 = RunRanks(2, {"--quiet", "--config", config, "--run_dir", two.string()});
+  auto codes2 =
+      RunRanks(2, {"--quiet", "--config", config, "--run_dir", two.string()});
   ASSERT_EQ(codes2[0], 0) << Err(0);
   ASSERT_EQ(codes2[1], 0) << Err(1);
 
-  auto a = Weights("mlp", one / "model.pt");
-  auto b = Weights("mlp", two / "model.pt");
-  ASSERT_EQ(a.size(), b.size());
-  double worst = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    worst = std::max(worst, (a[i].second - b[i].second).abs().max().item<double>());
-  }
   // Float sums in another order: agreement to ~1e-6 after 8 momentum steps.
-  EXPECT_LT(worst, 2e-5) << "largest parameter difference";
-  auto summary = nlohmann::json::parse(ReadFile(two / "summary.json"));
+  EXPECT_LT(WeightDistance("mlp", one / "model.pt", two / "model.pt"), 2e-5)
+      << "largest parameter difference";
+  const nlohmann::json summary = Summary(two);
   EXPECT_EQ(summary["steps"], 8);
   EXPECT_EQ(summary["ranks"], 2);
 }
@@ -143,29 +120,24 @@ TEST_F(DdpTest, BatchNormModelMatchesOneRankWithMicroBatches) {
       Write("one.pbtxt", base + "micro_batches: 2\n").string();
   const std::string two_config = Write("two.pbtxt", base).string();
   const fs::path one = dir_ / "one", two = dir_ / "two";
-  auto codes1 = RunRanks(1, {"--quiet", "--config", one_config, "--run_dir", one.string()});
+  auto codes1 = RunRanks(
+      1, {"--quiet", "--config", one_config, "--run_dir", one.string()});
   ASSERT_EQ(codes1[0], 0) << Err(0);
-  auto codes2 = RunRanks(2, {"--quiet", "--config", two_config, "--run_dir", two.string()});
+  auto codes2 = RunRanks(
+      2, {"--quiet", "--config", two_config, "--run_dir", two.string()});
   ASSERT_EQ(codes2[0], 0) << Err(0);
   ASSERT_EQ(codes2[1], 0) << Err(1);
-  auto a = Weights("cnn_student", one / "model.pt");
-  auto b = Weights("cnn_student", two / "model.pt");
-  double worst = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    worst = std::max(worst, (a[i].second - b[i].second).abs().max().item<double>());
-  }
-  EXPECT_LT(worst, 2e-5) << "largest parameter difference";
+  EXPECT_LT(WeightDistance("cnn_student", one / "model.pt", two / "model.pt"),
+            2e-5)
+      << "largest parameter difference";
   // The comparison has teeth: without micro-batches BatchNorm sees the
   // whole batch of 64 and the parameters come out measurably different.
   const fs::path whole = dir_ / "whole";
-  auto codes3 = RunRanks(1, {"--quiet", "--config", two_config, "--run_dir", whole.string()});
+  auto codes3 = RunRanks(
+      1, {"--quiet", "--config", two_config, "--run_dir", whole.string()});
   ASSERT_EQ(codes3[0], 0) << Err(0);
-  auto c = Weights("cnn_student", whole / "model.pt");
-  double apart = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    apart = std::max(apart, (a[i].second - c[i].second).abs().max().item<double>());
-  }
-  EXPECT_GT(apart, 1e-4);
+  EXPECT_GT(WeightDistance("cnn_student", one / "model.pt", whole / "model.pt"),
+            1e-4);
 }
 
 // A rank that hangs (stopped, not dead): the other fails after the
@@ -178,17 +150,18 @@ TEST_F(DdpTest, HungRankTimesOut) {
     batch_size: 32 epochs: 3 threads: 1
     checkpoint_every_steps: 5
     distributed { collective_timeout_seconds: 5 }
-  )pb").string();
+  )pb")
+                                 .string();
   const fs::path run = dir_ / "run";
   const std::vector<std::string> args = {"--quiet", "--config", config,
                                          "--run_dir", run.string()};
   const int port = FreePort();
   Rank r0 = Start(0, 2, port, args), r1 = Start(1, 2, port, args);
   ASSERT_TRUE(WaitForCheckpoint(run, std::chrono::minutes(2)));
-  ::kill(r1.pid, SIGSTOP);
-  EXPECT_EQ(Wait(r0), 1);
-  ::kill(r1.pid, SIGKILL);
-  Wait(r1);
+  r1.process.Signal(SIGSTOP);
+  EXPECT_EQ(r0.process.Wait(), 1);
+  r1.process.Signal(SIGKILL);
+  r1.process.Wait();
   const std::string err = ReadFile(r0.err);
   EXPECT_THAT(err, HasSubstr("distill: error: rank 0: "));
   EXPECT_THAT(err, HasSubstr("timed out waiting for the other ranks"));
@@ -205,7 +178,8 @@ TEST_F(DdpTest, KilledRankStopsTheOthersAndTheJobResumes) {
     batch_size: 32 epochs: 2 threads: 1
     checkpoint_every_steps: 5
     distributed { collective_timeout_seconds: 60 }
-  )pb").string();
+  )pb")
+                                 .string();
   const fs::path run = dir_ / "run";
   const std::vector<std::string> args = {"--quiet", "--config", config,
                                          "--run_dir", run.string()};
@@ -214,12 +188,13 @@ TEST_F(DdpTest, KilledRankStopsTheOthersAndTheJobResumes) {
   // Kill rank 1 once rank 0 has written its first checkpoint (bounded wait
   // for that event, not a sleep standing in for it).
   ASSERT_TRUE(WaitForCheckpoint(run, std::chrono::minutes(3)));
-  ::kill(r1.pid, SIGKILL);
+  r1.process.Signal(SIGKILL);
   const auto killed_at = std::chrono::steady_clock::now();
-  EXPECT_EQ(Wait(r1), -SIGKILL);
-  EXPECT_EQ(Wait(r0), 1);
+  EXPECT_EQ(r1.process.Wait(), -SIGKILL);
+  EXPECT_EQ(r0.process.Wait(), 1);
   const double seconds = std::chrono::duration<double>(
-      std::chrono::steady_clock::now() - killed_at).count();
+                             std::chrono::steady_clock::now() - killed_at)
+                             .count();
   EXPECT_LT(seconds, 60) << "the survivor waited for the full timeout";
   const std::string err = ReadFile(r0.err);
   EXPECT_THAT(err, HasSubstr("distill: error: rank 0: "));
@@ -230,7 +205,7 @@ TEST_F(DdpTest, KilledRankStopsTheOthersAndTheJobResumes) {
   int checkpoints = 0;
   for (const auto& e : fs::directory_iterator(run / "checkpoints")) {
     EXPECT_EQ(e.path().extension(), ".pt") << "leftover " << e.path();
-    Weights("cnn_teacher", e.path());
+    EXPECT_FALSE(LoadWeights({"cnn_teacher", "", {}}, e.path()).empty());
     ++checkpoints;
   }
   EXPECT_GE(checkpoints, 1);
@@ -240,7 +215,7 @@ TEST_F(DdpTest, KilledRankStopsTheOthersAndTheJobResumes) {
   auto codes = RunRanks(2, resume);
   ASSERT_EQ(codes[0], 0) << Err(0);
   ASSERT_EQ(codes[1], 0) << Err(1);
-  auto summary = nlohmann::json::parse(ReadFile(run / "summary.json"));
+  const nlohmann::json summary = Summary(run);
   EXPECT_EQ(summary["steps"], 2 * 3200 / 32);
 }
 
@@ -252,29 +227,33 @@ TEST_F(DdpTest, PluginLossOnTwoRanks) {
     student { arch: "mlp" }
     data { train_limit: 64 test_limit: 64 }
     batch_size: 64 epochs: 1 threads: 1
-  )pb").string();
+  )pb")
+                                         .string();
   const fs::path teacher = dir_ / "teacher";
-  auto codes1 = RunRanks(1, {"--quiet", "--config", teacher_config,
-                             "--run_dir", teacher.string()});
+  auto codes1 = RunRanks(1, {"--quiet", "--config", teacher_config, "--run_dir",
+                             teacher.string()});
   ASSERT_EQ(codes1[0], 0) << Err(0);
 
-  const std::string config = Write("job.pbtxt", R"pb(
+  const std::string config =
+      Write("job.pbtxt", R"pb(
     mode: DISTILL
     student { arch: "mlp" }
     teacher { model { arch: "mlp" weights: ")pb" +
-                                   (teacher / "model.pt").string() + R"pb(" } }
+                             (teacher / "model.pt").string() + R"pb(" } }
     data { train_limit: 256 test_limit: 64 }
     batch_size: 64 epochs: 1 threads: 1 log_every_steps: 1
     loss { name: "cosine_kd" weight: 0.5 params { key: "eps" value: 1e-6 } }
     loss { name: "hard_ce" weight: 0.5 }
-  )pb").string();
+  )pb")
+          .string();
   const fs::path run = dir_ / "run";
-  auto codes2 = RunRanks(2, {"--quiet", "--loss_plugin", DISTILL_COSINE_KD_PLUGIN,
-                             "--config", config, "--run_dir", run.string()});
+  auto codes2 =
+      RunRanks(2, {"--quiet", "--loss_plugin", DISTILL_COSINE_KD_PLUGIN,
+                   "--config", config, "--run_dir", run.string()});
   ASSERT_EQ(codes2[0], 0) << Err(0);
   ASSERT_EQ(codes2[1], 0) << Err(1);
 
-  auto summary = nlohmann::json::parse(ReadFile(run / "summary.json"));
+  const nlohmann::json summary = Summary(run);
   EXPECT_EQ(summary["ranks"], 2);
   ASSERT_TRUE(summary["loss_terms"].contains("cosine_kd")) << summary.dump();
   const double cosine = summary["loss_terms"]["cosine_kd"].get<double>();
@@ -282,15 +261,11 @@ TEST_F(DdpTest, PluginLossOnTwoRanks) {
   // for an untrained student.
   EXPECT_GT(cosine, 0.0);
   EXPECT_LT(cosine, 1.0);
-  int train_records = 0;
-  std::istringstream lines(ReadFile(run / "metrics.jsonl"));
-  for (std::string line; std::getline(lines, line);) {
-    auto record = nlohmann::json::parse(line);
-    if (record["type"] != "train") continue;
-    ++train_records;
-    EXPECT_TRUE(record["terms"].contains("cosine_kd")) << line;
+  const std::vector<nlohmann::json> train = MetricsRecords(run, "train");
+  for (const nlohmann::json& record : train) {
+    EXPECT_TRUE(record["terms"].contains("cosine_kd")) << record.dump();
   }
-  EXPECT_EQ(train_records, 256 / 64);
+  EXPECT_EQ(train.size(), 256u / 64);
 }
 
 // A 2-rank run stopped mid-epoch resumes on 1 rank and ends with the same
@@ -301,18 +276,19 @@ TEST_F(DdpTest, ResumesOnAnotherNumberOfRanks) {
     student { arch: "mlp" }
     data { train_limit: 640 test_limit: 100 }
     batch_size: 64 epochs: 2 threads: 1
-  )pb").string();
+  )pb")
+                                 .string();
   const fs::path run = dir_ / "run";
   auto first = RunRanks(2, {"--quiet", "--config", config, "--run_dir",
                             run.string(), "--stop_after_steps", "13"});
   ASSERT_EQ(first[0], 0) << Err(0);
   ASSERT_EQ(first[1], 0) << Err(1);
   ASSERT_TRUE(fs::exists(run / "checkpoints" / "ckpt-000000013.pt"));
-  auto second = RunRanks(1, {"--config", config, "--run_dir", run.string(),
-                             "--resume"});
+  auto second =
+      RunRanks(1, {"--config", config, "--run_dir", run.string(), "--resume"});
   ASSERT_EQ(second[0], 0) << Err(0);
   EXPECT_THAT(ReadFile(last_[0].out), HasSubstr("(epoch 2, step 13)"));
-  auto summary = nlohmann::json::parse(ReadFile(run / "summary.json"));
+  const nlohmann::json summary = Summary(run);
   EXPECT_EQ(summary["steps"], 20);
 }
 
@@ -322,11 +298,15 @@ TEST_F(DdpTest, BatchThatDoesNotSplitAcrossRanksIsRefused) {
     student { arch: "mlp" }
     data { train_limit: 64 test_limit: 10 }
     batch_size: 63
-  )pb").string();
-  auto codes = RunRanks(2, {"--config", config, "--run_dir", (dir_ / "r").string()});
+  )pb")
+                                 .string();
+  auto codes =
+      RunRanks(2, {"--config", config, "--run_dir", (dir_ / "r").string()});
   EXPECT_EQ(codes[0], 1);
   EXPECT_EQ(codes[1], 1);
-  EXPECT_EQ(Err(0), "distill: error: batch_size 63 does not split evenly across 2 ranks\n");
+  EXPECT_EQ(
+      Err(0),
+      "distill: error: batch_size 63 does not split evenly across 2 ranks\n");
 }
 
 // The same binary under PyTorch's own launcher, whose agent serves the
@@ -341,7 +321,8 @@ TEST_F(DdpTest, RunsUnderTorchrun) {
     student { arch: "mlp" }
     data { train_limit: 256 test_limit: 100 }
     batch_size: 32 epochs: 1 threads: 1
-  )pb").string();
+  )pb")
+                                 .string();
   const fs::path run = dir_ / "run";
   const std::string cmd =
       "/usr/bin/torchrun --nproc_per_node 2 --master_port " +
@@ -349,8 +330,9 @@ TEST_F(DdpTest, RunsUnderTorchrun) {
       (dir_ / "torchrun_logs").string() + " --no_python " + BinDir() +
       "/distill --quiet --config " + config + " --run_dir " + run.string() +
       " >" + (dir_ / "torchrun.log").string() + " 2>&1";
-  ASSERT_EQ(std::system(cmd.c_str()), 0) << ReadFile(dir_ / "torchrun.log");
-  auto summary = nlohmann::json::parse(ReadFile(run / "summary.json"));
+  ASSERT_EQ(distill::testing::RunShell(cmd, dir_).exit_code, 0)
+      << ReadFile(dir_ / "torchrun.log");
+  const nlohmann::json summary = Summary(run);
   EXPECT_EQ(summary["ranks"], 2);
   EXPECT_EQ(summary["steps"], 8);
 }

@@ -16,11 +16,11 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
-#include <nlohmann/json.hpp>
-
 #include "common/testing/process.h"
+#include "common/testing/scratch_dir.h"
 
 namespace {
 
@@ -29,9 +29,9 @@ using ::testing::HasSubstr;
 using ::testing::Not;
 
 using ::distill::testing::BinDir;
+using ::distill::testing::Process;
 using ::distill::testing::ReadFile;
-using ::distill::testing::Spawn;
-using ::distill::testing::WaitExit;
+using ::distill::testing::ScratchDirTest;
 using ::distill::testing::WaitForCheckpoint;
 
 int Count(const std::string& text, const std::string& what) {
@@ -46,29 +46,12 @@ int Count(const std::string& text, const std::string& what) {
 bool Alive(pid_t pid) { return ::kill(pid, 0) == 0 || errno != ESRCH; }
 
 struct Launch {
-  pid_t pid = -1;
+  Process process;
   fs::path out, err;
 };
 
-class LaunchTest : public ::testing::Test {
+class LaunchTest : public ScratchDirTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("distill_launch_test_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    if (!HasFailure()) fs::remove_all(dir_);
-  }
-
-  fs::path Write(const std::string& name, const std::string& text) {
-    fs::path p = dir_ / name;
-    std::ofstream(p) << text;
-    return p;
-  }
-
   Launch Start(const std::vector<std::string>& args) {
     Launch l;
     const std::string tag = std::to_string(launches_++);
@@ -76,12 +59,12 @@ class LaunchTest : public ::testing::Test {
     l.err = dir_ / ("launch" + tag + ".err");
     std::vector<std::string> argv = {BinDir() + "/distill_launch"};
     argv.insert(argv.end(), args.begin(), args.end());
-    l.pid = Spawn(argv, l.out, l.err);
+    l.process = Process::Start(argv, l.out, l.err);
     return l;
   }
 
   // Exit code; -signal when killed.
-  static int Wait(const Launch& l) { return WaitExit(l.pid); }
+  static int Wait(Launch& l) { return l.process.Wait(); }
 
   int Run(const std::vector<std::string>& args) {
     last_ = Start(args);
@@ -91,11 +74,14 @@ class LaunchTest : public ::testing::Test {
   // Every process the launcher recorded in `work`'s attempt files.
   static std::vector<pid_t> RecordedPids(const fs::path& work) {
     std::vector<pid_t> pids;
-    for (int k = 0; fs::exists(work / ("attempt-" + std::to_string(k) + ".json")); ++k) {
+    for (int k = 0;
+         fs::exists(work / ("attempt-" + std::to_string(k) + ".json")); ++k) {
       auto record = nlohmann::json::parse(
           ReadFile(work / ("attempt-" + std::to_string(k) + ".json")));
-      for (const auto& r : record["ranks"]) pids.push_back(r["pid"].get<pid_t>());
-      for (const auto& t : record["teachers"]) pids.push_back(t["pid"].get<pid_t>());
+      for (const auto& r : record["ranks"])
+        pids.push_back(r["pid"].get<pid_t>());
+      for (const auto& t : record["teachers"])
+        pids.push_back(t["pid"].get<pid_t>());
     }
     return pids;
   }
@@ -103,7 +89,8 @@ class LaunchTest : public ::testing::Test {
   void ExpectNoneLeft(const fs::path& work, size_t expected_processes) {
     const std::vector<pid_t> pids = RecordedPids(work);
     EXPECT_EQ(pids.size(), expected_processes);
-    for (pid_t pid : pids) EXPECT_FALSE(Alive(pid)) << "pid " << pid << " still exists";
+    for (pid_t pid : pids)
+      EXPECT_FALSE(Alive(pid)) << "pid " << pid << " still exists";
   }
 
   // A small MLP teacher trained for one step, as the teacher of the jobs.
@@ -113,10 +100,11 @@ class LaunchTest : public ::testing::Test {
       student { arch: "mlp" }
       data { train_limit: 64 test_limit: 64 }
       batch_size: 64 epochs: 1 threads: 1
-    )pb").string();
+    )pb")
+                                   .string();
     const fs::path run = dir_ / "teacher";
-    EXPECT_EQ(Run({"--nproc", "1", "--", "--quiet", "--config", config, "--run_dir",
-                   run.string()}),
+    EXPECT_EQ(Run({"--nproc", "1", "--", "--quiet", "--config", config,
+                   "--run_dir", run.string()}),
               0)
         << ReadFile(last_.err);
     return run / "model.pt";
@@ -128,20 +116,24 @@ class LaunchTest : public ::testing::Test {
     return Write("job.pbtxt", R"pb(
       mode: DISTILL
       student { arch: "mlp" }
-      teacher { model { arch: "mlp" weights: ")pb" + teacher.string() + R"pb(" } }
-      data { train_limit: )pb" + std::to_string(train) + R"pb( test_limit: 64 }
+      teacher { model { arch: "mlp" weights: ")pb" +
+                                  teacher.string() + R"pb(" } }
+      data { train_limit: )pb" + std::to_string(train) +
+                                  R"pb( test_limit: 64 }
       loss { name: "kd_kl" weight: 0.9 }
       loss { name: "hard_ce" weight: 0.1 }
       temperature: 4
       batch_size: 32 epochs: 2 threads: 1
       checkpoint_every_steps: 5
       distributed { collective_timeout_seconds: 60 }
-    )pb").string();
+    )pb")
+        .string();
   }
 
-  bool HaveTeacherServer() const { return fs::exists(BinDir() + "/teacher_server"); }
+  bool HaveTeacherServer() const {
+    return fs::exists(BinDir() + "/teacher_server");
+  }
 
-  fs::path dir_;
   Launch last_;
   int launches_ = 0;
 };
@@ -165,7 +157,8 @@ TEST_F(LaunchTest, TwoRanksCompleteADistillation) {
   for (std::string line; std::getline(lines, line);) {
     EXPECT_EQ(line.rfind("[rank ", 0), 0u) << line;
   }
-  EXPECT_THAT(ReadFile(last_.err), HasSubstr("distill_launch: all 2 ranks finished\n"));
+  EXPECT_THAT(ReadFile(last_.err),
+              HasSubstr("distill_launch: all 2 ranks finished\n"));
   ExpectNoneLeft(work, 2);
 }
 
@@ -177,9 +170,9 @@ TEST_F(LaunchTest, KilledRankRestartsTheGroupFromTheCheckpoint) {
   const std::string config = DistillConfig(teacher, 3200);
   const fs::path run = dir_ / "run", work = dir_ / "work";
   fs::create_directories(work);
-  Launch l = Start({"--nproc", "2", "--max_restarts", "2", "--work_dir",
-                    work.string(), "--", "--config", config, "--run_dir",
-                    run.string()});
+  Launch l =
+      Start({"--nproc", "2", "--max_restarts", "2", "--work_dir", work.string(),
+             "--", "--config", config, "--run_dir", run.string()});
   ASSERT_TRUE(WaitForCheckpoint(run));
   auto record = nlohmann::json::parse(ReadFile(work / "attempt-0.json"));
   const pid_t rank1 = record["ranks"][1]["pid"].get<pid_t>();
@@ -189,10 +182,12 @@ TEST_F(LaunchTest, KilledRankRestartsTheGroupFromTheCheckpoint) {
   auto summary = nlohmann::json::parse(ReadFile(run / "summary.json"));
   EXPECT_EQ(summary["steps"], 2 * 3200 / 32);
   const std::string err = ReadFile(l.err);
-  EXPECT_THAT(err, HasSubstr("distill_launch: rank 1 was killed by signal 9 (SIGKILL); "
-                             "stopping the others\n"));
-  EXPECT_THAT(err, HasSubstr("distill_launch: restarting the group from the newest "
-                             "checkpoint (restart 1 of 2)\n"));
+  EXPECT_THAT(
+      err, HasSubstr("distill_launch: rank 1 was killed by signal 9 (SIGKILL); "
+                     "stopping the others\n"));
+  EXPECT_THAT(err,
+              HasSubstr("distill_launch: restarting the group from the newest "
+                        "checkpoint (restart 1 of 2)\n"));
   // The second attempt resumed from a checkpoint, not from the start.
   EXPECT_THAT(ReadFile(l.out), HasSubstr("[rank 0] resuming from "));
   EXPECT_THAT(ReadFile(l.out), Not(HasSubstr("(epoch 1, step 0)")));
@@ -204,21 +199,24 @@ TEST_F(LaunchTest, KilledRankRestartsTheGroupFromTheCheckpoint) {
 TEST_F(LaunchTest, SpentRestartsEndWithOneClearError) {
   // Refused by distill's config check, before any data is read.
   const std::string config =
-      Write("bad.pbtxt", "mode: TRAIN\nstudent { arch: \"mlp\" }\nbatch_size: 0\n").string();
+      Write("bad.pbtxt",
+            "mode: TRAIN\nstudent { arch: \"mlp\" }\nbatch_size: 0\n")
+          .string();
   const fs::path work = dir_ / "work";
   fs::create_directories(work);
-  EXPECT_EQ(Run({"--nproc", "1", "--max_restarts", "2", "--work_dir", work.string(),
-                 "--", "--config", config, "--run_dir", (dir_ / "run").string()}),
-            1);
+  EXPECT_EQ(
+      Run({"--nproc", "1", "--max_restarts", "2", "--work_dir", work.string(),
+           "--", "--config", config, "--run_dir", (dir_ / "run").string()}),
+      1);
   const std::string err = ReadFile(last_.err);
   EXPECT_EQ(Count(err, "[rank 0] distill: error: "), 3) << err;
   EXPECT_THAT(err, HasSubstr("batch_size must be >= 1"));
   EXPECT_EQ(Count(err, "(restart "), 2) << err;
-  const std::string last_line =
-      err.substr(err.rfind('\n', err.size() - 2) + 1);
-  EXPECT_EQ(last_line,
-            "distill_launch: error: the job failed 3 times and --max_restarts=2 "
-            "is spent: rank 0 exited with status 1 (3 times)\n");
+  const std::string last_line = err.substr(err.rfind('\n', err.size() - 2) + 1);
+  EXPECT_EQ(
+      last_line,
+      "distill_launch: error: the job failed 3 times and --max_restarts=2 "
+      "is spent: rank 0 exited with status 1 (3 times)\n");
   ExpectNoneLeft(work, 3);
 }
 
@@ -236,34 +234,40 @@ TEST_F(LaunchTest, RanksGetTheirVariablesAndTheirOutputIsPrefixed) {
       "echo \"$RANK/$WORLD_SIZE local $LOCAL_RANK/$LOCAL_WORLD_SIZE "
       "$MASTER_ADDR attempt $TORCHELASTIC_RESTART_COUNT args:$*\"; "
       "echo \"port $MASTER_PORT\" >&2; printf unfinished; "
-      "m=" + marker + "$TORCHELASTIC_RESTART_COUNT; "
+      "m=" +
+      marker +
+      "$TORCHELASTIC_RESTART_COUNT; "
       "if [ $RANK = 0 ]; then touch $m; exit 0; fi; "
       "for i in $(seq 6000); do [ -e $m ] && exit 3; sleep 0.01; done; exit 4";
-  EXPECT_EQ(Run({"--nproc", "2", "--max_restarts", "1", "--master_port", "29999",
-                 "--work_dir", work.string(), "--distill", "/bin/bash", "--", "-c",
-                 script, "rank"}),
+  EXPECT_EQ(Run({"--nproc", "2", "--max_restarts", "1", "--master_port",
+                 "29999", "--work_dir", work.string(), "--distill", "/bin/bash",
+                 "--", "-c", script, "rank"}),
             1);
   std::vector<std::string> out, err;
-  std::istringstream out_lines(ReadFile(last_.out)), err_lines(ReadFile(last_.err));
+  std::istringstream out_lines(ReadFile(last_.out)),
+      err_lines(ReadFile(last_.err));
   for (std::string l; std::getline(out_lines, l);) out.push_back(l);
   for (std::string l; std::getline(err_lines, l);) {
     if (l.rfind("[rank", 0) == 0) err.push_back(l);
   }
   std::sort(out.begin(), out.end());
   std::sort(err.begin(), err.end());
-  EXPECT_THAT(out, ::testing::ElementsAre(
-                       "[rank 0] 0/2 local 0/2 127.0.0.1 attempt 0 args:",
-                       "[rank 0] 0/2 local 0/2 127.0.0.1 attempt 1 args:--resume",
-                       "[rank 0] unfinished", "[rank 0] unfinished",
-                       "[rank 1] 1/2 local 1/2 127.0.0.1 attempt 0 args:",
-                       "[rank 1] 1/2 local 1/2 127.0.0.1 attempt 1 args:--resume",
-                       "[rank 1] unfinished", "[rank 1] unfinished"));
-  EXPECT_THAT(err, ::testing::ElementsAre("[rank 0] port 29999", "[rank 0] port 29999",
-                                          "[rank 1] port 29999", "[rank 1] port 29999"));
-  EXPECT_THAT(ReadFile(last_.err),
-              HasSubstr("distill_launch: error: the job failed 2 times and "
-                        "--max_restarts=1 is spent: rank 1 exited with status 3 "
-                        "(2 times)\n"));
+  EXPECT_THAT(out,
+              ::testing::ElementsAre(
+                  "[rank 0] 0/2 local 0/2 127.0.0.1 attempt 0 args:",
+                  "[rank 0] 0/2 local 0/2 127.0.0.1 attempt 1 args:--resume",
+                  "[rank 0] unfinished", "[rank 0] unfinished",
+                  "[rank 1] 1/2 local 1/2 127.0.0.1 attempt 0 args:",
+                  "[rank 1] 1/2 local 1/2 127.0.0.1 attempt 1 args:--resume",
+                  "[rank 1] unfinished", "[rank 1] unfinished"));
+  EXPECT_THAT(err, ::testing::ElementsAre(
+                       "[rank 0] port 29999", "[rank 0] port 29999",
+                       "[rank 1] port 29999", "[rank 1] port 29999"));
+  EXPECT_THAT(
+      ReadFile(last_.err),
+      HasSubstr("distill_launch: error: the job failed 2 times and "
+                "--max_restarts=1 is spent: rank 1 exited with status 3 "
+                "(2 times)\n"));
   ExpectNoneLeft(work, 4);
 }
 
@@ -275,19 +279,21 @@ TEST_F(LaunchTest, SigtermStopsTheRanksAtACheckpointAndTheJobResumes) {
   const std::string config = DistillConfig(teacher, 3200);
   const fs::path run = dir_ / "run", work = dir_ / "work";
   fs::create_directories(work);
-  Launch l = Start({"--nproc", "2", "--work_dir", work.string(), "--", "--quiet",
-                    "--config", config, "--run_dir", run.string()});
+  Launch l = Start({"--nproc", "2", "--work_dir", work.string(), "--",
+                    "--quiet", "--config", config, "--run_dir", run.string()});
   ASSERT_TRUE(WaitForCheckpoint(run));
-  ASSERT_EQ(::kill(l.pid, SIGTERM), 0);
+  ASSERT_EQ(::kill(l.process.pid(), SIGTERM), 0);
   EXPECT_EQ(Wait(l), 128 + SIGTERM) << ReadFile(l.err);
-  EXPECT_THAT(ReadFile(l.out), HasSubstr("[rank 0] stopped after a checkpoint at "));
-  EXPECT_THAT(ReadFile(l.err), HasSubstr("distill_launch: got SIGTERM; passing it to "
-                                         "the ranks, which checkpoint and stop\n"));
+  EXPECT_THAT(ReadFile(l.out),
+              HasSubstr("[rank 0] stopped after a checkpoint at "));
+  EXPECT_THAT(ReadFile(l.err),
+              HasSubstr("distill_launch: got SIGTERM; passing it to "
+                        "the ranks, which checkpoint and stop\n"));
   EXPECT_FALSE(fs::exists(run / "summary.json"));
   ExpectNoneLeft(work, 2);
 
-  ASSERT_EQ(Run({"--nproc", "2", "--", "--quiet", "--config", config, "--run_dir",
-                 run.string(), "--resume"}),
+  ASSERT_EQ(Run({"--nproc", "2", "--", "--quiet", "--config", config,
+                 "--run_dir", run.string(), "--resume"}),
             0)
       << ReadFile(last_.err);
   auto summary = nlohmann::json::parse(ReadFile(run / "summary.json"));
@@ -301,30 +307,37 @@ TEST_F(LaunchTest, SigusrOneIsAPreemptionNotice) {
   const std::string config = DistillConfig(teacher, 3200);
   const fs::path run = dir_ / "run", work = dir_ / "work";
   fs::create_directories(work);
-  Launch l = Start({"--nproc", "1", "--work_dir", work.string(), "--", "--quiet",
-                    "--config", config, "--run_dir", run.string()});
+  Launch l = Start({"--nproc", "1", "--work_dir", work.string(), "--",
+                    "--quiet", "--config", config, "--run_dir", run.string()});
   ASSERT_TRUE(WaitForCheckpoint(run));
-  ASSERT_EQ(::kill(l.pid, SIGUSR1), 0);
+  ASSERT_EQ(::kill(l.process.pid(), SIGUSR1), 0);
   EXPECT_EQ(Wait(l), 128 + SIGUSR1) << ReadFile(l.err);
-  EXPECT_THAT(ReadFile(l.out), HasSubstr("[rank 0] stopped after a checkpoint at "));
+  EXPECT_THAT(ReadFile(l.out),
+              HasSubstr("[rank 0] stopped after a checkpoint at "));
   EXPECT_FALSE(fs::exists(run / "summary.json"));
   ExpectNoneLeft(work, 1);
 }
 
 TEST_F(LaunchTest, BadCommandLinesSayWhatIsWrong) {
   EXPECT_EQ(Run({"--nproc", "0", "--", "--config", "x.pbtxt"}), 1);
-  EXPECT_EQ(ReadFile(last_.err), "distill_launch: error: --nproc must be >= 1\n");
+  EXPECT_EQ(ReadFile(last_.err),
+            "distill_launch: error: --nproc must be >= 1\n");
   EXPECT_EQ(Run({"--nproc", "2"}), 1);
-  EXPECT_EQ(ReadFile(last_.err),
-            "distill_launch: error: no distill arguments: add -- --config FILE\n");
+  EXPECT_EQ(
+      ReadFile(last_.err),
+      "distill_launch: error: no distill arguments: add -- --config FILE\n");
   EXPECT_EQ(Run({"--nproc", "1", "stray", "--", "--config", "x.pbtxt"}), 1);
-  EXPECT_EQ(ReadFile(last_.err),
-            "distill_launch: error: unexpected argument 'stray'; distill's flags "
-            "go after --\n");
-  EXPECT_EQ(Run({"--distill", "/nonexistent/distill", "--", "--config", "x.pbtxt"}), 1);
-  EXPECT_EQ(ReadFile(last_.err),
-            "distill_launch: error: cannot run /nonexistent/distill: No such file "
-            "or directory\n");
+  EXPECT_EQ(
+      ReadFile(last_.err),
+      "distill_launch: error: unexpected argument 'stray'; distill's flags "
+      "go after --\n");
+  EXPECT_EQ(
+      Run({"--distill", "/nonexistent/distill", "--", "--config", "x.pbtxt"}),
+      1);
+  EXPECT_EQ(
+      ReadFile(last_.err),
+      "distill_launch: error: cannot run /nonexistent/distill: No such file "
+      "or directory\n");
 }
 
 // With teacher servers: the ranks reach the teacher over gRPC.
@@ -336,16 +349,17 @@ TEST_F(LaunchTest, TwoRanksAndOneTeacherServer) {
   fs::create_directories(work);
   ASSERT_EQ(Run({"--nproc", "2", "--teachers", "1", "--teacher_args",
                  "--arch mlp --weights " + teacher.string(), "--work_dir",
-                 work.string(), "--", "--quiet", "--config", config, "--run_dir",
-                 run.string()}),
+                 work.string(), "--", "--quiet", "--config", config,
+                 "--run_dir", run.string()}),
             0)
       << ReadFile(last_.err);
   auto summary = nlohmann::json::parse(ReadFile(run / "summary.json"));
   EXPECT_EQ(summary["steps"], 2 * 256 / 32);
   auto record = nlohmann::json::parse(ReadFile(work / "attempt-0.json"));
   const std::string endpoint = record["teachers"][0]["endpoint"];
-  EXPECT_THAT(ReadFile(last_.err),
-              HasSubstr("distill_launch: teacher 0 is serving at " + endpoint + "\n"));
+  EXPECT_THAT(
+      ReadFile(last_.err),
+      HasSubstr("distill_launch: teacher 0 is serving at " + endpoint + "\n"));
   ExpectNoneLeft(work, 3);
 }
 
@@ -356,16 +370,18 @@ TEST_F(LaunchTest, KilledTeacherRestartsTheGroup) {
   const std::string config = DistillConfig(teacher, 3200);
   const fs::path run = dir_ / "run", work = dir_ / "work";
   fs::create_directories(work);
-  Launch l = Start({"--nproc", "2", "--teachers", "1", "--max_restarts", "1",
-                    "--teacher_args", "--arch mlp --weights " + teacher.string(),
-                    "--work_dir", work.string(), "--", "--quiet", "--config",
-                    config, "--run_dir", run.string()});
+  Launch l =
+      Start({"--nproc", "2", "--teachers", "1", "--max_restarts", "1",
+             "--teacher_args", "--arch mlp --weights " + teacher.string(),
+             "--work_dir", work.string(), "--", "--quiet", "--config", config,
+             "--run_dir", run.string()});
   ASSERT_TRUE(WaitForCheckpoint(run));
   auto record = nlohmann::json::parse(ReadFile(work / "attempt-0.json"));
   ASSERT_EQ(::kill(record["teachers"][0]["pid"].get<pid_t>(), SIGKILL), 0);
   ASSERT_EQ(Wait(l), 0) << ReadFile(l.err);
-  EXPECT_THAT(ReadFile(l.err),
-              HasSubstr("distill_launch: teacher 0 was killed by signal 9 (SIGKILL)"));
+  EXPECT_THAT(
+      ReadFile(l.err),
+      HasSubstr("distill_launch: teacher 0 was killed by signal 9 (SIGKILL)"));
   auto summary = nlohmann::json::parse(ReadFile(run / "summary.json"));
   EXPECT_EQ(summary["steps"], 2 * 3200 / 32);
   ExpectNoneLeft(work, 6);

@@ -8,17 +8,17 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "common/testing/process.h"
+#include "common/testing/run_files.h"
+#include "common/testing/scratch_dir.h"
 
 namespace {
 
@@ -26,34 +26,27 @@ namespace fs = std::filesystem;
 using ::testing::ElementsAre;
 
 using ::distill::testing::FreePort;
+using ::distill::testing::MetricsRecords;
+using ::distill::testing::Process;
 using ::distill::testing::ReadFile;
-using ::distill::testing::Spawn;
+using ::distill::testing::RunShell;
+using ::distill::testing::ScratchDirTest;
+using ::distill::testing::Summary;
 using ::distill::testing::TorchrunEnv;
-using ::distill::testing::WaitExit;
 
 std::string Quote(const fs::path& path) { return "'" + path.string() + "'"; }
 
-class PluginInstallTest : public ::testing::Test {
+class PluginInstallTest : public ScratchDirTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("distill_plugin_install_test_" + std::to_string(::getpid()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    if (!HasFailure()) fs::remove_all(dir_);
-  }
-
   // Runs a shell command with its output in `dir_/<log>`; returns its exit
-  // code, and the log on failure through `output`.
+  // code (-signal when killed), and the log through `output`.
   int Shell(const std::string& command, const std::string& log,
             std::string* output) {
     const fs::path log_path = dir_ / log;
-    const int status =
-        std::system((command + " > " + Quote(log_path) + " 2>&1").c_str());
+    const int code =
+        RunShell(command + " > " + Quote(log_path) + " 2>&1", dir_).exit_code;
     *output = ReadFile(log_path);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return code;
   }
 
   // `world` ranks of `distill` with torchrun-style variables; returns their
@@ -61,29 +54,22 @@ class PluginInstallTest : public ::testing::Test {
   std::vector<int> RunRanks(const fs::path& distill, int world,
                             const std::vector<std::string>& args) {
     const int port = FreePort();
-    std::vector<pid_t> pids;
+    std::vector<Process> ranks;
     for (int rank = 0; rank < world; ++rank) {
       const fs::path err = dir_ / ("rank" + std::to_string(rank) + ".err");
       std::vector<std::string> argv = {distill.string()};
       argv.insert(argv.end(), args.begin(), args.end());
-      pids.push_back(Spawn(argv, "/dev/null", err, TorchrunEnv(rank, world, port)));
+      ranks.push_back(Process::Start(argv, "/dev/null", err,
+                                     TorchrunEnv(rank, world, port)));
     }
     std::vector<int> codes;
-    for (pid_t pid : pids) codes.push_back(WaitExit(pid));
+    for (Process& rank : ranks) codes.push_back(rank.Wait());
     return codes;
   }
 
   std::string Err(int rank) {
     return ReadFile(dir_ / ("rank" + std::to_string(rank) + ".err"));
   }
-
-  fs::path Write(const std::string& name, const std::string& text) {
-    fs::path p = dir_ / name;
-    std::ofstream(p) << text;
-    return p;
-  }
-
-  fs::path dir_;
 };
 
 TEST_F(PluginInstallTest, ExamplePluginBuiltAgainstInstallRunsOnTwoRanks) {
@@ -115,14 +101,15 @@ TEST_F(PluginInstallTest, ExamplePluginBuiltAgainstInstallRunsOnTwoRanks) {
   const fs::path build = source / "build";
   ASSERT_EQ(Shell("cd " + Quote(source) + " && " + Quote(cmake) +
                       " -S . -B build -DCMAKE_BUILD_TYPE=Release"
-                      " -DCMAKE_PREFIX_PATH=" + Quote(prefix),
+                      " -DCMAKE_PREFIX_PATH=" +
+                      Quote(prefix),
                   "configure.log", &log),
             0)
       << log;
-  ASSERT_EQ(Shell("cd " + Quote(source) + " && " + Quote(cmake) +
-                      " --build build",
-                  "build.log", &log),
-            0)
+  ASSERT_EQ(
+      Shell("cd " + Quote(source) + " && " + Quote(cmake) + " --build build",
+            "build.log", &log),
+      0)
       << log;
   const fs::path plugin = build / "libcosine_kd.so";
   ASSERT_TRUE(fs::exists(plugin)) << log;
@@ -143,30 +130,31 @@ TEST_F(PluginInstallTest, ExamplePluginBuiltAgainstInstallRunsOnTwoRanks) {
     batch_size: 64 epochs: 1 threads: 1
   )pb");
   const fs::path teacher = dir_ / "teacher";
-  auto codes = RunRanks(distill, 1, {"--quiet", "--config",
-                                     teacher_config.string(), "--run_dir",
-                                     teacher.string()});
+  auto codes = RunRanks(distill, 1,
+                        {"--quiet", "--config", teacher_config.string(),
+                         "--run_dir", teacher.string()});
   ASSERT_EQ(codes[0], 0) << Err(0);
 
-  const fs::path config = Write("job.pbtxt", R"pb(
+  const fs::path config =
+      Write("job.pbtxt", R"pb(
     mode: DISTILL
     student { arch: "mlp" }
     teacher { model { arch: "mlp" weights: ")pb" +
-                                               (teacher / "model.pt").string() +
-                                               R"pb(" } }
+                             (teacher / "model.pt").string() +
+                             R"pb(" } }
     data { train_limit: 256 test_limit: 64 }
     batch_size: 64 epochs: 1 threads: 1 log_every_steps: 1
     loss { name: "cosine_kd" weight: 0.5 params { key: "eps" value: 1e-6 } }
     loss { name: "hard_ce" weight: 0.5 }
   )pb");
   const fs::path run = dir_ / "run";
-  codes = RunRanks(distill, 2, {"--quiet", "--loss_plugin", plugin.string(),
-                                "--config", config.string(), "--run_dir",
-                                run.string()});
+  codes = RunRanks(distill, 2,
+                   {"--quiet", "--loss_plugin", plugin.string(), "--config",
+                    config.string(), "--run_dir", run.string()});
   ASSERT_EQ(codes[0], 0) << Err(0);
   ASSERT_EQ(codes[1], 0) << Err(1);
 
-  auto summary = nlohmann::json::parse(ReadFile(run / "summary.json"));
+  const nlohmann::json summary = Summary(run);
   EXPECT_EQ(summary["ranks"], 2);
   ASSERT_TRUE(summary["loss_terms"].contains("cosine_kd")) << summary.dump();
   // 1 - cosine similarity of two probability vectors lies in [0, 1], and is
@@ -174,19 +162,15 @@ TEST_F(PluginInstallTest, ExamplePluginBuiltAgainstInstallRunsOnTwoRanks) {
   const double cosine = summary["loss_terms"]["cosine_kd"].get<double>();
   EXPECT_GT(cosine, 0.0);
   EXPECT_LT(cosine, 1.0);
-  int train_records = 0;
-  std::istringstream lines(ReadFile(run / "metrics.jsonl"));
-  for (std::string line; std::getline(lines, line);) {
-    auto record = nlohmann::json::parse(line);
-    if (record["type"] != "train") continue;
-    ++train_records;
-    ASSERT_TRUE(record["terms"].contains("cosine_kd")) << line;
+  const std::vector<nlohmann::json> train = MetricsRecords(run, "train");
+  for (const nlohmann::json& record : train) {
+    ASSERT_TRUE(record["terms"].contains("cosine_kd")) << record.dump();
     const double term = record["terms"]["cosine_kd"].get<double>();
-    EXPECT_GT(term, 0.0) << line;
-    EXPECT_LT(term, 1.0) << line;
+    EXPECT_GT(term, 0.0) << record.dump();
+    EXPECT_LT(term, 1.0) << record.dump();
   }
   // 256 samples, global batch 64, a record per step.
-  EXPECT_EQ(train_records, 256 / 64);
+  EXPECT_EQ(train.size(), 256u / 64);
 }
 
 }  // namespace

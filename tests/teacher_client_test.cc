@@ -1,9 +1,9 @@
 // Distillation through real `teacher_server` processes on loopback, driven
 // through the `distill` binary: the same result as the in-process teacher,
-// failover when a server is SIGKILLed or SIGSTOPped mid-epoch, a mismatched teacher
-// refused at connect, a clear error (after a checkpoint) when every server
-// is gone, the target cache, and TLS with a bearer token. Progress is read
-// from the run's metrics.jsonl (one record per step), never from timing.
+// failover when a server is SIGKILLed or SIGSTOPped mid-epoch, a mismatched
+// teacher refused at connect, a clear error (after a checkpoint) when every
+// server is gone, the target cache, and TLS with a bearer token. Progress is
+// read from the run's metrics.jsonl (one record per step), never from timing.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -16,15 +16,17 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "common/testing/process.h"
+#include "common/testing/run_files.h"
+#include "common/testing/scratch_dir.h"
 #include "common/testing/status_matchers.h"
-#include "student/model.h"
+#include "common/testing/teacher_process.h"
+#include "common/testing/weights.h"
 
 namespace {
 
@@ -34,112 +36,56 @@ using ::testing::HasSubstr;
 using ::testing::StartsWith;
 
 using ::distill::testing::BinDir;
+using ::distill::testing::LastTrainStep;
+using ::distill::testing::Outcome;
+using ::distill::testing::Process;
 using ::distill::testing::ReadFile;
-using ::distill::testing::Spawn;
-using ::distill::testing::WaitExit;
+using ::distill::testing::RunProcess;
+using ::distill::testing::ScratchDir;
+using ::distill::testing::Summary;
 using ::distill::testing::WaitUntil;
+using ::distill::testing::WeightDistance;
+using Server = ::distill::testing::TeacherServerProcess;
 
-std::vector<nlohmann::json> Records(const fs::path& run, const std::string& type) {
-  std::vector<nlohmann::json> records;
-  std::istringstream lines(ReadFile(run / "metrics.jsonl"));
-  for (std::string line; std::getline(lines, line);) {
-    // The line being written may be incomplete.
-    auto record = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (!record.is_discarded() && record["type"] == type) records.push_back(record);
-  }
-  return records;
+std::vector<nlohmann::json> Records(const fs::path& run,
+                                    const std::string& type) {
+  return ::distill::testing::MetricsRecords(run, type);
 }
-
-int64_t LastStep(const fs::path& run) {
-  auto train = Records(run, "train");
-  return train.empty() ? 0 : train.back()["step"].get<int64_t>();
-}
-
-// A teacher_server process; SIGTERMed at destruction unless killed before.
-class Server {
- public:
-  Server(const fs::path& dir, const std::string& name,
-         std::vector<std::string> model_args,
-         const std::vector<std::string>& extra = {}) {
-    const fs::path port_file = dir / (name + ".port");
-    err_ = dir / (name + ".err");
-    std::vector<std::string> argv = {BinDir() + "/teacher_server",
-                                     "--port_file=" + port_file.string(),
-                                     "--threads=1"};
-    argv.insert(argv.end(), model_args.begin(), model_args.end());
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    pid_ = Spawn(argv, dir / (name + ".out"), err_);
-    const bool up = WaitUntil([&] {
-      return ReadFile(port_file).find('\n') != std::string::npos ||
-             ::waitpid(pid_, nullptr, WNOHANG) != 0;
-    });
-    port_ = std::atoi(ReadFile(port_file).c_str());
-    EXPECT_TRUE(up && port_ > 0) << "teacher_server did not start: "
-                                 << ReadFile(err_);
-  }
-  ~Server() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGTERM);
-      ::kill(pid_, SIGCONT);  // A stopped process acts on SIGTERM only then.
-      WaitExit(pid_);
-    }
-  }
-  // The process stops but its connections stay open: nothing breaks.
-  void Stop() {
-    if (pid_ > 0) ::kill(pid_, SIGSTOP);
-  }
-  void Kill() {
-    if (pid_ <= 0) return;  // Already killed (kill(-1, ...) would hit everything).
-    ::kill(pid_, SIGKILL);
-    WaitExit(pid_);
-    pid_ = -1;
-  }
-  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
-
- private:
-  pid_t pid_ = -1;
-  int port_ = 0;
-  fs::path err_;
-};
-
-struct Outcome {
-  int exit_code = -1;
-  std::string out, err;
-};
 
 class TeacherClientTest : public ::testing::Test {
  protected:
   // One small trained teacher for every test.
   static void SetUpTestSuite() {
-    shared_ = fs::temp_directory_path() /
-              ("distill_teacher_client_" + std::to_string(::getpid()));
-    fs::create_directories(shared_);
+    scratch_ = new ScratchDir("teacher_client_test");
+    shared_ = scratch_->path();
     if (!fs::exists(BinDir() + "/teacher_server")) return;
-    std::ofstream(shared_ / "teacher.pbtxt") << R"pb(
+    scratch_->Write("teacher.pbtxt", R"pb(
       mode: TRAIN
       student { arch: "mlp" }
       data { train_limit: 2048 test_limit: 100 }
       batch_size: 64 threads: 1 seed: 7
-    )pb";
-    const pid_t pid =
-        Spawn({BinDir() + "/distill", "--quiet",
-               "--config=" + (shared_ / "teacher.pbtxt").string(),
-               "--run_dir=" + (shared_ / "teacher").string()},
-              shared_ / "teacher.out", shared_ / "teacher.err");
-    ASSERT_EQ(WaitExit(pid), 0) << ReadFile(shared_ / "teacher.err");
+    )pb");
+    const Outcome teacher =
+        RunProcess({BinDir() + "/distill", "--quiet",
+                    "--config=" + (shared_ / "teacher.pbtxt").string(),
+                    "--run_dir=" + (shared_ / "teacher").string()},
+                   shared_, "teacher");
+    ASSERT_EQ(teacher.exit_code, 0) << teacher.err;
   }
-  static void TearDownTestSuite() { fs::remove_all(shared_); }
+  static void TearDownTestSuite() { delete scratch_; }
 
   void SetUp() override {
     if (!fs::exists(BinDir() + "/teacher_server")) {
       GTEST_SKIP() << "teacher_server is not built";
     }
-    dir_ = shared_ / ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    dir_ = shared_ /
+           ::testing::UnitTest::GetInstance()->current_test_info()->name();
     fs::create_directories(dir_);
   }
 
   static std::vector<std::string> TeacherModel() {
-    return {"--arch=mlp", "--weights=" + (shared_ / "teacher/model.pt").string()};
+    return {"--arch=mlp",
+            "--weights=" + (shared_ / "teacher/model.pt").string()};
   }
 
   // A DISTILL config of the mlp student on `train_limit` samples; `teacher`
@@ -157,18 +103,20 @@ class TeacherClientTest : public ::testing::Test {
     return path;
   }
 
-  pid_t Start(const fs::path& config, const fs::path& run,
-              const std::vector<std::string>& flags = {}) {
+  Process Start(const fs::path& config, const fs::path& run,
+                const std::vector<std::string>& flags = {}) {
     std::vector<std::string> argv = {BinDir() + "/distill", "--quiet",
                                      "--config=" + config.string(),
                                      "--run_dir=" + run.string()};
     argv.insert(argv.end(), flags.begin(), flags.end());
-    return Spawn(argv, run.string() + ".out", run.string() + ".err");
+    return Process::Start(argv, run.string() + ".out", run.string() + ".err");
   }
 
-  Outcome Finish(pid_t pid, const fs::path& run) {
+  // The trainer's exit code (-signal when killed) and output. A trainer
+  // that already ended while the test polled it keeps its real exit code.
+  Outcome Finish(Process& trainer, const fs::path& run) {
     Outcome o;
-    o.exit_code = WaitExit(pid);
+    o.exit_code = trainer.Wait();
     o.out = ReadFile(run.string() + ".out");
     o.err = ReadFile(run.string() + ".err");
     return o;
@@ -176,31 +124,18 @@ class TeacherClientTest : public ::testing::Test {
 
   Outcome Run(const fs::path& config, const fs::path& run,
               const std::vector<std::string>& flags = {}) {
-    return Finish(Start(config, run, flags), run);
+    Process trainer = Start(config, run, flags);
+    return Finish(trainer, run);
   }
 
   // Largest absolute difference between two runs' final mlp weights.
   static double WeightDistance(const fs::path& a, const fs::path& b) {
-    const distill::student::ZooInput input{{1, 28, 28}, 10};
-    auto load = [&](const fs::path& run) {
-      auto m = distill::student::Model::Create({"mlp", "", {}}, input);
-      EXPECT_THAT(m, IsOk());
-      EXPECT_THAT((*m)->LoadFile((run / "model.pt").string()), IsOk());
-      return std::move(m).value();
-    };
-    auto ma = load(a), mb = load(b);
-    auto pa = ma->named_parameters(), pb = mb->named_parameters();
-    double distance = 0;
-    for (size_t i = 0; i < pa.size(); ++i) {
-      distance = std::max(
-          distance, (pa[i].second - pb[i].second).abs().max().item<double>());
-    }
-    return distance;
+    return ::distill::testing::WeightDistance("mlp", a / "model.pt",
+                                              b / "model.pt");
   }
 
   static double Accuracy(const fs::path& run) {
-    return nlohmann::json::parse(ReadFile(run / "summary.json"))["test_accuracy"]
-        .get<double>();
+    return Summary(run)["test_accuracy"].get<double>();
   }
 
   struct FailoverOutcome {
@@ -214,27 +149,29 @@ class TeacherClientTest : public ::testing::Test {
   // steps are trained. Expects the epoch to complete with every sample's
   // targets once, paired with the right sample: the student ends where a
   // run through a alone ends.
-  FailoverOutcome RunWithFailingServer(const std::string& teacher_extra,
-                                       const std::function<void(Server&)>& fail) {
+  FailoverOutcome RunWithFailingServer(
+      const std::string& teacher_extra,
+      const std::function<void(Server&)>& fail) {
     FailoverOutcome result;
     Server a(dir_, "a", TeacherModel());
-    Outcome unbroken = Run(
-        Config("one", "endpoints: \"" + a.address() + "\"", 4096), dir_ / "one");
+    Outcome unbroken =
+        Run(Config("one", "endpoints: \"" + a.address() + "\"", 4096),
+            dir_ / "one");
     EXPECT_EQ(unbroken.exit_code, 0) << unbroken.err;
 
     Server b(dir_, "b", TeacherModel());
     result.failed = b.address();
     const fs::path run = dir_ / "two";
-    const pid_t trainer = Start(Config("two",
-                                       "endpoints: \"" + a.address() +
-                                           "\" endpoints: \"" + b.address() +
-                                           "\"" + teacher_extra,
-                                       4096),
-                                run);
-    EXPECT_TRUE(WaitUntil([&] {
-      return LastStep(run) >= 10 || ::waitpid(trainer, nullptr, WNOHANG) != 0;
-    }));
-    EXPECT_TRUE(Records(run, "epoch").empty()) << "the epoch ended before the failure";
+    Process trainer =
+        Start(Config("two",
+                     "endpoints: \"" + a.address() + "\" endpoints: \"" +
+                         b.address() + "\"" + teacher_extra,
+                     4096),
+              run);
+    EXPECT_TRUE(WaitUntil(
+        [&] { return LastTrainStep(run) >= 10 || trainer.Exited(); }));
+    EXPECT_TRUE(Records(run, "epoch").empty())
+        << "the epoch ended before the failure";
     fail(b);
     Outcome o = Finish(trainer, run);
     b.Kill();
@@ -251,10 +188,12 @@ class TeacherClientTest : public ::testing::Test {
     return result;
   }
 
+  static ScratchDir* scratch_;
   static fs::path shared_;
   fs::path dir_;
 };
 
+ScratchDir* TeacherClientTest::scratch_ = nullptr;
 fs::path TeacherClientTest::shared_;
 
 // Dense fp32 through a server gives the in-process teacher's targets, so
@@ -269,9 +208,9 @@ TEST_F(TeacherClientTest, ServerMatchesInProcessTeacher) {
                              1024),
                       dir_ / "local");
   ASSERT_EQ(local.exit_code, 0) << local.err;
-  Outcome remote = Run(
-      Config("remote", "endpoints: \"" + server.address() + "\"", 1024),
-      dir_ / "remote");
+  Outcome remote =
+      Run(Config("remote", "endpoints: \"" + server.address() + "\"", 1024),
+          dir_ / "remote");
   ASSERT_EQ(remote.exit_code, 0) << remote.err;
 
   EXPECT_LT(WeightDistance(dir_ / "local", dir_ / "remote"), 1e-4);
@@ -285,9 +224,10 @@ TEST_F(TeacherClientTest, ServerMatchesInProcessTeacher) {
   ASSERT_EQ(train.size(), 32u);
   // Latency is logged for steps during which answers arrived; answers come
   // in bursts (prefetch), so not every step has one.
-  EXPECT_TRUE(std::any_of(train.begin(), train.end(), [](const nlohmann::json& r) {
-    return r.contains("teacher_latency_ms_p95");
-  }));
+  EXPECT_TRUE(
+      std::any_of(train.begin(), train.end(), [](const nlohmann::json& r) {
+        return r.contains("teacher_latency_ms_p95");
+      }));
   EXPECT_TRUE(train[5].contains("teacher_queue_depth"));
   EXPECT_TRUE(train[5].contains("teacher_waits"));
 }
@@ -295,7 +235,8 @@ TEST_F(TeacherClientTest, ServerMatchesInProcessTeacher) {
 TEST_F(TeacherClientTest, EpochSurvivesASigkilledServer) {
   const FailoverOutcome o =
       RunWithFailingServer("", [](Server& b) { b.Kill(); });
-  EXPECT_THAT(o.err, HasSubstr("distill: teacher server " + o.failed + " failed: "));
+  EXPECT_THAT(o.err,
+              HasSubstr("distill: teacher server " + o.failed + " failed: "));
   EXPECT_GE(o.epoch["teacher_endpoint_failures"].get<int>(), 1);
 }
 
@@ -318,14 +259,14 @@ TEST_F(TeacherClientTest, MismatchedTeacherIsRefusedAtConnect) {
       "m = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 7))\n"
       "torch.jit.script(m).save(sys.argv[1])\n";
   std::ofstream(dir_ / "make.py") << python;
-  ASSERT_EQ(std::system(("/usr/bin/python3 " + (dir_ / "make.py").string() + " " +
-                         script.string())
+  ASSERT_EQ(std::system(("/usr/bin/python3 " + (dir_ / "make.py").string() +
+                         " " + script.string())
                             .c_str()),
             0);
   Server server(dir_, "seven", {"--torchscript=" + script.string()});
   const fs::path run = dir_ / "run";
-  Outcome o = Run(Config("job", "endpoints: \"" + server.address() + "\"", 256),
-                  run);
+  Outcome o =
+      Run(Config("job", "endpoints: \"" + server.address() + "\"", 256), run);
   EXPECT_EQ(o.exit_code, 1);
   EXPECT_EQ(o.err, "distill: error: teacher server " + server.address() +
                        " ('seven_classes.pt') outputs 7 classes but the data "
@@ -336,21 +277,20 @@ TEST_F(TeacherClientTest, MismatchedTeacherIsRefusedAtConnect) {
 TEST_F(TeacherClientTest, AllServersGoneStopsAfterACheckpoint) {
   auto server = std::make_unique<Server>(dir_, "a", TeacherModel());
   const fs::path run = dir_ / "run";
-  const fs::path config =
-      Config("job",
-             "endpoints: \"" + server->address() +
-                 "\" failover_grace_seconds: 1",
-             4096);
-  const pid_t trainer = Start(config, run);
-  ASSERT_TRUE(WaitUntil([&] {
-    return LastStep(run) >= 10 || ::waitpid(trainer, nullptr, WNOHANG) != 0;
-  }));
+  const fs::path config = Config(
+      "job",
+      "endpoints: \"" + server->address() + "\" failover_grace_seconds: 1",
+      4096);
+  Process trainer = Start(config, run);
+  ASSERT_TRUE(
+      WaitUntil([&] { return LastTrainStep(run) >= 10 || trainer.Exited(); }));
   const std::string address = server->address();
   server->Kill();
   Outcome o = Finish(trainer, run);
   EXPECT_EQ(o.exit_code, 1);
   EXPECT_THAT(o.err, HasSubstr("distill: error: no teacher server has answered "
-                               "for 1s: " + address + " (last error: "));
+                               "for 1s: " +
+                               address + " (last error: "));
   const std::string marker = "; checkpoint written to ";
   ASSERT_THAT(o.err, HasSubstr(marker));
   const std::string checkpoint =
@@ -368,9 +308,10 @@ TEST_F(TeacherClientTest, AllServersGoneStopsAfterACheckpoint) {
 TEST_F(TeacherClientTest, CacheServesLaterEpochsAndFollowsTheTeacherHash) {
   Server server(dir_, "a", TeacherModel());
   const std::string endpoint = "endpoints: \"" + server.address() + "\" ";
-  Outcome memory = Run(Config("memory", endpoint + "cache { mode: MEMORY }", 512,
-                              /*epochs=*/2),
-                       dir_ / "memory");
+  Outcome memory =
+      Run(Config("memory", endpoint + "cache { mode: MEMORY }", 512,
+                 /*epochs=*/2),
+          dir_ / "memory");
   ASSERT_EQ(memory.exit_code, 0) << memory.err;
   auto epochs = Records(dir_ / "memory", "epoch");
   ASSERT_EQ(epochs.size(), 2u);
@@ -393,8 +334,9 @@ TEST_F(TeacherClientTest, CacheServesLaterEpochsAndFollowsTheTeacherHash) {
 
   // ...but not with a teacher whose weights differ (the distilled student
   // of the first run, also an mlp).
-  Server other(dir_, "other",
-               {"--arch=mlp", "--weights=" + (dir_ / "first/model.pt").string()});
+  Server other(
+      dir_, "other",
+      {"--arch=mlp", "--weights=" + (dir_ / "first/model.pt").string()});
   const std::string other_disk = "endpoints: \"" + other.address() +
                                  "\" cache { mode: DISK dir: \"" +
                                  cache_dir.string() + "\" }";
@@ -410,17 +352,20 @@ TEST_F(TeacherClientTest, CacheServesLaterEpochsAndFollowsTheTeacherHash) {
 
 TEST_F(TeacherClientTest, TlsAndTokenThroughDistillFlags) {
   const fs::path key = dir_ / "key.pem", cert = dir_ / "cert.pem";
-  ASSERT_EQ(std::system(("openssl req -x509 -newkey rsa:2048 -nodes -days 1 "
-                         "-subj /CN=localhost -addext subjectAltName=IP:127.0.0.1 "
-                         "-keyout " + key.string() + " -out " + cert.string() +
-                         " 2>/dev/null")
-                            .c_str()),
-            0);
+  ASSERT_EQ(
+      std::system(("openssl req -x509 -newkey rsa:2048 -nodes -days 1 "
+                   "-subj /CN=localhost -addext subjectAltName=IP:127.0.0.1 "
+                   "-keyout " +
+                   key.string() + " -out " + cert.string() + " 2>/dev/null")
+                      .c_str()),
+      0);
   std::ofstream(dir_ / "token") << "s3cret\n";
   std::ofstream(dir_ / "wrong") << "guess\n";
-  Server server(dir_, "tls", TeacherModel(),
-                {"--tls_cert=" + cert.string(), "--tls_key=" + key.string(),
-                 "--token_file=" + (dir_ / "token").string()});
+  std::vector<std::string> tls_args = TeacherModel();
+  tls_args.insert(tls_args.end(),
+                  {"--tls_cert=" + cert.string(), "--tls_key=" + key.string(),
+                   "--token_file=" + (dir_ / "token").string()});
+  Server server(dir_, "tls", tls_args);
   const fs::path config =
       Config("job", "endpoints: \"" + server.address() + "\"", 256);
   Outcome ok = Run(config, dir_ / "ok",

@@ -1,4 +1,4 @@
-#include "trainer/checkpoint.h"
+#include "trainer/internal/checkpoint.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -8,10 +8,11 @@
 #include <mutex>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/match.h"
+#include "common/file.h"
 #include "common/status.h"
 #include "common/torch_status.h"
 
@@ -36,10 +37,10 @@ std::vector<std::pair<int64_t, std::string>> ListCheckpoints(
       continue;
     }
     int64_t step = 0;
-    if (absl::SimpleAtoi(name.substr(sizeof(kPrefix) - 1,
-                                     name.size() - sizeof(kPrefix) + 1 -
-                                         sizeof(kSuffix) + 1),
-                         &step)) {
+    if (absl::SimpleAtoi(
+            name.substr(sizeof(kPrefix) - 1, name.size() - sizeof(kPrefix) + 1 -
+                                                 sizeof(kSuffix) + 1),
+            &step)) {
       out.emplace_back(step, entry.path().string());
     }
   }
@@ -74,10 +75,11 @@ absl::StatusOr<std::string> SaveCheckpoint(const std::string& run_dir,
         "cannot create checkpoint folder ", dir.string(), ": ", ec.message()));
   }
   const std::string path =
-      (dir / absl::StrFormat("%s%09d%s", kPrefix, position.global_step, kSuffix))
+      (dir /
+       absl::StrFormat("%s%09d%s", kPrefix, position.global_step, kSuffix))
           .string();
-  DISTILL_RETURN_IF_ERROR(student::WriteFileAtomically(
-      path, [&](const std::string& tmp) -> absl::Status {
+  DISTILL_RETURN_IF_ERROR(
+      WriteFileAtomically(path, [&](const std::string& tmp) -> absl::Status {
         torch::serialize::OutputArchive archive;
         DISTILL_RETURN_IF_ERROR(model.Save(archive));
         return TorchCall(absl::StrCat("writing checkpoint ", path), [&] {
@@ -115,7 +117,8 @@ absl::StatusOr<TrainPosition> LoadCheckpoint(
     return absl::DataLossError(absl::StrCat(
         "checkpoint ", path, " is unreadable (", read.message(), ")"));
   }
-  DISTILL_RETURN_IF_ERROR(model.Load(archive, absl::StrCat("checkpoint ", path)));
+  DISTILL_RETURN_IF_ERROR(
+      model.Load(archive, absl::StrCat("checkpoint ", path)));
   TrainPosition position;
   DISTILL_RETURN_IF_ERROR(TorchCall(
       absl::StrCat("restoring training state from checkpoint ", path), [&] {

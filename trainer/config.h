@@ -1,6 +1,9 @@
 // Reading and validating the job config (proto/job.proto) from protobuf text
-// format. Parse errors name the file, line and column; validation errors
-// name the field (and its line when the config came from text). Stateless.
+// format, in three steps: parse (config.cc), fill in defaults (the one place
+// they are written in code, config_defaults.cc) and validate
+// (config_validate.cc). Parse errors name the file, line and column;
+// validation errors name the field (and its line when the config came from
+// text). Stateless.
 #ifndef DISTILL_TRAINER_CONFIG_H_
 #define DISTILL_TRAINER_CONFIG_H_
 
@@ -41,6 +44,10 @@ absl::StatusOr<std::vector<std::string>> ConfigPlugins(
 // True when the teacher is reached over gRPC (endpoints or registry_dir set)
 // rather than run in this process.
 bool IsRemoteTeacher(const ::distill::v1::TeacherConfig& teacher);
+
+// True when a teacher guides the job: mode DISTILL, and the QAT stage of
+// mode QUANTIZE when the config gives one.
+bool HasTeacher(const JobConfig& config);
 
 // Sets every absent optional field to its documented default.
 void ApplyDefaults(JobConfig& config);

@@ -168,9 +168,10 @@ TEST(ConfigTest, LossTermsAreCheckedAgainstTheRegistry) {
       StatusIs(absl::StatusCode::kInvalidArgument,
                HasSubstr("has 'smooth', which loss 'hard_ce' does not take; "
                          "its parameters: label_smoothing")));
-  EXPECT_THAT(ParseJobConfig(base + "loss { name: \"hard_ce\" weight: -1 }", "c"),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("loss[0].weight must be >= 0 (got -1)")));
+  EXPECT_THAT(
+      ParseJobConfig(base + "loss { name: \"hard_ce\" weight: -1 }", "c"),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr("loss[0].weight must be >= 0 (got -1)")));
 }
 
 TEST(ConfigTest, ModelArchitectureAndOptionsAreChecked) {
@@ -184,13 +185,14 @@ TEST(ConfigTest, ModelArchitectureAndOptionsAreChecked) {
       ParseJobConfig("mode: TRAIN run_dir: \"r\" student { arch: \"mlp\" "
                      "options { key: \"hidden1\" value: 0 } }",
                      "c"),
-      StatusIs(absl::StatusCode::kInvalidArgument,
-               HasSubstr("student.options[hidden1] must be in [1, 8192] (got 0)")));
+      StatusIs(
+          absl::StatusCode::kInvalidArgument,
+          HasSubstr("student.options[hidden1] must be in [1, 8192] (got 0)")));
 }
 
 TEST(ConfigTest, QatGetsDocumentedDefaults) {
-  auto c = ParseJobConfig(std::string(kValid) + "optimizer { lr: 0.05 }\nqat {}\n",
-                          "job.pbtxt");
+  auto c = ParseJobConfig(
+      std::string(kValid) + "optimizer { lr: 0.05 }\nqat {}\n", "job.pbtxt");
   ASSERT_THAT(c, IsOk());
   const auto& q = c->qat();
   EXPECT_EQ(q.calibration_batches(), 32);
@@ -223,7 +225,8 @@ TEST(ConfigTest, QatFieldsAreValidated) {
     std::string error;
   };
   const std::vector<Case> cases = {
-      {"calibration_batches: 0", "qat.calibration_batches must be >= 1 (got 0)"},
+      {"calibration_batches: 0",
+       "qat.calibration_batches must be >= 1 (got 0)"},
       {"epochs: -1", "qat.epochs must be >= 0 (0: PTQ only) (got -1)"},
       {"lr: 0", "qat.lr must be > 0 (got 0)"},
       {"percentile: 0", "qat.percentile must be in (0, 100] (got 0)"},
@@ -234,18 +237,20 @@ TEST(ConfigTest, QatFieldsAreValidated) {
        "qat.freeze_observers_after_epochs must be in [0, qat.epochs] = [0, 1] "
        "(got -0.5)"},
       {"freeze_bn_after_epochs: 2",
-       "qat.freeze_bn_after_epochs must be in [0, qat.epochs] = [0, 1] (got 2)"},
+       "qat.freeze_bn_after_epochs must be in [0, qat.epochs] = [0, 1] (got "
+       "2)"},
       {"skip_layers: \"\"", "qat.skip_layers[0] must name a layer"},
   };
   for (const Case& c : cases) {
-    EXPECT_THAT(ParseJobConfig(base + "qat {\n  " + c.field + "\n}\n", "job.pbtxt"),
-                StatusIs(absl::StatusCode::kInvalidArgument,
-                         "job.pbtxt:7: " + c.error))
+    EXPECT_THAT(
+        ParseJobConfig(base + "qat {\n  " + c.field + "\n}\n", "job.pbtxt"),
+        StatusIs(absl::StatusCode::kInvalidArgument, "job.pbtxt:7: " + c.error))
         << c.field;
   }
   EXPECT_THAT(
-      ParseJobConfig(base + "qat {\n  skip_layers: \"fc1\"\n  skip_layers: \"fc1\"\n}\n",
-                     "job.pbtxt"),
+      ParseJobConfig(
+          base + "qat {\n  skip_layers: \"fc1\"\n  skip_layers: \"fc1\"\n}\n",
+          "job.pbtxt"),
       StatusIs(absl::StatusCode::kInvalidArgument,
                "job.pbtxt:8: qat.skip_layers[1] 'fc1' is listed twice"));
 }
@@ -273,7 +278,8 @@ TEST(ConfigTest, QatModeRules) {
   // QUANTIZE with a teacher distills during fine-tuning by default.
   auto guided = ParseJobConfig(
       "mode: QUANTIZE run_dir: \"r\" student { arch: \"mlp\" weights: "
-      "\"w.pt\" } teacher { model { arch: \"cnn_teacher\" weights: \"t.pt\" } } "
+      "\"w.pt\" } teacher { model { arch: \"cnn_teacher\" weights: \"t.pt\" } "
+      "} "
       "qat {}",
       "c");
   ASSERT_THAT(guided, IsOk());
@@ -284,14 +290,16 @@ TEST(ConfigTest, QatModeRules) {
       ParseJobConfig("mode: TRAIN run_dir: \"r\" student { arch: \"mlp\" } "
                      "teacher { model { arch: \"mlp\" weights: \"t.pt\" } }",
                      "c"),
-      StatusIs(absl::StatusCode::kInvalidArgument,
-               HasSubstr("teacher is only used in modes DISTILL and QUANTIZE")));
+      StatusIs(
+          absl::StatusCode::kInvalidArgument,
+          HasSubstr("teacher is only used in modes DISTILL and QUANTIZE")));
 }
 
 TEST(ConfigTest, MissingFileIsNotFound) {
-  EXPECT_THAT(LoadJobConfig("/nonexistent/job.pbtxt"),
-              StatusIs(absl::StatusCode::kNotFound,
-                       HasSubstr("config file not found: /nonexistent/job.pbtxt")));
+  EXPECT_THAT(
+      LoadJobConfig("/nonexistent/job.pbtxt"),
+      StatusIs(absl::StatusCode::kNotFound,
+               HasSubstr("config file not found: /nonexistent/job.pbtxt")));
 }
 
 }  // namespace

@@ -28,8 +28,8 @@
 #include "losses/plugin_loader.h"
 #include "losses/registry.h"
 #include "trainer/config.h"
+#include "trainer/dist/world.h"
 #include "trainer/trainer.h"
-#include "trainer/world.h"
 
 ABSL_FLAG(std::string, config, "", "Job config in protobuf text format.");
 ABSL_FLAG(std::string, run_dir, "", "Overrides the config's run_dir.");
@@ -148,7 +148,8 @@ int main(int argc, char** argv) {
   if (!world.ok()) return Fail(std::string(world.status().message()));
   // Read once: the path may be a pipe (`--config <(...)`).
   auto config_text = distill::trainer::ReadConfigFile(config_path);
-  if (!config_text.ok()) return Fail(std::string(config_text.status().message()));
+  if (!config_text.ok())
+    return Fail(std::string(config_text.status().message()));
   auto config_plugins =
       distill::trainer::ConfigPlugins(*config_text, config_path);
   if (!config_plugins.ok()) {
@@ -162,10 +163,11 @@ int main(int argc, char** argv) {
     if (!loaded.ok()) return Fail(std::string(loaded.message()));
   }
   auto config = distill::trainer::ParseJobConfig(*config_text, config_path,
-                                                absl::GetFlag(FLAGS_run_dir));
+                                                 absl::GetFlag(FLAGS_run_dir));
   if (!config.ok()) return Fail(std::string(config.status().message()));
   if (config->name().empty()) config->set_name(config_path);
-  if (absl::Status flags = ApplyTeacherFlags(*config, config_path); !flags.ok()) {
+  if (absl::Status flags = ApplyTeacherFlags(*config, config_path);
+      !flags.ok()) {
     return Fail(std::string(flags.message()));
   }
 
@@ -189,11 +191,13 @@ int main(int argc, char** argv) {
     return g_signal != 0 ? 128 + g_signal : 0;
   }
   if (result->summary.contains("test_accuracy")) {
-    std::printf("test accuracy %.2f%% (%s, %lld parameters); summary in %s/summary.json\n",
-                100 * result->summary["test_accuracy"].get<double>(),
-                result->summary["model"].get<std::string>().c_str(),
-                static_cast<long long>(result->summary["params"].get<int64_t>()),
-                config->run_dir().c_str());
+    std::printf(
+        "test accuracy %.2f%% (%s, %lld parameters); summary in "
+        "%s/summary.json\n",
+        100 * result->summary["test_accuracy"].get<double>(),
+        result->summary["model"].get<std::string>().c_str(),
+        static_cast<long long>(result->summary["params"].get<int64_t>()),
+        config->run_dir().c_str());
   }
   return 0;
 }

@@ -1,4 +1,4 @@
-#include "trainer/evaluate.h"
+#include "trainer/internal/evaluate.h"
 
 #include <numeric>
 
@@ -19,9 +19,9 @@ absl::StatusOr<EvalResult> Evaluate(student::Model& model,
                                     const data::Dataset& dataset,
                                     int64_t batch_size, bool restore_train) {
   model.train(false);
-  auto result = EvaluateForward(
-      [&](const torch::Tensor& x) { return model.forward(x); }, dataset,
-      batch_size);
+  auto result =
+      EvaluateForward([&](const torch::Tensor& x) { return model.forward(x); },
+                      dataset, batch_size);
   model.train(restore_train);
   return result;
 }
@@ -48,11 +48,12 @@ absl::StatusOr<EvalResult> EvaluateForward(
       torch::NoGradGuard no_grad;
       torch::Tensor out = forward(batch->inputs);
       if (logits != nullptr) all_logits.push_back(out.detach());
-      loss_sum += torch::nn::functional::cross_entropy(
-                      out, batch->labels,
-                      torch::nn::functional::CrossEntropyFuncOptions()
-                          .reduction(torch::kSum))
-                      .item<double>();
+      loss_sum +=
+          torch::nn::functional::cross_entropy(
+              out, batch->labels,
+              torch::nn::functional::CrossEntropyFuncOptions().reduction(
+                  torch::kSum))
+              .item<double>();
       torch::Tensor argmax = out.argmax(1);
       if (predictions != nullptr) {
         auto a = argmax.accessor<int64_t, 1>();
@@ -67,7 +68,8 @@ absl::StatusOr<EvalResult> EvaluateForward(
       }
     }));
   }
-  if (logits != nullptr && !all_logits.empty()) *logits = torch::cat(all_logits);
+  if (logits != nullptr && !all_logits.empty())
+    *logits = torch::cat(all_logits);
 
   EvalResult result;
   int64_t all_correct = 0;

@@ -1,4 +1,4 @@
-#include "trainer/lr_schedule.h"
+#include "trainer/internal/lr_schedule.h"
 
 #include <gtest/gtest.h>
 
@@ -23,9 +23,9 @@ TEST(LrScheduleTest, StepDecaysByGammaEveryStepEpochs) {
   s.set_type(ScheduleConfig::STEP);
   s.set_step_epochs(2);
   s.set_gamma(0.5);
-  EXPECT_DOUBLE_EQ(LearningRate(s, 0.8, 19, 10, 100), 0.8);   // epoch 1
-  EXPECT_DOUBLE_EQ(LearningRate(s, 0.8, 20, 10, 100), 0.4);   // epoch 2
-  EXPECT_DOUBLE_EQ(LearningRate(s, 0.8, 45, 10, 100), 0.2);   // epoch 4
+  EXPECT_DOUBLE_EQ(LearningRate(s, 0.8, 19, 10, 100), 0.8);  // epoch 1
+  EXPECT_DOUBLE_EQ(LearningRate(s, 0.8, 20, 10, 100), 0.4);  // epoch 2
+  EXPECT_DOUBLE_EQ(LearningRate(s, 0.8, 45, 10, 100), 0.2);  // epoch 4
 }
 
 TEST(LrScheduleTest, CosineGoesFromPeakToMinimumAfterWarmup) {

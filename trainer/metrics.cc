@@ -1,13 +1,11 @@
-#include "trainer/metrics.h"
-
-#include <unistd.h>
+#include "trainer/internal/metrics.h"
 
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/file.h"
 
 namespace distill::trainer {
 
@@ -43,20 +41,7 @@ absl::Status MetricsWriter::Write(const nlohmann::json& record) {
 
 absl::Status WriteJsonFile(const std::string& path,
                            const nlohmann::json& value) {
-  const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
-  {
-    std::ofstream out(tmp);
-    out << value.dump(2) << "\n";
-    if (!out) {
-      std::remove(tmp.c_str());
-      return absl::DataLossError(absl::StrCat("cannot write ", path));
-    }
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    return absl::DataLossError(absl::StrCat("cannot rename ", tmp, " to ", path));
-  }
-  return absl::OkStatus();
+  return WriteStringAtomically(path, value.dump(2) + "\n");
 }
 
 std::string FormatDuration(double seconds) {

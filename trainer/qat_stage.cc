@@ -1,16 +1,16 @@
-#include "trainer/qat_stage.h"
+#include "trainer/internal/qat_stage.h"
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/file.h"
 #include "common/status.h"
 #include "common/torch_status.h"
 #include "data/loader.h"
@@ -18,8 +18,10 @@
 #include "student/qat/onnx_export.h"
 #include "student/qat/qat_net.h"
 #include "student/qat/report.h"
-#include "trainer/evaluate.h"
-#include "trainer/metrics.h"
+#include "trainer/dist/communicator.h"
+#include "trainer/internal/evaluate.h"
+#include "trainer/internal/loop.h"
+#include "trainer/internal/metrics.h"
 
 namespace distill::trainer {
 namespace {
@@ -31,9 +33,10 @@ using ::distill::v1::QatConfig;
 
 student::qat::QatNetOptions NetOptions(const QatConfig& q) {
   student::qat::QatNetOptions options;
-  options.observer.method = q.observer() == QatConfig::PERCENTILE
-                                ? student::qat::ObserverMethod::kPercentile
-                                : student::qat::ObserverMethod::kMovingAverageMinMax;
+  options.observer.method =
+      q.observer() == QatConfig::PERCENTILE
+          ? student::qat::ObserverMethod::kPercentile
+          : student::qat::ObserverMethod::kMovingAverageMinMax;
   options.observer.percentile = q.percentile();
   options.observer.averaging_constant = q.averaging_constant();
   options.skip_layers.assign(q.skip_layers().begin(), q.skip_layers().end());
@@ -46,28 +49,8 @@ student::qat::AccuracyEntry Entry(const EvalResult& e) {
 
 absl::Status WriteBytes(const std::string& path, const void* data,
                         size_t size) {
-  return student::WriteFileAtomically(
-      path, [&](const std::string& tmp) -> absl::Status {
-        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-        out.write(static_cast<const char*>(data), static_cast<std::streamsize>(size));
-        out.close();
-        if (!out) return absl::InternalError(absl::StrCat("cannot write ", tmp));
-        return absl::OkStatus();
-      });
-}
-
-data::LoaderOptions TrainLoaderOptions(const JobConfig& c, int64_t epoch,
-                                       bool augment) {
-  data::LoaderOptions options;
-  options.batch_size = c.batch_size();
-  options.queue_depth = c.data().loader_queue_depth();
-  options.drop_last_batch = c.data().drop_last_batch();
-  options.augment.enabled = augment && c.data().augment().enabled();
-  options.augment.crop_padding = c.data().augment().crop_padding();
-  options.augment.horizontal_flip = c.data().augment().horizontal_flip();
-  options.seed = c.seed();
-  options.epoch = epoch;
-  return options;
+  return WriteStringAtomically(
+      path, absl::string_view(static_cast<const char*>(data), size));
 }
 
 // PTQ: the float network (BatchNorm on running statistics) runs over the
@@ -79,8 +62,9 @@ absl::Status Calibrate(const JobConfig& c, const data::Dataset& train,
   sampler_options.seed = c.seed();
   data::Sampler sampler(train.size(), sampler_options);
   sampler.SetEpoch(0);
-  data::Loader loader(train, sampler.Remaining(),
-                      TrainLoaderOptions(c, 0, /*augment=*/false));
+  data::Loader loader(
+      train, sampler.Remaining(),
+      LoaderOptionsFor(c, c.batch_size(), /*epoch=*/0, /*augment=*/false));
   net.train(false);
   net.SetObserving(true);
   DISTILL_RETURN_IF_ERROR(net.SetFakeQuant(false));
@@ -96,9 +80,10 @@ absl::Status Calibrate(const JobConfig& c, const data::Dataset& train,
   return net.SetFakeQuant(true);
 }
 
-// Fine-tuning with fake quantization: straight-through gradients, cosine
-// learning rate from qat.lr to 0, BatchNorm and observers frozen on
-// schedule. Returns the last epoch's mean loss terms.
+// Fine-tuning with fake quantization in the one training loop, on one
+// process: straight-through gradients, cosine learning rate from qat.lr to
+// 0, BatchNorm and observers frozen on schedule. Returns the last epoch's
+// mean loss terms and "total".
 absl::StatusOr<std::map<std::string, double>> FineTune(
     const QatStageInputs& in, QatNet& net, const losses::CompositeLoss& loss,
     bool guided) {
@@ -106,116 +91,100 @@ absl::StatusOr<std::map<std::string, double>> FineTune(
   const QatConfig& q = c.qat();
   DISTILL_ASSIGN_OR_RETURN(std::unique_ptr<torch::optim::Optimizer> optimizer,
                            in.make_optimizer(in.model->parameters(), q.lr()));
-  data::SamplerOptions sampler_options;
-  sampler_options.seed = c.seed() + 1;  // not the distillation epochs' order
-  data::Sampler sampler(in.train->size(), sampler_options);
-  const int64_t n = in.train->size();
-  const int64_t steps_per_epoch =
-      c.data().drop_last_batch() ? std::max<int64_t>(n / c.batch_size(), 1)
-                                 : (n + c.batch_size() - 1) / c.batch_size();
-  const int64_t total_steps = steps_per_epoch * q.epochs();
-  int64_t step = 0;
+  DISTILL_ASSIGN_OR_RETURN(
+      std::unique_ptr<Communicator> local,
+      CreateCommunicator(WorldInfo{}, CommunicatorOptions{}));
+  LoopParts parts;
+  parts.step.forward = [&net](const torch::Tensor& x) {
+    return net.forward(x);
+  };
+  parts.step.parameters = in.model->parameters();
+  parts.step.optimizer = optimizer.get();
+  parts.step.loss = &loss;
+  parts.train = in.train;
+  parts.teacher = guided ? in.teacher : nullptr;
+  parts.comm = local.get();
+
+  LoopSettings settings;
+  settings.config = &c;
+  settings.step.grad_clip_norm = c.grad_clip_norm();
+  settings.step.name = "QAT step";
+  settings.epochs = q.epochs();
+  settings.sampler_seed = c.seed() + 1;  // not the distillation epochs' order
+  settings.prefetch_batches = c.teacher().prefetch_batches();
+  settings.lr_at = [&q](int64_t step, const EpochPlan& plan) {
+    return 0.5 * q.lr() *
+           (1 + std::cos(kPi * step / std::max<int64_t>(plan.total_steps, 1)));
+  };
+  settings.temperature_at = [&c](int64_t, const EpochPlan&) {
+    return c.temperature();
+  };
+  settings.diverged = [](double value, int64_t step) {
+    return absl::InternalError(
+        absl::StrCat("QAT loss became ", value, " at step ", step + 1,
+                     " (lower qat.lr or set grad_clip_norm)"));
+  };
+
+  LoopHooks hooks;
+  hooks.before_step = [&](const TrainPosition& at, const EpochPlan& plan) {
+    const double progress =
+        static_cast<double>(at.global_step) / plan.steps_per_epoch;
+    if (!net.batch_norm_frozen() && progress >= q.freeze_bn_after_epochs()) {
+      net.FreezeBatchNorm();
+    }
+    if (net.observing() && progress >= q.freeze_observers_after_epochs()) {
+      net.SetObserving(false);
+    }
+    return absl::OkStatus();
+  };
+  hooks.after_step = [&](const StepReport& r) -> absl::StatusOr<bool> {
+    const int64_t step = r.position.global_step;
+    if (in.verbose && (step % c.log_every_steps() == 0 ||
+                       step % r.plan->steps_per_epoch == 0)) {
+      std::printf(
+          "qat epoch %lld/%d step %lld/%lld loss %.4f lr %.4g%s%s "
+          "%.0f samples/s\n",
+          static_cast<long long>(r.position.epoch + 1), q.epochs(),
+          static_cast<long long>(step),
+          static_cast<long long>(r.plan->total_steps), r.loss, r.lr,
+          net.batch_norm_frozen() ? " [bn frozen]" : "",
+          net.observing() ? "" : " [observers frozen]",
+          r.epoch_samples / std::max(r.epoch_seconds, 1e-9));
+      std::fflush(stdout);
+    }
+    return false;
+  };
   std::map<std::string, double> last_terms;
+  hooks.close_epoch = [&](const EpochReport& r) {
+    last_terms = r.MeanTerms();
+    last_terms["total"] = r.loss_sum / std::max<int64_t>(r.samples, 1);
+    return absl::OkStatus();
+  };
+
   net.SetObserving(true);
-  for (int64_t epoch = 0; epoch < q.epochs(); ++epoch) {
-    sampler.SetEpoch(epoch);
-    data::Loader loader(*in.train, sampler.Remaining(),
-                        TrainLoaderOptions(c, epoch, /*augment=*/true));
-    std::map<std::string, double> sums;
-    int64_t samples = 0;
-    const auto start = std::chrono::steady_clock::now();
-    while (true) {
-      DISTILL_ASSIGN_OR_RETURN(std::optional<data::Batch> batch, loader.Next());
-      if (!batch) break;
-      const double progress = static_cast<double>(step) / steps_per_epoch;
-      if (!net.batch_norm_frozen() && progress >= q.freeze_bn_after_epochs()) {
-        net.FreezeBatchNorm();
-      }
-      if (net.observing() && progress >= q.freeze_observers_after_epochs()) {
-        net.SetObserving(false);
-      }
-      const double lr =
-          0.5 * q.lr() * (1 + std::cos(kPi * step / std::max<int64_t>(total_steps, 1)));
-      std::optional<losses::TeacherTargets> targets;
-      if (guided) {
-        DISTILL_ASSIGN_OR_RETURN(targets,
-                                 in.teacher->Targets(*batch, c.temperature()));
-      }
-      losses::CompositeResult result;
-      DISTILL_RETURN_IF_ERROR(TorchCall(
-          absl::StrCat("QAT step ", step + 1), [&]() -> absl::Status {
-            for (auto& group : optimizer->param_groups()) {
-              group.options().set_lr(lr);
-            }
-            optimizer->zero_grad();
-            net.train(true);
-            losses::LossInputs li;
-            li.student_logits = net.forward(batch->inputs);
-            li.teacher = targets ? &*targets : nullptr;
-            li.labels = batch->labels;
-            li.step = step;
-            li.epoch = epoch;
-            li.total_steps = total_steps;
-            DISTILL_ASSIGN_OR_RETURN(result, loss.Compute(li));
-            result.total.backward();
-            if (c.grad_clip_norm() > 0) {
-              torch::nn::utils::clip_grad_norm_(in.model->parameters(),
-                                                c.grad_clip_norm());
-            }
-            optimizer->step();
-            return absl::OkStatus();
-          }));
-      const double value = result.total.item<double>();
-      if (!std::isfinite(value)) {
-        return absl::InternalError(absl::StrCat(
-            "QAT loss became ", value, " at step ", step + 1,
-            " (lower qat.lr or set grad_clip_norm)"));
-      }
-      const int64_t rows = batch->labels.size(0);
-      for (const auto& [name, v] : result.terms) sums[name] += v * rows;
-      sums["total"] += value * rows;
-      samples += rows;
-      ++step;
-      if (in.verbose && (step % c.log_every_steps() == 0 ||
-                         step % steps_per_epoch == 0)) {
-        const double elapsed = std::chrono::duration<double>(
-                                   std::chrono::steady_clock::now() - start)
-                                   .count();
-        std::printf("qat epoch %lld/%d step %lld/%lld loss %.4f lr %.4g%s%s "
-                    "%.0f samples/s\n",
-                    static_cast<long long>(epoch + 1), q.epochs(),
-                    static_cast<long long>(step),
-                    static_cast<long long>(total_steps), value, lr,
-                    net.batch_norm_frozen() ? " [bn frozen]" : "",
-                    net.observing() ? "" : " [observers frozen]",
-                    samples / std::max(elapsed, 1e-9));
-        std::fflush(stdout);
-      }
-    }
-    last_terms.clear();
-    for (const auto& [name, sum] : sums) {
-      last_terms[name] = sum / std::max<int64_t>(samples, 1);
-    }
-  }
+  net.train(true);
+  TrainPosition position;
+  DISTILL_RETURN_IF_ERROR(RunLoop(parts, settings, hooks, position).status());
   net.SetObserving(false);
   net.train(false);
   return last_terms;
 }
 
 nlohmann::json Settings(const QatConfig& q, bool guided, double temperature) {
-  return {{"calibration_batches", q.calibration_batches()},
-          {"epochs", q.epochs()},
-          {"lr", q.lr()},
-          {"observer", QatConfig::Observer_Name(q.observer())},
-          {"percentile", q.percentile()},
-          {"averaging_constant", q.averaging_constant()},
-          {"freeze_observers_after_epochs", q.freeze_observers_after_epochs()},
-          {"freeze_bn_after_epochs", q.freeze_bn_after_epochs()},
-          {"teacher_guided", guided},
-          {"temperature", temperature},
-          {"weights", "int8 symmetric, per output channel (axis 0), [-127, 127]"},
-          {"activations", "int8 symmetric, per tensor, zero point 0"},
-          {"onnx_opset", student::qat::kOnnxOpset}};
+  return {
+      {"calibration_batches", q.calibration_batches()},
+      {"epochs", q.epochs()},
+      {"lr", q.lr()},
+      {"observer", QatConfig::Observer_Name(q.observer())},
+      {"percentile", q.percentile()},
+      {"averaging_constant", q.averaging_constant()},
+      {"freeze_observers_after_epochs", q.freeze_observers_after_epochs()},
+      {"freeze_bn_after_epochs", q.freeze_bn_after_epochs()},
+      {"teacher_guided", guided},
+      {"temperature", temperature},
+      {"weights", "int8 symmetric, per output channel (axis 0), [-127, 127]"},
+      {"activations", "int8 symmetric, per tensor, zero point 0"},
+      {"onnx_opset", student::qat::kOnnxOpset}};
 }
 
 }  // namespace
@@ -240,9 +209,9 @@ absl::Status CheckQatSupported(const JobConfig& config, student::Model& model) {
   }
   auto net = QatNet::Create(*zoo, NetOptions(config.qat()));
   if (!net.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("qat cannot quantize ", model.description(), ": ",
-                     net.status().message()));
+    return absl::InvalidArgumentError(absl::StrCat("qat cannot quantize ",
+                                                   model.description(), ": ",
+                                                   net.status().message()));
   }
   return absl::OkStatus();
 }
@@ -271,23 +240,26 @@ absl::StatusOr<nlohmann::json> RunQatStage(const QatStageInputs& in) {
   torch::Tensor fp32_logits;
   DISTILL_ASSIGN_OR_RETURN(
       EvalResult fp32,
-      EvaluateForward([&](const torch::Tensor& x) { return in.model->forward(x); },
-                      *in.test, eval_batch, nullptr, &fp32_logits));
+      EvaluateForward(
+          [&](const torch::Tensor& x) { return in.model->forward(x); },
+          *in.test, eval_batch, nullptr, &fp32_logits));
   fp32_logits = fp32_logits.to(torch::kFloat32).contiguous();
   DISTILL_RETURN_IF_ERROR(WriteBytes((dir / "fp32_logits.bin").string(),
                                      fp32_logits.data_ptr(),
                                      fp32_logits.numel() * sizeof(float)));
-  DISTILL_ASSIGN_OR_RETURN(std::unique_ptr<QatNet> net,
-                           QatNet::Create(*in.model->zoo_module(), NetOptions(q)));
+  DISTILL_ASSIGN_OR_RETURN(
+      std::unique_ptr<QatNet> net,
+      QatNet::Create(*in.model->zoo_module(), NetOptions(q)));
   DISTILL_ASSIGN_OR_RETURN(
       std::vector<student::qat::ExportStep> fp32_plan,
       TorchCall("folding the FP32 model", [&] { return net->ExportPlan(); }));
   onnx_options.int8 = false;
-  DISTILL_ASSIGN_OR_RETURN(onnx::ModelProto fp32_onnx,
-                           student::qat::BuildOnnxModel(fp32_plan, onnx_options));
   DISTILL_ASSIGN_OR_RETURN(
-      int64_t fp32_bytes,
-      student::qat::WriteOnnxModel(fp32_onnx, (dir / "student_fp32.onnx").string()));
+      onnx::ModelProto fp32_onnx,
+      student::qat::BuildOnnxModel(fp32_plan, onnx_options));
+  DISTILL_ASSIGN_OR_RETURN(
+      int64_t fp32_bytes, student::qat::WriteOnnxModel(
+                              fp32_onnx, (dir / "student_fp32.onnx").string()));
 
   // The last evaluation is of the model that gets exported: its
   // predictions are kept so the export can be checked in another runtime.
@@ -301,8 +273,9 @@ absl::StatusOr<nlohmann::json> RunQatStage(const QatStageInputs& in) {
   DISTILL_RETURN_IF_ERROR(Calibrate(c, *in.train, *net));
   DISTILL_ASSIGN_OR_RETURN(EvalResult ptq, evaluate_net());
   if (in.verbose) {
-    std::printf("qat: FP32 %.2f%%, PTQ INT8 %.2f%% after %d calibration batches\n",
-                100 * fp32.accuracy, 100 * ptq.accuracy, q.calibration_batches());
+    std::printf(
+        "qat: FP32 %.2f%%, PTQ INT8 %.2f%% after %d calibration batches\n",
+        100 * fp32.accuracy, 100 * ptq.accuracy, q.calibration_batches());
     std::fflush(stdout);
   }
 
@@ -331,11 +304,12 @@ absl::StatusOr<nlohmann::json> RunQatStage(const QatStageInputs& in) {
       std::vector<student::qat::ExportStep> int8_plan,
       TorchCall("folding the INT8 model", [&] { return net->ExportPlan(); }));
   onnx_options.int8 = true;
-  DISTILL_ASSIGN_OR_RETURN(onnx::ModelProto int8_onnx,
-                           student::qat::BuildOnnxModel(int8_plan, onnx_options));
   DISTILL_ASSIGN_OR_RETURN(
-      int64_t int8_bytes,
-      student::qat::WriteOnnxModel(int8_onnx, (dir / "student_int8.onnx").string()));
+      onnx::ModelProto int8_onnx,
+      student::qat::BuildOnnxModel(int8_plan, onnx_options));
+  DISTILL_ASSIGN_OR_RETURN(
+      int64_t int8_bytes, student::qat::WriteOnnxModel(
+                              int8_onnx, (dir / "student_int8.onnx").string()));
   if (q.epochs() > 0) {
     DISTILL_RETURN_IF_ERROR(
         in.model->SaveFile((dir / "student_qat_weights.pt").string()));
@@ -356,8 +330,10 @@ absl::StatusOr<nlohmann::json> RunQatStage(const QatStageInputs& in) {
   report.files = {
       {"int8_onnx", "student_int8.onnx"},
       {"fp32_onnx", "student_fp32.onnx"},
-      {"int8_predictions", "int8_predictions.bin (uint8 argmax per test sample)"},
-      {"fp32_logits", "fp32_logits.bin (float32 [test samples, classes], LibTorch)"},
+      {"int8_predictions",
+       "int8_predictions.bin (uint8 argmax per test sample)"},
+      {"fp32_logits",
+       "fp32_logits.bin (float32 [test samples, classes], LibTorch)"},
   };
   if (qat) report.files["qat_weights"] = "student_qat_weights.pt";
   nlohmann::json json = student::qat::BuildQuantizationReport(report);
@@ -367,12 +343,13 @@ absl::StatusOr<nlohmann::json> RunQatStage(const QatStageInputs& in) {
   if (in.verbose) {
     const std::string qat_part =
         qat ? absl::StrFormat("  QAT INT8 %.2f%%", 100 * qat->accuracy) : "";
-    std::printf("qat: FP32 %.2f%%  PTQ INT8 %.2f%%%s  INT8 ONNX %lld bytes = "
-                "%.3f x FP32; report in %s\n",
-                100 * fp32.accuracy, 100 * ptq.accuracy, qat_part.c_str(),
-                static_cast<long long>(int8_bytes),
-                static_cast<double>(int8_bytes) / std::max<int64_t>(fp32_bytes, 1),
-                (dir / "quantization_report.json").string().c_str());
+    std::printf(
+        "qat: FP32 %.2f%%  PTQ INT8 %.2f%%%s  INT8 ONNX %lld bytes = "
+        "%.3f x FP32; report in %s\n",
+        100 * fp32.accuracy, 100 * ptq.accuracy, qat_part.c_str(),
+        static_cast<long long>(int8_bytes),
+        static_cast<double>(int8_bytes) / std::max<int64_t>(fp32_bytes, 1),
+        (dir / "quantization_report.json").string().c_str());
     std::fflush(stdout);
   }
   return json;

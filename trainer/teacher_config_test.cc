@@ -39,7 +39,8 @@ TEST(TeacherConfigTest, RemoteTeacherGetsDocumentedDefaults) {
   EXPECT_EQ(c->teacher().connect_timeout_seconds(), 10);
   EXPECT_EQ(c->teacher().failover_grace_seconds(), 30);
   EXPECT_EQ(c->teacher().answer_timeout_seconds(), 60);
-  EXPECT_EQ(c->teacher().cache().mode(), v1::TeacherCacheConfig::MODE_UNSPECIFIED);
+  EXPECT_EQ(c->teacher().cache().mode(),
+            v1::TeacherCacheConfig::MODE_UNSPECIFIED);
 
   auto registry = Parse(
       "teacher { registry_dir: \"reg\" encoding: TOP_K top_k: 8\n"
@@ -110,9 +111,10 @@ TEST(TeacherConfigTest, NumbersAreBounded) {
   ExpectError("teacher {\n  endpoints: \"h:1\"\n  prefetch_batches: -1\n}\n",
               "job.pbtxt:6: teacher.prefetch_batches must be in [0, 64] (got "
               "-1)");
-  ExpectError("teacher {\n  endpoints: \"h:1\"\n  connect_timeout_seconds: 0\n}\n",
-              "job.pbtxt:6: teacher.connect_timeout_seconds must be > 0 (got "
-              "0)");
+  ExpectError(
+      "teacher {\n  endpoints: \"h:1\"\n  connect_timeout_seconds: 0\n}\n",
+      "job.pbtxt:6: teacher.connect_timeout_seconds must be > 0 (got "
+      "0)");
   ExpectError(
       "teacher {\n  endpoints: \"h:1\"\n  failover_grace_seconds: -2\n}\n",
       "job.pbtxt:6: teacher.failover_grace_seconds must be > 0 (got -2)");

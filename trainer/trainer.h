@@ -9,14 +9,13 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "trainer/config.h"
-#include "trainer/teacher_client.h"
-#include "trainer/world.h"
+#include "trainer/dist/world.h"
+#include "trainer/teacher/teacher_client.h"
 
 namespace distill::trainer {
 

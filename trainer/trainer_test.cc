@@ -7,6 +7,8 @@
 #include <fstream>
 #include <vector>
 
+#include "common/testing/run_files.h"
+#include "common/testing/scratch_dir.h"
 #include "common/testing/status_matchers.h"
 
 namespace distill::trainer {
@@ -17,14 +19,6 @@ using ::distill::testing::StatusIs;
 using ::testing::DoubleNear;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
-
-std::string FreshDir(const std::string& name) {
-  auto dir = std::filesystem::temp_directory_path() /
-             ("distill_trainer_test_" + std::to_string(::getpid())) / name;
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
-  return dir.string();
-}
 
 JobConfig Parse(const std::string& text, const std::string& run_dir) {
   auto c = ParseJobConfig(text, "test", run_dir);
@@ -52,7 +46,17 @@ class UniformTeacher final : public TeacherClient {
   int64_t classes_;
 };
 
-TEST(TrainerTest, SupervisedTrainingLearnsAndWritesItsSummary) {
+// Each test's run folder is its scratch folder.
+class TrainerTest : public ::distill::testing::ScratchDirTest {
+ protected:
+  std::string FreshDir(const std::string& name) const {
+    const std::filesystem::path dir = dir_ / name;
+    std::filesystem::create_directories(dir);
+    return dir.string();
+  }
+};
+
+TEST_F(TrainerTest, SupervisedTrainingLearnsAndWritesItsSummary) {
   const std::string dir = FreshDir("supervised");
   JobConfig c = Parse(R"pb(
     mode: TRAIN
@@ -60,7 +64,8 @@ TEST(TrainerTest, SupervisedTrainingLearnsAndWritesItsSummary) {
     data { train_limit: 2000 test_limit: 1000 }
     epochs: 2 batch_size: 50 threads: 1 seed: 3
     optimizer { lr: 0.05 }
-  )pb", dir);
+  )pb",
+                      dir);
   RunOptions options;
   options.verbose = false;
   auto result = RunJob(c, options);
@@ -74,24 +79,23 @@ TEST(TrainerTest, SupervisedTrainingLearnsAndWritesItsSummary) {
   EXPECT_TRUE(std::filesystem::exists(dir + "/summary.json"));
   EXPECT_TRUE(std::filesystem::exists(dir + "/model.pt"));
   // One "train" record every 50 steps plus one "epoch" record per epoch.
-  std::ifstream metrics(dir + "/metrics.jsonl");
-  int lines = 0;
-  for (std::string line; std::getline(metrics, line);) {
-    auto record = nlohmann::json::parse(line);
+  const std::vector<nlohmann::json> records =
+      ::distill::testing::MetricsRecords(dir);
+  for (const nlohmann::json& record : records) {
     EXPECT_TRUE(record.contains("type"));
-    ++lines;
   }
-  EXPECT_GE(lines, 3);
+  EXPECT_GE(records.size(), 3u);
 }
 
-TEST(TrainerTest, TeacherWithAnotherClassCountIsRefusedBeforeTraining) {
+TEST_F(TrainerTest, TeacherWithAnotherClassCountIsRefusedBeforeTraining) {
   const std::string dir = FreshDir("mismatch");
   JobConfig c = Parse(R"pb(
     mode: DISTILL
     student { arch: "mlp" }
     teacher { model { arch: "cnn_teacher" weights: "unused.pt" } }
     data { train_limit: 100 test_limit: 100 }
-  )pb", dir);
+  )pb",
+                      dir);
   RunOptions options;
   options.verbose = false;
   auto teacher = std::make_shared<UniformTeacher>(12);
@@ -104,7 +108,7 @@ TEST(TrainerTest, TeacherWithAnotherClassCountIsRefusedBeforeTraining) {
   EXPECT_FALSE(std::filesystem::exists(dir + "/checkpoints"));
 }
 
-TEST(TrainerTest, DistillationAsksTheTeacherOncePerBatch) {
+TEST_F(TrainerTest, DistillationAsksTheTeacherOncePerBatch) {
   const std::string dir = FreshDir("distill");
   JobConfig c = Parse(R"pb(
     mode: DISTILL
@@ -112,7 +116,8 @@ TEST(TrainerTest, DistillationAsksTheTeacherOncePerBatch) {
     teacher { model { arch: "cnn_teacher" weights: "unused.pt" } }
     data { train_limit: 300 test_limit: 100 }
     batch_size: 100 epochs: 2 threads: 1
-  )pb", dir);
+  )pb",
+                      dir);
   RunOptions options;
   options.verbose = false;
   auto teacher = std::make_shared<UniformTeacher>(10);
@@ -126,7 +131,7 @@ TEST(TrainerTest, DistillationAsksTheTeacherOncePerBatch) {
 
 // 4 steps with a LINEAR temperature schedule 4 -> 2: step s of 4 asks the
 // teacher for T = 4 - 2 s / 4; a weight schedule is accepted alongside.
-TEST(TrainerTest, TemperatureScheduleReachesTheTeacherEachStep) {
+TEST_F(TrainerTest, TemperatureScheduleReachesTheTeacherEachStep) {
   const std::string dir = FreshDir("temperature_schedule");
   JobConfig c = Parse(R"pb(
     mode: DISTILL
@@ -138,7 +143,8 @@ TEST(TrainerTest, TemperatureScheduleReachesTheTeacherEachStep) {
     temperature_schedule { type: LINEAR start: 4 end: 2 }
     loss { name: "dkd" weight_schedule { type: COSINE start: 0 end: 1 } }
     loss { name: "hard_ce" }
-  )pb", dir);
+  )pb",
+                      dir);
   RunOptions options;
   options.verbose = false;
   auto teacher = std::make_shared<UniformTeacher>(10);
@@ -151,14 +157,15 @@ TEST(TrainerTest, TemperatureScheduleReachesTheTeacherEachStep) {
   EXPECT_TRUE(result->summary["loss_terms"].contains("dkd"));
 }
 
-TEST(TrainerTest, StopAfterStepsWritesACheckpointAndStops) {
+TEST_F(TrainerTest, StopAfterStepsWritesACheckpointAndStops) {
   const std::string dir = FreshDir("stop");
   JobConfig c = Parse(R"pb(
     mode: TRAIN
     student { arch: "mlp" }
     data { train_limit: 500 test_limit: 100 }
     batch_size: 100 epochs: 3 threads: 1
-  )pb", dir);
+  )pb",
+                      dir);
   RunOptions options;
   options.verbose = false;
   options.stop_after_steps = 7;

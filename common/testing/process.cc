@@ -1,16 +1,18 @@
 #include "common/testing/process.h"
 
-#include <arpa/inet.h>
 #include <fcntl.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
+#include <gtest/gtest.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
-#include <fstream>
-#include <sstream>
+#include <cstring>
 #include <thread>
+
+#include "common/file.h"
+#include "common/net.h"
 
 namespace distill::testing {
 
@@ -27,30 +29,35 @@ std::string SourceDir() {
 }
 
 std::string ReadFile(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
+  return ::distill::ReadFile(path.string()).value_or("");
 }
 
 int FreePort() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
+  absl::StatusOr<int> port = FreeLoopbackPort();
+  if (!port.ok()) {
+    ADD_FAILURE() << port.status();
+    return 0;
+  }
+  return *port;
 }
 
-pid_t Spawn(const std::vector<std::string>& argv, const fs::path& out,
-            const fs::path& err,
-            const std::vector<std::pair<std::string, std::string>>& env) {
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    for (const auto& [name, value] : env) ::setenv(name.c_str(), value.c_str(), 1);
+EnvVars TorchrunEnv(int rank, int world, int port) {
+  return {{"RANK", std::to_string(rank)},
+          {"WORLD_SIZE", std::to_string(world)},
+          {"LOCAL_RANK", std::to_string(rank)},
+          {"MASTER_ADDR", "127.0.0.1"},
+          {"MASTER_PORT", std::to_string(port)}};
+}
+
+Process Process::Start(const std::vector<std::string>& argv,
+                       const fs::path& out, const fs::path& err,
+                       const EnvVars& env) {
+  Process process;
+  process.pid_ = ::fork();
+  if (process.pid_ == 0) {
+    for (const auto& [name, value] : env) {
+      ::setenv(name.c_str(), value.c_str(), 1);
+    }
     const int o = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     const int e = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     ::dup2(o, 1);
@@ -61,22 +68,88 @@ pid_t Spawn(const std::vector<std::string>& argv, const fs::path& out,
     ::execv(args[0], args.data());
     ::_exit(127);
   }
-  return pid;
+  if (process.pid_ < 0) {
+    ADD_FAILURE() << "fork failed: " << std::strerror(errno);
+  }
+  return process;
 }
 
-std::vector<std::pair<std::string, std::string>> TorchrunEnv(int rank, int world,
-                                                             int port) {
-  return {{"RANK", std::to_string(rank)},
-          {"WORLD_SIZE", std::to_string(world)},
-          {"LOCAL_RANK", std::to_string(rank)},
-          {"MASTER_ADDR", "127.0.0.1"},
-          {"MASTER_PORT", std::to_string(port)}};
+Process::Process(Process&& other) noexcept
+    : pid_(other.pid_), exit_code_(other.exit_code_) {
+  other.pid_ = -1;
 }
 
-int WaitExit(pid_t pid) {
+Process& Process::operator=(Process&& other) noexcept {
+  if (this != &other) {
+    this->~Process();
+    pid_ = other.pid_;
+    exit_code_ = other.exit_code_;
+    other.pid_ = -1;
+  }
+  return *this;
+}
+
+Process::~Process() {
+  if (pid_ > 0 && !exit_code_) {
+    ::kill(pid_, SIGKILL);
+    Reap(0);
+  }
+}
+
+void Process::Reap(int options) {
   int status = 0;
-  ::waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+  pid_t got;
+  do {
+    got = ::waitpid(pid_, &status, options);
+  } while (got < 0 && errno == EINTR);
+  if (got == 0) return;  // WNOHANG: still running.
+  if (got != pid_) {
+    ADD_FAILURE() << "waitpid(" << pid_ << ") failed: " << std::strerror(errno)
+                  << "; its exit status is lost";
+    exit_code_ = kLostExitStatus;
+    return;
+  }
+  exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+}
+
+bool Process::Exited() {
+  if (pid_ <= 0) return true;
+  if (!exit_code_) Reap(WNOHANG);
+  return exit_code_.has_value();
+}
+
+int Process::Wait() {
+  if (pid_ <= 0) {
+    ADD_FAILURE() << "waiting for a process that was never started";
+    return kLostExitStatus;
+  }
+  if (!exit_code_) Reap(0);
+  return *exit_code_;
+}
+
+void Process::Signal(int signo) {
+  if (pid_ > 0 && !exit_code_) ::kill(pid_, signo);
+}
+
+Outcome RunShell(const std::string& command, const fs::path& dir) {
+  const fs::path out = dir / "stdout.txt", err = dir / "stderr.txt";
+  Process shell = Process::Start({"/bin/sh", "-c", command}, out, err);
+  Outcome outcome;
+  outcome.exit_code = shell.Wait();
+  outcome.out = ReadFile(out);
+  outcome.err = ReadFile(err);
+  return outcome;
+}
+
+Outcome RunProcess(const std::vector<std::string>& argv, const fs::path& dir,
+                   const std::string& name, const EnvVars& env) {
+  const fs::path out = dir / (name + ".out"), err = dir / (name + ".err");
+  Process process = Process::Start(argv, out, err, env);
+  Outcome outcome;
+  outcome.exit_code = process.Wait();
+  outcome.out = ReadFile(out);
+  outcome.err = ReadFile(err);
+  return outcome;
 }
 
 bool WaitUntil(const std::function<bool()>& done,

@@ -41,8 +41,8 @@ class CosineKdLoss final : public distill::losses::Loss {
           "cosine_kd needs dense teacher targets, got top-k");
     }
     const torch::Tensor& logits = inputs.student_logits;
-    if (!logits.defined() || logits.dim() < 2 ||
-        !teacher->probs.defined() || teacher->probs.sizes() != logits.sizes()) {
+    if (!logits.defined() || logits.dim() < 2 || !teacher->probs.defined() ||
+        teacher->probs.sizes() != logits.sizes()) {
       return absl::InvalidArgumentError(
           "cosine_kd: teacher probabilities and student logits must have the "
           "same [N, C] or [N, S, V] shape");
@@ -51,10 +51,10 @@ class CosineKdLoss final : public distill::losses::Loss {
     // here and returned as a Status.
     try {
       const int64_t classes = logits.size(-1);
-      const torch::Tensor q = torch::softmax(
-          logits.reshape({-1, classes}).to(torch::kFloat) /
-              teacher->temperature,
-          -1);
+      const torch::Tensor q =
+          torch::softmax(logits.reshape({-1, classes}).to(torch::kFloat) /
+                             teacher->temperature,
+                         -1);
       const torch::Tensor p =
           teacher->probs.detach().reshape({-1, classes}).to(q.options());
       const torch::Tensor dot = (p * q).sum(-1);

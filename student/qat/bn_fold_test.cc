@@ -10,10 +10,12 @@ namespace {
 TEST(BnFoldTest, ScalarByHand) {
   BatchNormStats bn{torch::tensor({3.0f}), torch::tensor({0.5f}),
                     torch::tensor({1.0f}), torch::tensor({3.0f}), 1.0};
-  FoldedWeights f = FoldBatchNorm(torch::tensor({{2.0f}}), torch::tensor({1.0f}), bn);
+  FoldedWeights f =
+      FoldBatchNorm(torch::tensor({{2.0f}}), torch::tensor({1.0f}), bn);
   EXPECT_FLOAT_EQ(f.weight.item<float>(), 3.0f);
   EXPECT_FLOAT_EQ(f.bias.item<float>(), 0.5f);
-  FoldedWeights no_bias = FoldBatchNorm(torch::tensor({{2.0f}}), torch::Tensor(), bn);
+  FoldedWeights no_bias =
+      FoldBatchNorm(torch::tensor({{2.0f}}), torch::Tensor(), bn);
   EXPECT_FLOAT_EQ(no_bias.bias.item<float>(), -1.0f);
 }
 
@@ -38,10 +40,9 @@ TEST(BnFoldTest, FoldedConvEqualsConvThenBatchNormInEval) {
   torch::Tensor x = torch::randn({4, 3, 8, 8});
   torch::NoGradGuard no_grad;
   torch::Tensor expected = bn(conv(x));
-  FoldedWeights f = FoldBatchNorm(
-      conv->weight, conv->bias,
-      {bn->weight, bn->bias, bn->running_mean, bn->running_var,
-       bn->options.eps()});
+  FoldedWeights f = FoldBatchNorm(conv->weight, conv->bias,
+                                  {bn->weight, bn->bias, bn->running_mean,
+                                   bn->running_var, bn->options.eps()});
   torch::Tensor got = torch::conv2d(x, f.weight, f.bias, 1, 1);
   EXPECT_LT((got - expected).abs().max().item<float>(), 1e-5);
 }
@@ -56,12 +57,12 @@ TEST(BnFoldTest, FoldedLinearEqualsLinearThenBatchNorm1dInEval) {
   torch::Tensor x = torch::randn({5, 6});
   torch::NoGradGuard no_grad;
   torch::Tensor expected = bn(linear(x));
-  FoldedWeights f = FoldBatchNorm(
-      linear->weight, linear->bias,
-      {bn->weight, bn->bias, bn->running_mean, bn->running_var,
-       bn->options.eps()});
-  EXPECT_LT((torch::linear(x, f.weight, f.bias) - expected).abs().max().item<float>(),
-            1e-5);
+  FoldedWeights f = FoldBatchNorm(linear->weight, linear->bias,
+                                  {bn->weight, bn->bias, bn->running_mean,
+                                   bn->running_var, bn->options.eps()});
+  EXPECT_LT(
+      (torch::linear(x, f.weight, f.bias) - expected).abs().max().item<float>(),
+      1e-5);
 }
 
 }  // namespace

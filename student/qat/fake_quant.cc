@@ -31,8 +31,8 @@ torch::Tensor FakeQuantWeight(const torch::Tensor& weight,
   const torch::Tensor zero_points =
       torch::zeros({scales.size(0)}, torch::kInt32);
   return torch::fake_quantize_per_channel_affine(
-      weight, scales.to(torch::kFloat32), zero_points, /*axis=*/0,
-      -kWeightQMax, kWeightQMax);
+      weight, scales.to(torch::kFloat32), zero_points, /*axis=*/0, -kWeightQMax,
+      kWeightQMax);
 }
 
 torch::Tensor QuantizeWeightInt8(const torch::Tensor& weight,

@@ -23,7 +23,8 @@ TEST(FakeQuantTest, ActivationForwardRoundsAndClipsBackwardIsStraightThrough) {
   torch::Tensor x = torch::tensor({0.04f, 0.26f, -12.8f, -12.9f, 12.7f, 13.0f},
                                   torch::requires_grad());
   torch::Tensor y = FakeQuantActivation(x, 0.1f);
-  const std::vector<float> expected = {0.0f, 0.3f, -12.8f, -12.8f, 12.7f, 12.7f};
+  const std::vector<float> expected = {0.0f,   0.3f,  -12.8f,
+                                       -12.8f, 12.7f, 12.7f};
   for (size_t i = 0; i < expected.size(); ++i) {
     EXPECT_NEAR(y[i].item<float>(), expected[i], 1e-6) << i;
   }
@@ -36,8 +37,8 @@ TEST(FakeQuantTest, ActivationForwardRoundsAndClipsBackwardIsStraightThrough) {
 
 // Row 0 has scale 0.1 (levels -127..127: [-12.7, 12.7]), row 1 scale 0.01.
 TEST(FakeQuantTest, WeightsArePerChannelNarrowRangeWithStraightThroughGrad) {
-  torch::Tensor w = torch::tensor({{0.26f, -13.0f}, {0.014f, 1.5f}},
-                                  torch::requires_grad());
+  torch::Tensor w =
+      torch::tensor({{0.26f, -13.0f}, {0.014f, 1.5f}}, torch::requires_grad());
   torch::Tensor scales = torch::tensor({0.1f, 0.01f});
   torch::Tensor y = FakeQuantWeight(w, scales);
   EXPECT_NEAR(y[0][0].item<float>(), 0.3f, 1e-6);
@@ -45,12 +46,13 @@ TEST(FakeQuantTest, WeightsArePerChannelNarrowRangeWithStraightThroughGrad) {
   EXPECT_NEAR(y[1][0].item<float>(), 0.01f, 1e-7);
   EXPECT_NEAR(y[1][1].item<float>(), 1.27f, 1e-6);
   y.sum().backward();
-  EXPECT_TRUE(torch::equal(w.grad(), torch::tensor({{1.0f, 0.0f}, {1.0f, 0.0f}})));
+  EXPECT_TRUE(
+      torch::equal(w.grad(), torch::tensor({{1.0f, 0.0f}, {1.0f, 0.0f}})));
 
   torch::Tensor q = QuantizeWeightInt8(w, scales);
   EXPECT_EQ(q.scalar_type(), torch::kInt8);
-  EXPECT_TRUE(torch::equal(
-      q, torch::tensor({{3, -127}, {1, 127}}, torch::kInt8)));
+  EXPECT_TRUE(
+      torch::equal(q, torch::tensor({{3, -127}, {1, 127}}, torch::kInt8)));
 }
 
 TEST(FakeQuantTest, DeadChannelGetsAPositiveScaleAndStaysZero) {

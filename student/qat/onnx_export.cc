@@ -4,6 +4,7 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
+#include "common/file.h"
 #include "common/status.h"
 #include "common/torch_status.h"
 #include "onnx/checker.h"
@@ -127,25 +128,28 @@ absl::StatusOr<onnx::ModelProto> BuildOnnxModel(
           if (options.int8 && l.quantized) {
             const std::string scale =
                 g.Initializer(l.name + ".input_scale",
-                              torch::full(std::vector<int64_t>{}, l.input_scale, torch::kFloat32));
+                              torch::full(std::vector<int64_t>{}, l.input_scale,
+                                          torch::kFloat32));
             const std::string zero = g.Initializer(
-                l.name + ".input_zero_point", torch::zeros(std::vector<int64_t>{}, torch::kInt8));
+                l.name + ".input_zero_point",
+                torch::zeros(std::vector<int64_t>{}, torch::kInt8));
             const std::string q = g.Fresh(l.name + ".input_q");
             g.Node("QuantizeLinear", {x, scale, zero}, q);
             const std::string dq = g.Fresh(l.name + ".input_dq");
             g.Node("DequantizeLinear", {q, scale, zero}, dq);
             x = dq;
-            const std::string w_q = g.Initializer(
-                l.name + ".weight_int8",
-                QuantizeWeightInt8(l.weight, l.weight_scales));
+            const std::string w_q =
+                g.Initializer(l.name + ".weight_int8",
+                              QuantizeWeightInt8(l.weight, l.weight_scales));
             const std::string w_scale = g.Initializer(
                 l.name + ".weight_scale", l.weight_scales.to(torch::kFloat32));
-            const std::string w_zero = g.Initializer(
-                l.name + ".weight_zero_point",
-                torch::zeros({l.weight.size(0)}, torch::kInt8));
+            const std::string w_zero =
+                g.Initializer(l.name + ".weight_zero_point",
+                              torch::zeros({l.weight.size(0)}, torch::kInt8));
             weight = g.Fresh(l.name + ".weight_dq");
-            IntAttribute(g.Node("DequantizeLinear", {w_q, w_scale, w_zero}, weight),
-                         "axis", 0);
+            IntAttribute(
+                g.Node("DequantizeLinear", {w_q, w_scale, w_zero}, weight),
+                "axis", 0);
           } else {
             weight = g.Initializer(l.name + ".weight", l.weight);
           }
@@ -155,8 +159,9 @@ absl::StatusOr<onnx::ModelProto> BuildOnnxModel(
             IntsAttribute(node, "kernel_shape",
                           {l.weight.size(2), l.weight.size(3)});
             IntsAttribute(node, "strides", l.stride);
-            IntsAttribute(node, "pads", {l.padding[0], l.padding[1],
-                                         l.padding[0], l.padding[1]});
+            IntsAttribute(
+                node, "pads",
+                {l.padding[0], l.padding[1], l.padding[0], l.padding[1]});
             IntsAttribute(node, "dilations", l.dilation);
             IntAttribute(node, "group", l.groups);
           } else {
@@ -187,8 +192,8 @@ absl::StatusOr<onnx::ModelProto> BuildOnnxModel(
   try {
     onnx::checker::check_model(model);
   } catch (const std::exception& e) {
-    return absl::InternalError(
-        absl::StrCat("the ONNX checker refused the exported model: ", e.what()));
+    return absl::InternalError(absl::StrCat(
+        "the ONNX checker refused the exported model: ", e.what()));
   }
   return model;
 }
@@ -202,7 +207,8 @@ absl::StatusOr<int64_t> WriteOnnxModel(const onnx::ModelProto& model,
           return absl::InternalError(absl::StrCat("cannot write ", tmp));
         }
         out.close();
-        if (!out) return absl::InternalError(absl::StrCat("cannot write ", tmp));
+        if (!out)
+          return absl::InternalError(absl::StrCat("cannot write ", tmp));
         return absl::OkStatus();
       }));
   return static_cast<int64_t>(std::filesystem::file_size(path));

@@ -73,7 +73,8 @@ TEST(OnnxExportTest, Int8ModelIsQdqWithPerChannelInt8Weights) {
   EXPECT_EQ(ops["MaxPool"], 2);
   EXPECT_EQ(ops.count("BatchNormalization"), 0u);
   for (const auto& n : g.node()) {
-    if (n.op_type() != "DequantizeLinear" || n.input(0).find("weight") == std::string::npos) {
+    if (n.op_type() != "DequantizeLinear" ||
+        n.input(0).find("weight") == std::string::npos) {
       continue;
     }
     ASSERT_EQ(n.attribute_size(), 1) << n.name();
@@ -88,7 +89,8 @@ TEST(OnnxExportTest, Int8ModelIsQdqWithPerChannelInt8Weights) {
   ASSERT_NE(s, nullptr);
   ASSERT_EQ(s->dims_size(), 1);
   EXPECT_EQ(s->dims(0), 16);
-  const onnx::TensorProto* z = FindInitializer(g, "stage1.conv0.weight_zero_point");
+  const onnx::TensorProto* z =
+      FindInitializer(g, "stage1.conv0.weight_zero_point");
   ASSERT_NE(z, nullptr);
   EXPECT_EQ(z->data_type(), onnx::TensorProto::INT8);
   EXPECT_EQ(z->raw_data(), std::string(16, '\0'));
@@ -136,9 +138,10 @@ TEST(OnnxExportTest, WritesTheFileAndRefusesAnUncalibratedPlan) {
 
   auto plan = net->ExportPlan();
   for (auto& step : plan) step.layer.weight_scales = torch::Tensor();
-  EXPECT_THAT(BuildOnnxModel(plan, Options(true)),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("layer 'stage1.conv0' has no quantization scales")));
+  EXPECT_THAT(
+      BuildOnnxModel(plan, Options(true)),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr("layer 'stage1.conv0' has no quantization scales")));
   EXPECT_THAT(BuildOnnxModel({}, Options(true)),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("empty")));
 }

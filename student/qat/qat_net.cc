@@ -72,9 +72,11 @@ absl::StatusOr<std::unique_ptr<QatNet>> QatNet::Create(
   const std::vector<std::string> known = QuantizableLayers(model);
   for (const std::string& skip : options.skip_layers) {
     if (std::find(known.begin(), known.end(), skip) == known.end()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "'", skip, "' is not a Conv2d or Linear layer of the model; its "
-          "layers: ", absl::StrJoin(known, ", ")));
+      return absl::InvalidArgumentError(
+          absl::StrCat("'", skip,
+                       "' is not a Conv2d or Linear layer of the model; its "
+                       "layers: ",
+                       absl::StrJoin(known, ", ")));
     }
   }
   std::unique_ptr<QatNet> net(new QatNet);
@@ -101,7 +103,8 @@ absl::StatusOr<std::unique_ptr<QatNet>> QatNet::Create(
         const auto* padding =
             c10::get_if<torch::ExpandingArray<2>>(&o.padding());
         if (padding == nullptr ||
-            !c10::holds_alternative<torch::enumtype::kZeros>(o.padding_mode())) {
+            !c10::holds_alternative<torch::enumtype::kZeros>(
+                o.padding_mode())) {
           return absl::InvalidArgumentError(absl::StrCat(
               "Conv2d '", op.name,
               "' uses 'same'/'valid' or non-zero padding modes, which the QAT "
@@ -131,9 +134,10 @@ absl::StatusOr<std::unique_ptr<QatNet>> QatNet::Create(
         // BatchNorm1d and BatchNorm2d share options and buffers, not a base.
         auto take = [&](auto& m) -> absl::Status {
           if (!m.options.track_running_stats()) {
-            return absl::InvalidArgumentError(absl::StrCat(
-                "BatchNorm '", bn.name, "' keeps no running statistics, so "
-                "it cannot be folded for export"));
+            return absl::InvalidArgumentError(
+                absl::StrCat("BatchNorm '", bn.name,
+                             "' keeps no running statistics, so "
+                             "it cannot be folded for export"));
           }
           TakeBatchNorm(m, unit->has_bn, unit->gamma, unit->beta,
                         unit->running_mean, unit->running_var,
@@ -177,10 +181,10 @@ std::pair<torch::Tensor, torch::Tensor> QatNet::Fold(Unit& unit,
                                                      const torch::Tensor& x,
                                                      bool batch_stats) {
   if (!unit.has_bn) {
-    return {unit.weight, unit.bias.defined()
-                             ? unit.bias
-                             : torch::zeros({unit.weight.size(0)},
-                                            unit.weight.options())};
+    return {unit.weight,
+            unit.bias.defined()
+                ? unit.bias
+                : torch::zeros({unit.weight.size(0)}, unit.weight.options())};
   }
   BatchNormStats stats{unit.gamma, unit.beta, unit.running_mean,
                        unit.running_var, unit.eps};
@@ -197,11 +201,12 @@ std::pair<torch::Tensor, torch::Tensor> QatNet::Fold(Unit& unit,
       torch::NoGradGuard no_grad;
       const double n = static_cast<double>(y.numel() / y.size(1));
       unit.num_batches_tracked.add_(1);
-      const double m =
-          unit.momentum ? *unit.momentum
-                        : 1.0 / unit.num_batches_tracked.item<double>();
+      const double m = unit.momentum
+                           ? *unit.momentum
+                           : 1.0 / unit.num_batches_tracked.item<double>();
       unit.running_mean.mul_(1 - m).add_(stats.mean.detach() * m);
-      unit.running_var.mul_(1 - m).add_(stats.var.detach() * (n / std::max(n - 1, 1.0)) * m);
+      unit.running_var.mul_(1 - m).add_(stats.var.detach() *
+                                        (n / std::max(n - 1, 1.0)) * m);
     }
   }
   FoldedWeights folded = FoldBatchNorm(unit.weight, unit.bias, stats);
@@ -272,8 +277,10 @@ std::vector<ExportStep> QatNet::ExportPlan() {
       case Kind::kConv2d:
       case Kind::kLinear: {
         Unit& unit = *units_[op.unit];
-        auto [weight, bias] = Fold(unit, torch::Tensor(), /*batch_stats=*/false);
-        step.kind = unit.conv ? ExportStep::Kind::kConv : ExportStep::Kind::kGemm;
+        auto [weight, bias] =
+            Fold(unit, torch::Tensor(), /*batch_stats=*/false);
+        step.kind =
+            unit.conv ? ExportStep::Kind::kConv : ExportStep::Kind::kGemm;
         FoldedLayer& layer = step.layer;
         layer.name = unit.name;
         layer.conv = unit.conv;

@@ -23,8 +23,10 @@ std::shared_ptr<ZooModule> Zoo(const std::string& arch, uint64_t seed,
   // Non-trivial BatchNorm statistics, as after training.
   torch::NoGradGuard no_grad;
   for (auto& b : (*model)->named_buffers()) {
-    if (b.key().find("running_mean") != std::string::npos) b.value().normal_(0, 0.3);
-    if (b.key().find("running_var") != std::string::npos) b.value().uniform_(0.5, 2);
+    if (b.key().find("running_mean") != std::string::npos)
+      b.value().normal_(0, 0.3);
+    if (b.key().find("running_var") != std::string::npos)
+      b.value().uniform_(0.5, 2);
   }
   return *model;
 }
@@ -85,8 +87,9 @@ TEST(QatNetTest, FloatEvalEqualsTheZooModel) {
 
 TEST(QatNetTest, QuantizableLayersAreConvsAndLinearsInOrder) {
   auto zoo = Zoo("cnn_student", 1);
-  EXPECT_EQ(QatNet::QuantizableLayers(*zoo),
-            (std::vector<std::string>{"stage1.conv0", "stage2.conv0", "fc1", "fc2"}));
+  EXPECT_EQ(
+      QatNet::QuantizableLayers(*zoo),
+      (std::vector<std::string>{"stage1.conv0", "stage2.conv0", "fc1", "fc2"}));
 }
 
 // Before the freeze, train mode folds the batch statistics: the output and
@@ -105,7 +108,9 @@ TEST(QatNetTest, TrainModeFoldsBatchStatisticsLikeBatchNorm) {
   EXPECT_LT(MaxDiff(got, expected), 1e-4);
   auto ref_buffers = reference->named_buffers();
   for (const auto& b : zoo->named_buffers()) {
-    EXPECT_LT(MaxDiff(b.value().to(torch::kFloat), ref_buffers[b.key()].to(torch::kFloat)), 1e-5)
+    EXPECT_LT(MaxDiff(b.value().to(torch::kFloat),
+                      ref_buffers[b.key()].to(torch::kFloat)),
+              1e-5)
         << b.key();
   }
 }
@@ -132,7 +137,8 @@ TEST(QatNetTest, FrozenBatchNormUsesRunningStatisticsInTrainMode) {
   auto zoo = Zoo("cnn_student", 3, {{"dropout", 0}});
   auto net = QatNet::Create(*zoo, {});
   ASSERT_THAT(net, IsOk());
-  torch::Tensor mean_before = zoo->named_buffers()["stage1.bn0.running_mean"].clone();
+  torch::Tensor mean_before =
+      zoo->named_buffers()["stage1.bn0.running_mean"].clone();
   (*net)->FreezeBatchNorm();
   (*net)->train(true);
   torch::Tensor x = torch::randn({8, 1, 28, 28});
@@ -148,17 +154,19 @@ TEST(QatNetTest, UnknownSkipLayerListsTheLayers) {
   auto zoo = Zoo("cnn_student", 1);
   QatNetOptions options;
   options.skip_layers = {"fc9"};
-  EXPECT_THAT(QatNet::Create(*zoo, options),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       "'fc9' is not a Conv2d or Linear layer of the model; its "
-                       "layers: stage1.conv0, stage2.conv0, fc1, fc2"));
+  EXPECT_THAT(
+      QatNet::Create(*zoo, options),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               "'fc9' is not a Conv2d or Linear layer of the model; its "
+               "layers: stage1.conv0, stage2.conv0, fc1, fc2"));
 }
 
 TEST(QatNetTest, BatchNormWithoutALayerBeforeItIsRefused) {
   LoneBatchNormImpl model;
-  EXPECT_THAT(QatNet::Create(model, {}),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("BatchNorm 'bn' follows no Conv2d or Linear")));
+  EXPECT_THAT(
+      QatNet::Create(model, {}),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr("BatchNorm 'bn' follows no Conv2d or Linear")));
 }
 
 TEST(QatNetTest, FakeQuantNeedsCalibration) {
@@ -197,7 +205,8 @@ TEST(QatNetTest, CalibratedNetHasPositiveScalesAndTrains) {
   }
   ASSERT_THAT(net.SetFakeQuant(true), IsOk());
   for (const ExportStep& step : net.ExportPlan()) {
-    if (step.kind != ExportStep::Kind::kConv && step.kind != ExportStep::Kind::kGemm) {
+    if (step.kind != ExportStep::Kind::kConv &&
+        step.kind != ExportStep::Kind::kGemm) {
       continue;
     }
     if (step.layer.name == "fc2") {
@@ -205,7 +214,8 @@ TEST(QatNetTest, CalibratedNetHasPositiveScalesAndTrains) {
       continue;
     }
     EXPECT_TRUE(step.layer.quantized);
-    EXPECT_GT(step.layer.weight_scales.min().item<float>(), 0) << step.layer.name;
+    EXPECT_GT(step.layer.weight_scales.min().item<float>(), 0)
+        << step.layer.name;
     EXPECT_GT(step.layer.input_scale, 0) << step.layer.name;
     if (step.layer.name == "stage1.conv0") {
       EXPECT_EQ(step.layer.weight_scales[3].item<float>(), kMinScale);

@@ -41,7 +41,8 @@ nlohmann::json BuildQuantizationReport(const QuantizationReportInputs& in) {
                              {"ptq_int8", AccuracyJson(in.ptq_int8)}};
   nlohmann::json change = {
       {"ptq_int8", 100 * (in.ptq_int8.accuracy - in.fp32.accuracy)}};
-  nlohmann::json per_class = {{"ptq_int8", PerClassChange(in.fp32, in.ptq_int8)}};
+  nlohmann::json per_class = {
+      {"ptq_int8", PerClassChange(in.fp32, in.ptq_int8)}};
   if (in.qat_int8) {
     accuracy["qat_int8"] = AccuracyJson(*in.qat_int8);
     change["qat_int8"] = 100 * (in.qat_int8->accuracy - in.fp32.accuracy);

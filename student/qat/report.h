@@ -7,11 +7,10 @@
 #define DISTILL_STUDENT_QAT_REPORT_H_
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace distill::student::qat {
 

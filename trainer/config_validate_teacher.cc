@@ -1,0 +1,125 @@
+// ValidateJobConfig's checks of the teacher section: in-process teachers,
+// teacher servers, their encoding, timeouts and target cache.
+#include <set>
+#include <string>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "trainer/config.h"
+#include "trainer/internal/config_checks.h"
+
+namespace distill::trainer {
+namespace {
+
+using ::distill::v1::TeacherCacheConfig;
+using ::distill::v1::TeacherConfig;
+
+// "host:port" with a non-empty host and a port in [1, 65535]; IPv6 hosts in
+// brackets ("[::1]:5001").
+bool IsHostPort(const std::string& endpoint) {
+  const size_t colon = endpoint.rfind(':');
+  if (colon == std::string::npos || colon == 0) return false;
+  int port = 0;
+  return absl::SimpleAtoi(endpoint.substr(colon + 1), &port) && port >= 1 &&
+         port <= 65535;
+}
+
+// An in-process teacher: its model, its ensemble, and none of the
+// settings that only teacher servers take.
+absl::Status ValidateInProcessTeacher(const TeacherConfig& t) {
+  if (!t.has_model()) {
+    return Bad("teacher",
+               "needs `model` (run in this process) or "
+               "`endpoints`/`registry_dir` (teacher servers)");
+  }
+  DISTILL_RETURN_IF_ERROR(
+      ValidateModel(t.model(), "teacher.model", /*weights_required=*/true));
+  for (int i = 0; i < t.ensemble_size(); ++i) {
+    DISTILL_RETURN_IF_ERROR(
+        ValidateModel(t.ensemble(i), absl::StrCat("teacher.ensemble[", i, "]"),
+                      /*weights_required=*/true));
+  }
+  const std::string remote_only =
+      "applies to teacher servers only (set teacher.endpoints or "
+      "teacher.registry_dir)";
+  if (t.encoding() != TeacherConfig::ENCODING_UNSPECIFIED) {
+    return Bad("teacher.encoding", remote_only);
+  }
+  if (t.top_k() != 0) return Bad("teacher.top_k", remote_only);
+  if (!t.token_file().empty()) return Bad("teacher.token_file", remote_only);
+  if (!t.tls_ca_file().empty()) {
+    return Bad("teacher.tls_ca_file", remote_only);
+  }
+  if (t.has_cache() && t.cache().mode() != TeacherCacheConfig::NONE) {
+    return Bad("teacher.cache.mode", remote_only);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ValidateTeacher(const JobConfig& c) {
+  const TeacherConfig& t = c.teacher();
+  if (!IsRemoteTeacher(t)) {
+    DISTILL_RETURN_IF_ERROR(ValidateInProcessTeacher(t));
+  } else if (t.has_model()) {
+    return Bad("teacher.model",
+               "must be unset when teacher.endpoints or teacher.registry_dir "
+               "name teacher servers (the servers load the model)");
+  } else if (t.ensemble_size() > 0) {
+    return Bad("teacher.ensemble",
+               "applies to in-process teachers only (teacher.model); teacher "
+               "servers each serve one model");
+  }
+  std::set<std::string> seen;
+  for (int i = 0; i < t.endpoints_size(); ++i) {
+    const std::string path = absl::StrCat("teacher.endpoints[", i, "]");
+    if (!IsHostPort(t.endpoints(i))) {
+      return Bad(path, absl::StrCat("must be host:port with a port in [1, "
+                                    "65535] (got '",
+                                    t.endpoints(i), "')"));
+    }
+    if (!seen.insert(t.endpoints(i)).second) {
+      return Bad(path, absl::StrCat("'", t.endpoints(i), "' is listed twice"));
+    }
+  }
+  if (t.encoding() == TeacherConfig::TOP_K) {
+    DISTILL_RETURN_IF_ERROR(
+        CheckRange("teacher.top_k", t.top_k(),
+                   Range::AtLeast(1).Noted("with encoding TOP_K")));
+  } else if (t.top_k() != 0) {
+    return Bad("teacher.top_k", "applies to encoding TOP_K only");
+  }
+  DISTILL_RETURN_IF_ERROR(CheckRange(
+      "teacher.prefetch_batches", t.prefetch_batches(), Range::Closed(0, 64)));
+  DISTILL_RETURN_IF_ERROR(CheckRange("teacher.connect_timeout_seconds",
+                                     t.connect_timeout_seconds(),
+                                     Range::Above(0).Finite()));
+  DISTILL_RETURN_IF_ERROR(CheckRange("teacher.failover_grace_seconds",
+                                     t.failover_grace_seconds(),
+                                     Range::Above(0).Finite()));
+  DISTILL_RETURN_IF_ERROR(CheckRange("teacher.answer_timeout_seconds",
+                                     t.answer_timeout_seconds(),
+                                     Range::Above(0).Finite()));
+  const TeacherCacheConfig& cache = t.cache();
+  if (cache.mode() == TeacherCacheConfig::MEMORY ||
+      cache.mode() == TeacherCacheConfig::DISK) {
+    if (c.data().augment().enabled()) {
+      return Bad("teacher.cache.mode",
+                 "needs data.augment.enabled false: augmented inputs get new "
+                 "targets every epoch");
+    }
+    if (c.has_temperature_schedule()) {
+      return Bad("teacher.cache.mode",
+                 "needs a constant temperature: temperature_schedule changes "
+                 "the targets every step");
+    }
+  }
+  if (!cache.dir().empty() && cache.mode() != TeacherCacheConfig::DISK) {
+    return Bad("teacher.cache.dir", "applies to cache mode DISK only");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace distill::trainer

@@ -1,0 +1,49 @@
+// Checkpoints: everything a run needs to continue exactly where it stopped
+// (model, optimizer, the position in the data, RNG state), written
+// atomically (temporary file + rename) into <run_dir>/checkpoints/ as
+// ckpt-<step>.pt. Functions here are not thread-safe with respect to the
+// same run directory; one rank writes.
+#ifndef DISTILL_TRAINER_INTERNAL_CHECKPOINT_H_
+#define DISTILL_TRAINER_INTERNAL_CHECKPOINT_H_
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "student/model.h"
+
+namespace distill::trainer {
+
+// Where training stands between two steps.
+struct TrainPosition {
+  int64_t epoch = 0;  // the epoch in progress (0-based)
+  // Samples of that epoch already trained on, counted over all ranks, so a
+  // job can resume on another number of ranks.
+  int64_t cursor = 0;
+  int64_t global_step = 0;  // optimizer steps taken so far
+};
+
+// Writes a checkpoint for `position` and prunes all but the newest `keep`.
+// Returns the path written.
+absl::StatusOr<std::string> SaveCheckpoint(const std::string& run_dir,
+                                           student::Model& model,
+                                           torch::optim::Optimizer& optimizer,
+                                           const TrainPosition& position,
+                                           int keep);
+
+// The newest checkpoint in `run_dir`, or nullopt when there is none.
+std::optional<std::string> FindLatestCheckpoint(const std::string& run_dir);
+
+// Restores model, optimizer and the global RNG from `path` and returns the
+// position. FailedPrecondition when the checkpoint holds another model;
+// DataLoss when the file is unreadable.
+absl::StatusOr<TrainPosition> LoadCheckpoint(
+    const std::string& path, student::Model& model,
+    torch::optim::Optimizer& optimizer);
+
+}  // namespace distill::trainer
+
+#endif  // DISTILL_TRAINER_INTERNAL_CHECKPOINT_H_

@@ -1,0 +1,61 @@
+// A job assembled from its config before the first step: data, student,
+// teacher, loss, optimizer and the ranks' communicator and gradient sync.
+// Owned by RunJob for the length of the run; not thread-safe.
+#ifndef DISTILL_TRAINER_INTERNAL_JOB_H_
+#define DISTILL_TRAINER_INTERNAL_JOB_H_
+
+#include <torch/torch.h>
+
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "data/dataset.h"
+#include "losses/composite.h"
+#include "losses/schedule.h"
+#include "student/model.h"
+#include "trainer/config.h"
+#include "trainer/dist/communicator.h"
+#include "trainer/dist/grad_sync.h"
+#include "trainer/dist/world.h"
+#include "trainer/teacher/teacher_client.h"
+
+namespace distill::trainer {
+
+struct Job {
+  JobConfig config;
+  // Null in mode EVALUATE.
+  std::unique_ptr<data::Dataset> train;
+  std::unique_ptr<data::Dataset> test;
+  std::unique_ptr<student::Model> model;
+  // Null without a teacher.
+  std::shared_ptr<TeacherClient> teacher;
+  // The rest are unset in mode EVALUATE.
+  std::optional<losses::CompositeLoss> loss;
+  std::unique_ptr<torch::optim::Optimizer> optimizer;
+  std::unique_ptr<Communicator> comm;
+  std::unique_ptr<GradSync> grad_sync;
+};
+
+// Builds everything `config` asks for on this rank of `world`: loads the
+// data, the student (and its weights), connects or builds the teacher
+// (`teacher`, when not null, replaces the config's), and for training
+// modes the loss, the optimizer and the rendezvous with the other ranks.
+// Every mismatch (a teacher's class count, a batch that does not split
+// across the ranks, a student QAT cannot rewrite) is an error here, before
+// any step.
+absl::Status AssembleJob(const JobConfig& config, const WorldInfo& world,
+                         std::shared_ptr<TeacherClient> teacher, Job& job);
+
+// The optimizer `config` describes over `params`.
+absl::StatusOr<std::unique_ptr<torch::optim::Optimizer>> MakeOptimizer(
+    const v1::OptimizerConfig& config, std::vector<torch::Tensor> params);
+
+// A validated schedule of the config (its type is never UNSPECIFIED).
+losses::ValueSchedule ScheduleFromProto(const v1::ValueSchedule& proto);
+
+}  // namespace distill::trainer
+
+#endif  // DISTILL_TRAINER_INTERNAL_JOB_H_

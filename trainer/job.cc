@@ -1,0 +1,188 @@
+#include "trainer/internal/job.h"
+
+#include <algorithm>
+#include <chrono>
+#include <string>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+#include "common/torch_status.h"
+#include "data/fashion_mnist.h"
+#include "trainer/internal/qat_stage.h"
+#include "trainer/teacher/in_process_teacher.h"
+#include "trainer/teacher/teacher_connect.h"
+
+namespace distill::trainer {
+namespace {
+
+using ::distill::v1::ModelConfig;
+using ::distill::v1::OptimizerConfig;
+
+student::ModelSpec SpecOf(const ModelConfig& m) {
+  student::ModelSpec spec;
+  spec.arch = m.arch();
+  spec.torchscript = m.torchscript();
+  spec.options.insert(m.options().begin(), m.options().end());
+  return spec;
+}
+
+absl::StatusOr<std::unique_ptr<data::Dataset>> LoadSplit(const JobConfig& c,
+                                                         bool train) {
+  data::FashionMnistOptions options;
+  options.dir = c.data().dir();
+  options.train = train;
+  options.limit = train ? c.data().train_limit() : c.data().test_limit();
+  return data::LoadFashionMnist(options);
+}
+
+// The job's teacher: `given`, the config's servers, or its model (and
+// ensemble members) run in this process.
+absl::StatusOr<std::shared_ptr<TeacherClient>> MakeTeacher(
+    const JobConfig& config, const WorldInfo& world,
+    const student::ZooInput& input, int64_t train_size,
+    std::shared_ptr<TeacherClient> given) {
+  if (given) return given;
+  if (IsRemoteTeacher(config.teacher())) {
+    return ConnectRemoteTeacher(config, input,
+                                config.batch_size() / world.world_size,
+                                train_size, world.rank);
+  }
+  std::vector<TeacherMember> members = {
+      {SpecOf(config.teacher().model()), config.teacher().model().weights()}};
+  for (const ModelConfig& m : config.teacher().ensemble()) {
+    members.push_back({SpecOf(m), m.weights()});
+  }
+  DISTILL_ASSIGN_OR_RETURN(std::unique_ptr<InProcessTeacher> teacher,
+                           InProcessTeacher::Create(members, input));
+  return std::shared_ptr<TeacherClient>(std::move(teacher));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<torch::optim::Optimizer>> MakeOptimizer(
+    const OptimizerConfig& c, std::vector<torch::Tensor> params) {
+  return TorchCall("creating the optimizer",
+                   [&]() -> std::unique_ptr<torch::optim::Optimizer> {
+                     switch (c.type()) {
+                       case OptimizerConfig::ADAM:
+                         return std::make_unique<torch::optim::Adam>(
+                             params, torch::optim::AdamOptions(c.lr())
+                                         .betas({c.beta1(), c.beta2()})
+                                         .eps(c.eps())
+                                         .weight_decay(c.weight_decay()));
+                       case OptimizerConfig::ADAMW:
+                         return std::make_unique<torch::optim::AdamW>(
+                             params, torch::optim::AdamWOptions(c.lr())
+                                         .betas({c.beta1(), c.beta2()})
+                                         .eps(c.eps())
+                                         .weight_decay(c.weight_decay()));
+                       default:
+                         return std::make_unique<torch::optim::SGD>(
+                             params, torch::optim::SGDOptions(c.lr())
+                                         .momentum(c.momentum())
+                                         .nesterov(c.nesterov())
+                                         .weight_decay(c.weight_decay()));
+                     }
+                   });
+}
+
+losses::ValueSchedule ScheduleFromProto(const v1::ValueSchedule& proto) {
+  losses::ValueSchedule schedule;
+  schedule.type = proto.type() == v1::ValueSchedule::LINEAR
+                      ? losses::ValueSchedule::Type::kLinear
+                  : proto.type() == v1::ValueSchedule::COSINE
+                      ? losses::ValueSchedule::Type::kCosine
+                      : losses::ValueSchedule::Type::kConstant;
+  schedule.start = proto.start();
+  schedule.end = proto.end();
+  return schedule;
+}
+
+absl::Status AssembleJob(const JobConfig& config, const WorldInfo& world,
+                         std::shared_ptr<TeacherClient> teacher, Job& job) {
+  job.config = config;
+  // LibTorch's own default follows OMP_NUM_THREADS and can be 1 even on a
+  // multi-core machine; 0 in the config means one thread per core.
+  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+  torch::set_num_threads(config.threads() > 0 ? config.threads()
+                                              : static_cast<int>(cores));
+  torch::manual_seed(config.seed());
+
+  if ((config.mode() == JobConfig::EVALUATE ||
+       config.mode() == JobConfig::QUANTIZE) &&
+      world.world_size > 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("mode ", JobConfig::Mode_Name(config.mode()),
+                     " runs in one process; start it without RANK/WORLD_SIZE"));
+  }
+  if (config.batch_size() % world.world_size != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "batch_size ", config.batch_size(), " does not split evenly across ",
+        world.world_size, " ranks"));
+  }
+  if (config.mode() != JobConfig::EVALUATE) {
+    DISTILL_ASSIGN_OR_RETURN(job.train, LoadSplit(config, true));
+  }
+  DISTILL_ASSIGN_OR_RETURN(job.test, LoadSplit(config, false));
+  const student::ZooInput input{job.test->input_shape(),
+                                job.test->num_classes()};
+
+  DISTILL_ASSIGN_OR_RETURN(
+      job.model, student::Model::Create(SpecOf(config.student()), input));
+  if (!config.student().weights().empty()) {
+    DISTILL_RETURN_IF_ERROR(
+        Annotate(job.model->LoadFile(config.student().weights()),
+                 "loading student.weights"));
+  }
+  DISTILL_RETURN_IF_ERROR(
+      ProbeNumClasses(*job.model, input, "student").status());
+  if (config.has_qat()) {
+    DISTILL_RETURN_IF_ERROR(CheckQatSupported(config, *job.model));
+  }
+
+  if (HasTeacher(config)) {
+    DISTILL_ASSIGN_OR_RETURN(
+        job.teacher, MakeTeacher(config, world, input,
+                                 job.train != nullptr ? job.train->size() : 0,
+                                 std::move(teacher)));
+    if (job.teacher->num_classes() != input.num_classes) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("teacher '", job.teacher->description(), "' outputs ",
+                       job.teacher->num_classes(), " classes but the data has ",
+                       input.num_classes));
+    }
+  }
+  if (config.mode() == JobConfig::EVALUATE) return absl::OkStatus();
+
+  std::vector<losses::TermSpec> terms;
+  for (const auto& t : config.loss()) {
+    terms.push_back({t.name(), t.weight(),
+                     losses::LossParams(t.params().begin(), t.params().end())});
+    if (t.has_weight_schedule()) {
+      terms.back().weight_schedule = ScheduleFromProto(t.weight_schedule());
+    }
+  }
+  DISTILL_ASSIGN_OR_RETURN(job.loss, losses::CompositeLoss::Create(terms));
+  DISTILL_ASSIGN_OR_RETURN(
+      job.optimizer,
+      MakeOptimizer(config.optimizer(), job.model->parameters()));
+
+  CommunicatorOptions comm_options;
+  comm_options.backend = config.distributed().backend();
+  comm_options.timeout = std::chrono::milliseconds(static_cast<int64_t>(
+      1000 * config.distributed().collective_timeout_seconds()));
+  DISTILL_ASSIGN_OR_RETURN(job.comm, CreateCommunicator(world, comm_options));
+  GradSyncOptions sync_options;
+  sync_options.first_bucket_bytes =
+      static_cast<int64_t>(config.distributed().first_bucket_mb() * (1 << 20));
+  sync_options.bucket_cap_bytes =
+      static_cast<int64_t>(config.distributed().bucket_cap_mb() * (1 << 20));
+  sync_options.overlap = config.distributed().overlap();
+  DISTILL_ASSIGN_OR_RETURN(
+      job.grad_sync,
+      GradSync::Create(*job.comm, job.model->named_parameters(), sync_options));
+  return absl::OkStatus();
+}
+
+}  // namespace distill::trainer

@@ -1,0 +1,177 @@
+// The state behind RemoteTeacher (remote_teacher.h), shared by the files
+// that implement it along its seams: endpoint lifecycle (connect, mark down,
+// reconnect, fail over: remote_endpoints.cc), dispatch and streams (submit,
+// pick an endpoint, one Distill stream per endpoint and temperature, the
+// reader threads: remote_streams.cc), answer checks (remote_answers.cc) and
+// stats (remote_stats.cc). Every field marked "guarded by the client's
+// mutex" is guarded by RemoteTeacher::Impl::mu_.
+#ifndef DISTILL_TRAINER_TEACHER_INTERNAL_REMOTE_STATE_H_
+#define DISTILL_TRAINER_TEACHER_INTERNAL_REMOTE_STATE_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <future>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "proto/teacher.grpc.pb.h"
+#include "trainer/teacher/internal/remote_teacher.h"
+
+namespace distill::trainer {
+namespace remote {
+
+using Clock = std::chrono::steady_clock;
+using Result = absl::StatusOr<losses::TeacherTargets>;
+using StreamRW =
+    grpc::ClientReaderWriter<v1::DistillRequest, v1::DistillResponse>;
+
+// Reconnect attempts back off from 0.1 s to this.
+inline constexpr double kMaxBackoffSeconds = 2.0;
+
+// "UNAVAILABLE: <message>" for a failed call.
+std::string Describe(const grpc::Status& status);
+
+// Codes after which the same batch may succeed on another server; the
+// others (a refused token, a malformed request) would fail anywhere.
+bool Retryable(grpc::StatusCode code);
+
+inline double SecondsBetween(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+// One batch from Submit until its future is set.
+struct Pending {
+  uint64_t id = 0;
+  int64_t rows = 0;
+  double temperature = 0;
+  v1::DistillRequest request;
+  std::promise<Result> promise;
+  Clock::time_point start;
+  // When it was last handed to a stream.
+  Clock::time_point sent;
+};
+
+// One Distill call. Its reader thread owns reading; writers hold write_mu.
+struct Stream {
+  grpc::ClientContext context;
+  std::unique_ptr<StreamRW> rw;
+  double temperature = 0;
+  // Guarded by the client's mutex: new batches may be sent here.
+  bool accepting = true;
+  // Guarded by the client's mutex: batches sent here and not yet answered.
+  std::map<uint64_t, std::shared_ptr<Pending>> inflight;
+  absl::Mutex write_mu;
+  // Set (under write_mu) once the reader saw the end; no write after it.
+  bool finished ABSL_GUARDED_BY(write_mu) = false;
+  std::thread reader;
+  // Guarded by the client's mutex: the reader is about to return.
+  bool reader_done = false;
+};
+
+// A teacher server; all fields guarded by the client's mutex.
+struct Endpoint {
+  std::string address;
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<v1::Teacher::Stub> stub;
+  bool up = false;
+  // Its Info did not fit this job: never used.
+  bool refused = false;
+  std::string last_error = "no answer yet";
+  Clock::time_point next_retry;
+  double backoff_seconds = 0.1;
+  // Samples sent and not yet answered.
+  int64_t outstanding = 0;
+  std::vector<std::shared_ptr<Stream>> streams;
+};
+
+}  // namespace remote
+
+class RemoteTeacher::Impl {
+ public:
+  using Clock = remote::Clock;
+  using Endpoint = remote::Endpoint;
+  using Pending = remote::Pending;
+  using Result = remote::Result;
+  using Stream = remote::Stream;
+
+  explicit Impl(RemoteTeacherOptions options) : options_(std::move(options)) {}
+  ~Impl();
+
+  absl::Status Connect();
+  TargetsFuture Submit(const data::Batch& batch, double temperature);
+  nlohmann::json TakeStats();
+  const v1::InfoResponse& info() const { return info_; }
+  std::string description() const;
+
+ private:
+  struct Write {
+    std::shared_ptr<Stream> stream;
+    std::shared_ptr<Pending> pending;
+  };
+
+  std::shared_ptr<Endpoint> AddEndpoint(const std::string& address)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  grpc::Status CallInfo(Endpoint& endpoint, bool wait_for_ready,
+                        v1::InfoResponse* info);
+  void Authorize(grpc::ClientContext& context) const;
+  void Dispatch(std::shared_ptr<Pending> pending, std::vector<Write>& writes)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::shared_ptr<Stream> StreamFor(const std::shared_ptr<Endpoint>& endpoint,
+                                    double temperature)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void PerformWrites(std::vector<Write>& writes) ABSL_LOCKS_EXCLUDED(mu_);
+  void ReadLoop(std::shared_ptr<Endpoint> endpoint,
+                std::shared_ptr<Stream> stream);
+  Result Decode(const Endpoint& endpoint, const Pending& pending,
+                const v1::DistillResponse& response) const;
+  void MarkDown(Endpoint& endpoint, const std::string& error)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void MarkSilentEndpointsDown(Clock::time_point now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool AnyUp() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FailEverything(const absl::Status& status)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Supervise();
+
+  const RemoteTeacherOptions options_;
+  v1::InfoResponse info_;
+
+  mutable absl::Mutex mu_;
+  absl::CondVar wake_;
+  std::vector<std::shared_ptr<Endpoint>> endpoints_ ABSL_GUARDED_BY(mu_);
+  // Batches no endpoint could take, in submission order.
+  std::deque<std::shared_ptr<Pending>> waiting_ ABSL_GUARDED_BY(mu_);
+  // Set once no endpoint is up, reset when one comes back.
+  std::optional<Clock::time_point> all_down_since_ ABSL_GUARDED_BY(mu_);
+  absl::Status failed_ ABSL_GUARDED_BY(mu_);
+  bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  // Where Dispatch starts looking: endpoints with equal load take turns, so
+  // a teacher that answers before the next batch comes (every server idle)
+  // does not get all the work.
+  size_t next_endpoint_ ABSL_GUARDED_BY(mu_) = 0;
+
+  // Metrics since the last TakeStats.
+  std::vector<double> latencies_ms_ ABSL_GUARDED_BY(mu_);
+  int64_t samples_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t resent_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t failures_ ABSL_GUARDED_BY(mu_) = 0;
+  double topk_mass_sum_ ABSL_GUARDED_BY(mu_) = 0;
+
+  std::thread supervisor_;
+};
+
+}  // namespace distill::trainer
+
+#endif  // DISTILL_TRAINER_TEACHER_INTERNAL_REMOTE_STATE_H_

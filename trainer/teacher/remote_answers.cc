@@ -1,0 +1,68 @@
+// RemoteTeacher's answer checks: an answer is decoded only when its
+// encoding, temperature and class count are the ones asked for, and its
+// tensors have the batch's rows; anything else is DataLoss naming the
+// server and the batch.
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "teacher_server/codec.h"
+#include "teacher_server/grpc_status.h"
+#include "trainer/teacher/internal/remote_state.h"
+
+namespace distill::trainer {
+
+using remote::Endpoint;
+using remote::Pending;
+using remote::Result;
+
+namespace remote {
+
+std::string Describe(const grpc::Status& status) {
+  return teacher::FromGrpcStatus(status).ToString();
+}
+
+bool Retryable(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::StatusCode::UNAVAILABLE:
+    case grpc::StatusCode::CANCELLED:
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+    case grpc::StatusCode::INTERNAL:
+    case grpc::StatusCode::UNKNOWN:
+    case grpc::StatusCode::ABORTED:
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace remote
+
+Result RemoteTeacher::Impl::Decode(const Endpoint& endpoint,
+                                   const Pending& pending,
+                                   const v1::DistillResponse& response) const {
+  const v1::SoftTargets& targets = response.targets();
+  auto bad = [&](const std::string& what) {
+    return absl::DataLossError(absl::StrCat("teacher server ", endpoint.address,
+                                            " answered batch ", pending.id,
+                                            " with bad targets: ", what));
+  };
+  if (targets.encoding() != options_.encoding) {
+    return bad(
+        absl::StrCat("encoding ", teacher::EncodingName(targets.encoding()),
+                     " instead of ", teacher::EncodingName(options_.encoding)));
+  }
+  if (std::abs(targets.temperature() - pending.temperature) >
+      1e-9 * pending.temperature) {
+    return bad(absl::StrCat("temperature ", targets.temperature(),
+                            " instead of ", pending.temperature));
+  }
+  if (targets.num_classes() != options_.num_classes) {
+    return bad(absl::StrCat(targets.num_classes(), " classes instead of ",
+                            options_.num_classes));
+  }
+  Result decoded = teacher::DecodeTargets(targets, pending.rows);
+  if (!decoded.ok()) return bad(std::string(decoded.status().message()));
+  return decoded;
+}
+
+}  // namespace distill::trainer

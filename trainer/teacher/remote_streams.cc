@@ -1,0 +1,232 @@
+// RemoteTeacher's dispatch and streams: a submitted batch goes to the
+// endpoint with the fewest outstanding samples, on that endpoint's Distill
+// stream for its temperature; one reader thread per stream pairs answers
+// with batches by id and resends what a broken stream leaves unanswered.
+#include <cstdio>
+
+#include "absl/strings/str_cat.h"
+#include "teacher_server/codec.h"
+#include "teacher_server/grpc_status.h"
+#include "trainer/teacher/internal/remote_state.h"
+
+namespace distill::trainer {
+
+using remote::Clock;
+using remote::Describe;
+using remote::Endpoint;
+using remote::Pending;
+using remote::Result;
+using remote::Retryable;
+using remote::SecondsBetween;
+using remote::Stream;
+using teacher::FromGrpcStatus;
+
+TargetsFuture RemoteTeacher::Impl::Submit(const data::Batch& batch,
+                                          double temperature) {
+  auto pending = std::make_shared<Pending>();
+  TargetsFuture future = pending->promise.get_future();
+  pending->rows = batch.inputs.size(0);
+  pending->temperature = temperature;
+  pending->start = Clock::now();
+  *pending->request.mutable_batch()->mutable_inputs() =
+      teacher::ToProto(batch.inputs, v1::Tensor::FLOAT32);
+  std::vector<Write> writes;
+  {
+    absl::MutexLock lock(&mu_);
+    pending->id = next_id_++;
+    pending->request.mutable_batch()->set_batch_id(pending->id);
+    Dispatch(std::move(pending), writes);
+  }
+  PerformWrites(writes);
+  return future;
+}
+
+void RemoteTeacher::Impl::Dispatch(std::shared_ptr<Pending> pending,
+                                   std::vector<Write>& writes) {
+  if (!failed_.ok()) {
+    pending->promise.set_value(failed_);
+    return;
+  }
+  while (true) {
+    std::shared_ptr<Endpoint> best;
+    for (size_t i = 0; i < endpoints_.size(); ++i) {
+      const auto& endpoint =
+          endpoints_[(next_endpoint_ + i) % endpoints_.size()];
+      if (endpoint->up &&
+          (best == nullptr || endpoint->outstanding < best->outstanding)) {
+        best = endpoint;
+      }
+    }
+    ++next_endpoint_;
+    if (best == nullptr) {
+      waiting_.push_back(std::move(pending));
+      wake_.Signal();
+      return;
+    }
+    std::shared_ptr<Stream> stream = StreamFor(best, pending->temperature);
+    if (stream == nullptr) continue;  // StreamFor marked `best` down.
+    best->outstanding += pending->rows;
+    pending->sent = Clock::now();
+    stream->inflight[pending->id] = pending;
+    writes.push_back({std::move(stream), std::move(pending)});
+    return;
+  }
+}
+
+std::shared_ptr<Stream> RemoteTeacher::Impl::StreamFor(
+    const std::shared_ptr<Endpoint>& endpoint, double temperature) {
+  for (const auto& stream : endpoint->streams) {
+    if (stream->accepting && stream->temperature == temperature) return stream;
+  }
+  // The header fixes the temperature: retire the endpoint's stream for the
+  // previous one (its answered batches let it end, see ReadLoop).
+  for (const auto& stream : endpoint->streams) {
+    if (stream->accepting) {
+      stream->accepting = false;
+      if (stream->inflight.empty()) stream->context.TryCancel();
+    }
+  }
+  // Forget streams whose reader has ended (a temperature schedule opens one
+  // per step).
+  auto& streams = endpoint->streams;
+  for (auto it = streams.begin(); it != streams.end();) {
+    if ((*it)->reader_done) {
+      (*it)->reader.join();
+      it = streams.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  auto stream = std::make_shared<Stream>();
+  stream->temperature = temperature;
+  Authorize(stream->context);
+  stream->rw = endpoint->stub->Distill(&stream->context);
+  v1::DistillRequest header;
+  header.mutable_header()->set_temperature(temperature);
+  header.mutable_header()->set_encoding(options_.encoding);
+  header.mutable_header()->set_top_k(options_.top_k);
+  bool written;
+  {
+    absl::MutexLock write_lock(&stream->write_mu);
+    written = stream->rw->Write(header);
+  }
+  // The reader runs even when the header failed: it collects the status.
+  stream->reader = std::thread(&Impl::ReadLoop, this, endpoint, stream);
+  endpoint->streams.push_back(stream);
+  if (!written) {
+    stream->accepting = false;
+    MarkDown(*endpoint, "the Distill stream could not be opened");
+    return nullptr;
+  }
+  return stream;
+}
+
+void RemoteTeacher::Impl::PerformWrites(std::vector<Write>& writes) {
+  for (Write& write : writes) {
+    absl::MutexLock write_lock(&write.stream->write_mu);
+    // A failed write needs nothing here: the stream's reader sees the
+    // broken call and resends everything still in flight on it.
+    if (!write.stream->finished)
+      write.stream->rw->Write(write.pending->request);
+  }
+  writes.clear();
+}
+
+void RemoteTeacher::Impl::ReadLoop(std::shared_ptr<Endpoint> endpoint,
+                                   std::shared_ptr<Stream> stream) {
+  v1::DistillResponse response;
+  std::string protocol_error;
+  while (stream->rw->Read(&response)) {
+    std::shared_ptr<Pending> pending;
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = stream->inflight.find(response.batch_id());
+      if (it != stream->inflight.end()) {
+        pending = std::move(it->second);
+        stream->inflight.erase(it);
+        endpoint->outstanding -= pending->rows;
+      }
+    }
+    if (pending == nullptr) {
+      protocol_error = absl::StrCat("answered batch id ", response.batch_id(),
+                                    ", which is not in flight on its stream");
+      stream->context.TryCancel();
+      break;
+    }
+    Result result = Decode(*endpoint, *pending, response);
+    {
+      absl::MutexLock lock(&mu_);
+      if (result.ok()) {
+        latencies_ms_.push_back(1000 *
+                                SecondsBetween(pending->start, Clock::now()));
+        samples_ += pending->rows;
+        if (result->form == losses::TeacherTargets::Form::kTopK) {
+          topk_mass_sum_ +=
+              (1 - result->tail_mass).sum().item<double>() /
+              std::max<int64_t>(1, result->tail_mass.numel() / pending->rows);
+        }
+      }
+      // A retired stream ends once its last batch is answered.
+      if (!stream->accepting && stream->inflight.empty()) {
+        stream->context.TryCancel();
+      }
+    }
+    pending->promise.set_value(std::move(result));
+  }
+  grpc::Status status;
+  {
+    absl::MutexLock write_lock(&stream->write_mu);
+    stream->finished = true;
+    status = stream->rw->Finish();
+  }
+  std::vector<Write> writes;
+  {
+    absl::MutexLock lock(&mu_);
+    const bool retired = !stream->accepting;
+    stream->accepting = false;
+    stream->reader_done = true;
+    std::map<uint64_t, std::shared_ptr<Pending>> orphans;
+    orphans.swap(stream->inflight);
+    for (const auto& [id, pending] : orphans) {
+      endpoint->outstanding -= pending->rows;
+    }
+    if (shutting_down_) {
+      for (auto& [id, pending] : orphans) {
+        pending->promise.set_value(
+            absl::CancelledError("teacher client closed"));
+      }
+      return;
+    }
+    const bool clean =
+        protocol_error.empty() &&
+        (status.ok() || (retired && orphans.empty() &&
+                         status.error_code() == grpc::StatusCode::CANCELLED));
+    if (!clean && protocol_error.empty() && !Retryable(status.error_code())) {
+      // The server refused the work itself; another server would too.
+      for (auto& [id, pending] : orphans) {
+        pending->promise.set_value(absl::Status(
+            FromGrpcStatus(status).code(),
+            absl::StrCat("teacher server ", endpoint->address,
+                         " ended the stream: ", status.error_message())));
+      }
+      return;
+    }
+    if (!clean && endpoint->up) {
+      MarkDown(*endpoint,
+               protocol_error.empty() ? Describe(status) : protocol_error);
+    }
+    if (!orphans.empty()) {
+      std::fprintf(stderr,
+                   "distill: resending %zu batches of teacher server %s to "
+                   "the others\n",
+                   orphans.size(), endpoint->address.c_str());
+    }
+    for (auto& [id, pending] : orphans) {
+      ++resent_;
+      Dispatch(pending, writes);
+    }
+  }
+  PerformWrites(writes);
+}
+
+}  // namespace distill::trainer
