@@ -44,4 +44,25 @@ nlohmann::json Summary(const std::filesystem::path& run) {
   return summary;
 }
 
+std::vector<nlohmann::json> ExpectLossTermWithin(
+    const std::filesystem::path& run, const std::string& term, double low,
+    double high) {
+  // The summary keeps its terms under "loss_terms", train records under
+  // "terms".
+  const auto expect_within = [&](const nlohmann::json& record,
+                                 const char* key) {
+    if (!record.contains(key) || !record[key].contains(term)) {
+      ADD_FAILURE() << "no loss term '" << term << "' in " << record.dump();
+      return;
+    }
+    const double value = record[key][term].get<double>();
+    EXPECT_GT(value, low) << record.dump();
+    EXPECT_LT(value, high) << record.dump();
+  };
+  expect_within(Summary(run), "loss_terms");
+  std::vector<nlohmann::json> train = MetricsRecords(run, "train");
+  for (const nlohmann::json& record : train) expect_within(record, "terms");
+  return train;
+}
+
 }  // namespace distill::testing

@@ -25,6 +25,12 @@ int64_t LastTrainStep(const std::filesystem::path& run);
 // malformed.
 nlohmann::json Summary(const std::filesystem::path& run);
 
+// Checks that loss term `term` lies in the open interval (low, high) in
+// `run`'s summary and in each of its "train" records, which it returns.
+std::vector<nlohmann::json> ExpectLossTermWithin(
+    const std::filesystem::path& run, const std::string& term, double low,
+    double high);
+
 }  // namespace distill::testing
 
 #endif  // DISTILL_COMMON_TESTING_RUN_FILES_H_
