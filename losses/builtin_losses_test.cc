@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
+#include "common/testing/process.h"
 #include "common/testing/status_matchers.h"
 #include "losses/loss.h"
 #include "losses/registry.h"
@@ -466,11 +467,6 @@ TEST(BuiltinLossesTest, ShapeMismatchesAreInvalidArgument) {
       StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("temperature")));
 }
 
-std::filesystem::path SourceDir() {
-  if (const char* dir = std::getenv("DISTILL_SOURCE_DIR")) return dir;
-  return std::filesystem::path(__FILE__).parent_path().parent_path();
-}
-
 torch::Tensor FromJson(const nlohmann::json& rows) {
   std::vector<double> data;
   int64_t cols = 0;
@@ -487,7 +483,8 @@ TEST(BuiltinLossesTest, MatchesTorchFunctional) {
     GTEST_SKIP() << "/usr/bin/python3 cannot import torch";
   }
   const std::filesystem::path script =
-      SourceDir() / "losses" / "testdata" / "torch_reference.py";
+      std::filesystem::path(::distill::testing::SourceDir()) / "losses" /
+      "testdata" / "torch_reference.py";
   const std::filesystem::path out =
       std::filesystem::path(::testing::TempDir()) /
       "losses_torch_reference.json";
