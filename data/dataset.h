@@ -1,6 +1,8 @@
-// The dataset interface: random access to samples by id, as float tensors
-// (normalized, not augmented) with int64 labels. Implementations are
-// immutable after construction, so every const method is thread-safe.
+// The dataset interface: random access to samples by id: images as float
+// tensors (normalized, not augmented) with one int64 label each, or token
+// windows as int64 ids with one next-token label per position.
+// Implementations are immutable after construction, so every const method is
+// thread-safe.
 #ifndef DISTILL_DATA_DATASET_H_
 #define DISTILL_DATA_DATASET_H_
 
@@ -19,9 +21,13 @@ namespace distill::data {
 // teacher target or a cache entry can always be paired with its sample.
 struct Batch {
   torch::Tensor ids;     // int64 [N]
-  torch::Tensor inputs;  // float [N, ...input_shape]
-  torch::Tensor labels;  // int64 [N]
+  torch::Tensor inputs;  // float [N, ...input_shape], or int64 [N, S] tokens
+  torch::Tensor labels;  // int64 [N], or [N, S] (kIgnoreLabel where none)
 };
+
+// A label no loss or metric counts (padding past the end of a token file),
+// as torch's cross_entropy ignore_index.
+inline constexpr int64_t kIgnoreLabel = -100;
 
 class Dataset {
  public:

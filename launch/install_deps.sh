@@ -17,6 +17,9 @@ PACKAGES=(
   libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
   libonnx-dev prometheus-cpp-dev nlohmann-json3-dev zlib1g-dev libssl-dev openssl
   dataset-fashion-mnist
+  # Language models: the King James Bible as the default corpus (its `bible`
+  # command dumps it) and SentencePiece's spm_* tools as the tokenizer.
+  bible-kjv bible-kjv-text sentencepiece
   python3 python3-torch python3-grpcio python3-grpc-tools python3-numpy
   python3-matplotlib
 )

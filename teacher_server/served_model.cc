@@ -6,11 +6,11 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/file_hash.h"
 #include "common/status.h"
 #include "common/torch_status.h"
 #include "student/inference.h"
 #include "student/model.h"
-#include "teacher_server/file_hash.h"
 
 namespace distill::teacher {
 namespace {

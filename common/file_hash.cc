@@ -1,5 +1,5 @@
 // Streams the file through OpenSSL's EVP digest interface.
-#include "teacher_server/file_hash.h"
+#include "common/file_hash.h"
 
 #include <openssl/evp.h>
 
@@ -11,7 +11,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 
-namespace distill::teacher {
+namespace distill {
 
 absl::StatusOr<std::string> FileSha256Hex(const std::string& path) {
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(
@@ -42,4 +42,4 @@ absl::StatusOr<std::string> FileSha256Hex(const std::string& path) {
       absl::string_view(reinterpret_cast<const char*>(digest), length));
 }
 
-}  // namespace distill::teacher
+}  // namespace distill
