@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "common/labels.h"
 
 namespace distill::data {
 
@@ -24,10 +25,6 @@ struct Batch {
   torch::Tensor inputs;  // float [N, ...input_shape], or int64 [N, S] tokens
   torch::Tensor labels;  // int64 [N], or [N, S] (kIgnoreLabel where none)
 };
-
-// A label no loss or metric counts (padding past the end of a token file),
-// as torch's cross_entropy ignore_index.
-inline constexpr int64_t kIgnoreLabel = -100;
 
 class Dataset {
  public:

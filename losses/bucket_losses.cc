@@ -36,6 +36,7 @@ using internal::CheckStudent;
 using internal::CheckTeacher;
 using internal::FlatLogits;
 using internal::kProbFloor;
+using internal::MeanOverTargets;
 
 // Teacher and student distributions over the same buckets, [M, B].
 struct Buckets {
@@ -117,7 +118,8 @@ class BucketLoss final : public Loss {
       const Buckets buckets =
           MakeBuckets(inputs.student_logits, *inputs.teacher);
       const double t = inputs.teacher->temperature;
-      return term_(buckets.p, buckets.log_q).sum(-1).mean() * (t * t);
+      return MeanOverTargets(term_(buckets.p, buckets.log_q).sum(-1), inputs) *
+             (t * t);
     });
   }
 

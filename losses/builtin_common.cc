@@ -6,6 +6,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/labels.h"
 #include "common/torch_status.h"
 #include "losses/teacher_targets.h"
 
@@ -117,8 +118,11 @@ absl::Status CheckLabels(const std::string& loss, const LossInputs& inputs) {
   }
   return TorchCall(
       absl::StrCat(loss, ": checking labels"), [&]() -> absl::Status {
-        const int64_t lo = labels.min().item<int64_t>();
-        const int64_t hi = labels.max().item<int64_t>();
+        const torch::Tensor counted =
+            labels.masked_select(labels != kIgnoreLabel);
+        if (counted.numel() == 0) return absl::OkStatus();
+        const int64_t lo = counted.min().item<int64_t>();
+        const int64_t hi = counted.max().item<int64_t>();
         if (lo < 0 || hi >= student.size(-1)) {
           return absl::InvalidArgumentError(absl::StrCat(
               loss, ": labels span [", lo, ", ", hi, "] but student logits ",
@@ -127,6 +131,18 @@ absl::Status CheckLabels(const std::string& loss, const LossInputs& inputs) {
         }
         return absl::OkStatus();
       });
+}
+
+torch::Tensor MeanOverTargets(const torch::Tensor& per_row,
+                              const LossInputs& inputs) {
+  const torch::Tensor& labels = inputs.labels;
+  if (!labels.defined() || labels.numel() != per_row.numel()) {
+    return per_row.mean();
+  }
+  const torch::Tensor keep =
+      (labels.reshape({-1}) != kIgnoreLabel).to(per_row.device());
+  const torch::Tensor count = keep.sum().clamp_min(1).to(per_row.dtype());
+  return torch::where(keep, per_row, torch::zeros_like(per_row)).sum() / count;
 }
 
 torch::Tensor FlatLogits(const torch::Tensor& logits) {

@@ -13,6 +13,9 @@
 // * 0 * log 0 = 0 (torch::xlogy). Where a divergence divides by the
 //   teacher's probability (reverse_kl, and mse_logits' recovered logits) p
 //   is floored at kProbFloor = 1e-12 inside the log, since p may be 0.
+// * Labels equal to kIgnoreLabel (-100, common/labels.h) mark positions no
+//   loss counts: every built-in averages over the other positions only
+//   (MeanOverTargets), and a batch with none gives 0.
 // * Half and bfloat16 logits are computed in float32; float64 stays float64.
 //
 // Every function here is a pure function of its arguments; thread-safe.
@@ -46,8 +49,14 @@ absl::Status CheckStudent(const std::string& loss, const torch::Tensor& logits);
 absl::Status CheckTeacher(const std::string& loss, const LossInputs& inputs);
 
 // inputs.labels are integers over the student's leading shape, each a valid
-// class. Call after CheckStudent.
+// class or kIgnoreLabel. Call after CheckStudent.
 absl::Status CheckLabels(const std::string& loss, const LossInputs& inputs);
+
+// The mean of per-position values `per_row` [M] over the positions whose
+// label is not kIgnoreLabel; the plain mean when inputs.labels are absent or
+// do not cover the M positions (losses that read no labels, in tests).
+torch::Tensor MeanOverTargets(const torch::Tensor& per_row,
+                              const LossInputs& inputs);
 
 // Student logits as [M, C] in the dtype the loss is computed in.
 torch::Tensor FlatLogits(const torch::Tensor& logits);

@@ -27,6 +27,23 @@ struct TermSpec {
   std::optional<ValueSchedule> weight_schedule = std::nullopt;
 };
 
+// A language model's side of the loss for CompositeLoss::ComputeOverHead:
+// its final hidden states and output head instead of logits.
+struct HeadLossInputs {
+  // float [N, S, H] and [V, H]; the student's logits are hidden @ head^T.
+  torch::Tensor hidden;
+  torch::Tensor head_weight;
+  // Null when the job has no teacher; otherwise covering [N, S] and V.
+  const TeacherTargets* teacher = nullptr;
+  // int64 [N, S]; kIgnoreLabel where no token is predicted.
+  torch::Tensor labels;
+  int64_t step = 0;
+  int64_t epoch = 0;
+  int64_t total_steps = 0;
+  // Token positions per chunk, >= 1. Default: 1024.
+  int64_t chunk_tokens = 1024;
+};
+
 struct CompositeResult {
   torch::Tensor total;                  // scalar, differentiable
   std::map<std::string, double> terms;  // unweighted value of each term
@@ -42,6 +59,17 @@ class CompositeLoss {
       const LossRegistry& registry = LossRegistry::Global());
 
   absl::StatusOr<CompositeResult> Compute(const LossInputs& inputs) const;
+
+  // Compute() of logits = hidden @ head_weight^T without ever holding more
+  // than chunk_tokens x V logits: each chunk of token positions is
+  // projected, its loss terms computed (weighted by the chunk's share of
+  // the positions not ignored, so each term stays a mean over all of them)
+  // and its gradients with respect to its hidden states and the head taken
+  // at once, as Liger-Kernel's fused linear losses do; the returned total's
+  // backward hands those gradients on. Needs grad mode. Same errors as
+  // Compute, and InvalidArgument for shapes that do not fit together.
+  absl::StatusOr<CompositeResult> ComputeOverHead(
+      const HeadLossInputs& inputs) const;
   // True when any term reads teacher targets.
   bool needs_teacher() const { return needs_teacher_; }
   std::vector<std::string> term_names() const;

@@ -28,6 +28,7 @@ using internal::CheckStudent;
 using internal::CheckTeacher;
 using internal::FlatLogits;
 using internal::kProbFloor;
+using internal::MeanOverTargets;
 
 class DkdLoss final : public Loss {
  public:
@@ -52,8 +53,10 @@ class DkdLoss final : public Loss {
       const torch::Tensor p = inputs.teacher->probs.detach()
                                   .reshape({-1, z.size(-1)})
                                   .to(z.options().requires_grad(false));
-      const torch::Tensor target =
-          inputs.labels.reshape({-1, 1}).to(z.device(), torch::kLong);
+      // Ignored positions use class 0; MeanOverTargets drops them.
+      const torch::Tensor target = inputs.labels.reshape({-1, 1})
+                                       .to(z.device(), torch::kLong)
+                                       .clamp_min(0);
       const torch::Tensor is_target =
           torch::zeros_like(z, torch::kBool).scatter(-1, target, true);
       constexpr double kInf = std::numeric_limits<double>::infinity();
@@ -80,7 +83,7 @@ class DkdLoss final : public Loss {
           torch::log_softmax(z_rest, -1).masked_fill(is_target, 0.0);
       const torch::Tensor nckd =
           (torch::xlogy(p_hat, p_hat) - p_hat * log_q_hat).sum(-1);
-      return (alpha_ * tckd + beta_ * nckd).mean() * (t * t);
+      return MeanOverTargets(alpha_ * tckd + beta_ * nckd, inputs) * (t * t);
     });
   }
 

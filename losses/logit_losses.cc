@@ -5,7 +5,8 @@
 //
 //   hard_ce     (1 - e) * -log q_y + e * mean_c(-log q_c), T = 1,
 //               e = label_smoothing (as torch's cross_entropy).
-//   mse_logits  mean over all elements of (s - mean_c s - (t - mean_c t))^2
+//   mse_logits  mean over positions and classes of (s - mean_c s - (t - mean_c
+//   t))^2
 //               with t = T * log max(p, 1e-12) the teacher's logits up to a
 //               per-row constant; needs dense targets.
 #include <memory>
@@ -27,6 +28,7 @@ using internal::CheckStudent;
 using internal::CheckTeacher;
 using internal::FlatLogits;
 using internal::kProbFloor;
+using internal::MeanOverTargets;
 
 class HardCeLoss final : public Loss {
  public:
@@ -40,14 +42,16 @@ class HardCeLoss final : public Loss {
     return TorchCall("hard_ce", [&]() -> torch::Tensor {
       const torch::Tensor log_q =
           torch::log_softmax(FlatLogits(inputs.student_logits), -1);
-      const torch::Tensor labels =
-          inputs.labels.reshape({-1, 1}).to(log_q.device(), torch::kLong);
+      // Ignored positions gather class 0; MeanOverTargets drops them.
+      const torch::Tensor labels = inputs.labels.reshape({-1, 1})
+                                       .to(log_q.device(), torch::kLong)
+                                       .clamp_min(0);
       torch::Tensor loss = -log_q.gather(-1, labels).squeeze(-1);
       if (label_smoothing_ > 0.0) {
         loss =
             (1.0 - label_smoothing_) * loss - label_smoothing_ * log_q.mean(-1);
       }
-      return loss.mean();
+      return MeanOverTargets(loss, inputs);
     });
   }
 
@@ -74,7 +78,7 @@ class MseLogitsLoss final : public Loss {
           inputs.teacher->temperature * torch::log(p.clamp_min(kProbFloor));
       const torch::Tensor diff = (s - s.mean(-1, /*keepdim=*/true)) -
                                  (t - t.mean(-1, /*keepdim=*/true));
-      return diff.square().mean();
+      return MeanOverTargets(diff.square().mean(-1), inputs);
     });
   }
 };

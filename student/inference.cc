@@ -223,6 +223,10 @@ absl::StatusOr<std::unique_ptr<InferenceModel>> InferenceModel::Create(
     out->how_ = "eager: a TorchScript model runs its own forward";
     return out;
   }
+  if (zoo->is_language_model()) {
+    out->how_ = "eager: a language model runs its own forward";
+    return out;
+  }
   absl::Status prepared = TorchCall(
       absl::StrCat("preparing '", out->model_->description(),
                    "' for inference"),

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/torch_status.h"
+#include "student/gpt.h"
 
 namespace distill::student {
 namespace {
@@ -148,6 +149,19 @@ const std::vector<ZooEntry>& Entries() {
         {"convs_per_stage", 1, 1, 4, "conv layers per stage"},
         {"hidden", 320, 8, 4096, "units of the hidden FC layer"},
         {"dropout", 0.3, 0, 0.9, "dropout before the last layer"}}},
+      {"gpt",
+       "causal transformer language model (pre-LayerNorm, GELU MLP, learned "
+       "positions; GPT-2 / nanoGPT style)",
+       {{"layers", 4, 1, 64, "transformer blocks"},
+        {"heads", 4, 1, 64, "attention heads (must divide d_model)"},
+        {"d_model", 128, 8, 8192, "width of the residual stream"},
+        {"d_ff", 512, 8, 32768, "units of each block's MLP"},
+        {"context", 256, 1, 65536,
+         "longest sequence (position embeddings); >= the data's seq_len"},
+        {"dropout", 0, 0, 0.9, "dropout on embeddings, attention, residuals"},
+        {"tied_embedding", 1, 0, 1,
+         "1: the output head is the token embedding; 0: its own weight"}},
+       /*language_model=*/true},
       {"mlp",
        "two hidden layers with ReLU (Fashion-MNIST's MLP 256-128 baseline)",
        {{"hidden1", 256, 1, 8192, "units of the first hidden layer"},
@@ -194,13 +208,52 @@ absl::StatusOr<std::shared_ptr<ZooModule>> CreateZooModel(
     }
     values[name] = value;
   }
+  auto as_int = [&](const char* name) {
+    return static_cast<int64_t>(std::llround(values[name]));
+  };
+  if (it->language_model != input.tokens) {
+    return absl::InvalidArgumentError(
+        it->language_model
+            ? absl::StrCat("model '", arch,
+                           "' is a language model but the data are images; "
+                           "use a token dataset (data.dataset: \"tokens\")")
+            : absl::StrCat("model '", arch,
+                           "' is an image model but the data are token "
+                           "windows; use a language model such as 'gpt'"));
+  }
+  if (it->language_model) {
+    GptOptions o;
+    o.vocab_size = input.num_classes;
+    o.layers = as_int("layers");
+    o.heads = as_int("heads");
+    o.d_model = as_int("d_model");
+    o.d_ff = as_int("d_ff");
+    o.context = as_int("context");
+    o.dropout = values["dropout"];
+    o.tied_embedding = as_int("tied_embedding") != 0;
+    if (o.d_model % o.heads != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("model '", arch, "': heads ", o.heads,
+                       " does not divide d_model ", o.d_model));
+    }
+    if (input.input_shape.size() != 1 || input.num_classes < 2) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "model '", arch, "' needs token windows [S] and a vocabulary"));
+    }
+    if (input.input_shape[0] > o.context) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "model '", arch, "' has a context of ", o.context,
+          " tokens but the data's windows are ", input.input_shape[0],
+          " long; raise its 'context' option or lower data.seq_len"));
+    }
+    return TorchCall(
+        absl::StrCat("building model '", arch, "'"),
+        [&]() -> std::shared_ptr<ZooModule> { return Gpt(o).ptr(); });
+  }
   if (input.input_shape.size() != 3 || input.num_classes < 2) {
     return absl::InvalidArgumentError(absl::StrCat(
         "model '", arch, "' needs [C, H, W] inputs and at least 2 classes"));
   }
-  auto as_int = [&](const char* name) {
-    return static_cast<int64_t>(std::llround(values[name]));
-  };
   return TorchCall(absl::StrCat("building model '", arch, "'"),
                    [&]() -> std::shared_ptr<ZooModule> {
                      if (arch == "mlp") {

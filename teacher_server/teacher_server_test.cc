@@ -116,7 +116,7 @@ TEST_F(TeacherServerBinaryTest, BadFlagsExitOneWithOneLine) {
          "TorchScript model file not found: /nonexistent/t.pt");
   expect("--arch resnet --weights " + weights_,
          "unknown model architecture 'resnet'; known architectures: "
-         "cnn_student, cnn_teacher, mlp");
+         "cnn_student, cnn_teacher, gpt, mlp");
   expect("--arch cnn_teacher --weights " + weights_,
          "loading the teacher's weights: " + weights_ +
              " was written for model 'cnn_student' but the config asks for "

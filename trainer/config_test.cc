@@ -180,7 +180,7 @@ TEST(ConfigTest, ModelArchitectureAndOptionsAreChecked) {
                      "c"),
       StatusIs(absl::StatusCode::kInvalidArgument,
                HasSubstr("c:3: student.arch 'vgg' is not a known architecture; "
-                         "known: cnn_student, cnn_teacher, mlp")));
+                         "known: cnn_student, cnn_teacher, gpt, mlp")));
   EXPECT_THAT(
       ParseJobConfig("mode: TRAIN run_dir: \"r\" student { arch: \"mlp\" "
                      "options { key: \"hidden1\" value: 0 } }",

@@ -80,7 +80,7 @@ TEST(TeacherConfigTest, EnsembleMembersAreCheckedAndInProcessOnly) {
       "teacher {\n  model { arch: \"mlp\" weights: \"a.pt\" }\n"
       "  ensemble { arch: \"resnet\" weights: \"b.pt\" }\n}\n",
       "job.pbtxt:6: teacher.ensemble[0].arch 'resnet' is not a known "
-      "architecture; known: cnn_student, cnn_teacher, mlp");
+      "architecture; known: cnn_student, cnn_teacher, gpt, mlp");
   ExpectError(
       "teacher {\n  endpoints: \"h:1\"\n"
       "  ensemble { arch: \"mlp\" weights: \"b.pt\" }\n}\n",
