@@ -4,18 +4,22 @@
 // [N*S, V] tensors.
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "common/labels.h"
 #include "common/status.h"
 #include "common/torch_status.h"
+#include "losses/builtin_common.h"
 #include "losses/composite.h"
 
 namespace distill::losses {
 namespace {
+
+using internal::ShapeString;
 
 // Attaches gradients computed ahead of time to the graph: the output is
 // `total`, and its backward gives grad_out x (grad_hidden, grad_weight).
@@ -54,10 +58,6 @@ TeacherTargets TokenRows(const TeacherTargets& t, int64_t start, int64_t end) {
   return out;
 }
 
-std::string Shape(torch::IntArrayRef s) {
-  return absl::StrCat("[", absl::StrJoin(s, ", "), "]");
-}
-
 }  // namespace
 
 absl::StatusOr<CompositeResult> CompositeLoss::ComputeOverHead(
@@ -70,18 +70,21 @@ absl::StatusOr<CompositeResult> CompositeLoss::ComputeOverHead(
     return absl::InvalidArgumentError(absl::StrCat(
         "the chunked head loss needs hidden [N, S, H], head [V, H] and labels "
         "[N, S]; got hidden ",
-        in.hidden.defined() ? Shape(in.hidden.sizes()) : "none", ", head ",
-        in.head_weight.defined() ? Shape(in.head_weight.sizes()) : "none",
-        ", labels ", in.labels.defined() ? Shape(in.labels.sizes()) : "none",
+        in.hidden.defined() ? ShapeString(in.hidden.sizes()) : "none",
+        ", head ",
+        in.head_weight.defined() ? ShapeString(in.head_weight.sizes()) : "none",
+        ", labels ",
+        in.labels.defined() ? ShapeString(in.labels.sizes()) : "none",
         " and chunks of ", in.chunk_tokens));
   }
   if (in.teacher != nullptr &&
       (in.teacher->batch_shape() != in.hidden.sizes().slice(0, 2) ||
        in.teacher->num_classes != in.head_weight.size(0))) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "teacher targets cover ", Shape(in.teacher->batch_shape()), " over ",
-        in.teacher->num_classes, " classes but the student's tokens are ",
-        Shape(in.hidden.sizes().slice(0, 2)), " over ",
+        "teacher targets cover ", ShapeString(in.teacher->batch_shape()),
+        " over ", in.teacher->num_classes,
+        " classes but the student's tokens are ",
+        ShapeString(in.hidden.sizes().slice(0, 2)), " over ",
         in.head_weight.size(0)));
   }
   CompositeResult result;
