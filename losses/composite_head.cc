@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/labels.h"
+#include "common/linear.h"
 #include "common/status.h"
 #include "common/torch_status.h"
 #include "losses/builtin_common.h"
@@ -113,7 +114,7 @@ absl::StatusOr<CompositeResult> CompositeLoss::ComputeOverHead(
         chunk_targets = TokenRows(*in.teacher, start, end);
       }
       LossInputs chunk;
-      chunk.student_logits = torch::matmul(h, weight.t());
+      chunk.student_logits = Linear(h, weight);
       chunk.teacher = chunk_targets ? &*chunk_targets : nullptr;
       chunk.labels = labels.slice(0, start, end);
       chunk.step = in.step;

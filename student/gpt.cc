@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "common/linear.h"
 
 namespace distill::student {
 namespace {
@@ -27,7 +28,8 @@ class AttentionImpl : public torch::nn::Module {
                         torch::Tensor* v_cache) {
     const int64_t n = x.size(0), s = x.size(1), d = x.size(2);
     const int64_t hd = d / heads_;
-    std::vector<torch::Tensor> qkv = qkv_(x).split(d, -1);
+    std::vector<torch::Tensor> qkv =
+        Linear(x, qkv_->weight, qkv_->bias).split(d, -1);
     auto heads = [&](const torch::Tensor& t) {
       return t.view({n, s, heads_, hd}).transpose(1, 2);
     };
@@ -52,7 +54,7 @@ class AttentionImpl : public torch::nn::Module {
     att = att.masked_fill(future, -std::numeric_limits<float>::infinity());
     att = attn_drop_(torch::softmax(att, -1));
     torch::Tensor y = torch::matmul(att, v).transpose(1, 2).reshape({n, s, d});
-    return resid_drop_(proj_(y));
+    return resid_drop_(Linear(y, proj_->weight, proj_->bias));
   }
 
  private:
@@ -82,7 +84,9 @@ class BlockImpl : public torch::nn::Module {
   torch::Tensor forward(torch::Tensor x, torch::Tensor* k_cache,
                         torch::Tensor* v_cache) {
     x = x + attn_->forward(ln1_(x), k_cache, v_cache);
-    return x + drop_(proj_(torch::gelu(fc_(ln2_(x)))));
+    const torch::Tensor hidden =
+        torch::gelu(Linear(ln2_(x), fc_->weight, fc_->bias));
+    return x + drop_(Linear(hidden, proj_->weight, proj_->bias));
   }
 
  private:
@@ -158,7 +162,7 @@ torch::Tensor GptImpl::HeadWeight() {
 }
 
 torch::Tensor GptImpl::forward(torch::Tensor tokens) {
-  return torch::matmul(Hidden(tokens, nullptr), HeadWeight().t());
+  return Linear(Hidden(tokens, nullptr), HeadWeight());
 }
 
 }  // namespace distill::student

@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "common/linear.h"
 #include "common/testing/status_matchers.h"
 #include "student/zoo.h"
 
@@ -95,6 +96,34 @@ TEST(GptTest, TheKvCacheGivesTheFullForwardsLogits) {
   EXPECT_TRUE(torch::allclose(torch::cat(steps, 1), full, 1e-4, 1e-5));
   EXPECT_THROW(model->Hidden(tokens.index({Slice(), Slice(0, 3)}), &cache),
                c10::Error);  // 13 > context 12
+}
+
+// The oneDNN linear path (common/linear.h) trains the same model: one
+// loss and its gradients, on the fast and on the plain path.
+TEST(GptTest, FastLinearPathGivesThePlainLossAndGradients) {
+  torch::manual_seed(5);
+  auto model = Tiny();
+  model->train();
+  const torch::Tensor tokens = torch::randint(0, 50, {3, 8}, torch::kLong);
+  const torch::Tensor labels = torch::randint(0, 50, {3 * 8}, torch::kLong);
+  auto step = [&](bool fast) {
+    SetFastLinear(fast);
+    model->zero_grad();
+    torch::Tensor loss = torch::nn::functional::cross_entropy(
+        model->forward(tokens).reshape({-1, 50}), labels);
+    loss.backward();
+    SetFastLinear(true);
+    std::vector<torch::Tensor> out = {loss.detach()};
+    for (const auto& p : model->parameters()) out.push_back(p.grad().clone());
+    return out;
+  };
+  const std::vector<torch::Tensor> plain = step(false);
+  const std::vector<torch::Tensor> fast = step(true);
+  ASSERT_EQ(plain.size(), fast.size());
+  for (size_t i = 0; i < plain.size(); ++i) {
+    EXPECT_TRUE(torch::allclose(fast[i], plain[i], 1e-4, 1e-5))
+        << "tensor " << i;
+  }
 }
 
 TEST(GptTest, RefusesImagesOptionsThatDoNotFitAndShortContexts) {
