@@ -14,14 +14,12 @@
 #include "common/file_hash.h"
 #include "common/status.h"
 #include "common/subprocess.h"
+#include "data/spm_text.h"
 #include "data/text_corpus.h"
 #include "data/token_file.h"
 
 namespace distill::data {
 namespace {
-
-// SentencePiece's defaults, which spm_train is run with.
-constexpr uint32_t kEosId = 2;
 
 absl::StatusOr<TextSplits> ReadCorpus(const std::string& corpus,
                                       const std::string& scratch) {

@@ -18,6 +18,7 @@ void ApplyDefaults(JobConfig& c) {
   if (!c.has_keep_checkpoints()) c.set_keep_checkpoints(2);
   if (!c.has_log_every_steps()) c.set_log_every_steps(50);
   if (!c.has_micro_batches()) c.set_micro_batches(1);
+  if (!c.has_loss_chunk_tokens()) c.set_loss_chunk_tokens(1024);
   auto* dist = c.mutable_distributed();
   if (dist->backend().empty()) dist->set_backend("gloo");
   if (!dist->has_collective_timeout_seconds()) {
@@ -29,7 +30,13 @@ void ApplyDefaults(JobConfig& c) {
 
   auto* data = c.mutable_data();
   if (data->dataset().empty()) data->set_dataset("fashion_mnist");
-  if (data->dir().empty()) data->set_dir("/usr/share/datasets/fashion-mnist");
+  if (data->dir().empty() && data->dataset() == "fashion_mnist") {
+    data->set_dir("/usr/share/datasets/fashion-mnist");
+  }
+  if (data->dataset() == "tokens") {
+    if (!data->has_seq_len()) data->set_seq_len(128);
+    if (!data->has_stride()) data->set_stride(data->seq_len());
+  }
   if (!data->has_loader_queue_depth()) data->set_loader_queue_depth(4);
   auto* aug = data->mutable_augment();
   if (!aug->has_crop_padding()) aug->set_crop_padding(2);

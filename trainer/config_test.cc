@@ -4,9 +4,11 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <string>
 
+#include "common/testing/process.h"
 #include "common/testing/status_matchers.h"
 
 namespace distill::trainer {
@@ -300,6 +302,20 @@ TEST(ConfigTest, MissingFileIsNotFound) {
       LoadJobConfig("/nonexistent/job.pbtxt"),
       StatusIs(absl::StatusCode::kNotFound,
                HasSubstr("config file not found: /nonexistent/job.pbtxt")));
+}
+
+// The configs the quickstarts and docs run are valid as shipped.
+TEST(ConfigTest, EveryLaunchConfigLoads) {
+  int loaded = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(
+           std::filesystem::path(distill::testing::SourceDir()) /
+           "launch/configs")) {
+    if (entry.path().extension() != ".pbtxt") continue;
+    SCOPED_TRACE(entry.path().string());
+    EXPECT_THAT(LoadJobConfig(entry.path().string()).status(), IsOk());
+    ++loaded;
+  }
+  EXPECT_GE(loaded, 10);
 }
 
 }  // namespace

@@ -223,12 +223,49 @@ absl::Status ValidateLoss(const JobConfig& config) {
   return absl::OkStatus();
 }
 
+// data.dataset "tokens": windows for a language model.
+absl::Status ValidateTokenData(const JobConfig& c) {
+  const auto& d = c.data();
+  if (d.dir().empty()) {
+    return Bad("data.dir",
+               "is required for data.dataset \"tokens\": a folder written by "
+               "distill_prepare_text");
+  }
+  DISTILL_RETURN_IF_ERROR(
+      CheckRange("data.seq_len", d.seq_len(), Range::AtLeast(1)));
+  DISTILL_RETURN_IF_ERROR(
+      CheckRange("data.stride", d.stride(), Range::AtLeast(1)));
+  if (d.augment().enabled()) {
+    return Bad("data.augment.enabled",
+               "applies to images; token windows are not augmented");
+  }
+  if (c.has_teacher() && IsRemoteTeacher(c.teacher())) {
+    return Bad("teacher",
+               "teacher servers do not serve language models yet; run the "
+               "teacher in process (teacher.model) for data.dataset "
+               "\"tokens\"");
+  }
+  if (c.has_qat()) {
+    return Bad("qat",
+               "quantizes image models only; a language-model job has no "
+               "QAT stage yet");
+  }
+  return absl::OkStatus();
+}
+
 // data, student and teacher: what the job reads and learns from.
 absl::Status ValidateInputs(const JobConfig& c) {
-  if (c.data().dataset() != "fashion_mnist") {
+  const bool tokens = c.data().dataset() == "tokens";
+  if (c.data().dataset() != "fashion_mnist" && !tokens) {
     return Bad("data.dataset", absl::StrCat("'", c.data().dataset(),
                                             "' is not known; known: "
-                                            "fashion_mnist"));
+                                            "fashion_mnist, tokens"));
+  }
+  if (tokens) {
+    DISTILL_RETURN_IF_ERROR(ValidateTokenData(c));
+  } else if (c.data().has_seq_len() || c.data().has_stride()) {
+    return Bad(c.data().has_seq_len() ? "data.seq_len" : "data.stride",
+               "applies to data.dataset \"tokens\" only");
   }
   if (c.data().train_limit() < 0) {
     return Bad("data.train_limit", "must be >= 0 (0 uses all samples)");
@@ -286,6 +323,8 @@ absl::Status ValidateRun(const JobConfig& c) {
       CheckRange("keep_checkpoints", c.keep_checkpoints(), Range::AtLeast(1)));
   DISTILL_RETURN_IF_ERROR(
       CheckRange("micro_batches", c.micro_batches(), Range::AtLeast(1)));
+  DISTILL_RETURN_IF_ERROR(CheckRange("loss_chunk_tokens", c.loss_chunk_tokens(),
+                                     Range::AtLeast(1)));
   if (c.micro_batches() > c.batch_size()) {
     return Bad("micro_batches",
                absl::StrCat("must be <= batch_size (got ", c.micro_batches(),

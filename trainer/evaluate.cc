@@ -8,11 +8,21 @@
 
 namespace distill::trainer {
 
-nlohmann::json EvalResult::ToJson() const {
-  return {{"test_accuracy", accuracy},
-          {"test_loss", loss},
+nlohmann::json EvalResult::ToJson(const std::string& split) const {
+  if (language_model) {
+    nlohmann::json out = {{split + "_perplexity", perplexity},
+                          {split + "_accuracy", accuracy},
+                          {split + "_loss", loss},
+                          {split + "_tokens", samples}};
+    if (teacher_agreement >= 0) {
+      out[split + "_teacher_agreement"] = teacher_agreement;
+    }
+    return out;
+  }
+  return {{split + "_accuracy", accuracy},
+          {split + "_loss", loss},
           {"per_class_accuracy", per_class_accuracy},
-          {"test_samples", samples}};
+          {split + "_samples", samples}};
 }
 
 absl::StatusOr<EvalResult> Evaluate(student::Model& model,

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <string>
 #include <thread>
 
@@ -9,26 +10,67 @@
 #include "common/status.h"
 #include "common/torch_status.h"
 #include "data/fashion_mnist.h"
+#include "data/token_file.h"
+#include "data/token_windows.h"
+#include "trainer/internal/lm_text.h"
 #include "trainer/internal/qat_stage.h"
 #include "trainer/teacher/in_process_teacher.h"
 #include "trainer/teacher/teacher_connect.h"
 
 namespace distill::trainer {
-namespace {
 
 using ::distill::v1::ModelConfig;
 using ::distill::v1::OptimizerConfig;
 
-student::ModelSpec SpecOf(const ModelConfig& m) {
-  student::ModelSpec spec;
-  spec.arch = m.arch();
-  spec.torchscript = m.torchscript();
-  spec.options.insert(m.options().begin(), m.options().end());
-  return spec;
+absl::StatusOr<std::unique_ptr<data::Dataset>> LoadTokenSplit(
+    const JobConfig& c, data::TokenSplit split) {
+  const char* const names[] = {"train.tok", "valid.tok", "test.tok"};
+  const std::string path =
+      (std::filesystem::path(c.data().dir()) / names[static_cast<int>(split)])
+          .string();
+  DISTILL_ASSIGN_OR_RETURN(std::shared_ptr<const data::TokenFile> file,
+                           data::TokenFile::Open(path));
+  if (file->info().split != split) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        path, " holds the ", data::TokenSplitName(file->info().split),
+        " split, not the ", data::TokenSplitName(split), " split"));
+  }
+  data::TokenWindowOptions options;
+  options.seq_len = c.data().seq_len();
+  const bool train = split == data::TokenSplit::kTrain;
+  options.stride = train ? c.data().stride() : c.data().seq_len();
+  options.limit = train ? c.data().train_limit() : c.data().test_limit();
+  DISTILL_ASSIGN_OR_RETURN(std::unique_ptr<data::TokenWindows> windows,
+                           data::TokenWindows::Create(file, options));
+  return std::unique_ptr<data::Dataset>(std::move(windows));
+}
+
+namespace {
+
+// The token files of one folder must come from one tokenizer.
+absl::Status CheckSameTokenizer(const data::Dataset& a,
+                                const data::Dataset& b) {
+  const auto& fa = static_cast<const data::TokenWindows&>(a).file();
+  const auto& fb = static_cast<const data::TokenWindows&>(b).file();
+  if (fa.info().vocab_size != fb.info().vocab_size ||
+      fa.info().tokenizer_sha256 != fb.info().tokenizer_sha256) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        fa.path(), " (vocabulary ", fa.info().vocab_size, ", tokenizer ",
+        fa.info().tokenizer_sha256.substr(0, 12), ") and ", fb.path(),
+        " (vocabulary ", fb.info().vocab_size, ", tokenizer ",
+        fb.info().tokenizer_sha256.substr(0, 12),
+        ") come from different tokenizers; prepare them together with "
+        "distill_prepare_text"));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<data::Dataset>> LoadSplit(const JobConfig& c,
                                                          bool train) {
+  if (c.data().dataset() == "tokens") {
+    return LoadTokenSplit(
+        c, train ? data::TokenSplit::kTrain : data::TokenSplit::kTest);
+  }
   data::FashionMnistOptions options;
   options.dir = c.data().dir();
   options.train = train;
@@ -59,6 +101,14 @@ absl::StatusOr<std::shared_ptr<TeacherClient>> MakeTeacher(
 }
 
 }  // namespace
+
+student::ModelSpec SpecOf(const ModelConfig& m) {
+  student::ModelSpec spec;
+  spec.arch = m.arch();
+  spec.torchscript = m.torchscript();
+  spec.options.insert(m.options().begin(), m.options().end());
+  return spec;
+}
 
 absl::StatusOr<std::unique_ptr<torch::optim::Optimizer>> MakeOptimizer(
     const OptimizerConfig& c, std::vector<torch::Tensor> params) {
@@ -125,8 +175,19 @@ absl::Status AssembleJob(const JobConfig& config, const WorldInfo& world,
     DISTILL_ASSIGN_OR_RETURN(job.train, LoadSplit(config, true));
   }
   DISTILL_ASSIGN_OR_RETURN(job.test, LoadSplit(config, false));
+  const bool tokens = config.data().dataset() == "tokens";
+  if (tokens) {
+    DISTILL_ASSIGN_OR_RETURN(job.valid,
+                             LoadTokenSplit(config, data::TokenSplit::kValid));
+    DISTILL_RETURN_IF_ERROR(CheckSameTokenizer(*job.test, *job.valid));
+    DISTILL_ASSIGN_OR_RETURN(job.tokenizer,
+                             JobTokenizer(config.data().dir(), *job.test));
+    if (job.train != nullptr) {
+      DISTILL_RETURN_IF_ERROR(CheckSameTokenizer(*job.train, *job.test));
+    }
+  }
   const student::ZooInput input{job.test->input_shape(),
-                                job.test->num_classes()};
+                                job.test->num_classes(), tokens};
 
   DISTILL_ASSIGN_OR_RETURN(
       job.model, student::Model::Create(SpecOf(config.student()), input));

@@ -20,6 +20,34 @@ double SecondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
+// The loss of one micro-batch: through the logits, or chunk by chunk
+// through a language model's head.
+absl::StatusOr<losses::CompositeResult> PieceLoss(
+    const StepParts& parts, const StepSettings& settings,
+    const StepInput& input, const torch::Tensor& inputs,
+    const torch::Tensor& labels, const losses::TeacherTargets* teacher) {
+  if (parts.hidden) {
+    losses::HeadLossInputs in;
+    in.hidden = parts.hidden(inputs);
+    in.head_weight = parts.head_weight();
+    in.teacher = teacher;
+    in.labels = labels;
+    in.step = input.step;
+    in.epoch = input.epoch;
+    in.total_steps = input.total_steps;
+    in.chunk_tokens = settings.chunk_tokens;
+    return parts.loss->ComputeOverHead(in);
+  }
+  losses::LossInputs in;
+  in.student_logits = parts.forward(inputs);
+  in.teacher = teacher;
+  in.labels = labels;
+  in.step = input.step;
+  in.epoch = input.epoch;
+  in.total_steps = input.total_steps;
+  return parts.loss->Compute(in);
+}
+
 }  // namespace
 
 absl::StatusOr<EpochPlan> PlanEpochs(const JobConfig& config, int64_t shard,
@@ -95,17 +123,15 @@ absl::StatusOr<losses::CompositeResult> RunStep(const StepParts& parts,
                 pieces == 1 ? *input.targets : input.targets->Rows(rows);
           }
           auto phase_start = Clock::now();
-          losses::LossInputs in;
-          in.student_logits = parts.forward(
-              pieces == 1 ? batch.inputs : batch.inputs.index_select(0, rows));
-          in.teacher = piece_targets ? &*piece_targets : nullptr;
-          in.labels =
+          const torch::Tensor inputs =
+              pieces == 1 ? batch.inputs : batch.inputs.index_select(0, rows);
+          const torch::Tensor labels =
               pieces == 1 ? batch.labels : batch.labels.index_select(0, rows);
-          in.step = input.step;
-          in.epoch = input.epoch;
-          in.total_steps = input.total_steps;
-          DISTILL_ASSIGN_OR_RETURN(losses::CompositeResult piece,
-                                   parts.loss->Compute(in));
+          const losses::TeacherTargets* teacher =
+              piece_targets ? &*piece_targets : nullptr;
+          DISTILL_ASSIGN_OR_RETURN(
+              losses::CompositeResult piece,
+              PieceLoss(parts, settings, input, inputs, labels, teacher));
           profile.forward += SecondsSince(phase_start);
           phase_start = Clock::now();
           if (parts.grad_sync != nullptr) {

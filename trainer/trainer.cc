@@ -16,7 +16,7 @@ namespace {
 // Mode EVALUATE: the student on the test set, into summary.json.
 absl::StatusOr<RunResult> Evaluation(Job& job) {
   DISTILL_ASSIGN_OR_RETURN(EvalResult eval,
-                           Evaluate(*job.model, *job.test, 512, false));
+                           EvaluateSplit(job, *job.test, false));
   RunResult result;
   result.summary = BaseSummary(job);
   result.summary.update(eval.ToJson());

@@ -10,14 +10,21 @@
 #include "common/status.h"
 #include "losses/schedule.h"
 #include "trainer/internal/evaluate.h"
+#include "trainer/internal/lm_text.h"
 #include "trainer/internal/lr_schedule.h"
 #include "trainer/teacher/teacher_prefetch.h"
 
 namespace distill::trainer {
 namespace {
 
-// Batches of the test set per forward in evaluations.
+// Batches of the test set per forward in evaluations: images, and token
+// positions of a language model's windows.
 constexpr int64_t kEvalBatch = 512;
+constexpr int64_t kEvalTokens = 4096;
+
+bool IsTokenJob(const Job& job) {
+  return job.config.data().dataset() == "tokens";
+}
 
 std::string TermsString(const std::map<std::string, double>& terms) {
   std::string out;
@@ -29,6 +36,18 @@ std::string TermsString(const std::map<std::string, double>& terms) {
 }
 
 }  // namespace
+
+absl::StatusOr<EvalResult> EvaluateSplit(Job& job, const data::Dataset& split,
+                                         bool restore_train) {
+  if (!IsTokenJob(job)) {
+    return Evaluate(*job.model, split, kEvalBatch, restore_train);
+  }
+  const int64_t windows =
+      std::max<int64_t>(1, kEvalTokens / job.config.data().seq_len());
+  return EvaluateLanguageModel(*job.model, split, windows,
+                               job.config.loss_chunk_tokens(),
+                               job.teacher.get(), restore_train);
+}
 
 nlohmann::json BaseSummary(const Job& job) {
   const auto& c = job.config;
@@ -117,6 +136,13 @@ LoopParts TrainingRun::Parts() const {
   parts.step.forward = [model](const torch::Tensor& x) {
     return model->forward(x);
   };
+  if (student::ZooModule* zoo = model->zoo_module();
+      zoo != nullptr && zoo->is_language_model()) {
+    parts.step.hidden = [zoo](const torch::Tensor& tokens) {
+      return zoo->Hidden(tokens, nullptr);
+    };
+    parts.step.head_weight = [zoo] { return zoo->HeadWeight(); };
+  }
   parts.step.parameters = model->parameters();
   parts.step.optimizer = job_.optimizer.get();
   parts.step.loss = &*job_.loss;
@@ -134,6 +160,7 @@ LoopSettings TrainingRun::Settings() const {
   settings.config = &job_.config;
   settings.step.micro_batches = c.micro_batches();
   settings.step.grad_clip_norm = c.grad_clip_norm();
+  settings.step.chunk_tokens = c.loss_chunk_tokens();
   settings.epochs = c.epochs();
   settings.sampler_seed = c.seed();
   settings.prefetch_batches = c.teacher().prefetch_batches();
@@ -200,20 +227,24 @@ absl::StatusOr<bool> TrainingRun::AfterStep(const StepReport& r) {
         world * r.epoch_samples / std::max(r.epoch_seconds, 1e-9);
     const double eta = (plan.total_steps - step) * c.batch_size() / rate;
     const nlohmann::json teacher_stats = r.take_teacher_stats();
+    // Token data: each sample is seq_len positions.
+    const int64_t per_sample = IsTokenJob(job_) ? c.data().seq_len() : 1;
     if (verbose_) {
       std::printf(
-          "epoch %lld/%d step %lld/%lld loss %.4f [%s] lr %.4g %.0f samples/s "
+          "epoch %lld/%d step %lld/%lld loss %.4f [%s] lr %.4g %.0f %s/s "
           "ETA %s%s\n",
           static_cast<long long>(r.position.epoch + 1), c.epochs(),
           static_cast<long long>(r.step_in_epoch),
           static_cast<long long>(plan.steps_per_epoch), r.loss,
-          TermsString(r.terms).c_str(), r.lr, rate, FormatDuration(eta).c_str(),
+          TermsString(r.terms).c_str(), r.lr, rate * per_sample,
+          per_sample > 1 ? "tokens" : "samples", FormatDuration(eta).c_str(),
           TeacherProgress(teacher_stats).c_str());
       std::fflush(stdout);
     }
     nlohmann::json record = {{"type", "train"}, {"epoch", r.position.epoch + 1},
                              {"step", step},    {"loss", r.loss},
                              {"lr", r.lr},      {"samples_per_sec", rate}};
+    if (per_sample > 1) record["tokens_per_sec"] = rate * per_sample;
     record["terms"] = r.terms;
     record.update(teacher_stats);
     DISTILL_RETURN_IF_ERROR(metrics_.Write(record));
@@ -246,9 +277,29 @@ absl::Status TrainingRun::CloseEpoch(const EpochReport& r) {
       {"profile_seconds", r.profile.ToJson()},
       {"samples_per_sec", world * r.samples / std::max(r.seconds, 1e-9)}};
   record.update(r.teacher_stats);
-  if (last || done % c.eval_every_epochs() == 0) {
-    DISTILL_ASSIGN_OR_RETURN(
-        EvalResult eval, Evaluate(*job_.model, *job_.test, kEvalBatch, true));
+  if ((last || done % c.eval_every_epochs() == 0) && job_.valid != nullptr) {
+    // Language models: validation after each epoch, test at the end.
+    DISTILL_ASSIGN_OR_RETURN(EvalResult eval,
+                             EvaluateSplit(job_, *job_.valid, true));
+    last_eval_ = eval.ToJson("validation");
+    record.update(last_eval_);
+    if (verbose_) {
+      std::printf(
+          "epoch %lld/%d done in %s: validation perplexity %.2f, next-token "
+          "accuracy %.2f%%%s\n",
+          static_cast<long long>(done), c.epochs(),
+          FormatDuration(r.seconds).c_str(), eval.perplexity,
+          100 * eval.accuracy,
+          eval.teacher_agreement < 0
+              ? ""
+              : absl::StrFormat(", teacher agreement %.2f%%",
+                                100 * eval.teacher_agreement)
+                    .c_str());
+      std::fflush(stdout);
+    }
+  } else if (last || done % c.eval_every_epochs() == 0) {
+    DISTILL_ASSIGN_OR_RETURN(EvalResult eval,
+                             EvaluateSplit(job_, *job_.test, true));
     last_eval_ = eval.ToJson();
     record.update(last_eval_);
     if (verbose_) {
@@ -275,21 +326,38 @@ absl::StatusOr<nlohmann::json> TrainingRun::WriteSummary(
     DISTILL_RETURN_IF_ERROR(
         job_.model->SaveTorchScript((dir / "model.torchscript.pt").string()));
   }
-  if (last_eval_.is_null()) {
+  if (last_eval_.is_null() || job_.valid != nullptr) {
     // Resumed after the last epoch had finished: evaluate what was saved.
-    DISTILL_ASSIGN_OR_RETURN(
-        EvalResult eval, Evaluate(*job_.model, *job_.test, kEvalBatch, true));
-    last_eval_ = eval.ToJson();
+    // A language model's test split is read only here, at the end.
+    DISTILL_ASSIGN_OR_RETURN(EvalResult eval,
+                             EvaluateSplit(job_, *job_.test, true));
+    (job_.valid != nullptr ? test_eval_ : last_eval_) = eval.ToJson();
+    if (verbose_ && job_.valid != nullptr) {
+      std::printf("test perplexity %.2f, next-token accuracy %.2f%%\n",
+                  eval.perplexity, 100 * eval.accuracy);
+      std::fflush(stdout);
+    }
+  }
+  nlohmann::json samples;
+  if (!job_.tokenizer.empty()) {
+    DISTILL_ASSIGN_OR_RETURN(samples, EndOfJobSamples(job_, verbose_));
   }
   nlohmann::json summary = BaseSummary(job_);
-  summary.update(last_eval_);
+  if (!last_eval_.is_null()) summary.update(last_eval_);
+  if (!test_eval_.is_null()) summary.update(test_eval_);
   summary["steps"] = end.global_step;
   summary["ranks"] = job_.comm->world_size();
   summary["train_seconds"] = train_seconds_;
   summary["samples_per_sec"] =
       trained_samples_ / std::max(train_seconds_, 1e-9);
+  if (IsTokenJob(job_)) {
+    summary["tokens_per_sec"] = trained_samples_ *
+                                job_.config.data().seq_len() /
+                                std::max(train_seconds_, 1e-9);
+  }
   summary["loss_terms"] = last_epoch_terms_;
   summary["checkpoint"] = last_checkpoint_;
+  if (!samples.is_null()) summary["samples"] = samples;
   DISTILL_RETURN_IF_ERROR(
       WriteJsonFile((dir / "summary.json").string(), summary));
   return summary;

@@ -1,26 +1,39 @@
-// Test-set evaluation: accuracy overall and per class (an average can hide
-// the one class that matters), plus the hard-label cross entropy.
+// Evaluation on a held-out split. Images: accuracy overall and per class (an
+// average can hide the one class that matters), plus the hard-label cross
+// entropy. Language models: per-token cross entropy, perplexity, next-token
+// accuracy and top-1 agreement with the teacher, over the positions whose
+// label is not kIgnoreLabel.
 #ifndef DISTILL_TRAINER_INTERNAL_EVALUATE_H_
 #define DISTILL_TRAINER_INTERNAL_EVALUATE_H_
 
 #include <cstdint>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "data/dataset.h"
 #include "student/model.h"
+#include "trainer/teacher/teacher_client.h"
 
 namespace distill::trainer {
 
 struct EvalResult {
-  double accuracy = 0;
-  double loss = 0;
-  std::vector<double> per_class_accuracy;
-  int64_t samples = 0;
+  double accuracy = 0;  // next-token accuracy for a language model
+  double loss = 0;      // mean cross entropy (per token for an LM)
+  std::vector<double> per_class_accuracy;  // images only
+  int64_t samples = 0;                     // images, or predicted tokens
+  // Language models only.
+  bool language_model = false;
+  double perplexity = 0;  // exp(loss)
+  // Share of tokens where the student's most likely next token is the
+  // teacher's; negative when there was no teacher.
+  double teacher_agreement = -1;
 
-  nlohmann::json ToJson() const;
+  // {"<split>_accuracy", "<split>_loss", ...}; `split` is "test" or
+  // "validation".
+  nlohmann::json ToJson(const std::string& split = "test") const;
 };
 
 // Runs `model` in eval mode over the whole `dataset` and restores its
@@ -38,6 +51,15 @@ absl::StatusOr<EvalResult> EvaluateForward(
     const data::Dataset& dataset, int64_t batch_size,
     std::vector<int64_t>* predictions = nullptr,
     torch::Tensor* logits = nullptr);
+
+// A language model over token windows, in eval mode and without autograd,
+// restored to train(`restore_train`) after. A zoo LM's head runs over
+// `chunk_tokens` positions at a time, so its [N, S, V] logits are never all
+// alive; a TorchScript LM's forward gives them whole. `teacher`, when not
+// null, is asked for targets of the same batches for the agreement.
+absl::StatusOr<EvalResult> EvaluateLanguageModel(
+    student::Model& model, const data::Dataset& dataset, int64_t batch_size,
+    int64_t chunk_tokens, TeacherClient* teacher, bool restore_train);
 
 }  // namespace distill::trainer
 

@@ -8,11 +8,13 @@
 
 #include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "data/dataset.h"
+#include "data/token_file.h"
 #include "losses/composite.h"
 #include "losses/schedule.h"
 #include "student/model.h"
@@ -29,6 +31,12 @@ struct Job {
   // Null in mode EVALUATE.
   std::unique_ptr<data::Dataset> train;
   std::unique_ptr<data::Dataset> test;
+  // The validation split of token data (evaluated after each epoch, the
+  // test split at the end); null for images, whose test split is evaluated
+  // after each epoch.
+  std::unique_ptr<data::Dataset> valid;
+  // Token data: the tokenizer model its files were encoded with.
+  std::string tokenizer;
   std::unique_ptr<student::Model> model;
   // Null without a teacher.
   std::shared_ptr<TeacherClient> teacher;
@@ -48,6 +56,16 @@ struct Job {
 // any step.
 absl::Status AssembleJob(const JobConfig& config, const WorldInfo& world,
                          std::shared_ptr<TeacherClient> teacher, Job& job);
+
+// The zoo arch or TorchScript file a model section names.
+student::ModelSpec SpecOf(const v1::ModelConfig& model);
+
+// One split of a "tokens" data folder: windows of data.seq_len + 1 tokens,
+// with data.stride and data.train_limit for training, stride seq_len and
+// data.test_limit otherwise. The token file's errors (NotFound, DataLoss),
+// and FailedPrecondition when the file holds another split.
+absl::StatusOr<std::unique_ptr<data::Dataset>> LoadTokenSplit(
+    const JobConfig& config, data::TokenSplit split);
 
 // The optimizer `config` describes over `params`.
 absl::StatusOr<std::unique_ptr<torch::optim::Optimizer>> MakeOptimizer(

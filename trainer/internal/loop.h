@@ -71,6 +71,13 @@ struct StepProfile {
 struct StepParts {
   // The network being trained: the student, or its fake-quantized net.
   std::function<torch::Tensor(const torch::Tensor&)> forward;
+  // A zoo language model instead trains through its output head chunk by
+  // chunk (losses::CompositeLoss::ComputeOverHead), so that its [N, S, V]
+  // logits are never all alive: `hidden` gives the final hidden states
+  // [N, S, H] of a batch's tokens and `head_weight` the head [V, H]. Unset
+  // (the default): the loss reads `forward`'s logits.
+  std::function<torch::Tensor(const torch::Tensor&)> hidden;
+  std::function<torch::Tensor()> head_weight;
   // The parameters `optimizer` updates (clipped together).
   std::vector<torch::Tensor> parameters;
   torch::optim::Optimizer* optimizer = nullptr;
@@ -85,6 +92,9 @@ struct StepSettings {
   int micro_batches = 1;
   // Clip the global gradient norm to this; 0 disables. Default: 0.
   double grad_clip_norm = 0;
+  // Token positions per chunk of the head and loss when StepParts::hidden
+  // is set, >= 1. Default: 1024.
+  int64_t chunk_tokens = 1024;
   // Names the step in errors ("training step 17: ..."). Default: "training
   // step".
   std::string name = "training step";

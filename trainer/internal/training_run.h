@@ -16,12 +16,20 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "trainer/internal/checkpoint.h"
+#include "trainer/internal/evaluate.h"
 #include "trainer/internal/job.h"
 #include "trainer/internal/loop.h"
 #include "trainer/internal/metrics.h"
 #include "trainer/trainer.h"
 
 namespace distill::trainer {
+
+// Evaluates the job's student on `split` (its test split, or the validation
+// split of token data): EvaluateLanguageModel with the job's teacher for
+// token data, Evaluate for images. Leaves the student in train(
+// `restore_train`).
+absl::StatusOr<EvalResult> EvaluateSplit(Job& job, const data::Dataset& split,
+                                         bool restore_train);
 
 class TrainingRun {
  public:
@@ -80,6 +88,8 @@ class TrainingRun {
   MetricsWriter metrics_;
   std::string last_checkpoint_;
   nlohmann::json last_eval_;
+  // A language model's test-split evaluation, run at the end.
+  nlohmann::json test_eval_;
   std::map<std::string, double> last_epoch_terms_;
   double train_seconds_ = 0;
   int64_t trained_samples_ = 0;

@@ -1,5 +1,7 @@
 #include "trainer/teacher/in_process_teacher.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status.h"
@@ -16,26 +18,40 @@ absl::StatusOr<int64_t> ProbeNumClasses(student::Model& model,
       torch::Tensor out,
       TorchCall(
           absl::StrCat("running the ", role, " model '", model.description(),
-                       "' on input ", absl::StrJoin(shape, "x")),
+                       "' on ", data.tokens ? "token windows " : "input ",
+                       absl::StrJoin(shape, "x")),
           [&] {
             torch::NoGradGuard no_grad;
             model.train(false);
-            torch::Tensor logits = model.forward(torch::zeros(shape));
+            torch::Tensor logits =
+                model.forward(data.tokens ? torch::zeros(shape, torch::kLong)
+                                          : torch::zeros(shape));
             model.train(true);
             return logits;
           }));
-  if (out.dim() != 2 || out.size(0) != 2) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("the ", role, " model '", model.description(),
-                     "' returns shape [", absl::StrJoin(out.sizes(), ", "),
-                     "] for a batch of 2; expected [2, classes]"));
+  // Images give [2, classes]; token windows [2, S, V].
+  std::vector<int64_t> want = {2};
+  if (data.tokens) want.push_back(data.input_shape[0]);
+  const bool fits = out.dim() == static_cast<int64_t>(want.size()) + 1 &&
+                    std::equal(want.begin(), want.end(), out.sizes().begin());
+  if (!fits) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the ", role, " model '", model.description(), "' returns shape [",
+        absl::StrJoin(out.sizes(), ", "), "] for ",
+        data.tokens
+            ? absl::StrCat("2 token windows of ", want[1], "; expected [2, ",
+                           want[1], ", vocabulary]: a language model")
+            : "a batch of 2; expected [2, classes]"));
   }
-  if (out.size(1) != data.num_classes) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(role, " '", model.description(), "' outputs ", out.size(1),
-                     " classes but the data has ", data.num_classes));
+  const int64_t classes = out.size(out.dim() - 1);
+  if (classes != data.num_classes) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        role, " '", model.description(), "' outputs ", classes,
+        data.tokens ? " token logits but the tokenizer's vocabulary has "
+                    : " classes but the data has ",
+        data.num_classes));
   }
-  return out.size(1);
+  return classes;
 }
 
 absl::StatusOr<std::unique_ptr<InProcessTeacher>> InProcessTeacher::Create(

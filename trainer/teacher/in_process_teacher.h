@@ -54,8 +54,9 @@ class InProcessTeacher final : public TeacherClient {
 };
 
 // Runs one eval-mode forward on a zero input of the data's shape and returns
-// the model's class count; InvalidArgument when the output is not [2, C],
-// FailedPrecondition naming `role` when C is not the data's class count.
+// the model's class count (the vocabulary size for token windows);
+// InvalidArgument when the output is not [2, C] (images) or [2, S, V]
+// (tokens), FailedPrecondition naming `role` when C or V is not the data's.
 absl::StatusOr<int64_t> ProbeNumClasses(student::Model& model,
                                         const student::ZooInput& data,
                                         const std::string& role);

@@ -1,0 +1,49 @@
+// Text continuation by a trained language model: token ids in, token ids
+// out. A zoo LM keeps a KvCache, so each new token costs one position; a
+// TorchScript LM runs its whole forward again for every token. Sampling is
+// greedy (temperature 0) or from softmax(logits / temperature) cut to the
+// smallest set of tokens whose probability reaches top_p, with its own
+// seeded generator (the run's global RNG is untouched). Not thread-safe
+// with respect to `model`.
+#ifndef DISTILL_STUDENT_GENERATE_H_
+#define DISTILL_STUDENT_GENERATE_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "student/model.h"
+
+namespace distill::student {
+
+struct GenerateOptions {
+  // Tokens to add, >= 0; fewer when `stop_id` comes or the model's context
+  // is full. Default: 50.
+  int64_t max_new_tokens = 50;
+  // 0: always the most likely token; > 0: sampled. Default: 0.
+  double temperature = 0;
+  // Nucleus sampling's probability mass, in (0, 1]. Default: 1.
+  double top_p = 1;
+  uint64_t seed = 0;
+  // A TorchScript LM sees at most this many of the last tokens (its
+  // positions are unknown here: give the window length it was trained
+  // on); 0 feeds the whole sequence. Zoo LMs stop at their own context
+  // length instead. Default: 0.
+  int64_t window = 0;
+  // Stop after generating this id (the tokenizer's end of document); -1
+  // never stops early. Default: -1.
+  int64_t stop_id = -1;
+};
+
+// Continues `prompt` (ids < the model's vocabulary, at least one) and
+// returns the new ids only. InvalidArgument when the prompt is empty, or
+// (zoo LMs) has an id out of the vocabulary or fills the model's context
+// already; the options out of range are InvalidArgument too. The model is run
+// in eval mode and left so.
+absl::StatusOr<std::vector<int64_t>> Generate(
+    Model& model, const std::vector<int64_t>& prompt,
+    const GenerateOptions& options);
+
+}  // namespace distill::student
+
+#endif  // DISTILL_STUDENT_GENERATE_H_

@@ -1,0 +1,204 @@
+// Language-model jobs through the `distill` binary as a user runs them:
+// text prepared by distill_prepare_text (the real spm_* commands) on real
+// text, a gpt trained on it, a smaller one distilled from it, and every bad
+// input refused with one line, exit 1 and nothing written.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "common/testing/process.h"
+#include "common/testing/run_files.h"
+#include "common/testing/scratch_dir.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using ::distill::testing::BinDir;
+using ::distill::testing::Outcome;
+using ::distill::testing::RunShell;
+using ::distill::testing::ScratchDirTest;
+using ::distill::testing::Summary;
+using ::testing::HasSubstr;
+
+constexpr int kVocab = 300;
+
+// A tiny gpt: 2 layers of width 32 over windows of 32 tokens.
+constexpr char kTinyGpt[] = R"pb(
+  arch: "gpt"
+  options { key: "layers" value: 2 }
+  options { key: "heads" value: 2 }
+  options { key: "d_model" value: 32 }
+  options { key: "d_ff" value: 64 }
+  options { key: "context" value: 32 }
+)pb";
+
+class LmCliTest : public ScratchDirTest {
+ protected:
+  Outcome Run(const std::string& args) {
+    return RunShell(BinDir() + "/distill " + args, dir_);
+  }
+
+  // Prepares the licence texts every Debian system has into `name`/ with a
+  // vocabulary of `vocab`.
+  fs::path Prepare(const std::string& name, int vocab = kVocab) {
+    const fs::path corpus = dir_ / "corpus";
+    if (!fs::exists(corpus)) {
+      fs::create_directories(corpus);
+      for (const char* text : {"GPL-3", "Apache-2.0", "GPL-2", "LGPL-2.1"}) {
+        fs::copy_file(fs::path("/usr/share/common-licenses") / text,
+                      corpus / text);
+      }
+    }
+    const fs::path out = dir_ / name;
+    const Outcome o =
+        RunShell(BinDir() + "/distill_prepare_text --corpus " +
+                     corpus.string() + " --out_dir " + out.string() +
+                     " --vocab_size " + std::to_string(vocab),
+                 dir_);
+    EXPECT_EQ(o.exit_code, 0) << o.err;
+    return out;
+  }
+
+  // The token count a token file's header declares (bytes 24..31, little
+  // endian), read here without the framework's reader.
+  static int64_t TokenCount(const fs::path& file) {
+    std::ifstream in(file, std::ios::binary);
+    unsigned char header[64] = {};
+    in.read(reinterpret_cast<char*>(header), sizeof(header));
+    int64_t count = 0;
+    for (int i = 7; i >= 0; --i) count = count * 256 + header[24 + i];
+    return count;
+  }
+
+  // A config of `mode` on windows of `seq_len` tokens from `data`;
+  // `data_extra` goes into its data section, `rest` after it.
+  std::string Config(const std::string& mode, const fs::path& data,
+                     const std::string& student, const std::string& rest,
+                     const std::string& data_extra = "seq_len: 32") {
+    return "mode: " + mode + "\ndata { dataset: \"tokens\" dir: \"" +
+           data.string() + "\" " + data_extra + " }\nstudent {" + student +
+           "}\n" + "batch_size: 16 threads: 1 seed: 3 log_every_steps: 1000\n" +
+           "optimizer { type: ADAMW lr: 0.003 }\n" + rest;
+  }
+
+  // Runs a config expected to be refused: exit 1, one line naming the
+  // problem, no run directory.
+  void ExpectRefused(const std::string& config, const std::string& error) {
+    const fs::path file = Write("bad.pbtxt", config);
+    const fs::path run = dir_ / "refused";
+    const Outcome o =
+        Run("--config " + file.string() + " --run_dir " + run.string());
+    EXPECT_EQ(o.exit_code, 1) << o.err;
+    EXPECT_THAT(o.err, HasSubstr(error));
+    EXPECT_EQ(std::count(o.err.begin(), o.err.end(), '\n'), 1) << o.err;
+    EXPECT_FALSE(fs::exists(run));
+  }
+};
+
+TEST_F(LmCliTest, TrainsATeacherAndDistillsAStudentFromIt) {
+  const fs::path data = Prepare("tokens");
+  const fs::path teacher_run = dir_ / "teacher";
+  const fs::path teacher_config =
+      Write("teacher.pbtxt", Config("TRAIN", data, kTinyGpt, "epochs: 3\n"));
+  Outcome o = Run("--quiet --config " + teacher_config.string() +
+                  " --run_dir " + teacher_run.string());
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  const nlohmann::json teacher = Summary(teacher_run);
+  // Every test token but the first is predicted once (stride = seq_len).
+  EXPECT_EQ(teacher["test_tokens"], TokenCount(data / "test.tok") - 1);
+  EXPECT_EQ(teacher["validation_tokens"], TokenCount(data / "valid.tok") - 1);
+  // Far better than guessing among the vocabulary.
+  EXPECT_LT(teacher["test_perplexity"].get<double>(), kVocab / 4.0);
+  EXPECT_GT(teacher["test_perplexity"].get<double>(), 1.0);
+  EXPECT_NEAR(std::log(teacher["test_perplexity"].get<double>()),
+              teacher["test_loss"].get<double>(), 1e-6);
+  EXPECT_GT(teacher["tokens_per_sec"].get<double>(), 0);
+
+  const fs::path student_run = dir_ / "student";
+  const fs::path student_config =
+      Write("student.pbtxt",
+            Config("DISTILL", data,
+                   R"pb(arch: "gpt"
+                  options { key: "layers" value: 1 }
+                  options { key: "d_model" value: 32 }
+                  options { key: "heads" value: 2 }
+                  options { key: "context" value: 32 })pb",
+                   "epochs: 1\nloss_chunk_tokens: 100\nteacher { model {" +
+                       std::string(kTinyGpt) + " weights: \"" +
+                       (teacher_run / "model.pt").string() + "\" } }\n"));
+  o = Run("--quiet --config " + student_config.string() + " --run_dir " +
+          student_run.string());
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  const nlohmann::json student = Summary(student_run);
+  EXPECT_EQ(student["test_tokens"], teacher["test_tokens"]);
+  ASSERT_TRUE(student.contains("validation_teacher_agreement")) << student;
+  const double agreement = student["validation_teacher_agreement"];
+  EXPECT_GT(agreement, 0.0);
+  EXPECT_LE(agreement, 1.0);
+  EXPECT_TRUE(student["loss_terms"].contains("kd_kl")) << student;
+  EXPECT_LT(student["test_perplexity"].get<double>(), kVocab / 2.0);
+}
+
+TEST_F(LmCliTest, BadInputIsOneLineAndWritesNothing) {
+  const fs::path data = Prepare("tokens");
+  // Windows longer than the model's context.
+  ExpectRefused(Config("TRAIN", data, kTinyGpt, "", "seq_len: 64"), "context");
+  // An image model on token windows, and a language model on images.
+  ExpectRefused(Config("TRAIN", data, "arch: \"mlp\"", ""),
+                "is an image model but the data are token windows");
+  ExpectRefused(std::string("mode: TRAIN\nstudent {") + kTinyGpt + "}\n",
+                "language model");
+  // Teacher servers do not serve language models yet.
+  ExpectRefused(Config("DISTILL", data, kTinyGpt,
+                       "teacher { endpoints: \"localhost:1\" }\n"),
+                "teacher servers do not serve language models");
+
+  // A teacher trained with another tokenizer's vocabulary.
+  const fs::path other = Prepare("other", 400);
+  const fs::path teacher_run = dir_ / "teacher400";
+  const fs::path config =
+      Write("teacher400.pbtxt", Config("TRAIN", other, kTinyGpt, "epochs: 1\n",
+                                       "seq_len: 32 train_limit: 4"));
+  Outcome o = Run("--quiet --config " + config.string() + " --run_dir " +
+                  teacher_run.string());
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  // A language-model teacher for an image student.
+  ExpectRefused(std::string("mode: DISTILL\nstudent { arch: \"mlp\" }\n") +
+                    "teacher { model {" + kTinyGpt + " weights: \"" +
+                    (teacher_run / "model.pt").string() + "\" } }\n",
+                "language model");
+  ExpectRefused(
+      Config("DISTILL", data, kTinyGpt,
+             "teacher { model {" + std::string(kTinyGpt) + " weights: \"" +
+                 (teacher_run / "model.pt").string() + "\" } }\n"),
+      "[400, 32]");
+
+  // Splits from two tokenizers in one folder.
+  fs::copy_file(other / "valid.tok", data / "valid.tok",
+                fs::copy_options::overwrite_existing);
+  ExpectRefused(Config("TRAIN", data, kTinyGpt, ""), "different tokenizers");
+
+  // A token id >= the vocabulary, written over the first id of test.tok.
+  const fs::path fresh = Prepare("fresh");
+  {
+    std::fstream f(fresh / "test.tok",
+                   std::ios::binary | std::ios::in | std::ios::out);
+    f.seekp(64);
+    const unsigned char id[2] = {0xff, 0x7f};  // 32767
+    f.write(reinterpret_cast<const char*>(id), 2);
+  }
+  ExpectRefused(Config("TRAIN", fresh, kTinyGpt, ""), "32767");
+  // A truncated token file.
+  fs::resize_file(fresh / "train.tok", fs::file_size(fresh / "train.tok") - 1);
+  ExpectRefused(Config("TRAIN", fresh, kTinyGpt, ""), "train.tok");
+}
+
+}  // namespace

@@ -1,0 +1,121 @@
+// Language-model evaluation (trainer/internal/evaluate.h).
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <optional>
+
+#include "common/labels.h"
+#include "common/status.h"
+#include "common/torch_status.h"
+#include "data/loader.h"
+#include "trainer/internal/evaluate.h"
+
+namespace distill::trainer {
+namespace {
+
+// Sums over one batch's predicted positions.
+struct TokenCounts {
+  double loss_sum = 0;
+  int64_t tokens = 0;
+  int64_t correct = 0;
+  int64_t agree = 0;
+};
+
+// The teacher's most likely token at every position of `targets`.
+torch::Tensor TeacherTop1(const losses::TeacherTargets& targets) {
+  return targets.form == losses::TeacherTargets::Form::kDense
+             ? targets.probs.argmax(-1)
+             : targets.indices.select(-1, 0);
+}
+
+// Adds one chunk of logits [T, V] with labels [T] (and the teacher's top-1
+// [T] when defined) to `counts`.
+void Count(const torch::Tensor& logits, const torch::Tensor& labels,
+           const torch::Tensor& teacher_top1, TokenCounts& counts) {
+  counts.loss_sum += torch::nn::functional::cross_entropy(
+                         logits, labels,
+                         torch::nn::functional::CrossEntropyFuncOptions()
+                             .ignore_index(kIgnoreLabel)
+                             .reduction(torch::kSum))
+                         .item<double>();
+  const torch::Tensor real = labels.ne(kIgnoreLabel);
+  const torch::Tensor top1 = logits.argmax(-1);
+  counts.tokens += real.sum().item<int64_t>();
+  counts.correct += (top1.eq(labels) & real).sum().item<int64_t>();
+  if (teacher_top1.defined()) {
+    counts.agree += (top1.eq(teacher_top1) & real).sum().item<int64_t>();
+  }
+}
+
+// Runs every batch of `dataset` through `model` (already in eval mode).
+absl::Status CountDataset(student::Model& model, const data::Dataset& dataset,
+                          int64_t batch_size, int64_t chunk_tokens,
+                          TeacherClient* teacher, TokenCounts& counts) {
+  std::vector<int64_t> ids(dataset.size());
+  std::iota(ids.begin(), ids.end(), 0);
+  data::LoaderOptions options;
+  options.batch_size = batch_size;
+  data::Loader loader(dataset, std::move(ids), options);
+  student::ZooModule* zoo = model.zoo_module();
+  while (true) {
+    DISTILL_ASSIGN_OR_RETURN(std::optional<data::Batch> batch, loader.Next());
+    if (!batch) return absl::OkStatus();
+    torch::Tensor teacher_top1;
+    if (teacher != nullptr) {
+      absl::StatusOr<losses::TeacherTargets> targets =
+          teacher->Targets(*batch, 1.0);
+      DISTILL_RETURN_IF_ERROR(
+          Annotate(targets.status(), "teacher targets for evaluation"));
+      teacher_top1 = TeacherTop1(*targets).reshape({-1});
+    }
+    DISTILL_RETURN_IF_ERROR(TorchCall("evaluating the language model", [&] {
+      torch::NoGradGuard no_grad;
+      const torch::Tensor labels = batch->labels.reshape({-1});
+      if (zoo == nullptr) {
+        const torch::Tensor logits = model.forward(batch->inputs);
+        Count(logits.reshape({-1, logits.size(-1)}), labels, teacher_top1,
+              counts);
+        return;
+      }
+      const torch::Tensor hidden = zoo->Hidden(batch->inputs, nullptr);
+      const torch::Tensor flat = hidden.reshape({-1, hidden.size(-1)});
+      const torch::Tensor head = zoo->HeadWeight();
+      for (int64_t at = 0; at < flat.size(0); at += chunk_tokens) {
+        const int64_t n = std::min(chunk_tokens, flat.size(0) - at);
+        Count(torch::matmul(flat.narrow(0, at, n), head.t()),
+              labels.narrow(0, at, n),
+              teacher_top1.defined() ? teacher_top1.narrow(0, at, n)
+                                     : torch::Tensor(),
+              counts);
+      }
+    }));
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<EvalResult> EvaluateLanguageModel(
+    student::Model& model, const data::Dataset& dataset, int64_t batch_size,
+    int64_t chunk_tokens, TeacherClient* teacher, bool restore_train) {
+  TokenCounts counts;
+  model.train(false);
+  const absl::Status counted =
+      CountDataset(model, dataset, batch_size, chunk_tokens, teacher, counts);
+  model.train(restore_train);
+  DISTILL_RETURN_IF_ERROR(counted);
+  EvalResult result;
+  result.language_model = true;
+  result.samples = counts.tokens;
+  if (counts.tokens > 0) {
+    result.loss = counts.loss_sum / counts.tokens;
+    result.perplexity = std::exp(result.loss);
+    result.accuracy = static_cast<double>(counts.correct) / counts.tokens;
+    if (teacher != nullptr) {
+      result.teacher_agreement =
+          static_cast<double>(counts.agree) / counts.tokens;
+    }
+  }
+  return result;
+}
+
+}  // namespace distill::trainer
