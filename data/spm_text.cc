@@ -57,27 +57,32 @@ absl::Status CheckModel(const std::string& model) {
   return absl::OkStatus();
 }
 
+// What `argv` writes to stdout when `input` is its stdin, through files in
+// a scratch folder; errors annotated with `what`.
+absl::StatusOr<std::string> Filter(const std::vector<std::string>& argv,
+                                   const std::string& input,
+                                   const std::string& what) {
+  DISTILL_ASSIGN_OR_RETURN(ScratchFolder scratch, ScratchFolder::Create());
+  DISTILL_RETURN_IF_ERROR(WriteStringAtomically(scratch.File("in"), input));
+  CommandOptions options;
+  options.stdin_path = scratch.File("in");
+  options.stdout_path = scratch.File("out");
+  DISTILL_RETURN_IF_ERROR(Annotate(RunCommand(argv, options), what));
+  return ReadFile(scratch.File("out"));
+}
+
 }  // namespace
 
 absl::StatusOr<std::vector<int64_t>> EncodeText(
     const std::string& tokenizer_model, const std::string& text) {
   DISTILL_RETURN_IF_ERROR(CheckModel(tokenizer_model));
-  DISTILL_ASSIGN_OR_RETURN(ScratchFolder scratch, ScratchFolder::Create());
   // One line: the tokenizer encodes line by line.
   std::string line = text;
   std::replace(line.begin(), line.end(), '\n', ' ');
-  DISTILL_RETURN_IF_ERROR(
-      WriteStringAtomically(scratch.File("text"), line + "\n"));
-  CommandOptions options;
-  options.stdin_path = scratch.File("text");
-  options.stdout_path = scratch.File("ids");
-  DISTILL_RETURN_IF_ERROR(Annotate(
-      RunCommand(
-          {"spm_encode", "--model=" + tokenizer_model, "--output_format=id"},
-          options),
-      "encoding the prompt"));
-  DISTILL_ASSIGN_OR_RETURN(const std::string out,
-                           ReadFile(scratch.File("ids")));
+  DISTILL_ASSIGN_OR_RETURN(
+      const std::string out,
+      Filter({"spm_encode", "--model=" + tokenizer_model, "--output_format=id"},
+             line + "\n", "encoding the prompt"));
   std::vector<int64_t> ids;
   for (absl::string_view word :
        absl::StrSplit(absl::StripAsciiWhitespace(out), absl::ByAnyChar(" \n"),
@@ -99,7 +104,6 @@ absl::StatusOr<std::vector<int64_t>> EncodeText(
 absl::StatusOr<std::string> DecodeIds(const std::string& tokenizer_model,
                                       absl::Span<const int64_t> ids) {
   DISTILL_RETURN_IF_ERROR(CheckModel(tokenizer_model));
-  DISTILL_ASSIGN_OR_RETURN(ScratchFolder scratch, ScratchFolder::Create());
   // One line of ids per document; spm_decode writes one line of text each.
   std::vector<std::string> lines(1);
   for (const int64_t id : ids) {
@@ -109,17 +113,10 @@ absl::StatusOr<std::string> DecodeIds(const std::string& tokenizer_model,
       absl::StrAppend(&lines.back(), lines.back().empty() ? "" : " ", id);
     }
   }
-  DISTILL_RETURN_IF_ERROR(WriteStringAtomically(
-      scratch.File("ids"), absl::StrJoin(lines, "\n") + "\n"));
-  CommandOptions options;
-  options.stdin_path = scratch.File("ids");
-  options.stdout_path = scratch.File("text");
-  DISTILL_RETURN_IF_ERROR(Annotate(
-      RunCommand(
-          {"spm_decode", "--model=" + tokenizer_model, "--input_format=id"},
-          options),
-      "decoding token ids"));
-  DISTILL_ASSIGN_OR_RETURN(std::string text, ReadFile(scratch.File("text")));
+  DISTILL_ASSIGN_OR_RETURN(
+      std::string text,
+      Filter({"spm_decode", "--model=" + tokenizer_model, "--input_format=id"},
+             absl::StrJoin(lines, "\n") + "\n", "decoding token ids"));
   if (!text.empty() && text.back() == '\n') text.pop_back();
   return text;
 }

@@ -11,7 +11,6 @@
 Exit 77 (skipped) when /usr/bin/python3 has no torch.
 """
 import argparse
-import json
 import math
 import os
 import shutil
@@ -27,6 +26,9 @@ try:
 except ImportError:
     print("skipped: python3 has no torch/numpy")
     sys.exit(77)
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "testdata"))
+from distill_runs import run  # noqa: E402
 
 VOCAB, SEQ = 300, 32
 
@@ -98,18 +100,6 @@ def perplexity(model, ids):
                                      ignore_index=-100, reduction="sum").item()
             count += int((labels != -100).sum())
     return math.exp(total / count), count
-
-
-def run(distill, config_text, run_dir, workdir):
-    config = os.path.join(workdir, os.path.basename(run_dir) + ".pbtxt")
-    with open(config, "w") as f:
-        f.write(config_text)
-    proc = subprocess.run([distill, "--quiet", "--config", config, "--run_dir", run_dir],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"distill failed ({proc.returncode}): {proc.stderr}")
-    with open(os.path.join(run_dir, "summary.json")) as f:
-        return json.load(f)
 
 
 def main():

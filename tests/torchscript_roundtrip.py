@@ -10,9 +10,7 @@ Exit 77 (skipped) when /usr/bin/python3 has no torch.
 """
 import argparse
 import gzip
-import json
 import os
-import subprocess
 import sys
 import tempfile
 
@@ -28,6 +26,7 @@ TEST_LIMIT = 500
 MEAN, STD = 0.2860, 0.3530
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "testdata"))
+from distill_runs import run  # noqa: E402
 from make_torchscript import SmallNet  # noqa: E402
 
 
@@ -37,18 +36,6 @@ def read_idx(path):
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def run(distill, config_text, run_dir, workdir):
-    config = os.path.join(workdir, os.path.basename(run_dir) + ".pbtxt")
-    with open(config, "w") as f:
-        f.write(config_text)
-    proc = subprocess.run([distill, "--quiet", "--config", config, "--run_dir", run_dir],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"distill failed ({proc.returncode}): {proc.stderr}")
-    with open(os.path.join(run_dir, "summary.json")) as f:
-        return json.load(f)
 
 
 def main():

@@ -277,7 +277,7 @@ absl::Status TrainingRun::CloseEpoch(const EpochReport& r) {
       {"profile_seconds", r.profile.ToJson()},
       {"samples_per_sec", world * r.samples / std::max(r.seconds, 1e-9)}};
   record.update(r.teacher_stats);
-  if ((last || done % c.eval_every_epochs() == 0) && job_.valid != nullptr) {
+  if ((last || done % c.eval_every_epochs() == 0) && IsTokenJob(job_)) {
     // Language models: validation after each epoch, test at the end.
     DISTILL_ASSIGN_OR_RETURN(EvalResult eval,
                              EvaluateSplit(job_, *job_.valid, true));
@@ -326,20 +326,20 @@ absl::StatusOr<nlohmann::json> TrainingRun::WriteSummary(
     DISTILL_RETURN_IF_ERROR(
         job_.model->SaveTorchScript((dir / "model.torchscript.pt").string()));
   }
-  if (last_eval_.is_null() || job_.valid != nullptr) {
+  if (last_eval_.is_null() || IsTokenJob(job_)) {
     // Resumed after the last epoch had finished: evaluate what was saved.
     // A language model's test split is read only here, at the end.
     DISTILL_ASSIGN_OR_RETURN(EvalResult eval,
                              EvaluateSplit(job_, *job_.test, true));
-    (job_.valid != nullptr ? test_eval_ : last_eval_) = eval.ToJson();
-    if (verbose_ && job_.valid != nullptr) {
+    (IsTokenJob(job_) ? test_eval_ : last_eval_) = eval.ToJson();
+    if (verbose_ && IsTokenJob(job_)) {
       std::printf("test perplexity %.2f, next-token accuracy %.2f%%\n",
                   eval.perplexity, 100 * eval.accuracy);
       std::fflush(stdout);
     }
   }
   nlohmann::json samples;
-  if (!job_.tokenizer.empty()) {
+  if (IsTokenJob(job_)) {
     DISTILL_ASSIGN_OR_RETURN(samples, EndOfJobSamples(job_, verbose_));
   }
   nlohmann::json summary = BaseSummary(job_);
