@@ -25,6 +25,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/file.h"
+#include "common/malloc_tuning.h"
 #include "student/model.h"
 #include "teacher_server/served_model.h"
 #include "teacher_server/server.h"
@@ -210,6 +211,8 @@ absl::Status WriteText(const std::string& path, const std::string& text) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Large tensors reused from the heap, not faulted in again every step.
+  distill::TuneMallocForTensors();
   absl::SetProgramUsageMessage(
       "teacher_server (--arch NAME --weights FILE | --torchscript FILE) "
       "[--port N] [--port_file F] [--registry_dir D]: serve a teacher's soft "

@@ -25,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
+#include "common/malloc_tuning.h"
 #include "losses/plugin_loader.h"
 #include "losses/registry.h"
 #include "trainer/config.h"
@@ -128,6 +129,8 @@ int Fail(const std::string& message) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Large tensors reused from the heap, not faulted in again every step.
+  distill::TuneMallocForTensors();
   absl::SetProgramUsageMessage(
       "distill --config FILE [--run_dir DIR] [--resume]: train, distill or "
       "evaluate the job a protobuf text config describes");

@@ -19,6 +19,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "common/malloc_tuning.h"
 #include "common/status.h"
 #include "data/spm_text.h"
 #include "losses/plugin_loader.h"
@@ -119,6 +120,8 @@ absl::Status Run(const std::string& config_path) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Large tensors reused from the heap, not faulted in again every step.
+  distill::TuneMallocForTensors();
   absl::SetProgramUsageMessage(
       "distill_generate --config FILE --prompt TEXT: continue a prompt with "
       "a trained language model");
