@@ -3,7 +3,7 @@
 Measures, on the King James Bible prepared by distill_prepare_text:
 
 1. quality: the quickstart's teacher (launch/configs/lm_teacher.pbtxt), then
-   the 1.4M-parameter student on hard labels and distilled from it
+   the 1.5M-parameter student on hard labels and distilled from it
    (lm_student_hard / lm_student_distill) at the same token budget, for
    --seeds seeds; test and validation perplexity, next-token accuracy;
 2. speed: tokens/s of `distill` against bench/reference/lm_reference.py (the

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The language-model quickstart, from a fresh clone: installs the
 # dependencies, builds `distill`, prepares the King James Bible (Debian's
-# bible-kjv) with a SentencePiece BPE tokenizer, trains a 5.2M-parameter gpt
-# teacher, then a 1.4M-parameter student twice at the same token budget: on
-# the next tokens alone and distilled from the teacher. Prints the
-# perplexity table and a continuation by each model.
+# bible-kjv) with a SentencePiece BPE tokenizer, trains a 5.3M-parameter gpt
+# teacher for 3 epochs, then a 1.5M-parameter student twice at the same
+# token budget (one epoch): on the next tokens alone and distilled from the
+# teacher. Prints the perplexity table and a continuation by each model.
+# About 14 minutes on a 2-core machine after the build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
