@@ -29,7 +29,9 @@ except ImportError:
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "reference"))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "testdata"))
 import lm_reference  # noqa: E402
+from distill_runs import prepare_licence_tokens  # noqa: E402
 
 VOCAB, SEQ = 300, 32
 DIMS = {"layers": 2, "heads": 2, "d_model": 32, "d_ff": 64}
@@ -41,14 +43,7 @@ def main():
     a = p.parse_args()
     bin_dir = os.path.join(a.build_dir, "bin")
     work = tempfile.mkdtemp(prefix="distill_lmref_")
-    corpus = os.path.join(work, "corpus")
-    os.makedirs(corpus)
-    for name in ("GPL-3", "Apache-2.0", "GPL-2", "LGPL-2.1"):
-        shutil.copy(os.path.join("/usr/share/common-licenses", name), corpus)
-    data = os.path.join(work, "tokens")
-    subprocess.run([os.path.join(bin_dir, "distill_prepare_text"), "--corpus", corpus,
-                    "--out_dir", data, "--vocab_size", str(VOCAB)],
-                   check=True, capture_output=True)
+    data = prepare_licence_tokens(os.path.join(bin_dir, "distill_prepare_text"), work, VOCAB)
 
     options = "".join(f'options {{ key: "{k}" value: {v} }} ' for k, v in DIMS.items())
     run_dir = os.path.join(work, "run")

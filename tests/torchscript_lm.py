@@ -14,7 +14,6 @@ import argparse
 import math
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 
@@ -28,7 +27,7 @@ except ImportError:
     sys.exit(77)
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "testdata"))
-from distill_runs import run  # noqa: E402
+from distill_runs import prepare_licence_tokens, run  # noqa: E402
 
 VOCAB, SEQ = 300, 32
 
@@ -108,13 +107,7 @@ def main():
     parser.add_argument("--prepare", required=True)
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="distill_tslm_")
-    corpus = os.path.join(work, "corpus")
-    os.makedirs(corpus)
-    for name in ("GPL-3", "Apache-2.0", "GPL-2", "LGPL-2.1"):
-        shutil.copy(os.path.join("/usr/share/common-licenses", name), corpus)
-    data = os.path.join(work, "tokens")
-    subprocess.run([args.prepare, "--corpus", corpus, "--out_dir", data,
-                    "--vocab_size", str(VOCAB)], check=True, capture_output=True)
+    data = prepare_licence_tokens(args.prepare, work, VOCAB)
 
     torch.manual_seed(0)
     scripted = torch.jit.script(TinyLm())
