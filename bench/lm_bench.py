@@ -14,8 +14,8 @@ Measures, on the King James Bible prepared by distill_prepare_text:
    system BLAS LibTorch's matmul uses), and the FLOP/s of the student step
    and the teacher forward from the quality runs' step profiles;
 4. memory: the whole process's peak RSS of training steps at V = 32,000,
-   batch 16 x 256, with the head's loss in chunks of 256 and 1,024 tokens
-   and in one chunk of all 4,096 (unchunked).
+   batch 16 x 256, with the head's loss in chunks of 256, 512 (the default)
+   and 1,024 tokens and in one chunk of all 4,096 (unchunked).
 
 It writes its section of docs/BENCHMARKS.md (--no_docs: print only). Run
 folders go under --out (default runs/bench_lm); a run whose summary.json is
@@ -295,7 +295,7 @@ def main():
     }
     for k, v in speed.items():
         log(f"  {k}: {v:,.0f} tokens/s")
-    rss = memory(a.out, (4096, 1024, 256))
+    rss = memory(a.out, (4096, 1024, 512, 256))
 
     # ---------------------------------------------------------- report
     s_dims = gpt_dims("lm_student_hard")
@@ -377,6 +377,8 @@ def main():
       f"| {step_rate * f_train / 1e9:.0f} | {100 * step_rate * f_train / 1e9 / pk['onednn']:.0f}% |")
     w(f"| teacher forward (in the distillation run) | {teacher_rate:,.0f} | {f_teacher / 1e9:.4f} "
       f"| {teacher_rate * f_teacher / 1e9:.0f} | {100 * teacher_rate * f_teacher / 1e9 / pk['onednn']:.0f}% |\n")
+    w("The step profile's `forward` holds the output head's forward and backward too: the "
+      "chunked head loss computes its gradients chunk by chunk while the loss is computed.\n")
     w("Seed 1's epoch profile (seconds): hard labels " +
       ", ".join(f"{k} {v:.1f}" for k, v in prof_h.items()) + "; distilled " +
       ", ".join(f"{k} {v:.1f}" for k, v in prof_d.items()) + ".\n")
@@ -388,7 +390,8 @@ def main():
     w("| loss_chunk_tokens | peak RSS | vs one chunk |")
     w("|---:|---:|---:|")
     for chunk in sorted(rss, reverse=True):
-        label = f"{chunk:,}" + (" (unchunked)" if chunk >= 4096 else "")
+        label = f"{chunk:,}" + (" (unchunked)" if chunk >= 4096 else
+                                " (the default)" if chunk == 512 else "")
         w(f"| {label} | {rss[chunk] / 1024:,.0f} MiB | {rss[chunk] / rss[4096]:.2f}x |")
     w("")
     body = "\n".join(lines) + "\n"

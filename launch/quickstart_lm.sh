@@ -5,7 +5,7 @@
 # teacher for 3 epochs, then a 1.5M-parameter student twice at the same
 # token budget (one epoch): on the next tokens alone and distilled from the
 # teacher. Prints the perplexity table and a continuation by each model.
-# About 14 minutes on a 2-core machine after the build.
+# About 15 minutes on a 2-core machine after the build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -18,7 +18,7 @@ void ApplyDefaults(JobConfig& c) {
   if (!c.has_keep_checkpoints()) c.set_keep_checkpoints(2);
   if (!c.has_log_every_steps()) c.set_log_every_steps(50);
   if (!c.has_micro_batches()) c.set_micro_batches(1);
-  if (!c.has_loss_chunk_tokens()) c.set_loss_chunk_tokens(1024);
+  if (!c.has_loss_chunk_tokens()) c.set_loss_chunk_tokens(512);
   auto* dist = c.mutable_distributed();
   if (dist->backend().empty()) dist->set_backend("gloo");
   if (!dist->has_collective_timeout_seconds()) {
