@@ -30,6 +30,42 @@ using internal::FlatLogits;
 using internal::kProbFloor;
 using internal::MeanOverTargets;
 
+// Per-row cross entropy of logits z [M, V] against labels [M] (already
+// clamped to valid classes) with label smoothing e: the forward keeps
+// log_softmax(z), and the backward writes dL/dz = g * (softmax(z) - target),
+// target = (1 - e) onehot(y) + e / V, in two passes over [M, V] instead of
+// autograd's way through gather and log_softmax's backward (which measured
+// ~3.5x the forward's time on a [512, 8192] chunk).
+class CrossEntropyRows : public torch::autograd::Function<CrossEntropyRows> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx,
+                               const torch::Tensor& logits,
+                               const torch::Tensor& labels, double smoothing) {
+    const torch::Tensor log_q = torch::log_softmax(logits, -1);
+    torch::Tensor loss = -log_q.gather(-1, labels.reshape({-1, 1})).squeeze(-1);
+    if (smoothing > 0.0) {
+      loss = (1.0 - smoothing) * loss - smoothing * log_q.mean(-1);
+    }
+    ctx->save_for_backward({log_q, labels});
+    ctx->saved_data["smoothing"] = smoothing;
+    return loss;
+  }
+  static torch::autograd::tensor_list backward(
+      torch::autograd::AutogradContext* ctx,
+      torch::autograd::tensor_list grad_out) {
+    const auto saved = ctx->get_saved_variables();
+    const double smoothing = ctx->saved_data["smoothing"].toDouble();
+    const torch::Tensor labels = saved[1].reshape({-1, 1});
+    torch::Tensor grad = saved[0].exp();
+    grad.scatter_add_(
+        -1, labels,
+        torch::full({labels.size(0), 1}, -(1.0 - smoothing), grad.options()));
+    if (smoothing > 0.0) grad.sub_(smoothing / grad.size(-1));
+    grad.mul_(grad_out[0].reshape({-1, 1}));
+    return {grad, torch::Tensor(), torch::Tensor()};
+  }
+};
+
 class HardCeLoss final : public Loss {
  public:
   explicit HardCeLoss(double label_smoothing)
@@ -40,18 +76,14 @@ class HardCeLoss final : public Loss {
     DISTILL_RETURN_IF_ERROR(CheckStudent("hard_ce", inputs.student_logits));
     DISTILL_RETURN_IF_ERROR(CheckLabels("hard_ce", inputs));
     return TorchCall("hard_ce", [&]() -> torch::Tensor {
-      const torch::Tensor log_q =
-          torch::log_softmax(FlatLogits(inputs.student_logits), -1);
-      // Ignored positions gather class 0; MeanOverTargets drops them.
-      const torch::Tensor labels = inputs.labels.reshape({-1, 1})
-                                       .to(log_q.device(), torch::kLong)
+      const torch::Tensor logits = FlatLogits(inputs.student_logits);
+      // Ignored positions count class 0; MeanOverTargets drops them (their
+      // rows get a zero gradient).
+      const torch::Tensor labels = inputs.labels.reshape({-1})
+                                       .to(logits.device(), torch::kLong)
                                        .clamp_min(0);
-      torch::Tensor loss = -log_q.gather(-1, labels).squeeze(-1);
-      if (label_smoothing_ > 0.0) {
-        loss =
-            (1.0 - label_smoothing_) * loss - label_smoothing_ * log_q.mean(-1);
-      }
-      return MeanOverTargets(loss, inputs);
+      return MeanOverTargets(
+          CrossEntropyRows::apply(logits, labels, label_smoothing_), inputs);
     });
   }
 
