@@ -35,12 +35,7 @@ def onednn_linear(x, weight, bias=None):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--vocab", type=int, default=8192)
-    p.add_argument("--seq_len", type=int, default=128)
-    p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--d_model", type=int, default=128)
-    p.add_argument("--d_ff", type=int, default=512)
+    R.add_gpt_args(p)
     p.add_argument("--chunk", type=int, default=512)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--threads", type=int, default=os.cpu_count())

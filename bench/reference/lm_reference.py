@@ -132,19 +132,26 @@ def load_distill_weights(model, path):
     model.load_state_dict(state)
 
 
+def add_gpt_args(parser, prefix=""):
+    """The zoo gpt's shape options (the quickstart student's by default) and
+    the job's window and batch."""
+    parser.add_argument(f"--{prefix}layers", type=int, default=2)
+    parser.add_argument(f"--{prefix}heads", type=int, default=4)
+    parser.add_argument(f"--{prefix}d_model", type=int, default=128)
+    parser.add_argument(f"--{prefix}d_ff", type=int, default=512)
+    if not prefix:
+        parser.add_argument("--seq_len", type=int, default=128)
+        parser.add_argument("--batch_size", type=int, default=16)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--data", required=True)
-    for prefix in ("", "teacher_"):
-        p.add_argument(f"--{prefix}layers", type=int, default=2)
-        p.add_argument(f"--{prefix}heads", type=int, default=4)
-        p.add_argument(f"--{prefix}d_model", type=int, default=128)
-        p.add_argument(f"--{prefix}d_ff", type=int, default=512)
+    add_gpt_args(p)
+    add_gpt_args(p, "teacher_")
     p.add_argument("--teacher", choices=("none", "plain", "optimized"), default="none")
     p.add_argument("--teacher_weights", default="")
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--seq_len", type=int, default=128)
-    p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--lr", type=float, default=0.002)
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--steps", type=int, default=100)
