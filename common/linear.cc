@@ -4,6 +4,8 @@
 
 #include <atomic>
 
+#include "common/matmul.h"
+
 namespace distill {
 namespace {
 
@@ -25,6 +27,9 @@ torch::Tensor Linear(const torch::Tensor& x, const torch::Tensor& weight,
   const int64_t in = x.size(-1);
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = weight.size(0);
+  if (OneDnnMatmulAvailable()) {
+    return OneDnnLinear(x.reshape({-1, in}), weight, bias).view(out_shape);
+  }
   // mkldnn_linear takes a 2-D oneDNN input and dense weight and bias, and
   // its backward hands dense gradients to all three.
   const torch::Tensor input = x.reshape({-1, in}).contiguous().to_mkldnn();

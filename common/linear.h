@@ -1,10 +1,12 @@
 // Linear layers on oneDNN. Debian's LibTorch runs torch::linear / matmul
-// through the system BLAS (~30 GFLOP/s on a 2-core AVX-512 machine) while
-// its bundled oneDNN inner product reaches several times that; a language
-// model is nearly all linear layers, so its forward and backward go through
-// Linear() below. The fast path is LibTorch's own mkldnn_linear op, whose
-// autograd formula computes the input, weight and bias gradients on oneDNN
-// too. Thread-safe.
+// through the system BLAS (~35 GFLOP/s on a 2-core AVX-512 machine) while
+// oneDNN reaches several times that; a language model is nearly all
+// linear layers, so its forward and backward go through Linear() below.
+// The fast path is oneDNN's matmul primitive on LibTorch's dense tensors
+// (common/matmul.h: forward, input and weight gradients, no layout
+// conversions); a build without oneDNN's headers uses LibTorch's own
+// mkldnn_linear op, whose autograd formula stays on oneDNN too.
+// Thread-safe.
 #ifndef DISTILL_COMMON_LINEAR_H_
 #define DISTILL_COMMON_LINEAR_H_
 
@@ -20,8 +22,9 @@ namespace distill {
 torch::Tensor Linear(const torch::Tensor& x, const torch::Tensor& weight,
                      const torch::Tensor& bias = {});
 
-// Turns the oneDNN path on or off for the whole process (default: on), for
-// the equality test and for benchmarks that compare the two.
+// Turns the oneDNN paths of Linear and Matmul (common/matmul.h) on or off
+// for the whole process (default: on), for the equality tests and for
+// benchmarks that compare the two.
 void SetFastLinear(bool enabled);
 bool FastLinearEnabled();
 

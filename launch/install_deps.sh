@@ -9,6 +9,9 @@ if [[ "$(id -u)" != "0" ]]; then SUDO="sudo"; fi
 PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git clang-format
   libtorch-dev libgloo-dev
+  # oneDNN's headers (LibTorch links its library): attention's batched
+  # matmuls on oneDNN (common/matmul.h).
+  libdnnl-dev
   # An optimized BLAS for LibTorch's linear layers: without one (apt's
   # --no-install-recommends) they run on the netlib reference BLAS, ~20x
   # slower. BLIS rather than OpenBLAS: see the check at the end.

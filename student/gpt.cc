@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/linear.h"
+#include "common/matmul.h"
 
 namespace distill::student {
 namespace {
@@ -44,8 +45,8 @@ class AttentionImpl : public torch::nn::Module {
       *k_cache = k;
       *v_cache = v;
     }
-    torch::Tensor att = torch::matmul(q, k.transpose(-2, -1)) /
-                        std::sqrt(static_cast<double>(hd));
+    torch::Tensor att = Matmul(q, k.transpose(-2, -1),
+                               1.0 / std::sqrt(static_cast<double>(hd)));
     // Query i (at position past + i) sees keys 0 .. past + i.
     const torch::Tensor future =
         torch::ones({s, past + s},
@@ -53,7 +54,7 @@ class AttentionImpl : public torch::nn::Module {
             .triu(past + 1);
     att = att.masked_fill(future, -std::numeric_limits<float>::infinity());
     att = attn_drop_(torch::softmax(att, -1));
-    torch::Tensor y = torch::matmul(att, v).transpose(1, 2).reshape({n, s, d});
+    torch::Tensor y = Matmul(att, v).transpose(1, 2).reshape({n, s, d});
     return resid_drop_(Linear(y, proj_->weight, proj_->bias));
   }
 

@@ -98,8 +98,9 @@ TEST(GptTest, TheKvCacheGivesTheFullForwardsLogits) {
                c10::Error);  // 13 > context 12
 }
 
-// The oneDNN linear path (common/linear.h) trains the same model: one
-// loss and its gradients, on the fast and on the plain path.
+// The oneDNN paths (common/linear.h's Linear, common/matmul.h's attention
+// products) train the same model: one loss and its gradients, on the fast
+// and on the plain path.
 TEST(GptTest, FastLinearPathGivesThePlainLossAndGradients) {
   torch::manual_seed(5);
   auto model = Tiny();
