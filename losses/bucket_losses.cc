@@ -105,6 +105,35 @@ torch::Tensor SoftCeTerm(const torch::Tensor& p, const torch::Tensor& log_q) {
   return -p * log_q;
 }
 
+// kd_kl on dense targets per row, KL(p || softmax(z / T)), with its
+// gradient written out, (softmax(z / T) * sum(p) - p) / T, instead of
+// autograd's walk back through the sum, product, log-softmax and division:
+// the language models' [chunk, V] rows make each of those a pass over
+// megabytes. sum(p) keeps the gradient exact for rows that are not quite
+// distributions (fp16 targets off the wire).
+class DenseKlRows : public torch::autograd::Function<DenseKlRows> {
+ public:
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx,
+                               const torch::Tensor& z, const torch::Tensor& p,
+                               double t) {
+    const torch::Tensor log_q = torch::log_softmax(t == 1.0 ? z : z / t, -1);
+    ctx->save_for_backward({log_q, p});
+    ctx->saved_data["t"] = t;
+    return (torch::xlogy(p, p) - p * log_q).sum(-1);
+  }
+  static torch::autograd::tensor_list backward(
+      torch::autograd::AutogradContext* ctx,
+      torch::autograd::tensor_list grad_out) {
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor& p = saved[1];
+    const torch::Tensor scale =
+        grad_out[0].reshape({-1, 1}) / ctx->saved_data["t"].toDouble();
+    torch::Tensor grad = saved[0].exp();
+    grad.mul_(p.sum(-1, /*keepdim=*/true) * scale).addcmul_(p, scale, -1);
+    return {grad, torch::Tensor(), torch::Tensor()};
+  }
+};
+
 class BucketLoss final : public Loss {
  public:
   BucketLoss(std::string name, BucketTerm term)
@@ -115,9 +144,16 @@ class BucketLoss final : public Loss {
     DISTILL_RETURN_IF_ERROR(CheckStudent(name_, inputs.student_logits));
     DISTILL_RETURN_IF_ERROR(CheckTeacher(name_, inputs));
     return TorchCall(name_, [&]() -> torch::Tensor {
-      const Buckets buckets =
-          MakeBuckets(inputs.student_logits, *inputs.teacher);
-      const double t = inputs.teacher->temperature;
+      const TeacherTargets& teacher = *inputs.teacher;
+      const double t = teacher.temperature;
+      if (term_ == &KdKlTerm && teacher.form == TeacherTargets::Form::kDense) {
+        const torch::Tensor z = FlatLogits(inputs.student_logits);
+        const torch::Tensor p = teacher.probs.detach()
+                                    .reshape({-1, z.size(-1)})
+                                    .to(z.options().requires_grad(false));
+        return MeanOverTargets(DenseKlRows::apply(z, p, t), inputs) * (t * t);
+      }
+      const Buckets buckets = MakeBuckets(inputs.student_logits, teacher);
       return MeanOverTargets(term_(buckets.p, buckets.log_q).sum(-1), inputs) *
              (t * t);
     });

@@ -289,6 +289,29 @@ TEST(BuiltinLossesTest, GradientsMatchFiniteDifferences) {
   check("hard_ce", nullptr, {{"label_smoothing", 0.3}});
 }
 
+// kd_kl's dense gradient is written out by hand: it must hold for rows that
+// are not quite distributions (fp16 targets off the wire scale a row's sum)
+// and give ignored positions nothing.
+TEST(KdKlTest, GradientOfUnnormalizedRowsMatchesFiniteDifferences) {
+  torch::manual_seed(9);
+  const torch::Tensor s = Randn({4, 6});
+  for (const double temp : {1.0, 2.5}) {
+    TeacherTargets teacher =
+        TeacherTargets::DenseFromLogits(Randn({4, 6}), temp);
+    teacher.probs =
+        teacher.probs *
+        torch::tensor({1.0, 0.97, 1.03, 0.5}, torch::kDouble).reshape({4, 1});
+    const torch::Tensor labels = torch::tensor({0, -100, 2, 5}, torch::kLong);
+    const ValueAndGrad r = Evaluate("kd_kl", s, &teacher, labels);
+    const torch::Tensor numeric = NumericGrad("kd_kl", s, &teacher, labels, {});
+    EXPECT_TRUE(torch::allclose(r.grad, numeric, 1e-4, 1e-8))
+        << "T " << temp << "\nhand-written:\n"
+        << r.grad << "\nnumeric:\n"
+        << numeric;
+    EXPECT_TRUE(torch::equal(r.grad[1], torch::zeros({6}, torch::kDouble)));
+  }
+}
+
 TEST(HardCeTest, LabelSmoothingMatchesHandValue) {
   const torch::Tensor s =
       torch::tensor({{1.0, 2.0, 0.5}, {-1.0, 0.0, 3.0}}, torch::kDouble);
