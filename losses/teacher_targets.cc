@@ -6,6 +6,7 @@
 #include "losses/teacher_targets.h"
 
 #include <algorithm>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -54,20 +55,33 @@ TeacherTargets TeacherTargets::DenseFromLogits(const torch::Tensor& logits,
 
 TeacherTargets TeacherTargets::TopKFromLogits(const torch::Tensor& logits,
                                               double temperature, int64_t k) {
-  TeacherTargets dense = DenseFromLogits(logits, temperature);
   TeacherTargets targets;
   targets.form = Form::kTopK;
   targets.temperature = temperature;
-  targets.num_classes = dense.num_classes;
+  targets.num_classes = logits.size(-1);
   // k is clamped to [1, C] rather than failing: asking for more classes than
   // exist means "all of them".
-  const int64_t kept = std::clamp<int64_t>(k, 1, dense.num_classes);
-  auto [values, indices] =
-      torch::topk(dense.probs, kept, /*dim=*/-1, /*largest=*/true,
-                  /*sorted=*/true);
-  targets.values = values;
+  const int64_t kept = std::clamp<int64_t>(k, 1, targets.num_classes);
+  const torch::Tensor z = logits.detach().to(ProbDtype(logits)) / temperature;
+  const torch::Tensor log_norm = torch::logsumexp(z, -1, /*keepdim=*/true);
+  auto [top_z, indices] = torch::topk(z, kept, /*dim=*/-1, /*largest=*/true,
+                                      /*sorted=*/true);
+  targets.values = (top_z - log_norm).exp();
   targets.indices = indices;
-  targets.tail_mass = torch::clamp_min(1.0 - values.sum(-1), 0.0);
+  if (kept == targets.num_classes) {
+    targets.tail_mass =
+        torch::zeros(top_z.sizes().slice(0, top_z.dim() - 1), top_z.options());
+    return targets;
+  }
+  // The tail's mass in log space from the full logits: 1 - sum(values) in
+  // float32 is rounding noise once the tail is below ~1e-6 of the mass
+  // (k = 1,024 of a peaked distribution).
+  const torch::Tensor unlisted =
+      z.scatter(-1, indices, -std::numeric_limits<double>::infinity());
+  targets.tail_mass =
+      (torch::logsumexp(unlisted, -1, /*keepdim=*/true) - log_norm)
+          .exp()
+          .squeeze(-1);
   return targets;
 }
 

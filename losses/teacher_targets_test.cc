@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
+
 #include "common/testing/status_matchers.h"
 
 namespace distill::losses {
@@ -53,6 +55,30 @@ TEST(TeacherTargetsTest, TopKKeepsLargestAndTail) {
   EXPECT_EQ(all.values.size(-1), 4);
   EXPECT_TRUE((all.tail_mass >= 0).all().item<bool>());
   EXPECT_LT(all.tail_mass.max().item<double>(), 1e-6);
+}
+
+// At k = 1,024 of a peaked distribution the tail is ~6e-9 of the mass:
+// 1 - sum(values) in float32 is rounding noise there (the values' own
+// rounding is ~1e-7), so the tail comes from the logits in log space.
+TEST(TeacherTargetsTest, TopKTailIsExactWhereOneMinusTheSumIsNoise) {
+  constexpr int64_t kVocab = 4096, kTop = 1024;
+  // 1,024 classes at logit 0 and 3,072 at -20: the tail's mass is
+  // 3072 e^-20 / (1024 + 3072 e^-20), by hand.
+  const torch::Tensor logits =
+      torch::cat(
+          {torch::zeros({2, kTop}), torch::full({2, kVocab - kTop}, -20.0)}, -1)
+          .index_select(-1, torch::randperm(kVocab));
+  const double small = 3072.0 * std::exp(-20.0);
+  const double want = small / (1024.0 + small);
+  const TeacherTargets t = TeacherTargets::TopKFromLogits(logits, 1.0, kTop);
+  ASSERT_EQ(t.tail_mass.sizes(), (std::vector<int64_t>{2}));
+  for (int row = 0; row < 2; ++row) {
+    EXPECT_NEAR(t.tail_mass[row].item<double>(), want, 1e-4 * want);
+  }
+  // What the subtraction gives, for the record: off by far more than the
+  // tail itself.
+  const double subtracted = (1.0 - t.values[0].sum()).item<double>();
+  EXPECT_GT(std::abs(subtracted - want), 0.5 * want);
 }
 
 TEST(TeacherTargetsTest, BatchShape) {

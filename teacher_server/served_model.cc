@@ -51,6 +51,18 @@ absl::StatusOr<ServedModel> LoadServedModel(const ModelSource& source) {
   }
   DISTILL_ASSIGN_OR_RETURN(torch::Dtype input_dtype,
                            InputTorchDType(source.input_dtype));
+  const bool tokens = TakesTokens(source.input_dtype);
+  if (tokens && source.input_shape.size() != 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a language model takes token ids of shape [S]; input shape [",
+        absl::StrJoin(source.input_shape, ", "), "] has ",
+        source.input_shape.size(), " dimensions"));
+  }
+  if (!tokens && !source.tokenizer.empty()) {
+    return absl::InvalidArgumentError(
+        "a tokenizer goes with a language model, whose inputs are token ids "
+        "(input dtype int32 or int64)");
+  }
   const std::string& file =
       source.torchscript.empty() ? source.weights : source.torchscript;
   if (!std::filesystem::is_regular_file(file)) {
@@ -63,12 +75,20 @@ absl::StatusOr<ServedModel> LoadServedModel(const ModelSource& source) {
   served.input_shape = source.input_shape;
   served.input_dtype = source.input_dtype;
   DISTILL_ASSIGN_OR_RETURN(served.hash, FileSha256Hex(file));
+  if (!source.tokenizer.empty()) {
+    if (!std::filesystem::is_regular_file(source.tokenizer)) {
+      return absl::NotFoundError(
+          absl::StrCat("tokenizer file not found: ", source.tokenizer));
+    }
+    DISTILL_ASSIGN_OR_RETURN(served.tokenizer_sha256,
+                             FileSha256Hex(source.tokenizer));
+  }
   served.name = source.torchscript.empty()
                     ? source.arch
                     : std::filesystem::path(file).filename().string();
 
   student::ModelSpec spec{source.arch, source.torchscript, source.arch_options};
-  student::ZooInput zoo_input{source.input_shape, source.num_classes};
+  student::ZooInput zoo_input{source.input_shape, source.num_classes, tokens};
   DISTILL_ASSIGN_OR_RETURN(std::unique_ptr<student::Model> model,
                            student::Model::Create(spec, zoo_input));
   if (!source.weights.empty()) {
@@ -100,14 +120,24 @@ absl::StatusOr<ServedModel> LoadServedModel(const ModelSource& source) {
         "] for a batch of 2; expected floating-point logits [2, C] or "
         "[2, S, V]"));
   }
+  if (tokens && (out.dim() != 3 || out.size(1) != source.input_shape[0])) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the language model '", model->description(),
+                     "' returns [", absl::StrJoin(out.sizes(), ", "),
+                     "] for token ids [", absl::StrJoin(probe_shape, ", "),
+                     "]; expected logits [2, ", source.input_shape[0], ", V]"));
+  }
   served.output_shape.assign(out.sizes().begin() + 1, out.sizes().end());
+  if (tokens) served.context_length = source.input_shape[0];
   // Served teachers never train: prepared for inference (BatchNorm folded,
   // convs and linear layers on oneDNN), as the trainer's in-process teacher is.
   DISTILL_ASSIGN_OR_RETURN(std::shared_ptr<student::InferenceModel> prepared,
                            student::InferenceModel::Create(std::move(model)));
   served.how = prepared->how();
-  served.forward = [prepared](const torch::Tensor& inputs) {
-    return prepared->forward(inputs).to(torch::kFloat);
+  // Token ids reach the model as int64, whatever width the wire used.
+  served.forward = [prepared, tokens](const torch::Tensor& inputs) {
+    return prepared->forward(tokens ? inputs.to(torch::kLong) : inputs)
+        .to(torch::kFloat);
   };
   return served;
 }

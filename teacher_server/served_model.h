@@ -30,6 +30,10 @@ struct ServedModel {
   v1::Tensor::DType input_dtype = v1::Tensor::FLOAT32;
   // One sample's logits: [C] or [S, V].
   std::vector<int64_t> output_shape;
+  // Language models (integer inputs [S]): hex SHA-256 of the tokenizer
+  // model (empty: not given) and S. Empty / 0 otherwise.
+  std::string tokenizer_sha256;
+  int64_t context_length = 0;
   // Logits [N, output_shape...] for inputs [N, input_shape...]. May throw
   // (c10::Error); the batcher catches at its boundary. The caller holds
   // torch::InferenceMode.
@@ -55,11 +59,24 @@ struct ModelSource {
   std::vector<int64_t> input_shape = {1, 28, 28};
   v1::Tensor::DType input_dtype = v1::Tensor::FLOAT32;
   // Zoo models only: classes the architecture is built for. Default: 10.
+  // A language model's vocabulary size.
   int64_t num_classes = 10;
+  // Language models: the tokenizer model file (e.g. distill_prepare_text's
+  // tokenizer.model) the token ids come from; its SHA-256 goes into Info.
+  // Empty: not stated (trainers then refuse the teacher for token data).
+  std::string tokenizer;
 };
 
-// Loads the model in eval mode without gradients, hashes its file and runs
-// one forward on zeros [2, input_shape...] to learn the output shape.
+// Whether a teacher of these inputs is a language model: integer inputs
+// are token ids.
+inline bool TakesTokens(v1::Tensor::DType input_dtype) {
+  return input_dtype == v1::Tensor::INT32 || input_dtype == v1::Tensor::INT64;
+}
+
+// Loads the model in eval mode without gradients, hashes its file (and the
+// tokenizer's) and runs one forward on zeros [2, input_shape...] to learn
+// the output shape. A language model (integer inputs) must take [S] and
+// return [N, S, V].
 // NotFound for a missing file; InvalidArgument for a bad source or a model
 // whose output is not [N, C] or [N, S, V]; the zoo's and Model's errors.
 absl::StatusOr<ServedModel> LoadServedModel(const ModelSource& source);

@@ -41,7 +41,13 @@ ABSL_FLAG(std::string, input_shape, "1,28,28",
           "One sample's input shape, without the batch dimension.");
 ABSL_FLAG(std::string, input_dtype, "float32",
           "Input dtype: float32, int64 or int32.");
-ABSL_FLAG(int64_t, num_classes, 10, "Classes a zoo teacher is built for.");
+ABSL_FLAG(int64_t, num_classes, 10,
+          "Classes a zoo teacher is built for (a language model's "
+          "vocabulary size).");
+ABSL_FLAG(std::string, tokenizer, "",
+          "Language models (--input_dtype int32/int64): the tokenizer model "
+          "its token ids come from (distill_prepare_text's tokenizer.model); "
+          "trainers refuse a teacher whose tokenizer is not their data's.");
 ABSL_FLAG(std::string, host, "127.0.0.1", "Address to listen on.");
 ABSL_FLAG(int, port, 0, "Port to listen on; 0 picks a free one.");
 ABSL_FLAG(std::string, port_file, "",
@@ -147,6 +153,7 @@ absl::StatusOr<teacher::ModelSource> SourceFromFlags() {
         "--input_dtype must be float32, int64 or int32, got '", dtype, "'"));
   }
   source.num_classes = absl::GetFlag(FLAGS_num_classes);
+  source.tokenizer = absl::GetFlag(FLAGS_tokenizer);
   return source;
 }
 

@@ -8,6 +8,7 @@
 #include "absl/strings/str_join.h"
 #include "common/status.h"
 #include "teacher_server/codec.h"
+#include "teacher_server/served_model.h"
 
 namespace distill::teacher {
 namespace {
@@ -78,6 +79,18 @@ absl::StatusOr<torch::Tensor> DecodeInputs(const v1::InputBatch& batch,
   if (!tensor.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "batch ", batch.batch_id(), ": ", tensor.status().message()));
+  }
+  // Token ids index the teacher's embedding: one outside the vocabulary
+  // would fail the forward it shares with other streams' batches.
+  if (TakesTokens(info.input_dtype()) && tensor->numel() > 0) {
+    const int64_t low = tensor->min().item<int64_t>();
+    const int64_t high = tensor->max().item<int64_t>();
+    if (low < 0 || high >= info.num_classes()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "batch ", batch.batch_id(), ": token id ", low < 0 ? low : high,
+          " is outside the teacher's vocabulary [0, ", info.num_classes(),
+          ")"));
+    }
   }
   return tensor;
 }

@@ -156,10 +156,11 @@ TEST_F(LmCliTest, BadInputIsOneLineAndWritesNothing) {
                 "is an image model but the data are token windows");
   ExpectRefused(std::string("mode: TRAIN\nstudent {") + kTinyGpt + "}\n",
                 "language model");
-  // Teacher servers do not serve language models yet.
-  ExpectRefused(Config("DISTILL", data, kTinyGpt,
-                       "teacher { endpoints: \"localhost:1\" }\n"),
-                "teacher servers do not serve language models");
+  // Teacher servers' targets are not cached for language models yet.
+  ExpectRefused(
+      Config("DISTILL", data, kTinyGpt,
+             "teacher { endpoints: \"localhost:1\" cache { mode: MEMORY } }\n"),
+      "teacher.cache.mode");
 
   // A teacher trained with another tokenizer's vocabulary.
   const fs::path other = Prepare("other", 400);

@@ -239,11 +239,12 @@ absl::Status ValidateTokenData(const JobConfig& c) {
     return Bad("data.augment.enabled",
                "applies to images; token windows are not augmented");
   }
-  if (c.has_teacher() && IsRemoteTeacher(c.teacher())) {
-    return Bad("teacher",
-               "teacher servers do not serve language models yet; run the "
-               "teacher in process (teacher.model) for data.dataset "
-               "\"tokens\"");
+  if (c.has_teacher() && IsRemoteTeacher(c.teacher()) &&
+      (c.teacher().cache().mode() == TeacherCacheConfig::MEMORY ||
+       c.teacher().cache().mode() == TeacherCacheConfig::DISK)) {
+    return Bad("teacher.cache.mode",
+               "caches per-sample targets of image jobs; a language model's "
+               "[S, V] targets per window are not cached yet (mode NONE)");
   }
   if (c.has_qat()) {
     return Bad("qat",

@@ -82,11 +82,17 @@ absl::StatusOr<std::unique_ptr<data::Dataset>> LoadSplit(const JobConfig& c,
 // ensemble members) run in this process.
 absl::StatusOr<std::shared_ptr<TeacherClient>> MakeTeacher(
     const JobConfig& config, const WorldInfo& world,
-    const student::ZooInput& input, int64_t train_size,
-    std::shared_ptr<TeacherClient> given) {
+    const student::ZooInput& input, const data::Dataset& test,
+    int64_t train_size, std::shared_ptr<TeacherClient> given) {
   if (given) return given;
   if (IsRemoteTeacher(config.teacher())) {
-    return ConnectRemoteTeacher(config, input,
+    const std::string tokenizer =
+        input.tokens ? static_cast<const data::TokenWindows&>(test)
+                           .file()
+                           .info()
+                           .tokenizer_sha256
+                     : std::string();
+    return ConnectRemoteTeacher(config, input, tokenizer,
                                 config.batch_size() / world.world_size,
                                 train_size, world.rank);
   }
@@ -204,7 +210,7 @@ absl::Status AssembleJob(const JobConfig& config, const WorldInfo& world,
 
   if (HasTeacher(config)) {
     DISTILL_ASSIGN_OR_RETURN(
-        job.teacher, MakeTeacher(config, world, input,
+        job.teacher, MakeTeacher(config, world, input, *job.test,
                                  job.train != nullptr ? job.train->size() : 0,
                                  std::move(teacher)));
     if (job.teacher->num_classes() != input.num_classes) {

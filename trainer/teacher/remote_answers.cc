@@ -3,8 +3,10 @@
 // tensors have the batch's rows; anything else is DataLoss naming the
 // server and the batch.
 #include <cmath>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "teacher_server/codec.h"
 #include "teacher_server/grpc_status.h"
 #include "trainer/teacher/internal/remote_state.h"
@@ -62,6 +64,15 @@ Result RemoteTeacher::Impl::Decode(const Endpoint& endpoint,
   }
   Result decoded = teacher::DecodeTargets(targets, pending.rows);
   if (!decoded.ok()) return bad(std::string(decoded.status().message()));
+  if (pending.positions > 0) {
+    const std::vector<int64_t> want = {pending.rows, pending.positions};
+    if (decoded->batch_shape() != torch::IntArrayRef(want)) {
+      return bad(absl::StrCat("targets for positions [",
+                              absl::StrJoin(decoded->batch_shape(), ", "),
+                              "] instead of [", absl::StrJoin(want, ", "),
+                              "]"));
+    }
+  }
   return decoded;
 }
 

@@ -26,10 +26,13 @@ TargetsFuture RemoteTeacher::Impl::Submit(const data::Batch& batch,
   auto pending = std::make_shared<Pending>();
   TargetsFuture future = pending->promise.get_future();
   pending->rows = batch.inputs.size(0);
+  if (!options_.tokenizer_sha256.empty()) {
+    pending->positions = batch.inputs.size(1);
+  }
   pending->temperature = temperature;
   pending->start = Clock::now();
   *pending->request.mutable_batch()->mutable_inputs() =
-      teacher::ToProto(batch.inputs, v1::Tensor::FLOAT32);
+      teacher::ToProto(batch.inputs, options_.input_dtype);
   std::vector<Write> writes;
   {
     absl::MutexLock lock(&mu_);

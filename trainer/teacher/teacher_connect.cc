@@ -26,7 +26,8 @@ absl::StatusOr<std::string> ReadSmallFile(const std::string& path,
 
 absl::StatusOr<std::shared_ptr<TeacherClient>> ConnectRemoteTeacher(
     const v1::JobConfig& config, const student::ZooInput& data,
-    int64_t batch_rows, int64_t num_samples, int rank) {
+    const std::string& tokenizer_sha256, int64_t batch_rows,
+    int64_t num_samples, int rank) {
   const v1::TeacherConfig& t = config.teacher();
   RemoteTeacherOptions options;
   options.endpoints.assign(t.endpoints().begin(), t.endpoints().end());
@@ -53,6 +54,16 @@ absl::StatusOr<std::shared_ptr<TeacherClient>> ConnectRemoteTeacher(
   }
   options.input_shape = data.input_shape;
   options.num_classes = data.num_classes;
+  if (data.tokens) {
+    if (tokenizer_sha256.empty()) {
+      return absl::FailedPreconditionError(
+          "token data without its tokenizer's SHA-256 cannot be checked "
+          "against a teacher server");
+    }
+    // Ids below 65,536 (distill_prepare_text's limit) fit INT32.
+    options.input_dtype = v1::Tensor::INT32;
+    options.tokenizer_sha256 = tokenizer_sha256;
+  }
   options.max_batch_rows = batch_rows;
   DISTILL_ASSIGN_OR_RETURN(std::unique_ptr<RemoteTeacher> remote,
                            RemoteTeacher::Connect(options));

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "proto/job.pb.h"
@@ -14,11 +15,14 @@
 
 namespace distill::trainer {
 
-// `data` describes one sample and the class count; `batch_rows` is the
-// largest batch this rank sends; sample ids are in [0, num_samples).
+// `data` describes one sample and the class count; `tokenizer_sha256` is
+// the token data's tokenizer (hex SHA-256; empty for images), which a
+// language-model teacher must state in Info; `batch_rows` is the largest
+// batch this rank sends; sample ids are in [0, num_samples).
 absl::StatusOr<std::shared_ptr<TeacherClient>> ConnectRemoteTeacher(
     const v1::JobConfig& config, const student::ZooInput& data,
-    int64_t batch_rows, int64_t num_samples, int rank);
+    const std::string& tokenizer_sha256, int64_t batch_rows,
+    int64_t num_samples, int rank);
 
 }  // namespace distill::trainer
 

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/file.h"
+#include "common/status.h"
 #include "teacher_server/codec.h"
 
 namespace distill::trainer {
@@ -37,17 +38,65 @@ absl::StatusOr<std::vector<std::string>> ReadRegistry(const std::string& dir) {
   return endpoints;
 }
 
+namespace {
+
+// A language model's identity: the tokenizer, the vocabulary, [S, V] out.
+absl::Status CheckLanguageModel(const std::string& who,
+                                const v1::InfoResponse& info,
+                                const RemoteTeacherOptions& options) {
+  const std::string data_tokenizer = options.tokenizer_sha256.substr(0, 16);
+  if (info.tokenizer_sha256().empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        who,
+        " does not state its tokenizer; the data's token ids come from "
+        "tokenizer ",
+        data_tokenizer,
+        " (start the server with --tokenizer FILE, the data folder's "
+        "tokenizer.model)"));
+  }
+  if (info.tokenizer_sha256() != options.tokenizer_sha256) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        who, " reads token ids of tokenizer ",
+        info.tokenizer_sha256().substr(0, 16),
+        " but the data's come from tokenizer ", data_tokenizer,
+        " (SHA-256 of each tokenizer.model): the same ids would mean other "
+        "words"));
+  }
+  if (info.num_classes() != options.num_classes) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        who, " has a vocabulary of ", info.num_classes(),
+        " tokens but the data's tokenizer has ", options.num_classes));
+  }
+  const int64_t positions = options.input_shape.at(0);
+  if (info.input_shape_size() != 1 || info.input_shape(0) != positions) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        who, " takes sequences of [", absl::StrJoin(info.input_shape(), ", "),
+        "] tokens but the data's windows are ", positions, " (data.seq_len)"));
+  }
+  if (info.output_shape_size() != 2 || info.output_shape(0) != positions ||
+      info.output_shape(1) != options.num_classes) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        who, " outputs [", absl::StrJoin(info.output_shape(), ", "),
+        "] per sample; the data needs [", positions, ", ", options.num_classes,
+        "] (one distribution per position)"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::Status CheckTeacherInfo(const std::string& address,
                               const v1::InfoResponse& info,
                               const RemoteTeacherOptions& options) {
   const std::string who =
       absl::StrCat("teacher server ", address, " ('", info.model_name(), "')");
-  if (info.num_classes() != options.num_classes) {
+  if (!options.tokenizer_sha256.empty()) {
+    DISTILL_RETURN_IF_ERROR(CheckLanguageModel(who, info, options));
+  } else if (info.num_classes() != options.num_classes) {
     return absl::FailedPreconditionError(
         absl::StrCat(who, " outputs ", info.num_classes(),
                      " classes but the data has ", options.num_classes));
-  }
-  if (info.output_shape_size() != 1) {
+  } else if (info.output_shape_size() != 1) {
     return absl::FailedPreconditionError(absl::StrCat(
         who, " outputs [", absl::StrJoin(info.output_shape(), ", "),
         "] per sample; the data needs one distribution of [",
@@ -61,10 +110,14 @@ absl::Status CheckTeacherInfo(const std::string& address,
         "] but the data's samples are [",
         absl::StrJoin(options.input_shape, ", "), "]"));
   }
-  if (info.input_dtype() != v1::Tensor::FLOAT32) {
+  if (info.input_dtype() != options.input_dtype) {
     return absl::FailedPreconditionError(
         absl::StrCat(who, " takes ", teacher::DTypeName(info.input_dtype()),
-                     " inputs but the data's are FLOAT32"));
+                     " inputs but this trainer sends ",
+                     teacher::DTypeName(options.input_dtype),
+                     options.input_dtype == v1::Tensor::INT32
+                         ? " token ids (start it with --input_dtype int32)"
+                         : ""));
   }
   const auto& offered = info.encodings();
   if (std::find(offered.begin(), offered.end(), options.encoding) ==
@@ -89,7 +142,7 @@ absl::Status CheckTeacherInfo(const std::string& address,
         " samples per batch but this trainer sends ", options.max_batch_rows,
         " (lower batch_size or raise the server's --max_batch)"));
   }
-  int64_t sample_bytes = 4;
+  int64_t sample_bytes = 4;  // FLOAT32 and INT32 alike
   for (int64_t d : options.input_shape) sample_bytes *= d;
   // 1 KiB covers the request's framing and tensor header.
   const int64_t request_bytes = options.max_batch_rows * sample_bytes + 1024;

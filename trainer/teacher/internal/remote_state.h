@@ -54,6 +54,8 @@ inline double SecondsBetween(Clock::time_point a, Clock::time_point b) {
 struct Pending {
   uint64_t id = 0;
   int64_t rows = 0;
+  // Token data: the positions per sample (S); 0 for images.
+  int64_t positions = 0;
   double temperature = 0;
   v1::DistillRequest request;
   std::promise<Result> promise;

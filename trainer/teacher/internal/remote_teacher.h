@@ -50,11 +50,16 @@ struct RemoteTeacherOptions {
   std::string token;
   // PEM root certificates; non-empty connects with TLS. Empty: plaintext.
   std::string tls_ca_pem;
-  // What the data gives the teacher: one sample's shape (float32), the
-  // class count, and the largest batch this client will send.
+  // What the data gives the teacher: one sample's shape and dtype (FLOAT32
+  // images; INT32 token ids [S]), the class count (a language model's
+  // vocabulary size), and the largest batch this client will send.
   std::vector<int64_t> input_shape;
+  v1::Tensor::DType input_dtype = v1::Tensor::FLOAT32;
   int64_t num_classes = 0;
   int64_t max_batch_rows = 0;
+  // Token data: hex SHA-256 of the tokenizer its ids come from; a teacher
+  // must state the same one. Empty for images.
+  std::string tokenizer_sha256;
 };
 
 class RemoteTeacher final : public TeacherClient {

@@ -1,0 +1,297 @@
+// A language-model teacher served by a real `teacher_server` to a real
+// `distill`: token ids go out as INT32 [N, S], targets come back per
+// position; the run equals one with the same teacher in process; a teacher
+// of another tokenizer or vocabulary is refused at connect naming both; and
+// a client written from teacher.proto alone sees Info's tokenizer, exact
+// top-k tails and out-of-vocabulary ids refused.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "common/testing/process.h"
+#include "common/testing/run_files.h"
+#include "common/testing/scratch_dir.h"
+#include "common/testing/teacher_process.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using ::distill::testing::BinDir;
+using ::distill::testing::Outcome;
+using ::distill::testing::ReadFile;
+using ::distill::testing::RunShell;
+using ::distill::testing::ScratchDir;
+using ::distill::testing::SourceDir;
+using ::distill::testing::Summary;
+using ::testing::HasSubstr;
+using Server = ::distill::testing::TeacherServerProcess;
+
+constexpr int kVocab = 300;
+constexpr char kTeacherOptions[] =
+    "layers=2,heads=2,d_model=32,d_ff=64,context=32";
+constexpr char kTeacherModel[] = R"pb(
+  arch: "gpt"
+  options { key: "layers" value: 2 }
+  options { key: "heads" value: 2 }
+  options { key: "d_model" value: 32 }
+  options { key: "d_ff" value: 64 }
+  options { key: "context" value: 32 })pb";
+constexpr char kStudent[] = R"pb(
+  arch: "gpt"
+  options { key: "layers" value: 1 }
+  options { key: "heads" value: 2 }
+  options { key: "d_model" value: 32 }
+  options { key: "context" value: 32 })pb";
+
+// The tokenizer's SHA-256 as `sha256sum` (coreutils) computes it.
+std::string Sha256(const fs::path& file, const fs::path& dir) {
+  const Outcome o = RunShell("sha256sum " + file.string(), dir);
+  EXPECT_EQ(o.exit_code, 0) << o.err;
+  return o.out.substr(0, 64);
+}
+
+class LmRemoteTeacherTest : public ::testing::Test {
+ protected:
+  // Two prepared data folders (vocabularies 300 and 400, from the licence
+  // texts every Debian system has) and a small gpt teacher trained on the
+  // first, for every test.
+  static void SetUpTestSuite() {
+    scratch_ = new ScratchDir("lm_remote_teacher_test");
+    dir_ = new fs::path(scratch_->path());
+    const fs::path corpus = *dir_ / "corpus";
+    fs::create_directories(corpus);
+    for (const char* text : {"GPL-3", "Apache-2.0", "GPL-2", "LGPL-2.1"}) {
+      fs::copy_file(fs::path("/usr/share/common-licenses") / text,
+                    corpus / text);
+    }
+    for (const auto& [name, vocab] : std::vector<std::pair<std::string, int>>{
+             {"data", kVocab}, {"other", 400}}) {
+      const Outcome o = RunShell(BinDir() + "/distill_prepare_text --corpus " +
+                                     corpus.string() + " --out_dir " +
+                                     (*dir_ / name).string() +
+                                     " --vocab_size " + std::to_string(vocab),
+                                 *dir_);
+      ASSERT_EQ(o.exit_code, 0) << o.err;
+    }
+    std::ofstream(*dir_ / "teacher.pbtxt")
+        << "mode: TRAIN\ndata { dataset: \"tokens\" dir: \""
+        << (*dir_ / "data").string()
+        << "\" seq_len: 32 train_limit: 256 }\nstudent {" << kTeacherModel
+        << "}\nbatch_size: 16 threads: 1 seed: 3 epochs: 2\n"
+           "optimizer { type: ADAMW lr: 0.003 }\n";
+    const Outcome o = RunShell(BinDir() + "/distill --quiet --config " +
+                                   (*dir_ / "teacher.pbtxt").string() +
+                                   " --run_dir " + (*dir_ / "teacher").string(),
+                               *dir_);
+    ASSERT_EQ(o.exit_code, 0) << o.err;
+  }
+  static void TearDownTestSuite() {
+    delete dir_;
+    delete scratch_;
+  }
+
+  static fs::path Data() { return *dir_ / "data"; }
+
+  // teacher_server serving the trained teacher over INT32 token ids of 32
+  // positions; `extra` replaces or adds flags.
+  static std::vector<std::string> ServerArgs(
+      const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> args = {
+        "--arch=gpt", std::string("--arch_options=") + kTeacherOptions,
+        "--weights=" + (*dir_ / "teacher" / "model.pt").string(),
+        "--input_shape=32", "--num_classes=" + std::to_string(kVocab)};
+    bool dtype = false, tokenizer = false;
+    for (const std::string& e : extra) {
+      dtype |= e.rfind("--input_dtype", 0) == 0;
+      tokenizer |= e.rfind("--tokenizer", 0) == 0;
+      args.push_back(e);
+    }
+    if (!dtype) args.push_back("--input_dtype=int32");
+    if (!tokenizer) {
+      args.push_back("--tokenizer=" + (Data() / "tokenizer.model").string());
+    }
+    return args;
+  }
+
+  // A DISTILL job of one epoch on 128 windows with `teacher` as its
+  // teacher section's body.
+  fs::path Config(const std::string& name, const std::string& teacher) {
+    const fs::path file = *dir_ / (name + ".pbtxt");
+    std::ofstream(file)
+        << "mode: DISTILL\ndata { dataset: \"tokens\" dir: \""
+        << Data().string()
+        << "\" seq_len: 32 train_limit: 128 test_limit: 64 }\nstudent {"
+        << kStudent << "}\nteacher {" << teacher
+        << "}\nloss { name: \"kd_kl\" weight: 0.5 }\n"
+           "loss { name: \"hard_ce\" weight: 0.5 }\n"
+           "batch_size: 16 threads: 1 seed: 4 epochs: 1\n"
+           "optimizer { type: ADAMW lr: 0.003 }\n";
+    return file;
+  }
+
+  Outcome Run(const fs::path& config, const fs::path& run) {
+    return RunShell(BinDir() + "/distill --quiet --config " + config.string() +
+                        " --run_dir " + run.string(),
+                    *dir_);
+  }
+
+  // A job against `server` that must be refused at connect with one line
+  // holding every piece of `wanted`, before any step.
+  void ExpectRefused(const Server& server, const std::string& name,
+                     const std::vector<std::string>& wanted) {
+    ASSERT_TRUE(server.serving()) << server.err();
+    const fs::path run = *dir_ / ("refused-" + name);
+    const Outcome o =
+        Run(Config(name, "endpoints: \"" + server.address() + "\""), run);
+    EXPECT_EQ(o.exit_code, 1) << o.err;
+    EXPECT_EQ(std::count(o.err.begin(), o.err.end(), '\n'), 1) << o.err;
+    for (const std::string& w : wanted) EXPECT_THAT(o.err, HasSubstr(w));
+    EXPECT_FALSE(fs::exists(run / "metrics.jsonl"));
+  }
+
+  static ScratchDir* scratch_;
+  static fs::path* dir_;
+};
+
+ScratchDir* LmRemoteTeacherTest::scratch_ = nullptr;
+fs::path* LmRemoteTeacherTest::dir_ = nullptr;
+
+TEST_F(LmRemoteTeacherTest, ServedTeacherTrainsTheStudentAsInProcess) {
+  Server server(*dir_, "served", ServerArgs());
+  ASSERT_TRUE(server.serving()) << server.err();
+  const fs::path remote = *dir_ / "remote";
+  Outcome o = Run(Config("remote", "endpoints: \"" + server.address() +
+                                       "\" encoding: DENSE_FP32"),
+                  remote);
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  const fs::path local = *dir_ / "local";
+  o = Run(
+      Config("local", std::string("model {") + kTeacherModel + " weights: \"" +
+                          (*dir_ / "teacher" / "model.pt").string() + "\" }"),
+      local);
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  const nlohmann::json a = Summary(remote), b = Summary(local);
+  // The same teacher forward on the same windows: float32 targets equal to
+  // rounding, so the two students end where each other does.
+  EXPECT_NEAR(a["test_loss"].get<double>(), b["test_loss"].get<double>(),
+              1e-4 * b["test_loss"].get<double>());
+  EXPECT_NEAR(a["loss_terms"]["kd_kl"].get<double>(),
+              b["loss_terms"]["kd_kl"].get<double>(),
+              1e-3 * b["loss_terms"]["kd_kl"].get<double>());
+  EXPECT_EQ(a["test_tokens"], b["test_tokens"]);
+
+  // Top-k targets per position train too, with a KL that counts.
+  const fs::path topk = *dir_ / "topk";
+  o = Run(Config("topk", "endpoints: \"" + server.address() +
+                             "\" encoding: TOP_K top_k: 16"),
+          topk);
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_GT(Summary(topk)["loss_terms"]["kd_kl"].get<double>(), 0.0);
+  EXPECT_EQ(server.Terminate(), 0);
+}
+
+TEST_F(LmRemoteTeacherTest, OtherTokenizersAndVocabulariesAreRefused) {
+  const std::string ours = Sha256(Data() / "tokenizer.model", *dir_);
+  // Another tokenizer over the same vocabulary size: the other folder's
+  // model file with one byte more, so its hash differs.
+  const fs::path altered = *dir_ / "altered.model";
+  fs::copy_file(Data() / "tokenizer.model", altered,
+                fs::copy_options::overwrite_existing);
+  std::ofstream(altered, std::ios::app) << '\n';
+  const std::string theirs = Sha256(altered, *dir_);
+  {
+    Server server(*dir_, "altered",
+                  ServerArgs({"--tokenizer=" + altered.string()}));
+    ExpectRefused(server, "altered",
+                  {"reads token ids of tokenizer " + theirs.substr(0, 16),
+                   "the data's come from tokenizer " + ours.substr(0, 16)});
+  }
+  {
+    // A language-model server that never said which tokenizer it reads.
+    std::vector<std::string> args = ServerArgs();
+    args.erase(std::remove_if(args.begin(), args.end(),
+                              [](const std::string& a) {
+                                return a.rfind("--tokenizer", 0) == 0;
+                              }),
+               args.end());
+    Server server(*dir_, "unstated", args);
+    ExpectRefused(server, "unstated",
+                  {"does not state its tokenizer", ours.substr(0, 16),
+                   "--tokenizer FILE"});
+  }
+  {
+    // The right tokenizer named, but a teacher built for 400 tokens.
+    std::vector<std::string> args = ServerArgs();
+    std::replace(args.begin(), args.end(),
+                 "--num_classes=" + std::to_string(kVocab),
+                 std::string("--num_classes=400"));
+    const fs::path weights = *dir_ / "teacher400.pt";
+    // An untrained gpt of 400 tokens: its weights file is what matters.
+    std::ofstream(*dir_ / "t400.pbtxt")
+        << "mode: TRAIN\ndata { dataset: \"tokens\" dir: \""
+        << (*dir_ / "other").string()
+        << "\" seq_len: 32 train_limit: 16 }\nstudent {" << kTeacherModel
+        << "}\nbatch_size: 16 threads: 1 epochs: 1\n";
+    const Outcome o = RunShell(BinDir() + "/distill --quiet --config " +
+                                   (*dir_ / "t400.pbtxt").string() +
+                                   " --run_dir " + (*dir_ / "t400").string(),
+                               *dir_);
+    ASSERT_EQ(o.exit_code, 0) << o.err;
+    std::replace(args.begin(), args.end(),
+                 "--weights=" + (*dir_ / "teacher" / "model.pt").string(),
+                 "--weights=" + (*dir_ / "t400" / "model.pt").string());
+    Server server(*dir_, "v400", args);
+    ExpectRefused(
+        server, "v400",
+        {"has a vocabulary of 400 tokens", "the data's tokenizer has 300"});
+  }
+  {
+    Server server(*dir_, "int64", ServerArgs({"--input_dtype=int64"}));
+    ExpectRefused(server, "int64",
+                  {"takes INT64 inputs", "--input_dtype int32"});
+  }
+}
+
+TEST_F(LmRemoteTeacherTest, ClientFromTheProtoSeesTokensPerPosition) {
+  Server server(*dir_, "wire", ServerArgs());
+  ASSERT_TRUE(server.serving()) << server.err();
+  const fs::path out = *dir_ / "wire_client.out";
+  const Outcome o =
+      RunShell("/usr/bin/python3 " + SourceDir() + "/tests/lm_wire_client.py" +
+                   " --proto_dir " + SourceDir() + "/proto --address " +
+                   server.address() + " > " + out.string() + " 2>&1",
+               *dir_);
+  const std::string text = ReadFile(out);
+  ASSERT_EQ(o.exit_code, 0) << text;
+  EXPECT_THAT(text, HasSubstr("info num_classes=300 context_length=32 "
+                              "input_dtype=INT32 tokenizer_sha256=" +
+                              Sha256(Data() / "tokenizer.model", *dir_)));
+  EXPECT_THAT(text, HasSubstr("dense: shape=[2, 32, 300] max_row_error="));
+  EXPECT_THAT(text, HasSubstr("topk: k=8 tail_error="));
+  // Each row's probabilities sum to 1, and the tail is the rest, to float32
+  // rounding.
+  for (const std::string key : {"max_row_error=", "tail_error="}) {
+    const size_t at = text.find(key);
+    ASSERT_NE(at, std::string::npos) << text;
+    EXPECT_LT(std::stod(text.substr(at + key.size())), 1e-5) << text;
+  }
+  EXPECT_THAT(text, HasSubstr("bad id 300: INVALID_ARGUMENT batch 7: token id "
+                              "300 is outside the teacher's vocabulary [0, "
+                              "300)"));
+  EXPECT_THAT(text, HasSubstr("bad id -1: INVALID_ARGUMENT batch 7: token id "
+                              "-1 is outside"));
+  EXPECT_THAT(text, HasSubstr("wrong dtype: INVALID_ARGUMENT batch 7: inputs "
+                              "must be INT32, got INT64"));
+  // The server served on through all of it.
+  EXPECT_EQ(server.Terminate(), 0);
+}
+
+}  // namespace

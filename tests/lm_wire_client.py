@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""A client of a language-model teacher_server written from teacher.proto
+alone (stubs generated with grpc_tools.protoc, tensors decoded with numpy).
+
+Prints one line per check for the C++ test to read:
+  info num_classes=V context_length=S input_dtype=INT32 tokenizer_sha256=HEX
+  dense: shape=[2, S, V] max_row_error=E
+  topk: k=K tail_error=E          (tail against the dense answer, in float64)
+  bad id V: INVALID_ARGUMENT <message>
+  bad id -1: INVALID_ARGUMENT <message>
+  wrong dtype: INVALID_ARGUMENT <message>
+Exits 1 when a call that must succeed does not.
+
+usage: lm_wire_client.py --proto_dir DIR --address HOST:PORT
+"""
+import argparse
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "teacher_server", "testdata"))
+from python_client import generate_stubs, to_array  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--proto_dir", required=True)
+    p.add_argument("--address", required=True)
+    p.add_argument("--top_k", type=int, default=8)
+    a = p.parse_args()
+    import grpc
+    with tempfile.TemporaryDirectory() as out_dir:
+        pb2, pb2_grpc = generate_stubs(a.proto_dir, out_dir)
+        stub = pb2_grpc.TeacherStub(grpc.insecure_channel(
+            a.address, options=[("grpc.max_receive_message_length", -1)]))
+        info = stub.Info(pb2.InfoRequest(), timeout=30)
+        vocab, seq = info.num_classes, info.context_length
+        print(f"info num_classes={vocab} context_length={seq} "
+              f"input_dtype={pb2.Tensor.DType.Name(info.input_dtype)} "
+              f"tokenizer_sha256={info.tokenizer_sha256}", flush=True)
+
+        def tensor(ids, dtype=pb2.Tensor.INT32):
+            width = "<i4" if dtype == pb2.Tensor.INT32 else "<i8"
+            return pb2.Tensor(dtype=dtype, shape=list(ids.shape),
+                              data=ids.astype(width).tobytes())
+
+        def call(encoding, inputs, k=0):
+            requests = [
+                pb2.DistillRequest(header=pb2.StreamHeader(
+                    temperature=1.0, encoding=encoding, top_k=k)),
+                pb2.DistillRequest(batch=pb2.InputBatch(batch_id=7, inputs=inputs))]
+            return list(stub.Distill(iter(requests), timeout=60))
+
+        rng = np.random.default_rng(5)
+        ids = rng.integers(0, vocab, size=(2, seq))
+        dense = call(pb2.DENSE_FP32, tensor(ids))[0].targets
+        probs = to_array(pb2, dense.probs).astype(np.float64)
+        print(f"dense: shape={list(probs.shape)} "
+              f"max_row_error={np.abs(probs.sum(-1) - 1).max():.3g}", flush=True)
+        top = call(pb2.TOP_K, tensor(ids), a.top_k)[0].targets
+        indices = to_array(pb2, top.topk_indices)
+        tail = to_array(pb2, top.tail_mass).astype(np.float64)
+        listed = np.take_along_axis(probs, indices.astype(np.int64), -1)
+        want = probs.sum(-1) - listed.sum(-1)
+        print(f"topk: k={indices.shape[-1]} "
+              f"tail_error={np.abs(tail - want).max():.3g}", flush=True)
+
+        def refused(what, inputs):
+            try:
+                call(pb2.DENSE_FP32, inputs)
+                print(f"{what}: answered", flush=True)
+            except grpc.RpcError as e:
+                print(f"{what}: {e.code().name} {e.details()}", flush=True)
+
+        for bad in (vocab, -1):
+            wrong = ids.copy()
+            wrong[1, 3] = bad
+            refused(f"bad id {bad}", tensor(wrong))
+        refused("wrong dtype", tensor(ids, pb2.Tensor.INT64))
+
+
+if __name__ == "__main__":
+    main()
