@@ -7,6 +7,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "teacher_server/auth.h"
+#include "teacher_server/chunks.h"
 #include "teacher_server/grpc_status.h"
 #include "teacher_server/validation.h"
 
@@ -90,10 +91,12 @@ class TeacherService::DistillReactor final
       if (service_->metrics_ != nullptr) {
         service_->metrics_->CountReceived();
       }
+      const int64_t max_bytes = header.max_answer_bytes();
       service_->batcher_.Submit(
           std::move(submit->first), header,
-          [this, slot, batch_id](absl::StatusOr<v1::SoftTargets> answer) {
-            OnAnswer(slot, batch_id, std::move(answer));
+          [this, slot, batch_id,
+           max_bytes](absl::StatusOr<v1::SoftTargets> answer) {
+            OnAnswer(slot, batch_id, max_bytes, std::move(answer));
           });
       absl::MutexLock lock(&mu_);
       reading_ = false;
@@ -129,12 +132,13 @@ class TeacherService::DistillReactor final
   }
 
  private:
-  // A batch read and not yet written. `error` set: the stream ends with it
-  // once every earlier batch is answered.
+  // A batch read and not yet (wholly) written: its answer's messages (one,
+  // or its chunks). `error` set: the stream ends with it once every earlier
+  // batch is answered.
   struct Slot {
     bool ready = false;
     absl::Status error;
-    v1::DistillResponse response;
+    std::deque<v1::DistillResponse> responses;
   };
   struct Actions {
     bool read = false;
@@ -174,17 +178,24 @@ class TeacherService::DistillReactor final
     return DecodeInputs(request_.batch(), service_->info_);
   }
 
-  void OnAnswer(Slot* slot, uint64_t batch_id,
+  // Splits the answer into the messages the stream header allows (outside
+  // the lock: a language model's answer is megabytes) and queues them.
+  void OnAnswer(Slot* slot, uint64_t batch_id, int64_t max_bytes,
                 absl::StatusOr<v1::SoftTargets> answer) {
+    absl::StatusOr<std::vector<v1::DistillResponse>> messages =
+        answer.ok()
+            ? SplitAnswer(batch_id, *answer, max_bytes)
+            : absl::StatusOr<std::vector<v1::DistillResponse>>(answer.status());
     Actions actions;
     {
       absl::MutexLock lock(&mu_);
       slot->ready = true;
-      if (answer.ok()) {
-        slot->response.set_batch_id(batch_id);
-        *slot->response.mutable_targets() = *std::move(answer);
+      if (messages.ok()) {
+        for (v1::DistillResponse& m : *messages) {
+          slot->responses.push_back(std::move(m));
+        }
       } else {
-        slot->error = answer.status();
+        slot->error = messages.status();
       }
       actions = Next();
     }
@@ -198,14 +209,20 @@ class TeacherService::DistillReactor final
     // std::deque keeps references to the remaining slots valid across
     // pop_front, so the batcher's slot pointers stay good.
     while (!writing_ && !slots_.empty() && slots_.front().ready) {
-      Slot slot = std::move(slots_.front());
-      slots_.pop_front();
-      if (cancelled_ || !final_.ok()) continue;  // nobody to answer
-      if (!slot.error.ok()) {
-        final_ = slot.error;
+      Slot& slot = slots_.front();
+      if (cancelled_ || !final_.ok() || !slot.error.ok() ||
+          slot.responses.empty()) {
+        // Nobody to answer, or the error that ends the stream.
+        if (!cancelled_ && final_.ok() && !slot.error.ok()) {
+          final_ = slot.error;
+        }
+        slots_.pop_front();
         continue;
       }
-      out_ = std::move(slot.response);
+      // Chunks go out one write at a time, in order, before the next batch.
+      out_ = std::move(slot.responses.front());
+      slot.responses.pop_front();
+      if (slot.responses.empty()) slots_.pop_front();
       writing_ = true;
       a.write = true;
     }

@@ -251,7 +251,17 @@ int main(int argc, char** argv) {
 
   auto model = teacher::LoadServedModel(*source);
   if (!model.ok()) return Fail(std::string(model.status().message()));
-  const std::string name = model->name, hash = model->hash, how = model->how;
+  const std::string name = model->name, hash = model->hash;
+  std::string how = model->how;
+  if (model->context_length > 0) {
+    // A language model: what a trainer's data must match.
+    absl::StrAppend(&how, how.empty() ? "" : "; ", "token windows of ",
+                    model->context_length, ", vocabulary ",
+                    model->num_classes(), ", tokenizer ",
+                    model->tokenizer_sha256.empty()
+                        ? std::string("not stated (--tokenizer)")
+                        : model->tokenizer_sha256.substr(0, 12));
+  }
   auto server = teacher::TeacherServer::Start(*std::move(model), *options);
   if (!server.ok()) return Fail(std::string(server.status().message()));
   const int port = (*server)->port();

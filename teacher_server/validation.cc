@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status.h"
+#include "teacher_server/chunks.h"
 #include "teacher_server/codec.h"
 #include "teacher_server/served_model.h"
 
@@ -42,6 +43,16 @@ absl::Status ValidateHeader(const v1::StreamHeader& header,
     return absl::InvalidArgumentError(
         absl::StrCat("header.top_k must be in [1, ", info.num_classes(),
                      "] (the teacher's classes), got ", header.top_k()));
+  }
+  const int64_t row =
+      RowBytes(header.encoding(), info.num_classes(), header.top_k()) +
+      kChunkFramingBytes;
+  if (header.max_answer_bytes() < 0 ||
+      (header.max_answer_bytes() > 0 && header.max_answer_bytes() < row)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "header.max_answer_bytes must be 0 (no limit) or at least ", row,
+        " (one row of this encoding and ", kChunkFramingBytes,
+        " bytes of framing), got ", header.max_answer_bytes()));
   }
   return absl::OkStatus();
 }

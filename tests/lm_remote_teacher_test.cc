@@ -25,12 +25,15 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::distill::testing::BinDir;
+using ::distill::testing::MetricsRecords;
 using ::distill::testing::Outcome;
+using ::distill::testing::Process;
 using ::distill::testing::ReadFile;
 using ::distill::testing::RunShell;
 using ::distill::testing::ScratchDir;
 using ::distill::testing::SourceDir;
 using ::distill::testing::Summary;
+using ::distill::testing::WaitForFile;
 using ::testing::HasSubstr;
 using Server = ::distill::testing::TeacherServerProcess;
 
@@ -198,6 +201,56 @@ TEST_F(LmRemoteTeacherTest, ServedTeacherTrainsTheStudentAsInProcess) {
   EXPECT_EQ(server.Terminate(), 0);
 }
 
+// Answers over max_answer_bytes come in chunks; a server that dies after
+// the first chunk of an answer (a proxy written from teacher.proto that
+// forwards to the real server and cuts its stream) costs a resend, not a
+// batch: the run ends where the in-process run does.
+TEST_F(LmRemoteTeacherTest, ChunkedAnswersSurviveAServerDyingMidAnswer) {
+  Server server(*dir_, "chunked", ServerArgs());
+  ASSERT_TRUE(server.serving()) << server.err();
+  const fs::path port_file = *dir_ / "proxy.port";
+  Process proxy = Process::Start(
+      {"/usr/bin/python3", SourceDir() + "/tests/lm_cutting_proxy.py",
+       "--proto_dir", SourceDir() + "/proto", "--upstream", server.address(),
+       "--port_file", port_file.string()},
+      *dir_ / "proxy.out", *dir_ / "proxy.err");
+  ASSERT_TRUE(WaitForFile(port_file)) << ReadFile(*dir_ / "proxy.err");
+  const std::string proxy_address =
+      "127.0.0.1:" + std::to_string(std::stoi(ReadFile(port_file)));
+
+  const fs::path local = *dir_ / "chunk-local";
+  Outcome o =
+      Run(Config("chunk-local",
+                 std::string("model {") + kTeacherModel + " weights: \"" +
+                     (*dir_ / "teacher" / "model.pt").string() + "\" }"),
+          local);
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  const double want = Summary(local)["test_loss"].get<double>();
+  // A batch's answer is 16 x 32 x 300 x 4 = 614,400 bytes: 11 chunks of
+  // at most 64 KiB.
+  const std::string chunked =
+      "encoding: DENSE_FP32 max_answer_bytes: 65536 failover_grace_seconds: 60";
+  const fs::path direct = *dir_ / "chunk-direct";
+  o = Run(Config("chunk-direct",
+                 "endpoints: \"" + server.address() + "\" " + chunked),
+          direct);
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_NEAR(Summary(direct)["test_loss"].get<double>(), want, 1e-4 * want);
+
+  const fs::path cut = *dir_ / "chunk-cut";
+  o = Run(
+      Config("chunk-cut", "endpoints: \"" + proxy_address + "\" endpoints: \"" +
+                              server.address() + "\" " + chunked),
+      cut);
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_THAT(ReadFile(*dir_ / "proxy.out"), HasSubstr("after chunk 0 of 11"));
+  const std::vector<nlohmann::json> epoch = MetricsRecords(cut, "epoch");
+  ASSERT_EQ(epoch.size(), 1u);
+  EXPECT_GE(epoch[0]["teacher_resent_batches"].get<int>(), 1) << epoch[0];
+  EXPECT_NEAR(Summary(cut)["test_loss"].get<double>(), want, 1e-4 * want);
+  EXPECT_EQ(server.Terminate(), 0);
+}
+
 TEST_F(LmRemoteTeacherTest, OtherTokenizersAndVocabulariesAreRefused) {
   const std::string ours = Sha256(Data() / "tokenizer.model", *dir_);
   // Another tokenizer over the same vocabulary size: the other folder's
@@ -290,6 +343,12 @@ TEST_F(LmRemoteTeacherTest, ClientFromTheProtoSeesTokensPerPosition) {
                               "-1 is outside"));
   EXPECT_THAT(text, HasSubstr("wrong dtype: INVALID_ARGUMENT batch 7: inputs "
                               "must be INT32, got INT64"));
+  // 64 positions at 10 a chunk, joined by the client from the proto alone.
+  EXPECT_THAT(text, HasSubstr("chunked: chunks=7 rows=[10, 10, 10, 10, 10, "
+                              "10, 4] equal=True"));
+  EXPECT_THAT(text, HasSubstr("tiny chunks: INVALID_ARGUMENT "
+                              "header.max_answer_bytes must be 0 (no limit) "
+                              "or at least 5296"));
   // The server served on through all of it.
   EXPECT_EQ(server.Terminate(), 0);
 }

@@ -9,6 +9,9 @@ Prints one line per check for the C++ test to read:
   bad id V: INVALID_ARGUMENT <message>
   bad id -1: INVALID_ARGUMENT <message>
   wrong dtype: INVALID_ARGUMENT <message>
+  chunked: chunks=N rows=[...] equal=True   (10 positions a chunk, joined
+                                             here, against the dense answer)
+  tiny chunks: INVALID_ARGUMENT <message>
 Exits 1 when a call that must succeed does not.
 
 usage: lm_wire_client.py --proto_dir DIR --address HOST:PORT
@@ -47,10 +50,11 @@ def main():
             return pb2.Tensor(dtype=dtype, shape=list(ids.shape),
                               data=ids.astype(width).tobytes())
 
-        def call(encoding, inputs, k=0):
+        def call(encoding, inputs, k=0, max_answer_bytes=0):
             requests = [
                 pb2.DistillRequest(header=pb2.StreamHeader(
-                    temperature=1.0, encoding=encoding, top_k=k)),
+                    temperature=1.0, encoding=encoding, top_k=k,
+                    max_answer_bytes=max_answer_bytes)),
                 pb2.DistillRequest(batch=pb2.InputBatch(batch_id=7, inputs=inputs))]
             return list(stub.Distill(iter(requests), timeout=60))
 
@@ -80,6 +84,22 @@ def main():
             wrong[1, 3] = bad
             refused(f"bad id {bad}", tensor(wrong))
         refused("wrong dtype", tensor(ids, pb2.Tensor.INT64))
+
+        # Ten positions of 4 x V bytes per chunk, plus the 4 KiB of framing
+        # the proto allows.
+        chunks = call(pb2.DENSE_FP32, tensor(ids),
+                      max_answer_bytes=4096 + 10 * 4 * vocab)
+        rows = [to_array(pb2, c.targets.probs) for c in chunks]
+        joined = np.concatenate(rows).reshape(tuple(chunks[0].rows_shape) + (vocab,))
+        order = [c.chunk for c in chunks] == list(range(chunks[0].chunks))
+        print(f"chunked: chunks={len(chunks)} rows={[r.shape[0] for r in rows]} "
+              f"equal={order and np.array_equal(joined, probs.astype(np.float32))}",
+              flush=True)
+        try:
+            call(pb2.DENSE_FP32, tensor(ids), max_answer_bytes=100)
+            print("tiny chunks: answered", flush=True)
+        except grpc.RpcError as e:
+            print(f"tiny chunks: {e.code().name} {e.details()}", flush=True)
 
 
 if __name__ == "__main__":

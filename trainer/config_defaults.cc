@@ -82,6 +82,9 @@ void ApplyDefaults(JobConfig& c) {
         t->encoding() == TeacherConfig::ENCODING_UNSPECIFIED) {
       t->set_encoding(TeacherConfig::DENSE_FP32);
     }
+    if (IsRemoteTeacher(*t) && !t->has_max_answer_bytes()) {
+      t->set_max_answer_bytes(4 << 20);
+    }
     if (t->has_cache() &&
         t->cache().mode() == TeacherCacheConfig::MODE_UNSPECIFIED) {
       t->mutable_cache()->set_mode(TeacherCacheConfig::NONE);

@@ -54,6 +54,9 @@ absl::Status ValidateInProcessTeacher(const TeacherConfig& t) {
   if (t.has_cache() && t.cache().mode() != TeacherCacheConfig::NONE) {
     return Bad("teacher.cache.mode", remote_only);
   }
+  if (t.has_max_answer_bytes()) {
+    return Bad("teacher.max_answer_bytes", remote_only);
+  }
   return absl::OkStatus();
 }
 
@@ -102,6 +105,11 @@ absl::Status ValidateTeacher(const JobConfig& c) {
   DISTILL_RETURN_IF_ERROR(CheckRange("teacher.answer_timeout_seconds",
                                      t.answer_timeout_seconds(),
                                      Range::Above(0).Finite()));
+  if (IsRemoteTeacher(t)) {
+    DISTILL_RETURN_IF_ERROR(CheckRange("teacher.max_answer_bytes",
+                                       t.max_answer_bytes(),
+                                       Range::AtLeast(65536)));
+  }
   const TeacherCacheConfig& cache = t.cache();
   if (cache.mode() == TeacherCacheConfig::MEMORY ||
       cache.mode() == TeacherCacheConfig::DISK) {

@@ -39,6 +39,7 @@ TEST(TeacherConfigTest, RemoteTeacherGetsDocumentedDefaults) {
   EXPECT_EQ(c->teacher().connect_timeout_seconds(), 10);
   EXPECT_EQ(c->teacher().failover_grace_seconds(), 30);
   EXPECT_EQ(c->teacher().answer_timeout_seconds(), 60);
+  EXPECT_EQ(c->teacher().max_answer_bytes(), 4 << 20);
   EXPECT_EQ(c->teacher().cache().mode(),
             v1::TeacherCacheConfig::MODE_UNSPECIFIED);
 
@@ -121,6 +122,9 @@ TEST(TeacherConfigTest, NumbersAreBounded) {
   ExpectError(
       "teacher {\n  endpoints: \"h:1\"\n  answer_timeout_seconds: 0\n}\n",
       "job.pbtxt:6: teacher.answer_timeout_seconds must be > 0 (got 0)");
+  ExpectError(
+      "teacher {\n  endpoints: \"h:1\"\n  max_answer_bytes: 65535\n}\n",
+      "job.pbtxt:6: teacher.max_answer_bytes must be >= 65536 (got 65535)");
 }
 
 TEST(TeacherConfigTest, ServerOnlyFieldsNeedServers) {
@@ -136,6 +140,8 @@ TEST(TeacherConfigTest, ServerOnlyFieldsNeedServers) {
               "job.pbtxt:6: teacher.tls_ca_file" + suffix);
   ExpectError("teacher {\n" + model + "  cache { mode: MEMORY }\n}\n",
               "job.pbtxt:6: teacher.cache.mode" + suffix);
+  ExpectError("teacher {\n" + model + "  max_answer_bytes: 1048576\n}\n",
+              "job.pbtxt:6: teacher.max_answer_bytes" + suffix);
 }
 
 TEST(TeacherConfigTest, CacheNeedsDeterministicTargets) {

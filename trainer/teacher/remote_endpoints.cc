@@ -4,12 +4,14 @@
 // to servers that are back and fails everything after the grace period.
 #include <algorithm>
 #include <cstdio>
+#include <limits>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
 #include "common/status.h"
+#include "teacher_server/chunks.h"
 #include "teacher_server/grpc_status.h"
 #include "trainer/teacher/internal/remote_state.h"
 #include "trainer/teacher/internal/teacher_info.h"
@@ -30,8 +32,14 @@ std::shared_ptr<Endpoint> RemoteTeacher::Impl::AddEndpoint(
   auto endpoint = std::make_shared<Endpoint>();
   endpoint->address = address;
   grpc::ChannelArguments args;
-  // Targets of a large vocabulary exceed gRPC's 4 MiB default.
-  args.SetMaxReceiveMessageSize(-1);
+  // Answers larger than max_answer_bytes come in chunks under it; without
+  // a limit (0) whole answers of any size are taken.
+  args.SetMaxReceiveMessageSize(
+      options_.max_answer_bytes > 0
+          ? static_cast<int>(std::min<int64_t>(
+                options_.max_answer_bytes + teacher::kChunkFramingBytes,
+                std::numeric_limits<int>::max()))
+          : -1);
   args.SetMaxSendMessageSize(-1);
   // A restarted server is found within a second.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);

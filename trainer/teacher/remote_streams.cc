@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "absl/strings/str_cat.h"
+#include "teacher_server/chunks.h"
 #include "teacher_server/codec.h"
 #include "teacher_server/grpc_status.h"
 #include "trainer/teacher/internal/remote_state.h"
@@ -108,6 +109,7 @@ std::shared_ptr<Stream> RemoteTeacher::Impl::StreamFor(
   header.mutable_header()->set_temperature(temperature);
   header.mutable_header()->set_encoding(options_.encoding);
   header.mutable_header()->set_top_k(options_.top_k);
+  header.mutable_header()->set_max_answer_bytes(options_.max_answer_bytes);
   bool written;
   {
     absl::MutexLock write_lock(&stream->write_mu);
@@ -141,13 +143,20 @@ void RemoteTeacher::Impl::ReadLoop(std::shared_ptr<Endpoint> endpoint,
   std::string protocol_error;
   while (stream->rw->Read(&response)) {
     std::shared_ptr<Pending> pending;
+    bool complete = true;
     {
       absl::MutexLock lock(&mu_);
       auto it = stream->inflight.find(response.batch_id());
       if (it != stream->inflight.end()) {
-        pending = std::move(it->second);
-        stream->inflight.erase(it);
-        endpoint->outstanding -= pending->rows;
+        pending = it->second;
+        // A chunked answer stays in flight until its last chunk: a stream
+        // that breaks before then resends the whole batch.
+        complete = response.chunks() == 0 ||
+                   pending->chunks.size() + 1 >= response.chunks();
+        if (complete) {
+          stream->inflight.erase(it);
+          endpoint->outstanding -= pending->rows;
+        }
       }
     }
     if (pending == nullptr) {
@@ -155,6 +164,42 @@ void RemoteTeacher::Impl::ReadLoop(std::shared_ptr<Endpoint> endpoint,
                                     ", which is not in flight on its stream");
       stream->context.TryCancel();
       break;
+    }
+    // Every chunk holds at least one row (a sample, or a position of one).
+    const int64_t answer_rows =
+        pending->rows * std::max<int64_t>(1, pending->positions);
+    if (response.chunks() > answer_rows) {
+      protocol_error = absl::StrCat("announced ", response.chunks(),
+                                    " chunks for batch ", response.batch_id(),
+                                    ", which has ", answer_rows, " rows");
+      if (complete) {  // taken out of flight above: back, to be resent
+        absl::MutexLock lock(&mu_);
+        stream->inflight.emplace(pending->id, pending);
+        endpoint->outstanding += pending->rows;
+      }
+      stream->context.TryCancel();
+      break;
+    }
+    if (response.chunks() > 0) {
+      pending->chunks.push_back(std::move(response));
+      response = v1::DistillResponse();
+      if (!complete) continue;
+      absl::StatusOr<v1::DistillResponse> joined =
+          teacher::JoinAnswer(pending->chunks);
+      pending->chunks.clear();
+      if (!joined.ok()) {
+        // Chunks out of order, missing or inconsistent: the stream is not
+        // to be trusted; its batches (this one too) go to the others.
+        protocol_error = std::string(joined.status().message());
+        {
+          absl::MutexLock lock(&mu_);
+          stream->inflight.emplace(pending->id, pending);
+          endpoint->outstanding += pending->rows;
+        }
+        stream->context.TryCancel();
+        break;
+      }
+      response = *std::move(joined);
     }
     Result result = Decode(*endpoint, *pending, response);
     {
@@ -226,6 +271,7 @@ void RemoteTeacher::Impl::ReadLoop(std::shared_ptr<Endpoint> endpoint,
     }
     for (auto& [id, pending] : orphans) {
       ++resent_;
+      pending->chunks.clear();  // a partial answer from the broken stream
       Dispatch(pending, writes);
     }
   }

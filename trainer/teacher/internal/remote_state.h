@@ -62,6 +62,9 @@ struct Pending {
   Clock::time_point start;
   // When it was last handed to a stream.
   Clock::time_point sent;
+  // The chunks of its answer read so far on the stream it was sent to;
+  // cleared when it is resent. Touched by that stream's reader only.
+  std::vector<v1::DistillResponse> chunks;
 };
 
 // One Distill call. Its reader thread owns reading; writers hold write_mu.

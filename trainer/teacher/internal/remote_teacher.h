@@ -60,6 +60,10 @@ struct RemoteTeacherOptions {
   // Token data: hex SHA-256 of the tokenizer its ids come from; a teacher
   // must state the same one. Empty for images.
   std::string tokenizer_sha256;
+  // The largest answer message taken (gRPC's receive limit, plus framing);
+  // servers send larger answers in chunks under it. 0: no limit, whole
+  // answers.
+  int64_t max_answer_bytes = 0;
 };
 
 class RemoteTeacher final : public TeacherClient {
