@@ -7,6 +7,11 @@
 //   tail_mass and whose student mass is 1 - sum_i q_i, computed in log space
 //   as logsumexp(z over unlisted classes) - logsumexp(z). With k == C there
 //   is no tail bucket and every bucketed loss equals its dense form.
+// * Sampled teacher targets (ids drawn from p_T, frequency count / m) are
+//   buckets without a tail: the frequencies already sum to 1. Only kd_kl
+//   and soft_ce take them: their gradient, (q - p) / T per class, is linear
+//   in p, so the sampled gradient's mean is the dense one. The others are
+//   not linear in p and would be biased; they refuse sampled targets.
 //
 // The losses, in bucket terms (p teacher, q student, sums over buckets):
 //   kd_kl       T^2 * sum p (log p - log q)          KL(p || q)
@@ -21,7 +26,9 @@
 #include <string>
 #include <utility>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "common/torch_status.h"
 #include "losses/builtin_common.h"
@@ -59,7 +66,9 @@ Buckets MakeBuckets(const torch::Tensor& student,
   const torch::Tensor indices =
       teacher.indices.reshape({-1, k}).to(z.device(), torch::kLong);
   const torch::Tensor log_q_top = log_q.gather(-1, indices);
-  if (k == classes) return {values, log_q_top};
+  if (k == classes || teacher.form == TeacherTargets::Form::kSampled) {
+    return {values, log_q_top};
+  }
   // log(1 - sum_i q_i) without cancellation: the log-mass of the unlisted
   // classes. At least one class is unlisted, so the logsumexp is finite.
   const torch::Tensor listed =
@@ -143,6 +152,14 @@ class BucketLoss final : public Loss {
       const LossInputs& inputs) const override {
     DISTILL_RETURN_IF_ERROR(CheckStudent(name_, inputs.student_logits));
     DISTILL_RETURN_IF_ERROR(CheckTeacher(name_, inputs));
+    if (inputs.teacher->form == TeacherTargets::Form::kSampled &&
+        term_ != &KdKlTerm && term_ != &SoftCeTerm) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          name_,
+          " is not linear in the teacher's probabilities, so sampled "
+          "teacher targets would bias it; use kd_kl or soft_ce with "
+          "SAMPLED, or a DENSE/TOP_K encoding"));
+    }
     return TorchCall(name_, [&]() -> torch::Tensor {
       const TeacherTargets& teacher = *inputs.teacher;
       const double t = teacher.temperature;

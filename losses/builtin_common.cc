@@ -63,7 +63,7 @@ absl::Status CheckTeacher(const std::string& loss, const LossInputs& inputs) {
   if (!main.defined() || (!dense && (!teacher->indices.defined() ||
                                      !teacher->tail_mass.defined()))) {
     return absl::InvalidArgumentError(
-        absl::StrCat(loss, ": ", dense ? "dense" : "top-k",
+        absl::StrCat(loss, ": ", FormName(teacher->form),
                      " teacher targets are missing a tensor"));
   }
   if (main.dim() != student.dim()) {
@@ -84,11 +84,14 @@ absl::Status CheckTeacher(const std::string& loss, const LossInputs& inputs) {
           " do not match student logits ", ShapeString(student.sizes())));
     }
   } else {
+    // Sampled rows list up to m ids, which may exceed the class count.
     const int64_t k = main.size(-1);
-    if (k < 1 || k > classes || teacher->indices.sizes() != main.sizes() ||
+    const bool sampled = teacher->form == TeacherTargets::Form::kSampled;
+    if (k < 1 || (!sampled && k > classes) ||
+        teacher->indices.sizes() != main.sizes() ||
         teacher->tail_mass.sizes() != LeadingShape(main)) {
       return absl::InvalidArgumentError(absl::StrCat(
-          loss, ": top-k teacher targets with values ",
+          loss, ": ", FormName(teacher->form), " teacher targets with values ",
           ShapeString(main.sizes()), ", indices ",
           ShapeString(teacher->indices.sizes()), " and tail ",
           ShapeString(teacher->tail_mass.sizes()),

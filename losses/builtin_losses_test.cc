@@ -161,6 +161,51 @@ TEST(KdKlTest, TopKTailBucketMatchesHandFormula) {
   EXPECT_NEAR(Evaluate("kd_kl", s, &top).value, expected, 1e-10);
 }
 
+// Random-sampling KD's claim, checked: the mean over many draws of the
+// sampled loss's gradient is the dense gradient T (q - p) / N (by hand,
+// from softmax), and top-k's is not. Each of R = 20,000 draws is one copy
+// of the batch, so one backward over the copies gives the mean gradient;
+// its standard error per class is T / N * sqrt(p (1 - p) / (m R)), and the
+// stated tolerance is 6 of them.
+TEST(BuiltinLossesTest, SampledGradientIsUnbiasedAndTopKIsNot) {
+  torch::manual_seed(21);
+  constexpr int64_t kN = 4, kC = 10, kDraws = 12, kCopies = 20000;
+  const double temp = 2.0;
+  const torch::Tensor s = Randn({kN, kC});
+  const torch::Tensor t = Randn({kN, kC});
+  const torch::Tensor q = torch::softmax(s / temp, -1);
+  const torch::Tensor p = torch::softmax(t / temp, -1);
+  const torch::Tensor want = temp * (q - p) / kN;
+  const torch::Tensor tolerance =
+      6 * temp / kN * (p * (1 - p) / (kDraws * kCopies)).sqrt();
+  auto mean_grad = [&](const std::string& name, const TeacherTargets& targets) {
+    const ValueAndGrad g = Evaluate(name, s.repeat({kCopies, 1}), &targets);
+    return g.grad.reshape({kCopies, kN, kC}).sum(0);
+  };
+  const TeacherTargets sampled =
+      TeacherTargets::SampledFromLogits(t.repeat({kCopies, 1}), temp, kDraws);
+  for (const std::string& name : {"kd_kl", "soft_ce"}) {
+    const torch::Tensor error = (mean_grad(name, sampled) - want).abs();
+    EXPECT_TRUE((error <= tolerance).all().item<bool>())
+        << name << ": largest error " << error.max().item<double>()
+        << " where the tolerance is " << tolerance.max().item<double>();
+  }
+  // Top-3 with its exact tail bucket is deterministic and still off: it
+  // spreads the tail's mass over the unlisted classes as the student does.
+  const TeacherTargets top =
+      TeacherTargets::TopKFromLogits(t.repeat({kCopies, 1}), temp, 3);
+  const torch::Tensor top_error = (mean_grad("kd_kl", top) - want).abs();
+  EXPECT_GT((top_error / tolerance).max().item<double>(), 10);
+  // Losses not linear in p would be biased by sampled targets: refused.
+  const TeacherTargets few = TeacherTargets::SampledFromLogits(t, temp, 4);
+  for (const std::string& name : {"reverse_kl", "js", "tvd", "mse_logits"}) {
+    EXPECT_THAT(
+        RunLoss(name, s, &few),
+        StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr(name)))
+        << name;
+  }
+}
+
 TEST(BuiltinLossesTest, TopKWithAllClassesEqualsDense) {
   torch::manual_seed(5);
   const torch::Tensor s = Randn({4, 9});

@@ -13,6 +13,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "common/torch_status.h"
 #include "losses/builtin_common.h"
@@ -40,7 +41,8 @@ class DkdLoss final : public Loss {
     DISTILL_RETURN_IF_ERROR(CheckTeacher("dkd", inputs));
     if (inputs.teacher->form != TeacherTargets::Form::kDense) {
       return absl::FailedPreconditionError(
-          "dkd needs dense teacher targets, got top-k");
+          absl::StrCat("dkd needs dense teacher targets, got ",
+                       FormName(inputs.teacher->form)));
     }
     DISTILL_RETURN_IF_ERROR(CheckLabels("dkd", inputs));
     if (inputs.student_logits.size(-1) < 2) {

@@ -13,6 +13,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "common/torch_status.h"
 #include "losses/builtin_common.h"
@@ -99,7 +100,8 @@ class MseLogitsLoss final : public Loss {
     DISTILL_RETURN_IF_ERROR(CheckTeacher("mse_logits", inputs));
     if (inputs.teacher->form != TeacherTargets::Form::kDense) {
       return absl::FailedPreconditionError(
-          "mse_logits needs dense teacher targets, got top-k");
+          absl::StrCat("mse_logits needs dense teacher targets, got ",
+                       FormName(inputs.teacher->form)));
     }
     return TorchCall("mse_logits", [&]() -> torch::Tensor {
       const torch::Tensor s = FlatLogits(inputs.student_logits);

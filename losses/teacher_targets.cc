@@ -34,18 +34,33 @@ std::vector<int64_t> TrailingShape(const torch::Tensor& t) {
   return t.sizes().slice(1).vec();
 }
 
-const char* FormName(TeacherTargets::Form form) {
-  return form == TeacherTargets::Form::kDense ? "dense" : "top-k";
+// Targets of one form with no tensors yet: what every factory starts from.
+TeacherTargets Empty(TeacherTargets::Form form, double temperature,
+                     int64_t num_classes) {
+  TeacherTargets targets;
+  targets.form = form;
+  targets.temperature = temperature;
+  targets.num_classes = num_classes;
+  return targets;
 }
-
 }  // namespace
+
+const char* FormName(TeacherTargets::Form form) {
+  switch (form) {
+    case TeacherTargets::Form::kDense:
+      return "dense";
+    case TeacherTargets::Form::kTopK:
+      return "top-k";
+    case TeacherTargets::Form::kSampled:
+      return "sampled";
+  }
+  return "unknown";
+}
 
 TeacherTargets TeacherTargets::DenseFromLogits(const torch::Tensor& logits,
                                                double temperature) {
-  TeacherTargets targets;
-  targets.form = Form::kDense;
-  targets.temperature = temperature;
-  targets.num_classes = logits.size(-1);
+  TeacherTargets targets =
+      Empty(TeacherTargets::Form::kDense, temperature, logits.size(-1));
   // torch::softmax subtracts the row maximum, so large logits do not
   // overflow; dividing first keeps that true for small temperatures.
   targets.probs =
@@ -55,10 +70,8 @@ TeacherTargets TeacherTargets::DenseFromLogits(const torch::Tensor& logits,
 
 TeacherTargets TeacherTargets::TopKFromLogits(const torch::Tensor& logits,
                                               double temperature, int64_t k) {
-  TeacherTargets targets;
-  targets.form = Form::kTopK;
-  targets.temperature = temperature;
-  targets.num_classes = logits.size(-1);
+  TeacherTargets targets =
+      Empty(TeacherTargets::Form::kTopK, temperature, logits.size(-1));
   // k is clamped to [1, C] rather than failing: asking for more classes than
   // exist means "all of them".
   const int64_t kept = std::clamp<int64_t>(k, 1, targets.num_classes);
@@ -82,6 +95,43 @@ TeacherTargets TeacherTargets::TopKFromLogits(const torch::Tensor& logits,
       (torch::logsumexp(unlisted, -1, /*keepdim=*/true) - log_norm)
           .exp()
           .squeeze(-1);
+  return targets;
+}
+
+TeacherTargets TeacherTargets::SampledFromLogits(const torch::Tensor& logits,
+                                                 double temperature,
+                                                 int64_t m) {
+  return SampledFromProbs(
+      torch::softmax(logits.detach().to(ProbDtype(logits)) / temperature, -1),
+      temperature, m);
+}
+
+TeacherTargets TeacherTargets::SampledFromProbs(const torch::Tensor& probs,
+                                                double temperature, int64_t m) {
+  TeacherTargets targets =
+      Empty(TeacherTargets::Form::kSampled, temperature, probs.size(-1));
+  targets.samples = m;
+  const torch::Tensor rows = probs.reshape({-1, targets.num_classes});
+  // Sorted draws, then each run of equal ids collapsed into its first slot:
+  // `group` numbers the runs 0, 1, ... along the row, and scattering by it
+  // puts run j's id and length into slot j.
+  const torch::Tensor draws =
+      std::get<0>(torch::multinomial(rows, m, /*replacement=*/true).sort(-1));
+  torch::Tensor starts = torch::ones_like(draws, torch::kBool);
+  if (m > 1) {
+    starts.slice(1, 1).copy_(draws.slice(1, 1) != draws.slice(1, 0, m - 1));
+  }
+  const torch::Tensor group = starts.to(torch::kLong).cumsum(-1) - 1;
+  const torch::Tensor counts =
+      torch::zeros_like(draws).scatter_add_(1, group, torch::ones_like(draws));
+  std::vector<int64_t> shape = probs.sizes().vec();
+  shape.back() = m;
+  targets.indices =
+      torch::zeros_like(draws).scatter_(1, group, draws).reshape(shape);
+  targets.values =
+      (counts.to(torch::kFloat) / static_cast<double>(m)).reshape(shape);
+  shape.pop_back();
+  targets.tail_mass = torch::zeros(shape, torch::kFloat);
   return targets;
 }
 
@@ -131,6 +181,11 @@ absl::StatusOr<TeacherTargets> TeacherTargets::Concat(
       return absl::InvalidArgumentError(absl::StrCat(
           "teacher targets part ", i, " has temperature ", part.temperature,
           " but part 0 has ", first.temperature));
+    }
+    if (part.samples != first.samples) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("teacher targets part ", i, " has ", part.samples,
+                       " samples per row but part 0 has ", first.samples));
     }
     if (part.num_classes != first.num_classes) {
       return absl::InvalidArgumentError(

@@ -1,6 +1,7 @@
 // Teacher targets as the losses see them: temperature-softened probabilities
-// p_T = softmax(z / T), either dense or as sparse top-k (values, indices and
-// the tail mass the k values leave out), for [N, C] or [N, S, V] outputs.
+// p_T = softmax(z / T), either dense, as sparse top-k (values, indices and
+// the tail mass the k values leave out), or as ids sampled from p_T with
+// their frequencies, for [N, C] or [N, S, V] outputs.
 // A plain value type (tensors are shared, not copied); immutable by
 // convention, so safe to read from several threads.
 #ifndef DISTILL_LOSSES_TEACHER_TARGETS_H_
@@ -15,7 +16,7 @@
 namespace distill::losses {
 
 struct TeacherTargets {
-  enum class Form { kDense, kTopK };
+  enum class Form { kDense, kTopK, kSampled };
 
   Form form = Form::kDense;
   // The temperature T the probabilities were softened at (> 0).
@@ -27,9 +28,15 @@ struct TeacherTargets {
   torch::Tensor probs;
   // kTopK: float [..., k] probabilities of the k largest classes, int64
   // [..., k] their class indices, and float [...] tail = 1 - sum(values).
+  // kSampled: `samples` = m ids drawn with replacement from p_T per row,
+  // as float [..., m] frequencies count / m of the distinct ids (int64
+  // [..., m]; unused slots have frequency 0 and id 0) and a zero tail.
+  // E[frequency of class c] = p_T(c): an unbiased estimate of the
+  // distribution, where top-k is a biased one.
   torch::Tensor values;
   torch::Tensor indices;
   torch::Tensor tail_mass;
+  int64_t samples = 0;
 
   // Softmax of `logits / temperature` over the last dimension.
   static TeacherTargets DenseFromLogits(const torch::Tensor& logits,
@@ -37,6 +44,14 @@ struct TeacherTargets {
   // The k most probable classes of softmax(logits / temperature).
   static TeacherTargets TopKFromLogits(const torch::Tensor& logits,
                                        double temperature, int64_t k);
+
+  // m draws per row from softmax(logits / temperature), with the default
+  // generator (seed it with torch::manual_seed for repeatable draws).
+  static TeacherTargets SampledFromLogits(const torch::Tensor& logits,
+                                          double temperature, int64_t m);
+  // The same draws from p_T already computed (float or double [..., C]).
+  static TeacherTargets SampledFromProbs(const torch::Tensor& probs,
+                                         double temperature, int64_t m);
 
   // Leading shape ([N] or [N, S]) the targets cover.
   torch::IntArrayRef batch_shape() const;
@@ -48,6 +63,9 @@ struct TeacherTargets {
   static absl::StatusOr<TeacherTargets> Concat(
       const std::vector<TeacherTargets>& parts);
 };
+
+// "dense", "top-k" or "sampled", for messages.
+const char* FormName(TeacherTargets::Form form);
 
 }  // namespace distill::losses
 

@@ -5,6 +5,8 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <limits>
+#include <vector>
 
 #include "common/testing/status_matchers.h"
 
@@ -79,6 +81,55 @@ TEST(TeacherTargetsTest, TopKTailIsExactWhereOneMinusTheSumIsNoise) {
   // tail itself.
   const double subtracted = (1.0 - t.values[0].sum()).item<double>();
   EXPECT_GT(std::abs(subtracted - want), 0.5 * want);
+}
+
+TEST(TeacherTargetsTest, SampledRowsAreDistinctIdsWithTheirCounts) {
+  torch::manual_seed(11);
+  // Two rows that can only draw from {1, 3} and {0} respectively.
+  const double inf = std::numeric_limits<double>::infinity();
+  const torch::Tensor logits = torch::tensor(
+      {{-inf, 0.0, -inf, 0.0, -inf}, {0.0, -inf, -inf, -inf, -inf}});
+  const TeacherTargets t = TeacherTargets::SampledFromLogits(logits, 1.0, 6);
+  EXPECT_EQ(t.form, TeacherTargets::Form::kSampled);
+  EXPECT_EQ(t.samples, 6);
+  ASSERT_EQ(t.values.sizes(), (std::vector<int64_t>{2, 6}));
+  ASSERT_EQ(t.indices.sizes(), (std::vector<int64_t>{2, 6}));
+  EXPECT_TRUE(torch::allclose(t.values.sum(-1), torch::ones({2})));
+  EXPECT_TRUE(torch::equal(t.tail_mass, torch::zeros({2})));
+  // Row 1: all six draws are class 0, in slot 0; the rest is padding.
+  EXPECT_EQ(t.indices[1][0].item<int64_t>(), 0);
+  EXPECT_DOUBLE_EQ(t.values[1][0].item<double>(), 1.0);
+  EXPECT_EQ(t.values[1].slice(0, 1).count_nonzero().item<int64_t>(), 0);
+  // Row 0: only ids 1 and 3, each listed once, counts in sixths.
+  const torch::Tensor listed = t.values[0] > 0;
+  const torch::Tensor ids = t.indices[0].masked_select(listed);
+  EXPECT_TRUE(((ids == 1) | (ids == 3)).all().item<bool>());
+  EXPECT_EQ(std::get<0>(torch::_unique(ids)).numel(), ids.numel());
+  const torch::Tensor sixths = t.values[0] * 6;
+  EXPECT_TRUE(torch::allclose(sixths, sixths.round()));
+}
+
+// counts / m is an unbiased estimate of p_T: over 20,000 rows the mean
+// frequency of each class is p_T within 6 standard errors
+// (sqrt(p (1 - p) / (m * rows))).
+TEST(TeacherTargetsTest, SampledFrequenciesEstimateTheDistribution) {
+  torch::manual_seed(12);
+  constexpr int64_t kRows = 20000, kDraws = 12;
+  const torch::Tensor row = torch::tensor({2.0, 1.0, 0.5, 0.0, -1.0, -3.0});
+  const TeacherTargets t = TeacherTargets::SampledFromLogits(
+      row.expand({kRows, 6}).reshape({kRows / 4, 4, 6}), 1.5, kDraws);
+  ASSERT_EQ(t.values.sizes(), (std::vector<int64_t>{kRows / 4, 4, kDraws}));
+  const torch::Tensor freq =
+      torch::zeros({kRows, 6}, torch::kDouble)
+          .scatter_add_(1, t.indices.reshape({kRows, kDraws}),
+                        t.values.reshape({kRows, kDraws}).to(torch::kDouble))
+          .mean(0);
+  const torch::Tensor p = torch::softmax(row.to(torch::kDouble) / 1.5, -1);
+  for (int64_t c = 0; c < 6; ++c) {
+    const double pc = p[c].item<double>();
+    const double se = std::sqrt(pc * (1 - pc) / (kDraws * kRows));
+    EXPECT_NEAR(freq[c].item<double>(), pc, 6 * se) << "class " << c;
+  }
 }
 
 TEST(TeacherTargetsTest, BatchShape) {

@@ -16,11 +16,17 @@ namespace distill::teacher {
 absl::StatusOr<v1::SoftTargets> EncodeLogits(const torch::Tensor& logits,
                                              const v1::StreamHeader& header) {
   auto targets = TorchCall("computing soft targets", [&] {
-    return header.encoding() == v1::TOP_K
-               ? losses::TeacherTargets::TopKFromLogits(
-                     logits, header.temperature(), header.top_k())
-               : losses::TeacherTargets::DenseFromLogits(logits,
-                                                         header.temperature());
+    switch (header.encoding()) {
+      case v1::TOP_K:
+        return losses::TeacherTargets::TopKFromLogits(
+            logits, header.temperature(), header.top_k());
+      case v1::SAMPLED:
+        return losses::TeacherTargets::SampledFromLogits(
+            logits, header.temperature(), header.samples());
+      default:
+        return losses::TeacherTargets::DenseFromLogits(logits,
+                                                       header.temperature());
+    }
   });
   if (!targets.ok()) return targets.status();
   return EncodeTargets(*targets, header.encoding());

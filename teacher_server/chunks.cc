@@ -16,12 +16,18 @@ std::vector<v1::Tensor*> RowTensors(v1::SoftTargets& t) {
     return {t.mutable_topk_values(), t.mutable_topk_indices(),
             t.mutable_tail_mass()};
   }
+  if (t.encoding() == v1::SAMPLED) {
+    return {t.mutable_sample_ids(), t.mutable_sample_counts()};
+  }
   return {t.mutable_probs()};
 }
 
 std::vector<const v1::Tensor*> RowTensors(const v1::SoftTargets& t) {
   if (t.encoding() == v1::TOP_K) {
     return {&t.topk_values(), &t.topk_indices(), &t.tail_mass()};
+  }
+  if (t.encoding() == v1::SAMPLED) {
+    return {&t.sample_ids(), &t.sample_counts()};
   }
   return {&t.probs()};
 }
@@ -55,22 +61,33 @@ v1::SoftTargets Scalars(const v1::SoftTargets& t) {
   out.set_temperature(t.temperature());
   out.set_encoding(t.encoding());
   out.set_num_classes(t.num_classes());
+  out.set_samples(t.samples());
   return out;
 }
 
 }  // namespace
 
-int64_t RowBytes(v1::Encoding encoding, int64_t num_classes, int32_t top_k) {
+int64_t RowBytes(v1::Encoding encoding, int64_t num_classes, int32_t width) {
   switch (encoding) {
     case v1::DENSE_FP32:
       return 4 * num_classes;
     case v1::DENSE_FP16:
       return 2 * num_classes;
     case v1::TOP_K:
-      return 6 * static_cast<int64_t>(top_k) + 4;
+      return 6 * static_cast<int64_t>(width) + 4;
+    case v1::SAMPLED:
+      return 5 * static_cast<int64_t>(width);
     default:
       return 0;
   }
+}
+
+int64_t AnswerRows(const v1::SoftTargets& targets) {
+  const v1::Tensor& first = *RowTensors(targets)[0];
+  if (first.shape_size() < 1) return 0;
+  int64_t rows = 1;
+  for (int d = 0; d + 1 < first.shape_size(); ++d) rows *= first.shape(d);
+  return rows;
 }
 
 absl::StatusOr<std::vector<v1::DistillResponse>> SplitAnswer(
@@ -189,10 +206,11 @@ absl::StatusOr<v1::DistillResponse> JoinAnswer(
     }
     if (t.encoding() != whole.encoding() ||
         t.temperature() != whole.temperature() ||
-        t.num_classes() != whole.num_classes()) {
+        t.num_classes() != whole.num_classes() ||
+        t.samples() != whole.samples()) {
       return bad(absl::StrCat("chunk ", c,
                               " disagrees with chunk 0 on the encoding, "
-                              "temperature or class count"));
+                              "temperature, class count or samples"));
     }
     const std::vector<const v1::Tensor*> parts = RowTensors(t);
     const int64_t m = parts[0]->shape_size() > 0 ? parts[0]->shape(0) : -1;

@@ -20,9 +20,14 @@ namespace distill::teacher {
 // chunk fields, shapes and scalar fields of SoftTargets.
 inline constexpr int64_t kChunkFramingBytes = 4096;
 
-// The bytes one row (one sample's or one position's distribution) takes on
-// the wire in `encoding` over `num_classes` classes (TOP_K: `top_k` values).
-int64_t RowBytes(v1::Encoding encoding, int64_t num_classes, int32_t top_k);
+// The most bytes one row (one sample's or one position's distribution)
+// takes on the wire in `encoding` over `num_classes` classes; `width` is
+// TOP_K's k or SAMPLED's draws per row.
+int64_t RowBytes(v1::Encoding encoding, int64_t num_classes, int32_t width);
+
+// How many rows (a sample's or a position's distribution) `targets` holds:
+// the product of its leading dimensions; 0 for a malformed message.
+int64_t AnswerRows(const v1::SoftTargets& targets);
 
 // The messages that carry `targets` as the answer to `batch_id`: one (with
 // chunks = 0) when `max_bytes` is 0 or the whole answer fits in it, else

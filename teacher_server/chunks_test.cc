@@ -44,6 +44,13 @@ TEST(ChunksTest, RowBytesPerEncoding) {
   EXPECT_EQ(RowBytes(v1::DENSE_FP32, 32000, 0), 128000);
   EXPECT_EQ(RowBytes(v1::DENSE_FP16, 32000, 0), 64000);
   EXPECT_EQ(RowBytes(v1::TOP_K, 32000, 128), 772);  // 128 x (2 + 4) + 4
+  EXPECT_EQ(RowBytes(v1::SAMPLED, 32000, 12), 60);  // 12 x (4 + 1)
+}
+
+TEST(ChunksTest, AnswerRowsArePositions) {
+  EXPECT_EQ(AnswerRows(DenseAnswer()), 15);  // [3, 5] positions
+  EXPECT_EQ(AnswerRows(TopKAnswer()), 8);    // [2, 4]
+  EXPECT_EQ(AnswerRows(v1::SoftTargets()), 0);
 }
 
 TEST(ChunksTest, DenseAnswerSplitsIntoWholeRowsAndJoinsBack) {
@@ -85,6 +92,30 @@ TEST(ChunksTest, TopKAnswerKeepsValuesIndicesAndTailsTogether) {
   auto decoded = DecodeTargets(joined->targets(), 2);
   ASSERT_THAT(decoded.status(), IsOk());
   EXPECT_EQ(decoded->tail_mass.sizes(), (std::vector<int64_t>{2, 4}));
+}
+
+TEST(ChunksTest, SampledAnswerKeepsIdsAndCountsTogether) {
+  torch::manual_seed(4);
+  const losses::TeacherTargets sampled =
+      losses::TeacherTargets::SampledFromLogits(torch::randn({2, 4, 9}), 1.0,
+                                                5);
+  auto answer = EncodeTargets(sampled, v1::SAMPLED);
+  ASSERT_THAT(answer.status(), IsOk());
+  const int64_t width = answer->sample_ids().shape(2);
+  // Three rows a chunk: 3 x width x (4 + 1) bytes.
+  auto chunks = SplitAnswer(6, *answer, kChunkFramingBytes + 3 * width * 5);
+  ASSERT_THAT(chunks.status(), IsOk());
+  ASSERT_EQ(chunks->size(), 3u);
+  EXPECT_EQ((*chunks)[1].targets().samples(), 5);
+  EXPECT_THAT((*chunks)[2].targets().sample_counts().shape(),
+              ::testing::ElementsAre(2, width));
+  auto joined = JoinAnswer(*chunks);
+  ASSERT_THAT(joined.status(), IsOk());
+  EXPECT_TRUE(MessageDifferencer::Equals(joined->targets(), *answer));
+  auto decoded = DecodeTargets(joined->targets(), 2);
+  ASSERT_THAT(decoded.status(), IsOk());
+  EXPECT_TRUE(torch::equal(decoded->indices, sampled.indices));
+  EXPECT_TRUE(torch::equal(decoded->values, sampled.values));
 }
 
 TEST(ChunksTest, AnAnswerThatFitsTravelsWhole) {

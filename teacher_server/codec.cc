@@ -4,6 +4,7 @@
 // the build refuses big-endian hosts rather than silently byte-swapping.
 #include "teacher_server/codec.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -166,7 +167,7 @@ absl::StatusOr<v1::SoftTargets> EncodeTargets(
                                                     : v1::Tensor::FLOAT16);
       return message;
     case v1::TOP_K:
-      if (dense) break;
+      if (targets.form != losses::TeacherTargets::Form::kTopK) break;
       *message.mutable_topk_values() =
           ToProto(targets.values, v1::Tensor::FLOAT16);
       *message.mutable_topk_indices() =
@@ -174,13 +175,29 @@ absl::StatusOr<v1::SoftTargets> EncodeTargets(
       *message.mutable_tail_mass() =
           ToProto(targets.tail_mass, v1::Tensor::FLOAT32);
       return message;
+    case v1::SAMPLED: {
+      if (targets.form != losses::TeacherTargets::Form::kSampled) break;
+      // Distinct ids fill each row from the left, so the columns past the
+      // row with the most distinct ids hold only padding: not sent.
+      const torch::Tensor counts =
+          (targets.values * static_cast<double>(targets.samples)).round();
+      const int64_t width = std::max<int64_t>(
+          1,
+          counts.numel() == 0 ? 1 : (counts > 0).sum(-1).max().item<int64_t>());
+      *message.mutable_sample_ids() =
+          ToProto(targets.indices.narrow(-1, 0, width), v1::Tensor::INT32);
+      *message.mutable_sample_counts() =
+          ToProto(counts.narrow(-1, 0, width), v1::Tensor::UINT8);
+      message.set_samples(static_cast<int32_t>(targets.samples));
+      return message;
+    }
     default:
       return absl::InvalidArgumentError(
           absl::StrCat("cannot encode targets as ", EncodingName(encoding)));
   }
   return absl::InvalidArgumentError(
-      absl::StrCat("cannot encode ", dense ? "dense" : "top-k", " targets as ",
-                   EncodingName(encoding)));
+      absl::StrCat("cannot encode ", losses::FormName(targets.form),
+                   " targets as ", EncodingName(encoding)));
 }
 
 absl::StatusOr<losses::TeacherTargets> DecodeTargets(
@@ -281,6 +298,57 @@ absl::StatusOr<losses::TeacherTargets> DecodeTargets(
       targets.values = values;
       targets.indices = indices.to(torch::kLong);
       targets.tail_mass = tail;
+      return targets;
+    }
+    case v1::SAMPLED: {
+      DISTILL_RETURN_IF_ERROR(
+          CheckTensor(message.sample_ids(), "sample_ids", v1::Tensor::INT32));
+      DISTILL_RETURN_IF_ERROR(CheckTensor(message.sample_counts(),
+                                          "sample_counts", v1::Tensor::UINT8));
+      const int64_t m = message.samples();
+      if (m < 1 || m > kMaxSamples) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("samples must be in [1, ", kMaxSamples, "], got ", m));
+      }
+      DISTILL_ASSIGN_OR_RETURN(torch::Tensor ids,
+                               FromProto(message.sample_ids(), "sample_ids"));
+      DISTILL_ASSIGN_OR_RETURN(
+          torch::Tensor counts,
+          FromProto(message.sample_counts(), "sample_counts"));
+      if ((ids.dim() != 2 && ids.dim() != 3) || counts.sizes() != ids.sizes() ||
+          ids.size(-1) < 1 || ids.size(-1) > m) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "sampled shapes disagree: sample_ids ", ShapeString(ids.sizes()),
+            ", sample_counts ", ShapeString(counts.sizes()),
+            " (want both [N(, S), w] with 1 <= w <= samples = ", m, ")"));
+      }
+      DISTILL_RETURN_IF_ERROR(check_rows(ids, "sample_ids"));
+      if (ids.numel() > 0 && (ids.min().item<int64_t>() < 0 ||
+                              ids.max().item<int64_t>() >= classes)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("sample_ids must be in [0, ", classes, ")"));
+      }
+      const torch::Tensor row_draws = counts.to(torch::kLong).sum(-1);
+      if (row_draws.numel() > 0 && (row_draws != m).any().item<bool>()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "sample_counts must sum to samples = ", m,
+            " in every row; a row sums to ",
+            row_draws.masked_select(row_draws != m)[0].item<int64_t>()));
+      }
+      // Padded back to m columns, so every batch of one stream has the
+      // same shape (joining, caching).
+      std::vector<int64_t> shape = ids.sizes().vec();
+      shape.back() = m;
+      const int64_t w = ids.size(-1);
+      targets.form = losses::TeacherTargets::Form::kSampled;
+      targets.samples = m;
+      targets.indices = torch::zeros(shape, torch::kLong);
+      targets.indices.narrow(-1, 0, w).copy_(ids);
+      targets.values = torch::zeros(shape, torch::kFloat);
+      targets.values.narrow(-1, 0, w).copy_(counts.to(torch::kFloat) /
+                                            static_cast<double>(m));
+      shape.pop_back();
+      targets.tail_mass = torch::zeros(shape, torch::kFloat);
       return targets;
     }
     default:

@@ -19,7 +19,10 @@
 
 namespace distill::teacher {
 
-// "DENSE_FP32", "DENSE_FP16", "TOP_K".
+// The most draws per row a SAMPLED answer may carry (counts are UINT8).
+inline constexpr int64_t kMaxSamples = 255;
+
+// "DENSE_FP32", "DENSE_FP16", "TOP_K", "SAMPLED".
 std::string EncodingName(v1::Encoding encoding);
 // "FLOAT32", ...
 std::string DTypeName(v1::Tensor::DType dtype);
@@ -40,13 +43,15 @@ absl::StatusOr<torch::Tensor> FromProto(const v1::Tensor& message,
                                         absl::string_view what);
 
 // Encodes teacher targets for the wire. Dense targets may be sent as
-// DENSE_FP32 or DENSE_FP16, top-k targets only as TOP_K; anything else is
-// InvalidArgument.
+// DENSE_FP32 or DENSE_FP16, top-k targets only as TOP_K, sampled ones only
+// as SAMPLED; anything else is InvalidArgument.
 absl::StatusOr<v1::SoftTargets> EncodeTargets(
     const losses::TeacherTargets& targets, v1::Encoding encoding);
 
 // Decodes and validates: dtypes and shapes as teacher.proto states, indices in
-// [0, num_classes), probabilities finite and in [0, 1], temperature > 0.
+// [0, num_classes), probabilities finite and in [0, 1], sampled counts
+// summing to `samples` in every row, temperature > 0. Sampled rows come
+// back padded to `samples` columns.
 // Probabilities come back as float32 whatever the wire precision.
 // `expected_rows` (when >= 0) is the batch size the targets must cover.
 absl::StatusOr<losses::TeacherTargets> DecodeTargets(

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <string>
 
+#include "absl/strings/str_cat.h"
 #include "common/testing/status_matchers.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -140,6 +141,99 @@ TEST(TargetsCodecTest, EncodingMustFitTheForm) {
   EXPECT_THAT(EncodeTargets(topk, v1::DENSE_FP16).status(),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        "cannot encode top-k targets as DENSE_FP16"));
+}
+
+TEST(TargetsCodecTest, SampledRoundTripSendsOnlyTheUsedColumns) {
+  torch::manual_seed(5);
+  // Peaked rows: 12 draws hit few distinct ids, so fewer than 12 columns
+  // travel; the decoder pads them back to 12.
+  const torch::Tensor logits = torch::randn({2, 5, 40}) * 4;
+  const auto sampled =
+      losses::TeacherTargets::SampledFromLogits(logits, 1.0, 12);
+  auto message = EncodeTargets(sampled, v1::SAMPLED);
+  ASSERT_THAT(message.status(), IsOk());
+  const int64_t distinct = (sampled.values > 0).sum(-1).max().item<int64_t>();
+  ASSERT_LT(distinct, 12);
+  EXPECT_EQ(message->samples(), 12);
+  EXPECT_THAT(message->sample_ids().shape(),
+              ::testing::ElementsAre(2, 5, distinct));
+  EXPECT_EQ(message->sample_counts().data().size(), 2 * 5 * distinct);
+  auto back = DecodeTargets(*message, 2);
+  ASSERT_THAT(back.status(), IsOk());
+  EXPECT_EQ(back->form, losses::TeacherTargets::Form::kSampled);
+  EXPECT_EQ(back->samples, 12);
+  EXPECT_TRUE(torch::equal(back->indices, sampled.indices));
+  EXPECT_TRUE(torch::equal(back->values, sampled.values));
+  EXPECT_TRUE(torch::equal(back->tail_mass, torch::zeros({2, 5})));
+}
+
+// A message as any peer would write it from the .proto: ids 7 and 2 drawn
+// 3 times and once of 4 draws.
+v1::SoftTargets HandSampled() {
+  v1::SoftTargets m;
+  m.set_temperature(2.0);
+  m.set_encoding(v1::SAMPLED);
+  m.set_num_classes(10);
+  m.set_samples(4);
+  m.mutable_sample_ids()->set_dtype(v1::Tensor::INT32);
+  m.mutable_sample_ids()->add_shape(1);
+  m.mutable_sample_ids()->add_shape(2);
+  m.mutable_sample_ids()->set_data(std::string("\x07\0\0\0\x02\0\0\0", 8));
+  m.mutable_sample_counts()->set_dtype(v1::Tensor::UINT8);
+  m.mutable_sample_counts()->add_shape(1);
+  m.mutable_sample_counts()->add_shape(2);
+  m.mutable_sample_counts()->set_data(std::string("\x03\x01", 2));
+  return m;
+}
+
+TEST(TargetsCodecTest, SampledFromAHandWrittenMessage) {
+  auto t = DecodeTargets(HandSampled(), 1);
+  ASSERT_THAT(t.status(), IsOk());
+  EXPECT_TRUE(
+      torch::equal(t->indices, torch::tensor({{7, 2, 0, 0}}, torch::kLong)));
+  EXPECT_TRUE(
+      torch::equal(t->values, torch::tensor({{0.75f, 0.25f, 0.f, 0.f}})));
+  EXPECT_EQ(t->samples, 4);
+}
+
+TEST(TargetsCodecTest, SampledRefusesLyingMessages) {
+  v1::SoftTargets m = HandSampled();
+  m.mutable_sample_counts()->set_data(std::string("\x03\x02", 2));
+  EXPECT_THAT(DecodeTargets(m).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "sample_counts must sum to samples = 4 in every row; a "
+                       "row sums to 5"));
+  m = HandSampled();
+  m.set_num_classes(7);
+  EXPECT_THAT(DecodeTargets(m).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "sample_ids must be in [0, 7)"));
+  m = HandSampled();
+  m.set_samples(1);
+  EXPECT_THAT(DecodeTargets(m).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("1 <= w <= samples = 1")));
+  for (int bad : {0, 256}) {
+    m = HandSampled();
+    m.set_samples(bad);
+    EXPECT_THAT(
+        DecodeTargets(m).status(),
+        StatusIs(absl::StatusCode::kInvalidArgument,
+                 absl::StrCat("samples must be in [1, 255], got ", bad)));
+  }
+  m = HandSampled();
+  m.mutable_sample_counts()->set_dtype(v1::Tensor::INT32);
+  EXPECT_THAT(DecodeTargets(m).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "sample_counts must be UINT8, got INT32"));
+  EXPECT_THAT(DecodeTargets(HandSampled(), 2).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "sample_ids shape [1, 2] does not cover 2 samples"));
+  auto sampled =
+      losses::TeacherTargets::SampledFromLogits(SeventhsLogits(), 1.0, 3);
+  EXPECT_THAT(EncodeTargets(sampled, v1::TOP_K).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "cannot encode sampled targets as TOP_K"));
 }
 
 TEST(TargetsCodecTest, RefusesBadMessages) {

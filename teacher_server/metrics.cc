@@ -33,6 +33,16 @@ ServerMetrics::ServerMetrics(int max_batch)
                  .Name("distill_teacher_calls_total")
                  .Help("Finished calls by RPC and gRPC status code")
                  .Register(*registry_)),
+      answer_rows_(prometheus::BuildCounter()
+                       .Name("distill_teacher_answered_tokens_total")
+                       .Help("Rows answered by encoding: token positions for "
+                             "language models, samples otherwise")
+                       .Register(*registry_)),
+      answer_bytes_(prometheus::BuildCounter()
+                        .Name("distill_teacher_answer_bytes_total")
+                        .Help("Answer bytes on the wire by encoding, every "
+                              "chunk's message included")
+                        .Register(*registry_)),
       received_(prometheus::BuildCounter()
                     .Name("distill_teacher_received_batches_total")
                     .Help("Input batches accepted and queued")
@@ -87,6 +97,13 @@ void ServerMetrics::CountCall(absl::string_view rpc, absl::string_view code) {
 }
 
 void ServerMetrics::CountReceived() { received_.Increment(); }
+
+void ServerMetrics::CountAnswer(absl::string_view encoding, int64_t rows,
+                                int64_t bytes) {
+  const prometheus::Labels labels = {{"encoding", std::string(encoding)}};
+  answer_rows_.Add(labels).Increment(static_cast<double>(rows));
+  answer_bytes_.Add(labels).Increment(static_cast<double>(bytes));
+}
 
 void ServerMetrics::ObserveForward(int samples, int requests) {
   forwards_.Increment();

@@ -1,11 +1,13 @@
 // Prometheus metrics of a teacher server: requests by RPC and outcome,
-// samples, the batch size of every model forward, how long batches wait in
-// the queue and how long a batch takes from arrival to answer. The metrics
-// always exist (tests read them as text); they are served over HTTP only
-// when Serve is called. Thread-safe: prometheus-cpp metrics are atomic.
+// samples, tokens and bytes answered per encoding, the batch size of every
+// model forward, how long batches wait in the queue and how long a batch takes
+// from arrival to answer. The metrics always exist (tests read them as text);
+// they are served over HTTP only when Serve is called. Thread-safe:
+// prometheus-cpp metrics are atomic.
 #ifndef DISTILL_TEACHER_SERVER_METRICS_H_
 #define DISTILL_TEACHER_SERVER_METRICS_H_
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -40,6 +42,10 @@ class ServerMetrics {
   void ObserveQueueDelay(absl::Duration delay);
   // One batch's time from arrival to its encoded answer.
   void ObserveLatency(absl::Duration latency);
+  // One answer sent in `encoding` ("DENSE_FP16", ...): its rows (positions
+  // of a language model's windows, or samples) and its bytes on the wire,
+  // every chunk's message included.
+  void CountAnswer(absl::string_view encoding, int64_t rows, int64_t bytes);
 
   // The Prometheus text exposition of every metric.
   std::string Text() const;
@@ -47,6 +53,8 @@ class ServerMetrics {
  private:
   std::shared_ptr<prometheus::Registry> registry_;
   prometheus::Family<prometheus::Counter>& calls_;
+  prometheus::Family<prometheus::Counter>& answer_rows_;
+  prometheus::Family<prometheus::Counter>& answer_bytes_;
   prometheus::Counter& received_;
   prometheus::Counter& samples_;
   prometheus::Counter& batches_;

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "teacher_server/auth.h"
 #include "teacher_server/chunks.h"
+#include "teacher_server/codec.h"
 #include "teacher_server/grpc_status.h"
 #include "teacher_server/validation.h"
 
@@ -186,6 +187,12 @@ class TeacherService::DistillReactor final
         answer.ok()
             ? SplitAnswer(batch_id, *answer, max_bytes)
             : absl::StatusOr<std::vector<v1::DistillResponse>>(answer.status());
+    if (messages.ok() && service_->metrics_ != nullptr) {
+      int64_t bytes = 0;
+      for (const v1::DistillResponse& m : *messages) bytes += m.ByteSizeLong();
+      service_->metrics_->CountAnswer(EncodingName(answer->encoding()),
+                                      AnswerRows(*answer), bytes);
+    }
     Actions actions;
     {
       absl::MutexLock lock(&mu_);
@@ -295,6 +302,7 @@ TeacherService::TeacherService(const ServedModel* model, ServiceOptions options,
   info_.add_encodings(v1::DENSE_FP32);
   info_.add_encodings(v1::DENSE_FP16);
   info_.add_encodings(v1::TOP_K);
+  info_.add_encodings(v1::SAMPLED);
   info_.set_max_request_bytes(options_.max_request_bytes);
   info_.set_tokenizer_sha256(model->tokenizer_sha256);
   info_.set_context_length(model->context_length);

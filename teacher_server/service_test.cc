@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -14,6 +15,7 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "common/testing/process.h"
 #include "common/testing/scratch_dir.h"
@@ -86,6 +88,10 @@ class ServiceTest : public ::testing::Test {
     EXPECT_EQ(t.num_classes(), 10);
     const torch::Tensor probs =
         torch::softmax(ReferenceLogits(*weights_, inputs) / temperature, 1);
+    if (encoding == v1::SAMPLED) {
+      ExpectDraws(t, probs, top_k);
+      return;
+    }
     if (encoding == v1::TOP_K) {
       auto values = FromProto(t.topk_values(), "values");
       auto indices = FromProto(t.topk_indices(), "indices");
@@ -110,6 +116,28 @@ class ServiceTest : public ::testing::Test {
       // Half precision keeps 11 significant bits.
       EXPECT_TRUE(torch::allclose(got->to(torch::kFloat), probs, 1e-3, 1e-7));
     }
+  }
+
+  // `t` holds `m` draws per row from `probs`: counts summing to m, and
+  // each class drawn about m p times: within 6 standard errors, with 1 / m
+  // added to the variance so a rare class drawn once is not a failure.
+  static void ExpectDraws(const v1::SoftTargets& t, const torch::Tensor& probs,
+                          int m) {
+    EXPECT_EQ(t.samples(), m);
+    auto ids = FromProto(t.sample_ids(), "ids");
+    auto counts = FromProto(t.sample_counts(), "counts");
+    ASSERT_TRUE(ids.ok() && counts.ok());
+    ASSERT_EQ(ids->size(0), probs.size(0));
+    ASSERT_EQ(counts->sizes(), ids->sizes());
+    const torch::Tensor drawn =
+        torch::zeros(probs.sizes(), torch::kDouble)
+            .scatter_add_(1, ids->to(torch::kLong), counts->to(torch::kDouble));
+    EXPECT_TRUE(
+        torch::equal(drawn.sum(1), torch::full({probs.size(0)}, double(m))));
+    const torch::Tensor p = probs.to(torch::kDouble);
+    const torch::Tensor se = ((p * (1 - p) + 1.0 / m) / m).sqrt();
+    EXPECT_TRUE(((drawn / m - p).abs() <= 6 * se).all().item<bool>())
+        << drawn / m << p;
   }
 
   static ScratchDir* scratch_;
@@ -137,8 +165,9 @@ TEST_F(ServiceTest, InfoAndHealthDescribeTheTeacher) {
   EXPECT_THAT(info.output_shape(), ::testing::ElementsAre(10));
   EXPECT_EQ(info.num_classes(), 10);
   EXPECT_EQ(info.max_batch(), 8);
-  EXPECT_THAT(info.encodings(), ::testing::ElementsAre(
-                                    v1::DENSE_FP32, v1::DENSE_FP16, v1::TOP_K));
+  EXPECT_THAT(info.encodings(),
+              ::testing::ElementsAre(v1::DENSE_FP32, v1::DENSE_FP16, v1::TOP_K,
+                                     v1::SAMPLED));
   EXPECT_EQ(info.max_request_bytes(), 8 * 28 * 28 * 4 + 65536);
 
   auto health =
@@ -185,7 +214,7 @@ TEST_F(ServiceTest, StreamsShareOneForwardAtTheirOwnTemperatures) {
     int top_k;
   };
   const std::vector<Case> cases = {{1.0, v1::DENSE_FP32, 0},
-                                   {4.0, v1::DENSE_FP32, 0},
+                                   {4.0, v1::SAMPLED, 255},
                                    {2.0, v1::DENSE_FP16, 0},
                                    {3.0, v1::TOP_K, 3}};
   std::vector<StreamResult> results(cases.size());
@@ -217,6 +246,19 @@ TEST_F(ServiceTest, StreamsShareOneForwardAtTheirOwnTemperatures) {
               HasSubstr("distill_teacher_forward_batch_size_count 1\n"));
   EXPECT_THAT(metrics, HasSubstr("distill_teacher_forward_batch_size_sum 8\n"));
   EXPECT_THAT(metrics, HasSubstr("distill_teacher_samples_total 8\n"));
+  // Rows and wire bytes per encoding: two rows each, and the bytes of the
+  // messages the streams received.
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const std::string name = v1::Encoding_Name(cases[i].encoding);
+    EXPECT_THAT(metrics,
+                HasSubstr(absl::StrCat(
+                    "distill_teacher_answered_tokens_total{encoding=\"", name,
+                    "\"} 2\n")));
+    EXPECT_THAT(metrics,
+                HasSubstr(absl::StrCat(
+                    "distill_teacher_answer_bytes_total{encoding=\"", name,
+                    "\"} ", results[i].responses[0].ByteSizeLong(), "\n")));
+  }
 }
 
 TEST_F(ServiceTest, ManyConcurrentStreamsGetTheirOwnAnswersInOrder) {
@@ -319,16 +361,24 @@ TEST_F(ServiceTest, EachBadRequestEndsOnlyItsStream) {
        {HeaderRequest(1, v1::TOP_K, 0), good_batch},
        grpc::StatusCode::INVALID_ARGUMENT,
        "header.top_k must be in [1, 10] (the teacher's classes), got 0"},
+      {"no samples",
+       {HeaderRequest(1, v1::SAMPLED, 0), good_batch},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "header.samples must be in [1, 255] with encoding SAMPLED, got 0"},
+      {"too many samples",
+       {HeaderRequest(1, v1::SAMPLED, 256), good_batch},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "header.samples must be in [1, 255] with encoding SAMPLED, got 256"},
       {"no encoding",
        {HeaderRequest(1, v1::ENCODING_UNSPECIFIED), good_batch},
        grpc::StatusCode::INVALID_ARGUMENT,
        "header.encoding ENCODING_UNSPECIFIED is not supported; supported: "
-       "DENSE_FP32, DENSE_FP16, TOP_K"},
+       "DENSE_FP32, DENSE_FP16, TOP_K, SAMPLED"},
       {"unknown encoding",
        {HeaderRequest(1, static_cast<v1::Encoding>(9)), good_batch},
        grpc::StatusCode::INVALID_ARGUMENT,
        "header.encoding encoding 9 is not supported; supported: DENSE_FP32, "
-       "DENSE_FP16, TOP_K"},
+       "DENSE_FP16, TOP_K, SAMPLED"},
       {"batch first",
        {BatchRequest(7, TestInputs(1, 1)), good_header},
        grpc::StatusCode::INVALID_ARGUMENT,
@@ -392,9 +442,15 @@ TEST_F(ServiceTest, EachBadRequestEndsOnlyItsStream) {
   v1::DistillResponse extra;
   EXPECT_FALSE(good->Read(&extra));
   EXPECT_TRUE(good->Finish().ok());
+  const auto invalid =
+      std::count_if(cases.begin(), cases.end(), [](const BadCase& c) {
+        return c.code == grpc::StatusCode::INVALID_ARGUMENT;
+      });
+  EXPECT_EQ(invalid, 16);
   EXPECT_THAT(server_->metrics().Text(),
-              HasSubstr("distill_teacher_calls_total{code=\"INVALID_ARGUMENT\","
-                        "rpc=\"Distill\"} 14\n"));
+              HasSubstr(absl::StrCat("distill_teacher_calls_total{code=\"",
+                                     "INVALID_ARGUMENT\",rpc=\"Distill\"} ",
+                                     invalid, "\n")));
 }
 
 // TLS with a certificate made here by the openssl CLI, and a bearer token:

@@ -44,8 +44,16 @@ absl::Status ValidateHeader(const v1::StreamHeader& header,
         absl::StrCat("header.top_k must be in [1, ", info.num_classes(),
                      "] (the teacher's classes), got ", header.top_k()));
   }
+  if (header.encoding() == v1::SAMPLED &&
+      (header.samples() < 1 || header.samples() > kMaxSamples)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("header.samples must be in [1, ", kMaxSamples,
+                     "] with encoding SAMPLED, got ", header.samples()));
+  }
   const int64_t row =
-      RowBytes(header.encoding(), info.num_classes(), header.top_k()) +
+      RowBytes(header.encoding(), info.num_classes(),
+               header.encoding() == v1::SAMPLED ? header.samples()
+                                                : header.top_k()) +
       kChunkFramingBytes;
   if (header.max_answer_bytes() < 0 ||
       (header.max_answer_bytes() > 0 && header.max_answer_bytes() < row)) {

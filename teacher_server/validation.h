@@ -14,7 +14,7 @@
 namespace distill::teacher {
 
 // Temperature finite and > 0; encoding one of Info's; for TOP_K,
-// 1 <= top_k <= num_classes.
+// 1 <= top_k <= num_classes; for SAMPLED, 1 <= samples <= 255.
 absl::Status ValidateHeader(const v1::StreamHeader& header,
                             const v1::InfoResponse& info);
 

@@ -50,11 +50,11 @@ def main():
             return pb2.Tensor(dtype=dtype, shape=list(ids.shape),
                               data=ids.astype(width).tobytes())
 
-        def call(encoding, inputs, k=0, max_answer_bytes=0):
+        def call(encoding, inputs, k=0, max_answer_bytes=0, samples=0):
             requests = [
                 pb2.DistillRequest(header=pb2.StreamHeader(
                     temperature=1.0, encoding=encoding, top_k=k,
-                    max_answer_bytes=max_answer_bytes)),
+                    max_answer_bytes=max_answer_bytes, samples=samples)),
                 pb2.DistillRequest(batch=pb2.InputBatch(batch_id=7, inputs=inputs))]
             return list(stub.Distill(iter(requests), timeout=60))
 
@@ -71,6 +71,23 @@ def main():
         want = probs.sum(-1) - listed.sum(-1)
         print(f"topk: k={indices.shape[-1]} "
               f"tail_error={np.abs(tail - want).max():.3g}", flush=True)
+
+        # m draws per position: counts sum to m, and over all positions the
+        # drawn frequencies of each id are its summed probability within a
+        # few standard errors (z, with 1/m added to each variance).
+        m = 32
+        sampled = call(pb2.SAMPLED, tensor(ids), samples=m)[0].targets
+        sid = to_array(pb2, sampled.sample_ids).astype(np.int64)
+        counts = to_array(pb2, sampled.sample_counts).astype(np.float64)
+        drawn = np.zeros(probs.shape)
+        np.add.at(drawn, (np.arange(2)[:, None, None],
+                          np.arange(seq)[None, :, None], sid), counts)
+        est, want_p = drawn.sum((0, 1)) / m, probs.sum((0, 1))
+        var = (probs * (1 - probs)).sum((0, 1)) / m + 1.0 / m
+        print(f"sampled: m={sampled.samples} width={sid.shape[-1]} "
+              f"sums_ok={bool((counts.sum(-1) == m).all())} "
+              f"max_z={np.max(np.abs(est - want_p) / np.sqrt(var)):.3g}",
+              flush=True)
 
         def refused(what, inputs):
             try:

@@ -25,6 +25,24 @@ bool IsHostPort(const std::string& endpoint) {
          port <= 65535;
 }
 
+// SAMPLED targets estimate p_T without bias, so only losses linear in p_T
+// keep their expected gradient; the built-in ones that are not are refused
+// here, before any work (a plugin loss is asked at its first step).
+absl::Status CheckSampledLosses(const JobConfig& c) {
+  static const std::set<std::string>* nonlinear =
+      new std::set<std::string>{"reverse_kl", "js", "tvd", "dkd", "mse_logits"};
+  for (int i = 0; i < c.loss_size(); ++i) {
+    if (nonlinear->count(c.loss(i).name()) > 0) {
+      return Bad(absl::StrCat("loss[", i, "]"),
+                 absl::StrCat(c.loss(i).name(),
+                              " is not linear in the teacher's probabilities, "
+                              "so teacher.encoding SAMPLED would bias it; "
+                              "use kd_kl or soft_ce, or DENSE/TOP_K targets"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 // An in-process teacher: its model, its ensemble, and none of the
 // settings that only teacher servers take.
 absl::Status ValidateInProcessTeacher(const TeacherConfig& t) {
@@ -47,6 +65,7 @@ absl::Status ValidateInProcessTeacher(const TeacherConfig& t) {
     return Bad("teacher.encoding", remote_only);
   }
   if (t.top_k() != 0) return Bad("teacher.top_k", remote_only);
+  if (t.samples() != 0) return Bad("teacher.samples", remote_only);
   if (!t.token_file().empty()) return Bad("teacher.token_file", remote_only);
   if (!t.tls_ca_file().empty()) {
     return Bad("teacher.tls_ca_file", remote_only);
@@ -93,6 +112,14 @@ absl::Status ValidateTeacher(const JobConfig& c) {
                    Range::AtLeast(1).Noted("with encoding TOP_K")));
   } else if (t.top_k() != 0) {
     return Bad("teacher.top_k", "applies to encoding TOP_K only");
+  }
+  if (t.encoding() == TeacherConfig::SAMPLED) {
+    DISTILL_RETURN_IF_ERROR(
+        CheckRange("teacher.samples", t.samples(),
+                   Range::Closed(1, 255).Noted("with encoding SAMPLED")));
+    DISTILL_RETURN_IF_ERROR(CheckSampledLosses(c));
+  } else if (t.samples() != 0) {
+    return Bad("teacher.samples", "applies to encoding SAMPLED only");
   }
   DISTILL_RETURN_IF_ERROR(CheckRange(
       "teacher.prefetch_batches", t.prefetch_batches(), Range::Closed(0, 64)));

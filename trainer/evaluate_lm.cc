@@ -21,11 +21,14 @@ struct TokenCounts {
   int64_t agree = 0;
 };
 
-// The teacher's most likely token at every position of `targets`.
+// The teacher's most likely token at every position of `targets` (for
+// sampled targets, the most often drawn one).
 torch::Tensor TeacherTop1(const losses::TeacherTargets& targets) {
-  return targets.form == losses::TeacherTargets::Form::kDense
-             ? targets.probs.argmax(-1)
-             : targets.indices.select(-1, 0);
+  if (targets.form == losses::TeacherTargets::Form::kDense) {
+    return targets.probs.argmax(-1);
+  }
+  return targets.indices.gather(-1, targets.values.argmax(-1, true))
+      .squeeze(-1);
 }
 
 // Adds one chunk of logits [T, V] with labels [T] (and the teacher's top-1

@@ -108,6 +108,28 @@ TEST(TeacherConfigTest, TopKGoesWithItsEncoding) {
               "job.pbtxt:6: teacher.top_k applies to encoding TOP_K only");
 }
 
+TEST(TeacherConfigTest, SamplesGoWithTheirEncodingAndLinearLosses) {
+  EXPECT_THAT(Parse("teacher { endpoints: \"h:1\" encoding: SAMPLED "
+                    "samples: 12 }\n"),
+              IsOk());
+  ExpectError("teacher {\n  endpoints: \"h:1\"\n  encoding: SAMPLED\n}\n",
+              "job.pbtxt:4: teacher.samples must be in [1, 255] with encoding "
+              "SAMPLED (got 0)");
+  ExpectError(
+      "teacher {\n  endpoints: \"h:1\"\n  encoding: SAMPLED\n"
+      "  samples: 256\n}\n",
+      "job.pbtxt:7: teacher.samples must be in [1, 255] with encoding "
+      "SAMPLED (got 256)");
+  ExpectError("teacher {\n  endpoints: \"h:1\"\n  samples: 4\n}\n",
+              "job.pbtxt:6: teacher.samples applies to encoding SAMPLED only");
+  ExpectError(
+      "teacher { endpoints: \"h:1\" encoding: SAMPLED samples: 12 }\n"
+      "loss { name: \"kd_kl\" }\nloss { name: \"reverse_kl\" }\n",
+      "job.pbtxt:6: loss[1] reverse_kl is not linear in the teacher's "
+      "probabilities, so teacher.encoding SAMPLED would bias it; use kd_kl "
+      "or soft_ce, or DENSE/TOP_K targets");
+}
+
 TEST(TeacherConfigTest, NumbersAreBounded) {
   ExpectError("teacher {\n  endpoints: \"h:1\"\n  prefetch_batches: -1\n}\n",
               "job.pbtxt:6: teacher.prefetch_batches must be in [0, 64] (got "
@@ -142,6 +164,8 @@ TEST(TeacherConfigTest, ServerOnlyFieldsNeedServers) {
               "job.pbtxt:6: teacher.cache.mode" + suffix);
   ExpectError("teacher {\n" + model + "  max_answer_bytes: 1048576\n}\n",
               "job.pbtxt:6: teacher.max_answer_bytes" + suffix);
+  ExpectError("teacher {\n" + model + "  samples: 12\n}\n",
+              "job.pbtxt:6: teacher.samples" + suffix);
 }
 
 TEST(TeacherConfigTest, CacheNeedsDeterministicTargets) {

@@ -46,11 +46,15 @@ torch::Tensor TestInputs(int64_t n, int seed) {
 }
 
 v1::DistillRequest HeaderRequest(double temperature, v1::Encoding encoding,
-                                 int top_k) {
+                                 int width) {
   v1::DistillRequest request;
   request.mutable_header()->set_temperature(temperature);
   request.mutable_header()->set_encoding(encoding);
-  request.mutable_header()->set_top_k(top_k);
+  if (encoding == v1::SAMPLED) {
+    request.mutable_header()->set_samples(width);
+  } else {
+    request.mutable_header()->set_top_k(width);
+  }
   return request;
 }
 

@@ -33,8 +33,9 @@ torch::Tensor ReferenceLogits(const std::string& path,
 // Deterministic inputs [n, 1, 28, 28].
 torch::Tensor TestInputs(int64_t n, int seed);
 
+// `width` is TOP_K's k or SAMPLED's draws per row.
 v1::DistillRequest HeaderRequest(double temperature, v1::Encoding encoding,
-                                 int top_k = 0);
+                                 int width = 0);
 v1::DistillRequest BatchRequest(uint64_t batch_id, const torch::Tensor& inputs);
 
 // What one Distill stream got back.

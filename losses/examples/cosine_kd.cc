@@ -38,7 +38,8 @@ class CosineKdLoss final : public distill::losses::Loss {
     }
     if (teacher->form != TeacherTargets::Form::kDense) {
       return absl::FailedPreconditionError(
-          "cosine_kd needs dense teacher targets, got top-k");
+          "cosine_kd needs dense teacher targets, got sparse ones (top-k or "
+          "sampled)");
     }
     const torch::Tensor& logits = inputs.student_logits;
     if (!logits.defined() || logits.dim() < 2 || !teacher->probs.defined() ||

@@ -62,6 +62,21 @@ Result RemoteTeacher::Impl::Decode(const Endpoint& endpoint,
     return bad(absl::StrCat(targets.num_classes(), " classes instead of ",
                             options_.num_classes));
   }
+  // The width the stream asked for: a server that answers with another k
+  // or m would break the batches' concatenation and the cache.
+  if (options_.encoding == v1::SAMPLED &&
+      targets.samples() != options_.samples) {
+    return bad(absl::StrCat(targets.samples(), " samples per row instead of ",
+                            options_.samples));
+  }
+  if (options_.encoding == v1::TOP_K &&
+      (targets.topk_values().shape_size() < 1 ||
+       targets.topk_values().shape(targets.topk_values().shape_size() - 1) !=
+           options_.top_k)) {
+    return bad(absl::StrCat("top-k values [",
+                            absl::StrJoin(targets.topk_values().shape(), ", "),
+                            "] instead of ", options_.top_k, " per row"));
+  }
   Result decoded = teacher::DecodeTargets(targets, pending.rows);
   if (!decoded.ok()) return bad(std::string(decoded.status().message()));
   if (pending.positions > 0) {

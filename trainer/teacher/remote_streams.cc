@@ -109,6 +109,7 @@ std::shared_ptr<Stream> RemoteTeacher::Impl::StreamFor(
   header.mutable_header()->set_temperature(temperature);
   header.mutable_header()->set_encoding(options_.encoding);
   header.mutable_header()->set_top_k(options_.top_k);
+  header.mutable_header()->set_samples(options_.samples);
   header.mutable_header()->set_max_answer_bytes(options_.max_answer_bytes);
   bool written;
   {

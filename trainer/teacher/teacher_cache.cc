@@ -24,15 +24,16 @@ std::string KeyString(const TeacherCacheKey& key) {
   return absl::StrFormat(
       "teacher hash %s, temperature %g, %s%s, %d classes", key.model_hash,
       key.temperature, teacher::EncodingName(key.encoding),
-      key.encoding == v1::TOP_K ? absl::StrCat(" k=", key.top_k)
-                                : std::string(),
+      key.encoding == v1::TOP_K     ? absl::StrCat(" k=", key.top_k)
+      : key.encoding == v1::SAMPLED ? absl::StrCat(" m=", key.samples)
+                                    : std::string(),
       key.num_classes);
 }
 
 bool SameKey(const TeacherCacheKey& a, const TeacherCacheKey& b) {
   return a.model_hash == b.model_hash && a.temperature == b.temperature &&
          a.encoding == b.encoding && a.top_k == b.top_k &&
-         a.num_classes == b.num_classes;
+         a.samples == b.samples && a.num_classes == b.num_classes;
 }
 
 }  // namespace
@@ -60,6 +61,11 @@ void CachingTeacher::Allocate(int64_t n) {
       indices_ = torch::zeros({n, key_.top_k}, torch::kInt);
       tail_ = torch::zeros({n}, torch::kFloat);
       break;
+    case v1::SAMPLED:
+      values_ = torch::zeros({n, key_.samples}, torch::kFloat);
+      indices_ = torch::zeros({n, key_.samples}, torch::kInt);
+      tail_ = torch::zeros({n}, torch::kFloat);
+      break;
     default:
       probs_ = torch::zeros({n, c}, torch::kFloat);
   }
@@ -80,7 +86,7 @@ void CachingTeacher::Insert(const torch::Tensor& ids,
       ids.max().item<int64_t>() >= have_.size(0)) {
     return;
   }
-  if (targets.form == losses::TeacherTargets::Form::kTopK) {
+  if (targets.form != losses::TeacherTargets::Form::kDense) {
     values_.index_copy_(0, ids, targets.values.to(values_.dtype()));
     indices_.index_copy_(0, ids, targets.indices.to(indices_.dtype()));
     tail_.index_copy_(0, ids, targets.tail_mass.to(tail_.dtype()));
@@ -96,8 +102,11 @@ losses::TeacherTargets CachingTeacher::Lookup(const torch::Tensor& ids) const {
   losses::TeacherTargets t;
   t.temperature = key_.temperature;
   t.num_classes = key_.num_classes;
-  if (key_.encoding == v1::TOP_K) {
-    t.form = losses::TeacherTargets::Form::kTopK;
+  if (key_.encoding == v1::TOP_K || key_.encoding == v1::SAMPLED) {
+    t.form = key_.encoding == v1::TOP_K
+                 ? losses::TeacherTargets::Form::kTopK
+                 : losses::TeacherTargets::Form::kSampled;
+    t.samples = key_.samples;
     t.values = values_.index_select(0, ids).to(torch::kFloat);
     t.indices = indices_.index_select(0, ids).to(torch::kLong);
     t.tail_mass = tail_.index_select(0, ids);
@@ -155,7 +164,8 @@ std::string CachingTeacher::description() const {
 }
 
 // The file: length-delimited teacher.proto messages — InfoResponse
-// (model_hash, num_classes) and StreamHeader (temperature, encoding, top_k)
+// (model_hash, num_classes) and StreamHeader (temperature, encoding, top_k,
+// samples)
 // as the key, then the ids (Tensor, INT64) and their SoftTargets.
 absl::Status CachingTeacher::Save() const {
   const torch::Tensor ids = have_.nonzero().view({-1});
@@ -168,6 +178,7 @@ absl::Status CachingTeacher::Save() const {
   header.set_temperature(key_.temperature);
   header.set_encoding(key_.encoding);
   header.set_top_k(key_.top_k);
+  header.set_samples(key_.samples);
   const v1::Tensor id_tensor = teacher::ToProto(ids, v1::Tensor::INT64);
   std::error_code error;
   std::filesystem::create_directories(
@@ -212,6 +223,7 @@ absl::Status CachingTeacher::Load() {
   stored.temperature = header.temperature();
   stored.encoding = header.encoding();
   stored.top_k = header.top_k();
+  stored.samples = header.samples();
   if (!SameKey(stored, key_)) {
     return discard(absl::StrCat("it was made for ", KeyString(stored),
                                 "; this run uses ", KeyString(key_)));

@@ -35,6 +35,7 @@ absl::StatusOr<std::shared_ptr<TeacherClient>> ConnectRemoteTeacher(
   // TeacherConfig.Encoding mirrors teacher.proto's Encoding value for value.
   options.encoding = static_cast<v1::Encoding>(t.encoding());
   options.top_k = t.top_k();
+  options.samples = t.samples();
   options.connect_timeout_seconds = t.connect_timeout_seconds();
   options.failover_grace_seconds = t.failover_grace_seconds();
   options.answer_timeout_seconds = t.answer_timeout_seconds();
@@ -78,6 +79,7 @@ absl::StatusOr<std::shared_ptr<TeacherClient>> ConnectRemoteTeacher(
   key.temperature = config.temperature();
   key.encoding = options.encoding;
   key.top_k = options.top_k;
+  key.samples = options.samples;
   key.num_classes = data.num_classes;
   std::string file;
   if (cache.mode() == v1::TeacherCacheConfig::DISK) {

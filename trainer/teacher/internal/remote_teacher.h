@@ -40,6 +40,8 @@ struct RemoteTeacherOptions {
   v1::Encoding encoding = v1::ENCODING_UNSPECIFIED;
   // TOP_K only, >= 1.
   int32_t top_k = 0;
+  // SAMPLED only, in [1, 255].
+  int32_t samples = 0;
   // Deadline of each Info call, > 0.
   double connect_timeout_seconds = 0;
   // > 0.

@@ -27,6 +27,9 @@ struct TeacherCacheKey {
   double temperature = 0;
   v1::Encoding encoding = v1::DENSE_FP32;
   int32_t top_k = 0;
+  // SAMPLED: draws per row. Cached draws are reused in later epochs (as an
+  // offline store of sampled targets would be).
+  int32_t samples = 0;
   int64_t num_classes = 0;
 };
 
