@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/labels.h"
+#include "common/temperature.h"
 #include "common/torch_status.h"
 #include "losses/teacher_targets.h"
 
@@ -45,10 +46,11 @@ absl::Status CheckTeacher(const std::string& loss, const LossInputs& inputs) {
     return absl::FailedPreconditionError(
         absl::StrCat(loss, " needs teacher targets but none were given"));
   }
-  if (!(teacher->temperature > 0.0) || !std::isfinite(teacher->temperature)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(loss, ": teacher temperature must be finite and > 0, got ",
-                     teacher->temperature));
+  if (!(teacher->temperature >= kMinTemperature) ||
+      !std::isfinite(teacher->temperature)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        loss, ": teacher temperature must be finite and >= ", kMinTemperature,
+        ", got ", teacher->temperature));
   }
   const torch::Tensor& student = inputs.student_logits;
   const int64_t classes = student.size(-1);

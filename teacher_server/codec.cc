@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status.h"
+#include "common/temperature.h"
 #include "common/torch_status.h"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
@@ -41,10 +42,6 @@ absl::StatusOr<torch::Dtype> TorchDType(v1::Tensor::DType dtype) {
   }
 }
 
-std::string ShapeString(torch::IntArrayRef shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
-}
-
 // InvalidArgument unless `t` is of `dtype`.
 absl::Status CheckTensor(const v1::Tensor& t, absl::string_view what,
                          v1::Tensor::DType dtype) {
@@ -67,6 +64,15 @@ bool AllWithin(const torch::Tensor& t, double lo, double hi) {
 constexpr double kProbSlack = 2e-3;
 
 }  // namespace
+
+std::string ShapeString(absl::Span<const int64_t> shape) {
+  if (shape.size() <= static_cast<size_t>(kMaxTensorRank)) {
+    return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+  }
+  return absl::StrCat("[",
+                      absl::StrJoin(shape.subspan(0, kMaxTensorRank), ", "),
+                      ", ... (", shape.size(), " dimensions)]");
+}
 
 std::string EncodingName(v1::Encoding encoding) {
   return v1::Encoding_Name(encoding).empty()
@@ -123,6 +129,11 @@ absl::StatusOr<torch::Tensor> FromProto(const v1::Tensor& message,
         absl::StrCat(what, ": ", dtype.status().message()));
   }
   std::vector<int64_t> shape(message.shape().begin(), message.shape().end());
+  if (shape.size() > static_cast<size_t>(kMaxTensorRank)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " shape ", ShapeString(shape), " has more than ",
+                     kMaxTensorRank, " dimensions"));
+  }
   const int64_t element_size = c10::elementSize(*dtype);
   int64_t count = 1;
   for (int64_t d : shape) {
@@ -203,9 +214,11 @@ absl::StatusOr<v1::SoftTargets> EncodeTargets(
 absl::StatusOr<losses::TeacherTargets> DecodeTargets(
     const v1::SoftTargets& message, int64_t expected_rows) {
   losses::TeacherTargets targets;
-  if (!(message.temperature() > 0) || !std::isfinite(message.temperature())) {
+  if (!(message.temperature() >= kMinTemperature) ||
+      !std::isfinite(message.temperature())) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "soft targets temperature must be > 0, got ", message.temperature()));
+        "soft targets temperature must be finite and >= ", kMinTemperature,
+        ", got ", message.temperature()));
   }
   if (message.num_classes() < 1) {
     return absl::InvalidArgumentError(absl::StrCat(

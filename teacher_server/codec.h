@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "losses/teacher_targets.h"
 #include "proto/teacher.pb.h"
 
@@ -21,6 +22,16 @@ namespace distill::teacher {
 
 // The most draws per row a SAMPLED answer may carry (counts are UINT8).
 inline constexpr int64_t kMaxSamples = 255;
+
+// The most dimensions a tensor on the wire may have. Every tensor the
+// service knows has at most 4 ([N, C, H, W]); the bound keeps a hostile
+// shape from costing memory or filling an error message.
+inline constexpr int kMaxTensorRank = 8;
+
+// "[2, 128]"; past kMaxTensorRank dimensions only the first ones and the
+// count ("[1, 1, ... (150000 dimensions)]"), so an error never echoes an
+// unbounded shape back to the peer.
+std::string ShapeString(absl::Span<const int64_t> shape);
 
 // "DENSE_FP32", "DENSE_FP16", "TOP_K", "SAMPLED".
 std::string EncodingName(v1::Encoding encoding);

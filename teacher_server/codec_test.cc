@@ -72,6 +72,22 @@ TEST(TensorCodecTest, RefusesInconsistentMessages) {
   EXPECT_THAT(
       FromProto(message, "inputs").status(),
       StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("too large")));
+  // One float with 100,000 dimensions of 1: the rank is refused and the
+  // message stays short however many dimensions come.
+  v1::Tensor deep;
+  deep.set_dtype(v1::Tensor::FLOAT32);
+  for (int i = 0; i < 100000; ++i) deep.add_shape(1);
+  deep.set_data(std::string(4, '\0'));
+  EXPECT_THAT(FromProto(deep, "probs").status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "probs shape [1, 1, 1, 1, 1, 1, 1, 1, ... (100000 "
+                       "dimensions)] has more than 8 dimensions"));
+  deep.mutable_shape()->Truncate(9);
+  EXPECT_THAT(FromProto(deep, "probs").status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("(9 dimensions)] has more than 8")));
+  deep.mutable_shape()->Truncate(8);
+  EXPECT_TRUE(FromProto(deep, "probs").ok());
   message.set_dtype(v1::Tensor::DTYPE_UNSPECIFIED);
   EXPECT_THAT(FromProto(message, "inputs").status(),
               StatusIs(absl::StatusCode::kInvalidArgument,
@@ -244,7 +260,12 @@ TEST(TargetsCodecTest, RefusesBadMessages) {
   m.set_temperature(0);
   EXPECT_THAT(DecodeTargets(m).status(),
               StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("temperature must be > 0")));
+                       HasSubstr("temperature must be finite and >= 0.001, "
+                                 "got 0")));
+  m.set_temperature(1e-40);
+  EXPECT_THAT(
+      DecodeTargets(m).status(),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("got 1e-40")));
 
   m = good;
   m.set_num_classes(2);  // index 2 is now out of range, and k = 2 still fits

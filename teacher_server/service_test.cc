@@ -322,6 +322,13 @@ TEST_F(ServiceTest, EachBadRequestEndsOnlyItsStream) {
   v1::Tensor short_bytes =
       ToProto(torch::zeros({1, 1, 28, 28}), v1::Tensor::FLOAT32);
   short_bytes.set_data(std::string(20, '\0'));
+  // 20,000 dimensions (within this server's message limit): echoed whole,
+  // the error (60 kB) would pass gRPC's metadata limit and the peer would
+  // see only that limit, not the reason.
+  v1::Tensor many_dims;
+  many_dims.set_dtype(v1::Tensor::FLOAT32);
+  for (int i = 0; i < 20000; ++i) many_dims.add_shape(1);
+  many_dims.set_data(std::string(4, '\0'));
   const std::vector<BadCase> cases = {
       {"fp16 inputs",
        {good_header,
@@ -332,6 +339,11 @@ TEST_F(ServiceTest, EachBadRequestEndsOnlyItsStream) {
        {good_header, BatchRequest(1, torch::zeros({2, 1, 28, 27}))},
        grpc::StatusCode::INVALID_ARGUMENT,
        "batch 1: inputs shape [2, 1, 28, 27] must be [N, 1, 28, 28]"},
+      {"20,000 dimensions",
+       {good_header, with_inputs(many_dims)},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "batch 1: inputs shape [1, 1, 1, 1, 1, 1, 1, 1, ... (20000 "
+       "dimensions)] must be [N, 1, 28, 28]"},
       {"empty batch",
        {good_header, BatchRequest(1, torch::zeros({0, 1, 28, 28}))},
        grpc::StatusCode::INVALID_ARGUMENT,
@@ -348,11 +360,24 @@ TEST_F(ServiceTest, EachBadRequestEndsOnlyItsStream) {
       {"zero temperature",
        {HeaderRequest(0, v1::DENSE_FP32), good_batch},
        grpc::StatusCode::INVALID_ARGUMENT,
-       "header.temperature must be a finite number > 0, got 0"},
+       "header.temperature must be a finite number >= 0.001 (smaller ones "
+       "overflow z / T), got 0"},
+      // Positive but so small that z / T overflows and every row is NaN.
+      {"subnormal temperature",
+       {HeaderRequest(1e-40, v1::DENSE_FP32), good_batch},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "header.temperature must be a finite number >= 0.001 (smaller ones "
+       "overflow z / T), got 1e-40"},
+      {"smallest double temperature",
+       {HeaderRequest(5e-324, v1::TOP_K, 3), good_batch},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "header.temperature must be a finite number >= 0.001 (smaller ones "
+       "overflow z / T), got 4.94066e-324"},
       {"NaN temperature",
        {HeaderRequest(NAN, v1::DENSE_FP32), good_batch},
        grpc::StatusCode::INVALID_ARGUMENT,
-       "header.temperature must be a finite number > 0, got nan"},
+       "header.temperature must be a finite number >= 0.001 (smaller ones "
+       "overflow z / T), got nan"},
       {"k above classes",
        {HeaderRequest(1, v1::TOP_K, 11), good_batch},
        grpc::StatusCode::INVALID_ARGUMENT,
@@ -446,7 +471,7 @@ TEST_F(ServiceTest, EachBadRequestEndsOnlyItsStream) {
       std::count_if(cases.begin(), cases.end(), [](const BadCase& c) {
         return c.code == grpc::StatusCode::INVALID_ARGUMENT;
       });
-  EXPECT_EQ(invalid, 16);
+  EXPECT_EQ(invalid, 19);
   EXPECT_THAT(server_->metrics().Text(),
               HasSubstr(absl::StrCat("distill_teacher_calls_total{code=\"",
                                      "INVALID_ARGUMENT\",rpc=\"Distill\"} ",

@@ -7,26 +7,19 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status.h"
+#include "common/temperature.h"
 #include "teacher_server/chunks.h"
 #include "teacher_server/codec.h"
 #include "teacher_server/served_model.h"
 
 namespace distill::teacher {
-namespace {
-
-template <typename Shape>
-std::string ShapeString(const Shape& shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
-}
-
-}  // namespace
-
 absl::Status ValidateHeader(const v1::StreamHeader& header,
                             const v1::InfoResponse& info) {
-  if (!std::isfinite(header.temperature()) || !(header.temperature() > 0)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("header.temperature must be a finite number > 0, got ",
-                     header.temperature()));
+  if (!std::isfinite(header.temperature()) ||
+      !(header.temperature() >= kMinTemperature)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "header.temperature must be a finite number >= ", kMinTemperature,
+        " (smaller ones overflow z / T), got ", header.temperature()));
   }
   const auto& encodings = info.encodings();
   if (std::find(encodings.begin(), encodings.end(), header.encoding()) ==

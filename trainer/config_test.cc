@@ -8,6 +8,7 @@
 #include <fstream>
 #include <string>
 
+#include "absl/strings/match.h"
 #include "common/testing/process.h"
 #include "common/testing/status_matchers.h"
 
@@ -93,8 +94,8 @@ TEST(ConfigTest, SchedulesAreValidatedWithFieldAndLine) {
                          " end: 0\n}\n",
                      "job.pbtxt"),
       StatusIs(absl::StatusCode::kInvalidArgument,
-               HasSubstr("job.pbtxt:9: temperature_schedule.end must be > 0 "
-                         "(got 0)")));
+               HasSubstr("job.pbtxt:9: temperature_schedule.end must be >= "
+                         "0.001 (smaller ones overflow z / T) (got 0)")));
   EXPECT_THAT(
       ParseJobConfig(std::string(kValid) +
                          "loss { name: \"kd_kl\" weight_schedule { type: "
@@ -124,6 +125,54 @@ TEST(ConfigTest, NegativeLearningRateNamesFieldAndLine) {
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("job.pbtxt:7: optimizer.lr must be > 0 "
                                  "(got -0.5)")));
+}
+
+// Values that parse but overflow a cast or a softmax later: each is refused
+// up front, naming the field and the bound.
+TEST(ConfigTest, InfinitiesAndHugeValuesAreRefused) {
+  const struct {
+    const char* text;
+    const char* error;
+  } cases[] = {
+      {"temperature: 1e-40",
+       "temperature must be >= 0.001 (smaller ones overflow z / T) (got "
+       "1e-40)"},
+      {"temperature: 5e-324", "temperature must be >= 0.001"},
+      {"temperature: inf", "temperature must be >= 0.001"},
+      {"temperature_schedule { type: LINEAR start: 4 end: 1e-300 }",
+       "temperature_schedule.end must be >= 0.001"},
+      {"distributed { bucket_cap_mb: 1e300 }",
+       "distributed.bucket_cap_mb must be in (0, 1048576] (got 1e+300)"},
+      {"distributed { first_bucket_mb: inf }",
+       "distributed.first_bucket_mb must be in (0, 1048576] (got inf)"},
+      {"distributed { collective_timeout_seconds: inf }",
+       "distributed.collective_timeout_seconds must be in (0, 31536000] (got "
+       "inf)"},
+      {"distributed { collective_timeout_seconds: 1e300 }",
+       "distributed.collective_timeout_seconds must be in (0, 31536000]"},
+      {"optimizer { weight_decay: inf }",
+       "optimizer.weight_decay must be >= 0 (got inf)"},
+      {"optimizer { type: ADAMW eps: inf }",
+       "optimizer.eps must be > 0 (got inf)"},
+      {"grad_clip_norm: inf",
+       "grad_clip_norm must be >= 0 (0: no clipping) (got inf)"},
+      {"epochs: 1000000000", "epochs must be in [1, 1000000] (got 1000000000)"},
+      {"teacher { endpoints: \"h:1\" answer_timeout_seconds: 1e300 }",
+       "teacher.answer_timeout_seconds must be in (0, 31536000]"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.text);
+    std::string text = std::string(kValid) + c.text + "\n";
+    if (absl::StrContains(c.text, "teacher {")) {
+      text =
+          "mode: DISTILL\nrun_dir: \"/tmp/x\"\n"
+          "student { arch: \"cnn_student\" }\n" +
+          std::string(c.text) + "\n";
+    }
+    EXPECT_THAT(
+        ParseJobConfig(text, "job.pbtxt"),
+        StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(c.error)));
+  }
 }
 
 TEST(ConfigTest, RunDirFromTheCommandLineSatisfiesTheRequirement) {

@@ -16,6 +16,9 @@
 namespace distill::trainer {
 namespace {
 
+// Gradient buckets up to 1 TiB: larger ones overflow the byte count.
+Range BucketRange() { return Range::OpenClosed(0, 1 << 20); }
+
 using ::distill::v1::ModelConfig;
 using ::distill::v1::OptimizerConfig;
 using ::distill::v1::ScheduleConfig;
@@ -87,7 +90,8 @@ absl::Status ValidateOptimizer(const OptimizerConfig& opt) {
   DISTILL_RETURN_IF_ERROR(
       CheckRange("optimizer.lr", opt.lr(), Range::Above(0).Finite()));
   DISTILL_RETURN_IF_ERROR(CheckRange("optimizer.weight_decay",
-                                     opt.weight_decay(), Range::AtLeast(0)));
+                                     opt.weight_decay(),
+                                     Range::AtLeast(0).Finite()));
   DISTILL_RETURN_IF_ERROR(CheckRange("optimizer.momentum", opt.momentum(),
                                      Range::ClosedOpen(0, 1)));
   if (opt.nesterov() && opt.momentum() == 0) {
@@ -97,7 +101,7 @@ absl::Status ValidateOptimizer(const OptimizerConfig& opt) {
       CheckRange("optimizer.beta1", opt.beta1(), Range::ClosedOpen(0, 1)));
   DISTILL_RETURN_IF_ERROR(
       CheckRange("optimizer.beta2", opt.beta2(), Range::ClosedOpen(0, 1)));
-  return CheckRange("optimizer.eps", opt.eps(), Range::Above(0));
+  return CheckRange("optimizer.eps", opt.eps(), Range::Above(0).Finite());
 }
 
 absl::Status ValidateSchedule(const ScheduleConfig& s, double lr) {
@@ -306,11 +310,13 @@ absl::Status ValidateInputs(const JobConfig& c) {
 
 // The loop's numbers: epochs, batches, checkpoints, ranks and logging.
 absl::Status ValidateRun(const JobConfig& c) {
-  DISTILL_RETURN_IF_ERROR(CheckRange("epochs", c.epochs(), Range::AtLeast(1)));
+  DISTILL_RETURN_IF_ERROR(
+      CheckRange("epochs", c.epochs(), Range::Closed(1, kMaxEpochs)));
   DISTILL_RETURN_IF_ERROR(
       CheckRange("batch_size", c.batch_size(), Range::AtLeast(1)));
   DISTILL_RETURN_IF_ERROR(
-      CheckRange("grad_clip_norm", c.grad_clip_norm(), Range::AtLeast(0)));
+      CheckRange("grad_clip_norm", c.grad_clip_norm(),
+                 Range::AtLeast(0).Finite().Noted("(0: no clipping)")));
   DISTILL_RETURN_IF_ERROR(
       CheckRange("threads", c.threads(), Range::AtLeast(0)));
   DISTILL_RETURN_IF_ERROR(CheckRange("eval_every_epochs", c.eval_every_epochs(),
@@ -339,11 +345,11 @@ absl::Status ValidateRun(const JobConfig& c) {
   }
   DISTILL_RETURN_IF_ERROR(CheckRange("distributed.collective_timeout_seconds",
                                      dist.collective_timeout_seconds(),
-                                     Range::Above(0)));
+                                     SecondsRange()));
   DISTILL_RETURN_IF_ERROR(CheckRange("distributed.first_bucket_mb",
-                                     dist.first_bucket_mb(), Range::Above(0)));
+                                     dist.first_bucket_mb(), BucketRange()));
   DISTILL_RETURN_IF_ERROR(CheckRange("distributed.bucket_cap_mb",
-                                     dist.bucket_cap_mb(), Range::Above(0)));
+                                     dist.bucket_cap_mb(), BucketRange()));
   return CheckRange("log_every_steps", c.log_every_steps(), Range::AtLeast(1));
 }
 
@@ -358,11 +364,10 @@ absl::Status ValidateJobConfig(const JobConfig& c) {
   }
   DISTILL_RETURN_IF_ERROR(ValidateInputs(c));
   DISTILL_RETURN_IF_ERROR(
-      CheckRange("temperature", c.temperature(), Range::Above(0).Finite()));
+      CheckRange("temperature", c.temperature(), TemperatureRange()));
   if (c.has_temperature_schedule()) {
-    DISTILL_RETURN_IF_ERROR(ValidateValueSchedule(c.temperature_schedule(),
-                                                  "temperature_schedule",
-                                                  Range::Above(0).Finite()));
+    DISTILL_RETURN_IF_ERROR(ValidateValueSchedule(
+        c.temperature_schedule(), "temperature_schedule", TemperatureRange()));
   }
   DISTILL_RETURN_IF_ERROR(ValidateLoss(c));
   DISTILL_RETURN_IF_ERROR(ValidateQat(c));

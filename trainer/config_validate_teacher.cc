@@ -125,13 +125,13 @@ absl::Status ValidateTeacher(const JobConfig& c) {
       "teacher.prefetch_batches", t.prefetch_batches(), Range::Closed(0, 64)));
   DISTILL_RETURN_IF_ERROR(CheckRange("teacher.connect_timeout_seconds",
                                      t.connect_timeout_seconds(),
-                                     Range::Above(0).Finite()));
+                                     SecondsRange()));
   DISTILL_RETURN_IF_ERROR(CheckRange("teacher.failover_grace_seconds",
                                      t.failover_grace_seconds(),
-                                     Range::Above(0).Finite()));
+                                     SecondsRange()));
   DISTILL_RETURN_IF_ERROR(CheckRange("teacher.answer_timeout_seconds",
                                      t.answer_timeout_seconds(),
-                                     Range::Above(0).Finite()));
+                                     SecondsRange()));
   if (IsRemoteTeacher(t)) {
     DISTILL_RETURN_IF_ERROR(CheckRange("teacher.max_answer_bytes",
                                        t.max_answer_bytes(),

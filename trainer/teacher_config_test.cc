@@ -136,14 +136,16 @@ TEST(TeacherConfigTest, NumbersAreBounded) {
               "-1)");
   ExpectError(
       "teacher {\n  endpoints: \"h:1\"\n  connect_timeout_seconds: 0\n}\n",
-      "job.pbtxt:6: teacher.connect_timeout_seconds must be > 0 (got "
-      "0)");
+      "job.pbtxt:6: teacher.connect_timeout_seconds must be in (0, 31536000] "
+      "(got 0)");
   ExpectError(
       "teacher {\n  endpoints: \"h:1\"\n  failover_grace_seconds: -2\n}\n",
-      "job.pbtxt:6: teacher.failover_grace_seconds must be > 0 (got -2)");
+      "job.pbtxt:6: teacher.failover_grace_seconds must be in (0, 31536000] "
+      "(got -2)");
   ExpectError(
       "teacher {\n  endpoints: \"h:1\"\n  answer_timeout_seconds: 0\n}\n",
-      "job.pbtxt:6: teacher.answer_timeout_seconds must be > 0 (got 0)");
+      "job.pbtxt:6: teacher.answer_timeout_seconds must be in (0, 31536000] "
+      "(got 0)");
   ExpectError(
       "teacher {\n  endpoints: \"h:1\"\n  max_answer_bytes: 65535\n}\n",
       "job.pbtxt:6: teacher.max_answer_bytes must be >= 65536 (got 65535)");

@@ -47,6 +47,17 @@ class Range {
   std::string text_;
 };
 
+// Durations in seconds: > 0 and at most a year (31,536,000 s), so every
+// conversion to integer milliseconds or nanoseconds fits.
+Range SecondsRange();
+
+// Softmax temperatures: >= kMinTemperature (common/temperature.h), finite.
+Range TemperatureRange();
+
+// More epochs than any run takes; the bound keeps step counts far from int64
+// overflow.
+inline constexpr int kMaxEpochs = 1000000;
+
 // OK when `value` lies in `range`; else InvalidArgument
 // "<path> must be <range> (got <value>)".
 template <typename T>
