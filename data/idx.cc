@@ -148,13 +148,21 @@ absl::StatusOr<IdxArray> ReadIdxFile(const std::string& path) {
     num_elements *= dim;
   }
 
-  array.data.resize(num_elements);
-  DISTILL_ASSIGN_OR_RETURN(got,
-                           reader.Read(array.data.data(), num_elements, path));
-  if (got < num_elements) {
-    return absl::DataLossError(absl::StrCat(path, ": truncated: expected ",
-                                            num_elements,
-                                            " bytes of data, found ", got));
+  // The header may lie: memory grows with the bytes that actually arrive,
+  // one step at a time, never to the size the header claims up front (a
+  // 116-byte file claiming 10^9 images must not allocate 784 GB).
+  constexpr uint64_t kStep = uint64_t{64} << 20;
+  while (array.data.size() < num_elements) {
+    const size_t have = array.data.size();
+    const size_t want = std::min<uint64_t>(num_elements - have, kStep);
+    array.data.resize(have + want);
+    DISTILL_ASSIGN_OR_RETURN(got,
+                             reader.Read(array.data.data() + have, want, path));
+    if (got < want) {
+      return absl::DataLossError(
+          absl::StrCat(path, ": truncated: expected ", num_elements,
+                       " bytes of data, found ", have + got));
+    }
   }
   // Trailing bytes mean the header and the payload disagree, so neither
   // can be trusted; count them for the message.

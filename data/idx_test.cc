@@ -2,6 +2,9 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <cstdint>
@@ -11,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "common/testing/idx_files.h"
 #include "common/testing/scratch_dir.h"
 #include "common/testing/status_matchers.h"
@@ -102,6 +106,52 @@ TEST_F(IdxTest, TruncatedHeaderIsDataLoss) {
       ReadIdxFile(Path("header.idx")),
       StatusIs(absl::StatusCode::kDataLoss,
                AllOf(HasSubstr("truncated"), HasSubstr(Path("header.idx")))));
+}
+
+// A 116-byte file whose header claims 10^9 images of 28 x 28: DataLoss
+// naming both sizes, not an allocation of the claimed 784 GB.
+TEST_F(IdxTest, HeaderClaimingABillionImagesIsDataLoss) {
+  const std::vector<uint8_t> payload(100, 7);
+  WriteRaw(Path("lie.idx"), IdxBytes(0x08, {1000000000, 28, 28}, payload));
+  ASSERT_EQ(std::filesystem::file_size(Path("lie.idx")), 116u);
+  EXPECT_THAT(ReadIdxFile(Path("lie.idx")).status(),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       HasSubstr("lie.idx: truncated: expected 784000000000 "
+                                 "bytes of data, found 100")));
+}
+
+// A header claiming 2 * 10^6 images (1.57 GB) over 100 bytes of data, read
+// in a child whose address space is capped 256 MiB above what it has: the
+// reader must fail with DataLoss, not die of an allocation the data never
+// justified.
+TEST_F(IdxTest, LyingHeaderCostsNoMoreMemoryThanTheData) {
+  const std::vector<uint8_t> payload(100, 7);
+  WriteGzip(Path("lie.idx.gz"), IdxBytes(0x08, {2000000, 28, 28}, payload));
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    std::ifstream status("/proc/self/status");
+    std::string line;
+    uint64_t vm_kb = 0;
+    while (std::getline(status, line)) {
+      if (line.rfind("VmSize:", 0) == 0) vm_kb = std::stoull(line.substr(7));
+    }
+    const rlim_t cap = (vm_kb << 10) + (rlim_t{256} << 20);
+    const rlimit limit = {cap, cap};
+    if (vm_kb == 0 || setrlimit(RLIMIT_AS, &limit) != 0) _exit(100);
+    const absl::Status read = ReadIdxFile(Path("lie.idx.gz")).status();
+    const bool expected =
+        read.code() == absl::StatusCode::kDataLoss &&
+        absl::StrContains(read.message(),
+                          "expected 1568000000 bytes of data, found 100");
+    _exit(expected ? 0 : 101);
+  }
+  int wstatus = 0;
+  ASSERT_EQ(waitpid(child, &wstatus, 0), child);
+  ASSERT_TRUE(WIFEXITED(wstatus))
+      << "the reader died of signal " << WTERMSIG(wstatus);
+  EXPECT_EQ(WEXITSTATUS(wstatus), 0)
+      << "100: the cap could not be set; 101: another status";
 }
 
 TEST_F(IdxTest, TrailingBytesAreDataLoss) {
