@@ -18,9 +18,12 @@ namespace distill {
 // "cannot read <path>" when it cannot be opened.
 absl::StatusOr<std::string> ReadFile(const std::string& path);
 
-// Calls `write(tmp)` to fill a temporary file beside `path`, then renames it
-// over `path`. On any failure the temporary file is removed and `path` is
-// left as it was; the status is `write`'s, or Internal for the rename.
+// Calls `write(tmp)` to fill a temporary file beside `path`, flushes it to
+// disk (fsync), renames it over `path` and flushes the folder, so once this
+// returns OK the new file survives a crash or power loss. On a failure
+// before the rename the temporary file is removed and `path` is left as it
+// was; the status is `write`'s, DataLoss for a failed flush, or Internal for
+// the rename.
 absl::Status WriteFileAtomically(
     const std::string& path,
     const std::function<absl::Status(const std::string& tmp)>& write);

@@ -12,6 +12,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "common/file.h"
 #include "common/status.h"
 #include "common/torch_status.h"
@@ -101,12 +102,6 @@ absl::StatusOr<std::string> SaveCheckpoint(const std::string& run_dir,
   return path;
 }
 
-std::optional<std::string> FindLatestCheckpoint(const std::string& run_dir) {
-  auto all = ListCheckpoints(run_dir);
-  if (all.empty()) return std::nullopt;
-  return all.back().second;
-}
-
 absl::StatusOr<TrainPosition> LoadCheckpoint(
     const std::string& path, student::Model& model,
     torch::optim::Optimizer& optimizer) {
@@ -120,7 +115,7 @@ absl::StatusOr<TrainPosition> LoadCheckpoint(
   DISTILL_RETURN_IF_ERROR(
       model.Load(archive, absl::StrCat("checkpoint ", path)));
   TrainPosition position;
-  DISTILL_RETURN_IF_ERROR(TorchCall(
+  absl::Status restored = TorchCall(
       absl::StrCat("restoring training state from checkpoint ", path), [&] {
         torch::serialize::InputArchive opt_archive;
         archive.read("optimizer", opt_archive);
@@ -135,8 +130,38 @@ absl::StatusOr<TrainPosition> LoadCheckpoint(
         torch::Tensor rng;
         archive.read("rng/torch_cpu", rng);
         SetRngState(rng);
-      }));
+      });
+  if (!restored.ok()) {
+    return absl::DataLossError(absl::StrCat(
+        "checkpoint ", path, " is incomplete (", restored.message(), ")"));
+  }
   return position;
+}
+
+absl::StatusOr<ResumePoint> LoadNewestCheckpoint(
+    const std::string& run_dir, student::Model& model,
+    torch::optim::Optimizer& optimizer) {
+  ResumePoint point;
+  const auto all = ListCheckpoints(run_dir);
+  for (auto it = all.rbegin(); it != all.rend(); ++it) {
+    absl::StatusOr<TrainPosition> position =
+        LoadCheckpoint(it->second, model, optimizer);
+    if (position.ok()) {
+      point.path = it->second;
+      point.position = *position;
+      return point;
+    }
+    if (position.status().code() != absl::StatusCode::kDataLoss) {
+      return position.status();
+    }
+    point.skipped.push_back(std::string(position.status().message()));
+  }
+  if (!point.skipped.empty()) {
+    return absl::DataLossError(
+        absl::StrCat("no checkpoint in ", run_dir,
+                     " reads back: ", absl::StrJoin(point.skipped, "; ")));
+  }
+  return point;
 }
 
 }  // namespace distill::trainer

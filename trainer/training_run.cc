@@ -80,15 +80,22 @@ absl::StatusOr<TrainPosition> TrainingRun::Resume() {
   const std::string& run_dir = job_.config.run_dir();
   TrainPosition position;
   if (options_.resume) {
-    if (auto latest = FindLatestCheckpoint(run_dir)) {
-      DISTILL_ASSIGN_OR_RETURN(
-          position, LoadCheckpoint(*latest, *job_.model, *job_.optimizer));
-      if (verbose_) {
-        std::printf("resuming from %s (epoch %lld, step %lld)\n",
-                    latest->c_str(), static_cast<long long>(position.epoch + 1),
-                    static_cast<long long>(position.global_step));
-      }
-    } else if (verbose_) {
+    DISTILL_ASSIGN_OR_RETURN(
+        ResumePoint point,
+        LoadNewestCheckpoint(run_dir, *job_.model, *job_.optimizer));
+    // Always said, quiet or not: the run loses the steps after the one it
+    // resumes from.
+    for (const std::string& skipped : point.skipped) {
+      if (leader_)
+        std::fprintf(stderr, "distill: skipped %s\n", skipped.c_str());
+    }
+    position = point.position;
+    if (!point.path.empty() && verbose_) {
+      std::printf("resuming from %s (epoch %lld, step %lld)\n",
+                  point.path.c_str(),
+                  static_cast<long long>(position.epoch + 1),
+                  static_cast<long long>(position.global_step));
+    } else if (point.path.empty() && verbose_) {
       std::printf("no checkpoint in %s; starting from the beginning\n",
                   run_dir.c_str());
     }

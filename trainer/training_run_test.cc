@@ -21,6 +21,8 @@ namespace fs = std::filesystem;
 using ::distill::testing::IsOk;
 using ::distill::testing::MetricsRecords;
 using ::distill::testing::ScratchDirTest;
+using ::distill::testing::StatusIs;
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 
 class TrainingRunTest : public ScratchDirTest {
@@ -138,6 +140,53 @@ TEST_F(TrainingRunTest, ResumeStartsFromTheNewestCheckpoint) {
   EXPECT_EQ(at->cursor, 32);
   EXPECT_EQ(at->global_step, 6);
   EXPECT_TRUE(torch::equal(job_.model->parameters()[0], saved));
+}
+
+// The newest checkpoint cut short (a crash or a full disk during a copy,
+// say): --resume says which one it skipped and why and continues from the
+// previous one, whose weights it restores. With every checkpoint damaged
+// the run stops with DataLoss naming them.
+TEST_F(TrainingRunTest, ResumeSkipsADamagedNewestCheckpoint) {
+  Assemble("keep_checkpoints: 2");
+  options_.verbose = false;
+  options_.resume = true;
+  TrainingRun first(job_, options_);
+  ASSERT_THAT(first.Resume(), IsOk());
+  ASSERT_THAT(first.Checkpoint({1, 32, 6}), IsOk());
+  const torch::Tensor at_six = job_.model->parameters()[0].detach().clone();
+  {
+    torch::NoGradGuard no_grad;
+    job_.model->parameters()[0].add_(1);
+  }
+  auto newest = first.Checkpoint({2, 0, 8});
+  ASSERT_THAT(newest, IsOk());
+  fs::resize_file(*newest, fs::file_size(*newest) / 2);
+  {
+    torch::NoGradGuard no_grad;
+    job_.model->parameters()[0].add_(1);
+  }
+
+  ::testing::internal::CaptureStderr();
+  TrainingRun resumed(job_, options_);
+  auto at = resumed.Resume();
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  ASSERT_THAT(at, IsOk());
+  EXPECT_EQ(at->global_step, 6);
+  EXPECT_EQ(at->epoch, 1);
+  EXPECT_EQ(at->cursor, 32);
+  EXPECT_TRUE(torch::equal(job_.model->parameters()[0], at_six));
+  EXPECT_THAT(err, HasSubstr("distill: skipped checkpoint " + *newest +
+                             " is unreadable ("));
+
+  const std::string older = (dir_ / "checkpoints/ckpt-000000006.pt").string();
+  fs::resize_file(older, 100);
+  TrainingRun broken(job_, options_);
+  EXPECT_THAT(
+      broken.Resume().status(),
+      StatusIs(absl::StatusCode::kDataLoss,
+               AllOf(HasSubstr("no checkpoint in " + dir_.string() +
+                               " reads back: checkpoint " + *newest),
+                     HasSubstr("; checkpoint " + older + " is unreadable"))));
 }
 
 // The summary of a run resumed after its last epoch evaluates what it

@@ -9,8 +9,8 @@
 #include <torch/torch.h>
 
 #include <cstdint>
-#include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "student/model.h"
@@ -34,14 +34,29 @@ absl::StatusOr<std::string> SaveCheckpoint(const std::string& run_dir,
                                            const TrainPosition& position,
                                            int keep);
 
-// The newest checkpoint in `run_dir`, or nullopt when there is none.
-std::optional<std::string> FindLatestCheckpoint(const std::string& run_dir);
-
 // Restores model, optimizer and the global RNG from `path` and returns the
 // position. FailedPrecondition when the checkpoint holds another model;
-// DataLoss when the file is unreadable.
+// DataLoss when the file is unreadable or lacks part of the training state.
 absl::StatusOr<TrainPosition> LoadCheckpoint(
     const std::string& path, student::Model& model,
+    torch::optim::Optimizer& optimizer);
+
+// What LoadNewestCheckpoint restored.
+struct ResumePoint {
+  std::string path;  // empty: the run has no checkpoint; nothing restored
+  TrainPosition position;
+  // "<path>: <reason>" for each newer checkpoint that could not be read.
+  std::vector<std::string> skipped;
+};
+
+// Restores the newest checkpoint of `run_dir` that reads back whole. A
+// damaged one (DataLoss: truncated by a crash or a full disk) is skipped,
+// with its reason, for the next older one. FailedPrecondition from a
+// checkpoint of another model is returned at once: the older ones of the
+// run hold that model too. DataLoss when no checkpoint reads back, naming
+// each.
+absl::StatusOr<ResumePoint> LoadNewestCheckpoint(
+    const std::string& run_dir, student::Model& model,
     torch::optim::Optimizer& optimizer);
 
 }  // namespace distill::trainer
