@@ -52,6 +52,22 @@ absl::Status CheckTensor(const v1::Tensor& t, absl::string_view what,
   return absl::OkStatus();
 }
 
+// OK when every row sum in `sums` (one per distribution) is within `tolerance`
+// of 1; else InvalidArgument naming the first row that is not. A peer's rows
+// of zeros would otherwise train with a loss of 0.
+absl::Status CheckRowSums(const torch::Tensor& sums, double tolerance,
+                          absl::string_view what) {
+  if (sums.numel() == 0) return absl::OkStatus();
+  const torch::Tensor deviation = (sums.reshape(-1) - 1).abs();
+  const int64_t worst = deviation.argmax().item<int64_t>();
+  if (!(deviation[worst].item<double>() <= tolerance)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        what, " must each sum to 1 (within ", tolerance, "); row ", worst,
+        " sums to ", sums.reshape(-1)[worst].item<double>()));
+  }
+  return absl::OkStatus();
+}
+
 // Whether every value of float tensor `t` is finite and within [lo, hi].
 bool AllWithin(const torch::Tensor& t, double lo, double hi) {
   if (t.numel() == 0) return true;
@@ -263,6 +279,9 @@ absl::StatusOr<losses::TeacherTargets> DecodeTargets(
         return absl::InvalidArgumentError(
             "probs must be finite probabilities in [0, 1]");
       }
+      DISTILL_RETURN_IF_ERROR(CheckRowSums(
+          probs.sum(-1), message.encoding() == v1::DENSE_FP32 ? 1e-3 : 1e-2,
+          "probs rows"));
       targets.form = losses::TeacherTargets::Form::kDense;
       targets.probs = probs;
       return targets;
@@ -307,6 +326,8 @@ absl::StatusOr<losses::TeacherTargets> DecodeTargets(
         return absl::InvalidArgumentError(
             "topk_values and tail_mass must be finite probabilities in [0, 1]");
       }
+      DISTILL_RETURN_IF_ERROR(CheckRowSums(values.sum(-1) + tail, 1e-2,
+                                           "top-k values plus tail_mass"));
       targets.form = losses::TeacherTargets::Form::kTopK;
       targets.values = values;
       targets.indices = indices.to(torch::kLong);

@@ -60,8 +60,11 @@ absl::StatusOr<v1::SoftTargets> EncodeTargets(
     const losses::TeacherTargets& targets, v1::Encoding encoding);
 
 // Decodes and validates: dtypes and shapes as teacher.proto states, indices in
-// [0, num_classes), probabilities finite and in [0, 1], sampled counts
-// summing to `samples` in every row, temperature > 0. Sampled rows come
+// [0, num_classes), probabilities finite and in [0, 1], every row a
+// distribution (dense rows, or top-k values plus tail mass, summing to 1
+// within 1e-3 for DENSE_FP32 and 1e-2 for the fp16 encodings), sampled
+// counts summing to `samples` in every row, temperature >= kMinTemperature
+// (common/temperature.h). Sampled rows come
 // back padded to `samples` columns.
 // Probabilities come back as float32 whatever the wire precision.
 // `expected_rows` (when >= 0) is the batch size the targets must cover.

@@ -267,6 +267,28 @@ TEST(TargetsCodecTest, RefusesBadMessages) {
       DecodeTargets(m).status(),
       StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("got 1e-40")));
 
+  // Rows that are not distributions: all zeros (a loss of 0 to train on)
+  // and top-k values whose tail does not complete them.
+  losses::TeacherTargets zeros;
+  zeros.form = losses::TeacherTargets::Form::kDense;
+  zeros.temperature = 1.0;
+  zeros.num_classes = 2;
+  zeros.probs = torch::tensor({{0.25F, 0.75F}, {0.F, 0.F}});
+  v1::SoftTargets dense = *EncodeTargets(zeros, v1::DENSE_FP32);
+  EXPECT_THAT(DecodeTargets(dense).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "probs rows must each sum to 1 (within 0.001); row 1 "
+                       "sums to 0"));
+  m = good;
+  v1::Tensor tail = m.tail_mass();
+  const float half = 0.5F;
+  tail.set_data(std::string(reinterpret_cast<const char*>(&half), 4));
+  *m.mutable_tail_mass() = tail;
+  EXPECT_THAT(DecodeTargets(m).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("top-k values plus tail_mass must each sum "
+                                 "to 1 (within 0.01); row 0 sums to 1.35")));
+
   m = good;
   m.set_num_classes(2);  // index 2 is now out of range, and k = 2 still fits
   EXPECT_THAT(DecodeTargets(m).status(),

@@ -78,6 +78,7 @@ void ApplyDefaults(JobConfig& c) {
     if (!t->has_connect_timeout_seconds()) t->set_connect_timeout_seconds(10);
     if (!t->has_failover_grace_seconds()) t->set_failover_grace_seconds(30);
     if (!t->has_answer_timeout_seconds()) t->set_answer_timeout_seconds(60);
+    if (!t->has_max_attempts()) t->set_max_attempts(5);
     if (IsRemoteTeacher(*t) &&
         t->encoding() == TeacherConfig::ENCODING_UNSPECIFIED) {
       t->set_encoding(TeacherConfig::DENSE_FP32);

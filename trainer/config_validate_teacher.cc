@@ -132,6 +132,8 @@ absl::Status ValidateTeacher(const JobConfig& c) {
   DISTILL_RETURN_IF_ERROR(CheckRange("teacher.answer_timeout_seconds",
                                      t.answer_timeout_seconds(),
                                      SecondsRange()));
+  DISTILL_RETURN_IF_ERROR(CheckRange("teacher.max_attempts", t.max_attempts(),
+                                     Range::Closed(1, 100)));
   if (IsRemoteTeacher(t)) {
     DISTILL_RETURN_IF_ERROR(CheckRange("teacher.max_answer_bytes",
                                        t.max_answer_bytes(),

@@ -39,6 +39,7 @@ TEST(TeacherConfigTest, RemoteTeacherGetsDocumentedDefaults) {
   EXPECT_EQ(c->teacher().connect_timeout_seconds(), 10);
   EXPECT_EQ(c->teacher().failover_grace_seconds(), 30);
   EXPECT_EQ(c->teacher().answer_timeout_seconds(), 60);
+  EXPECT_EQ(c->teacher().max_attempts(), 5);
   EXPECT_EQ(c->teacher().max_answer_bytes(), 4 << 20);
   EXPECT_EQ(c->teacher().cache().mode(),
             v1::TeacherCacheConfig::MODE_UNSPECIFIED);
@@ -146,6 +147,8 @@ TEST(TeacherConfigTest, NumbersAreBounded) {
       "teacher {\n  endpoints: \"h:1\"\n  answer_timeout_seconds: 0\n}\n",
       "job.pbtxt:6: teacher.answer_timeout_seconds must be in (0, 31536000] "
       "(got 0)");
+  ExpectError("teacher {\n  endpoints: \"h:1\"\n  max_attempts: 0\n}\n",
+              "job.pbtxt:6: teacher.max_attempts must be in [1, 100] (got 0)");
   ExpectError(
       "teacher {\n  endpoints: \"h:1\"\n  max_answer_bytes: 65535\n}\n",
       "job.pbtxt:6: teacher.max_answer_bytes must be >= 65536 (got 65535)");

@@ -79,14 +79,16 @@ Result RemoteTeacher::Impl::Decode(const Endpoint& endpoint,
   }
   Result decoded = teacher::DecodeTargets(targets, pending.rows);
   if (!decoded.ok()) return bad(std::string(decoded.status().message()));
-  if (pending.positions > 0) {
-    const std::vector<int64_t> want = {pending.rows, pending.positions};
-    if (decoded->batch_shape() != torch::IntArrayRef(want)) {
-      return bad(absl::StrCat("targets for positions [",
-                              absl::StrJoin(decoded->batch_shape(), ", "),
-                              "] instead of [", absl::StrJoin(want, ", "),
-                              "]"));
-    }
+  // One distribution per sample, or per position of a token sequence:
+  // targets of another rank would fail deep in the loss or the cache.
+  const std::vector<int64_t> want =
+      pending.positions > 0
+          ? std::vector<int64_t>{pending.rows, pending.positions}
+          : std::vector<int64_t>{pending.rows};
+  if (decoded->batch_shape() != torch::IntArrayRef(want)) {
+    return bad(absl::StrCat("targets for [",
+                            absl::StrJoin(decoded->batch_shape(), ", "),
+                            "] instead of [", absl::StrJoin(want, ", "), "]"));
   }
   return decoded;
 }

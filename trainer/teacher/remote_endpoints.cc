@@ -165,8 +165,18 @@ void RemoteTeacher::Impl::MarkDown(Endpoint& endpoint,
                                    const std::string& error) {
   endpoint.up = false;
   endpoint.last_error = error;
-  endpoint.backoff_seconds = 0.1;
-  endpoint.next_retry = Clock::now();
+  // The first failure reconnects at once (a restarted server is back within
+  // a second); each further one without an answer between waits twice as
+  // long, up to kMaxBackoffSeconds.
+  ++endpoint.failures_in_a_row;
+  endpoint.backoff_seconds =
+      std::min(0.1 * (1 << std::min(endpoint.failures_in_a_row - 1, 8)),
+               kMaxBackoffSeconds);
+  endpoint.next_retry =
+      Clock::now() + (endpoint.failures_in_a_row > 1
+                          ? std::chrono::milliseconds(static_cast<int64_t>(
+                                1000 * endpoint.backoff_seconds))
+                          : std::chrono::milliseconds(0));
   ++failures_;
   std::fprintf(stderr, "distill: teacher server %s failed: %s\n",
                endpoint.address.c_str(), error.c_str());

@@ -71,6 +71,7 @@ void RemoteTeacher::Impl::Dispatch(std::shared_ptr<Pending> pending,
     if (stream == nullptr) continue;  // StreamFor marked `best` down.
     best->outstanding += pending->rows;
     pending->sent = Clock::now();
+    ++pending->attempts;
     stream->inflight[pending->id] = pending;
     writes.push_back({std::move(stream), std::move(pending)});
     return;
@@ -182,12 +183,35 @@ void RemoteTeacher::Impl::ReadLoop(std::shared_ptr<Endpoint> endpoint,
       break;
     }
     if (response.chunks() > 0) {
+      // Each chunk is under gRPC's receive limit, but their number is the
+      // server's word: the whole answer may take no more than its rows can.
+      pending->chunk_bytes += static_cast<int64_t>(response.ByteSizeLong());
+      const int64_t most =
+          answer_rows * teacher::RowBytes(
+                            options_.encoding, options_.num_classes,
+                            options_.encoding == v1::SAMPLED ? options_.samples
+                                                             : options_.top_k) +
+          response.chunks() * teacher::kChunkFramingBytes;
+      if (pending->chunk_bytes > most) {
+        protocol_error = absl::StrCat(
+            "sent ", pending->chunk_bytes, " bytes of chunks for batch ",
+            response.batch_id(), ", more than its ", answer_rows,
+            " rows can take (", most, ")");
+        if (complete) {
+          absl::MutexLock lock(&mu_);
+          stream->inflight.emplace(pending->id, pending);
+          endpoint->outstanding += pending->rows;
+        }
+        stream->context.TryCancel();
+        break;
+      }
       pending->chunks.push_back(std::move(response));
       response = v1::DistillResponse();
       if (!complete) continue;
       absl::StatusOr<v1::DistillResponse> joined =
           teacher::JoinAnswer(pending->chunks);
       pending->chunks.clear();
+      pending->chunk_bytes = 0;
       if (!joined.ok()) {
         // Chunks out of order, missing or inconsistent: the stream is not
         // to be trusted; its batches (this one too) go to the others.
@@ -206,6 +230,7 @@ void RemoteTeacher::Impl::ReadLoop(std::shared_ptr<Endpoint> endpoint,
     {
       absl::MutexLock lock(&mu_);
       if (result.ok()) {
+        endpoint->failures_in_a_row = 0;
         latencies_ms_.push_back(1000 *
                                 SecondsBetween(pending->start, Clock::now()));
         samples_ += pending->rows;
@@ -264,15 +289,32 @@ void RemoteTeacher::Impl::ReadLoop(std::shared_ptr<Endpoint> endpoint,
       MarkDown(*endpoint,
                protocol_error.empty() ? Describe(status) : protocol_error);
     }
-    if (!orphans.empty()) {
+    const std::string reason =
+        !protocol_error.empty()
+            ? protocol_error
+            : (endpoint->last_error.empty() ? Describe(status)
+                                            : endpoint->last_error);
+    size_t resending = 0;
+    for (const auto& [id, pending] : orphans) {
+      resending += pending->attempts < options_.max_attempts;
+    }
+    if (resending > 0) {
       std::fprintf(stderr,
                    "distill: resending %zu batches of teacher server %s to "
                    "the others\n",
-                   orphans.size(), endpoint->address.c_str());
+                   resending, endpoint->address.c_str());
     }
     for (auto& [id, pending] : orphans) {
-      ++resent_;
       pending->chunks.clear();  // a partial answer from the broken stream
+      pending->chunk_bytes = 0;
+      if (pending->attempts >= options_.max_attempts) {
+        pending->promise.set_value(absl::UnavailableError(absl::StrCat(
+            "teacher batch ", id, " was sent ", pending->attempts,
+            " times (teacher.max_attempts) without an answer; the last, to ",
+            endpoint->address, ", ended with: ", reason)));
+        continue;
+      }
+      ++resent_;
       Dispatch(pending, writes);
     }
   }

@@ -40,6 +40,7 @@ absl::StatusOr<std::shared_ptr<TeacherClient>> ConnectRemoteTeacher(
   options.failover_grace_seconds = t.failover_grace_seconds();
   options.answer_timeout_seconds = t.answer_timeout_seconds();
   options.max_answer_bytes = t.max_answer_bytes();
+  options.max_attempts = t.max_attempts();
   if (!t.token_file().empty()) {
     DISTILL_ASSIGN_OR_RETURN(
         std::string token, ReadSmallFile(t.token_file(), "teacher.token_file"));

@@ -62,6 +62,10 @@ struct Pending {
   Clock::time_point start;
   // When it was last handed to a stream.
   Clock::time_point sent;
+  // Times it was handed to a stream; guarded by the client's mutex.
+  int attempts = 0;
+  // Bytes of `chunks`, bounded by what its rows can take.
+  int64_t chunk_bytes = 0;
   // The chunks of its answer read so far on the stream it was sent to;
   // cleared when it is resent. Touched by that stream's reader only.
   std::vector<v1::DistillResponse> chunks;
@@ -95,6 +99,9 @@ struct Endpoint {
   std::string last_error = "no answer yet";
   Clock::time_point next_retry;
   double backoff_seconds = 0.1;
+  // Failures since it last answered a batch: each doubles its wait before
+  // the next reconnect, so a server that fails every batch costs little.
+  int failures_in_a_row = 0;
   // Samples sent and not yet answered.
   int64_t outstanding = 0;
   std::vector<std::shared_ptr<Stream>> streams;

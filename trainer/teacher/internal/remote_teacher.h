@@ -66,6 +66,8 @@ struct RemoteTeacherOptions {
   // servers send larger answers in chunks under it. 0: no limit, whole
   // answers.
   int64_t max_answer_bytes = 0;
+  // Sends of one batch before its future fails with UNAVAILABLE, >= 1.
+  int max_attempts = 5;
 };
 
 class RemoteTeacher final : public TeacherClient {

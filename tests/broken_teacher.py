@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""A teacher server that lies, written from teacher.proto alone.
+
+It answers Info like a Fashion-MNIST teacher (10 classes, [1, 28, 28] float
+inputs) and then misbehaves on Distill in one way, chosen by --lie:
+
+  internal    ends every stream with INTERNAL at its first batch
+  unknown_id  answers each batch under an id that was never sent
+  silent      reads every batch and never answers
+  zeros       answers dense rows of zeros (not distributions)
+  wrong_rank  answers [N, 1, 10] probabilities for [N] samples
+  flood       answers in 32 chunks of 1 MB each, whatever the batch
+
+Writes its port to --port_file once it serves, and serves until killed.
+Prints one line per batch it received to stdout (for the test to count).
+
+usage: broken_teacher.py --proto_dir DIR --lie MODE --port_file FILE
+"""
+import argparse
+import os
+import sys
+import tempfile
+import threading
+from concurrent import futures
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "..", "teacher_server", "testdata"))
+from python_client import generate_stubs  # noqa: E402
+
+CLASSES = 10
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--proto_dir", required=True)
+    p.add_argument("--lie", required=True,
+                   choices=["internal", "unknown_id", "silent", "zeros",
+                            "wrong_rank", "flood"])
+    p.add_argument("--port_file", required=True)
+    a = p.parse_args()
+    import grpc
+
+    out_dir = tempfile.mkdtemp()
+    pb2, pb2_grpc = generate_stubs(a.proto_dir, out_dir)
+    lock = threading.Lock()
+
+    def floats(array):
+        array = np.ascontiguousarray(array, dtype="<f4")
+        return pb2.Tensor(dtype=pb2.Tensor.FLOAT32, shape=list(array.shape),
+                          data=array.tobytes())
+
+    class Liar(pb2_grpc.TeacherServicer):
+        def Info(self, request, context):
+            return pb2.InfoResponse(
+                model_name="liar", model_hash="0" * 64,
+                input_shape=[1, 28, 28], input_dtype=pb2.Tensor.FLOAT32,
+                output_shape=[CLASSES], num_classes=CLASSES, max_batch=1024,
+                encodings=[pb2.DENSE_FP32, pb2.DENSE_FP16, pb2.TOP_K],
+                max_request_bytes=64 << 20)
+
+        def Distill(self, request_iterator, context):
+            temperature = 1.0
+            for request in request_iterator:
+                if request.WhichOneof("kind") == "header":
+                    temperature = request.header.temperature
+                    continue
+                batch = request.batch
+                n = batch.inputs.shape[0]
+                with lock:
+                    print(f"batch {batch.batch_id} rows {n}", flush=True)
+                if a.lie == "internal":
+                    context.abort(grpc.StatusCode.INTERNAL, "liar: internal")
+                if a.lie == "silent":
+                    continue
+                targets = pb2.SoftTargets(temperature=temperature,
+                                          encoding=pb2.DENSE_FP32,
+                                          num_classes=CLASSES)
+                uniform = np.full((n, CLASSES), 1.0 / CLASSES)
+                if a.lie == "flood":
+                    big = floats(np.zeros((1, 1 << 18)))
+                    for chunk in range(32):
+                        yield pb2.DistillResponse(
+                            batch_id=batch.batch_id,
+                            targets=pb2.SoftTargets(
+                                temperature=temperature,
+                                encoding=pb2.DENSE_FP32,
+                                num_classes=CLASSES, probs=big),
+                            chunk=chunk, chunks=32, first_row=chunk,
+                            rows_shape=[n])
+                    continue
+                if a.lie == "zeros":
+                    targets.probs.CopyFrom(floats(np.zeros((n, CLASSES))))
+                elif a.lie == "wrong_rank":
+                    targets.probs.CopyFrom(floats(uniform.reshape(n, 1, -1)))
+                else:
+                    targets.probs.CopyFrom(floats(uniform))
+                answer_id = batch.batch_id
+                if a.lie == "unknown_id":
+                    answer_id += 1000
+                yield pb2.DistillResponse(batch_id=answer_id, targets=targets)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
+                         options=[("grpc.max_send_message_length", -1),
+                                  ("grpc.max_receive_message_length", -1)])
+    pb2_grpc.add_TeacherServicer_to_server(Liar(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    tmp = a.port_file + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(f"{port}\n")
+    os.rename(tmp, a.port_file)
+    server.wait_for_termination()
+
+
+if __name__ == "__main__":
+    main()
