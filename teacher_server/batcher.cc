@@ -41,17 +41,26 @@ DynamicBatcher::DynamicBatcher(const ServedModel* model, BatcherOptions options,
 DynamicBatcher::~DynamicBatcher() { Stop(); }
 
 void DynamicBatcher::Submit(torch::Tensor inputs,
-                            const v1::StreamHeader& header, Done done) {
+                            const v1::StreamHeader& header, BatchOrigin origin,
+                            Done done) {
   {
     absl::MutexLock lock(&mu_);
     if (!stopping_) {
       queued_samples_ += inputs.size(0);
-      queue_.push_back(
-          {std::move(inputs), header, std::move(done), absl::Now()});
+      const uint64_t stream = origin.stream;
+      std::deque<Item>& queue = queues_[stream];
+      if (queue.empty()) turns_.push_back(stream);
+      queue.push_back({std::move(inputs), header, std::move(origin),
+                       std::move(done), absl::Now()});
       return;
     }
   }
   done(absl::UnavailableError("the teacher server is shutting down"));
+}
+
+bool DynamicBatcher::HasRoom() const {
+  absl::MutexLock lock(&mu_);
+  return queued_samples_ < options_.max_queued_samples;
 }
 
 void DynamicBatcher::Stop() {
@@ -67,21 +76,72 @@ BatcherStats DynamicBatcher::stats() const {
   return stats_;
 }
 
+absl::Time DynamicBatcher::OldestEnqueued() const {
+  absl::Time oldest = absl::InfiniteFuture();
+  for (const auto& [stream, queue] : queues_) {
+    oldest = std::min(oldest, queue.front().enqueued);
+  }
+  return oldest;
+}
+
+std::vector<DynamicBatcher::Item> DynamicBatcher::Gather(
+    std::vector<Item>& dropped) {
+  std::vector<Item> items;
+  int64_t samples = 0;
+  while (!turns_.empty()) {
+    const uint64_t stream = turns_.front();
+    std::deque<Item>& queue = queues_[stream];
+    Item& next = queue.front();
+    const int64_t n = next.inputs.size(0);
+    const bool cancelled =
+        next.origin.cancelled != nullptr && next.origin.cancelled->load();
+    if (!cancelled && !items.empty() && samples + n > options_.max_batch) {
+      break;
+    }
+    queued_samples_ -= n;
+    if (cancelled) {
+      dropped.push_back(std::move(next));
+    } else {
+      samples += n;
+      items.push_back(std::move(next));
+    }
+    queue.pop_front();
+    turns_.pop_front();
+    // A stream with more waiting goes to the back: the others go first.
+    if (queue.empty()) {
+      queues_.erase(stream);
+    } else if (!cancelled) {
+      turns_.push_back(stream);
+    } else {
+      turns_.push_front(stream);  // drop the rest of its queue next
+    }
+  }
+  if (!items.empty()) {
+    ++stats_.forwards;
+    stats_.batches += items.size();
+    stats_.samples += samples;
+    stats_.max_batches_per_forward = std::max<int64_t>(
+        stats_.max_batches_per_forward, static_cast<int64_t>(items.size()));
+  }
+  stats_.dropped += dropped.size();
+  return items;
+}
+
 void DynamicBatcher::Run() {
   // Inference tensors never leave this thread: answers leave as bytes.
   torch::InferenceMode inference;
   while (true) {
-    std::deque<Item> items;
+    std::vector<Item> items;
+    std::vector<Item> dropped;
     {
       absl::MutexLock lock(&mu_);
       mu_.Await(absl::Condition(
-          +[](DynamicBatcher* b) { return b->stopping_ || !b->queue_.empty(); },
+          +[](DynamicBatcher* b) { return b->stopping_ || !b->turns_.empty(); },
           this));
-      if (queue_.empty()) return;  // stopping, nothing left
+      if (turns_.empty()) return;  // stopping, nothing left
       // Wait for company until the batch is full, the oldest batch has
       // waited long enough, or the server stops.
-      const absl::Time deadline =
-          queue_.front().enqueued + options_.max_queue_delay;
+      const absl::Time deadline = OldestEnqueued() + options_.max_queue_delay;
       mu_.AwaitWithDeadline(absl::Condition(
                                 +[](DynamicBatcher* b) {
                                   return b->stopping_ ||
@@ -90,26 +150,17 @@ void DynamicBatcher::Run() {
                                 },
                                 this),
                             deadline);
-      int64_t samples = 0;
-      while (!queue_.empty() &&
-             (items.empty() ||
-              samples + queue_.front().inputs.size(0) <= options_.max_batch)) {
-        samples += queue_.front().inputs.size(0);
-        items.push_back(std::move(queue_.front()));
-        queue_.pop_front();
-      }
-      queued_samples_ -= samples;
-      ++stats_.forwards;
-      stats_.batches += items.size();
-      stats_.samples += samples;
-      stats_.max_batches_per_forward = std::max<int64_t>(
-          stats_.max_batches_per_forward, static_cast<int64_t>(items.size()));
+      items = Gather(dropped);
     }
-    Process(items);
+    for (Item& item : dropped) {
+      item.done(absl::CancelledError("the stream was cancelled"));
+    }
+    if (on_room_) on_room_();
+    if (!items.empty()) Process(items);
   }
 }
 
-void DynamicBatcher::Process(std::deque<Item>& items) {
+void DynamicBatcher::Process(std::vector<Item>& items) {
   const absl::Time start = absl::Now();
   std::vector<torch::Tensor> inputs;
   std::vector<int64_t> sizes;

@@ -3,18 +3,24 @@
 // until the oldest batch has waited `max_queue_delay`, runs ONE forward of
 // the teacher on the concatenation (in inference mode), splits the logits
 // back, applies softmax(z / T) at each batch's own temperature, encodes each
-// answer and hands it to the batch's callback. Batches run in submission
-// order, so each stream's answers come back in its order. Submit and stats
-// are thread-safe; the model runs on the worker thread only.
+// answer and hands it to the batch's callback. Each stream's batches run in
+// its order, and streams take turns (round robin), so one stream's backlog
+// delays another's next batch by at most one batch per stream. Batches of
+// a cancelled stream are dropped unrun. Submit and stats are thread-safe;
+// the model runs on the worker thread only.
 #ifndef DISTILL_TEACHER_SERVER_BATCHER_H_
 #define DISTILL_TEACHER_SERVER_BATCHER_H_
 
 #include <torch/torch.h>
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
+#include <memory>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -32,6 +38,18 @@ struct BatcherOptions {
   // How long the oldest queued batch may wait for company. Zero runs
   // whatever is queued at once. Default: 2 ms.
   absl::Duration max_queue_delay = absl::Microseconds(2000);
+  // Samples queued across streams above which HasRoom() is false: streams
+  // then stop reading (gRPC flow control holds their clients) until the
+  // worker catches up. Default: 8 * 512.
+  int64_t max_queued_samples = 8 * 512;
+};
+
+// Who submitted a batch: the stream (batches of one stream keep their
+// order; streams take turns) and its cancellation flag, set once nobody
+// will read the answer.
+struct BatchOrigin {
+  uint64_t stream = 0;
+  std::shared_ptr<const std::atomic<bool>> cancelled;
 };
 
 // Counts since the batcher started, for tests and logs.
@@ -41,6 +59,8 @@ struct BatcherStats {
   int64_t samples = 0;
   // The most batches (requests) one forward has combined.
   int64_t max_batches_per_forward = 0;
+  // Batches of cancelled streams dropped before their forward.
+  int64_t dropped = 0;
 };
 
 class DynamicBatcher {
@@ -55,9 +75,21 @@ class DynamicBatcher {
 
   // Queues `inputs` ([n, input_shape...], 1 <= n <= max_batch, validated by
   // the caller) to be answered with `header`'s temperature and encoding.
-  // `done` runs once, on the worker thread, with the encoded targets or the
-  // error of the forward. After Stop, `done` runs at once with Unavailable.
-  void Submit(torch::Tensor inputs, const v1::StreamHeader& header, Done done);
+  // `done` runs once, on the worker thread, with the encoded targets, the
+  // error of the forward, or Cancelled when `origin` was cancelled before
+  // the batch's turn. After Stop, `done` runs at once with Unavailable.
+  void Submit(torch::Tensor inputs, const v1::StreamHeader& header,
+              BatchOrigin origin, Done done);
+
+  // Whether fewer than max_queued_samples samples wait for a forward.
+  bool HasRoom() const;
+
+  // Runs (on the worker thread, no lock held) each time queued batches are
+  // taken for a forward, so streams held back by HasRoom() may read again.
+  // Set before the first Submit.
+  void set_on_room(std::function<void()> on_room) {
+    on_room_ = std::move(on_room);
+  }
 
   // Answers everything queued, then joins the worker. Idempotent.
   void Stop();
@@ -68,20 +100,30 @@ class DynamicBatcher {
   struct Item {
     torch::Tensor inputs;
     v1::StreamHeader header;
+    BatchOrigin origin;
     Done done;
     absl::Time enqueued;
   };
 
   void Run();
+  // Takes up to max_batch samples from the streams in turn; batches of
+  // cancelled streams go to `dropped` instead.
+  std::vector<Item> Gather(std::vector<Item>& dropped)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // When the oldest queued batch was queued.
+  absl::Time OldestEnqueued() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Runs one forward over `items` and answers each.
-  void Process(std::deque<Item>& items);
+  void Process(std::vector<Item>& items);
 
   const ServedModel* const model_;
   const BatcherOptions options_;
   ServerMetrics* const metrics_;
 
   mutable absl::Mutex mu_;
-  std::deque<Item> queue_ ABSL_GUARDED_BY(mu_);
+  // Each stream's queued batches, and the streams with any, in turn order.
+  std::map<uint64_t, std::deque<Item>> queues_ ABSL_GUARDED_BY(mu_);
+  std::deque<uint64_t> turns_ ABSL_GUARDED_BY(mu_);
+  std::function<void()> on_room_;
   int64_t queued_samples_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   BatcherStats stats_ ABSL_GUARDED_BY(mu_);

@@ -43,6 +43,12 @@ absl::StatusOr<std::unique_ptr<TeacherServer>> TeacherServer::Start(
   if (options.max_inflight_per_stream < 1) {
     return absl::InvalidArgumentError("max_inflight_per_stream must be >= 1");
   }
+  if (options.max_streams < 1) {
+    return absl::InvalidArgumentError("max_streams must be >= 1");
+  }
+  if (options.batcher.max_queued_samples < 1) {
+    return absl::InvalidArgumentError("max_queued_samples must be >= 1");
+  }
   if (options.port < 0 || options.port > 65535 || options.metrics_port < 0 ||
       options.metrics_port > 65535) {
     return absl::InvalidArgumentError("ports must be in [0, 65535]");
@@ -65,6 +71,7 @@ absl::StatusOr<std::unique_ptr<TeacherServer>> TeacherServer::Start(
           : options.batcher.max_batch * SampleBytes(*server->model_) +
                 (64 << 10);
   service_options.max_inflight_per_stream = options.max_inflight_per_stream;
+  service_options.max_streams = options.max_streams;
   service_options.token = options.token;
   server->service_ = std::make_unique<TeacherService>(
       server->model_.get(), service_options, server->metrics_.get());

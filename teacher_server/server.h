@@ -36,6 +36,8 @@ struct ServerOptions {
   int64_t max_request_bytes = 0;
   // See ServiceOptions. Default: 64.
   int max_inflight_per_stream = 64;
+  // See ServiceOptions. Default: 256.
+  int max_streams = 256;
   // Bearer token every call must carry. Default: empty (off).
   std::string token;
   // PEM server certificate chain and private key; both empty serves

@@ -28,8 +28,10 @@ constexpr char kShuttingDown[] = "the teacher server is shutting down";
 class TeacherService::DistillReactor final
     : public grpc::ServerBidiReactor<v1::DistillRequest, v1::DistillResponse> {
  public:
-  DistillReactor(TeacherService* service, absl::Status refusal)
-      : service_(service) {
+  DistillReactor(TeacherService* service, uint64_t id, absl::Status refusal)
+      : service_(service),
+        cancelled_flag_(std::make_shared<std::atomic<bool>>(false)),
+        origin_{id, cancelled_flag_} {
     if (!refusal.ok()) {
       {
         absl::MutexLock lock(&mu_);
@@ -56,6 +58,19 @@ class TeacherService::DistillReactor final
     Act(actions);
   }
 
+  // Called after the batcher took queued work: a stream held back by a
+  // full queue may read again.
+  void Wake() {
+    Actions actions;
+    {
+      absl::MutexLock lock(&mu_);
+      if (!held_) return;
+      held_ = false;
+      actions = Next();
+    }
+    Act(actions);
+  }
+
   void OnReadDone(bool ok) override {
     std::optional<std::pair<torch::Tensor, uint64_t>> submit;
     Slot* slot = nullptr;
@@ -76,6 +91,7 @@ class TeacherService::DistillReactor final
         } else if (inputs->defined()) {
           slots_.emplace_back();
           slot = &slots_.back();
+          ++queued_;
           header = *header_;
           submit.emplace(*std::move(inputs), request_.batch().batch_id());
         }
@@ -94,7 +110,7 @@ class TeacherService::DistillReactor final
       }
       const int64_t max_bytes = header.max_answer_bytes();
       service_->batcher_.Submit(
-          std::move(submit->first), header,
+          std::move(submit->first), header, origin_,
           [this, slot, batch_id,
            max_bytes](absl::StatusOr<v1::SoftTargets> answer) {
             OnAnswer(slot, batch_id, max_bytes, std::move(answer));
@@ -113,6 +129,7 @@ class TeacherService::DistillReactor final
       writing_ = false;
       if (!ok) cancelled_ = true;
       actions = Next();
+      if (cancelled_) cancelled_flag_->store(true);
     }
     Act(actions);
   }
@@ -122,6 +139,8 @@ class TeacherService::DistillReactor final
     {
       absl::MutexLock lock(&mu_);
       cancelled_ = true;
+      // Its queued batches are dropped unrun: nobody will read them.
+      cancelled_flag_->store(true);
       actions = Next();
     }
     Act(actions);
@@ -196,6 +215,7 @@ class TeacherService::DistillReactor final
     Actions actions;
     {
       absl::MutexLock lock(&mu_);
+      --queued_;
       slot->ready = true;
       if (messages.ok()) {
         for (v1::DistillResponse& m : *messages) {
@@ -222,6 +242,7 @@ class TeacherService::DistillReactor final
         // Nobody to answer, or the error that ends the stream.
         if (!cancelled_ && final_.ok() && !slot.error.ok()) {
           final_ = slot.error;
+          cancelled_flag_->store(true);  // the stream ends with it
         }
         slots_.pop_front();
         continue;
@@ -238,8 +259,15 @@ class TeacherService::DistillReactor final
     if (!ending && !reading_ &&
         static_cast<int>(slots_.size()) <
             service_->options_.max_inflight_per_stream) {
-      reading_ = true;
-      a.read = true;
+      // With the batcher's queue full, a stream that already has a batch
+      // queued waits for room (gRPC flow control holds its client); one
+      // with none may always queue one, so every stream keeps its turn.
+      if (queued_ == 0 || service_->batcher_.HasRoom()) {
+        reading_ = true;
+        a.read = true;
+      } else {
+        held_ = true;
+      }
     }
     if (ending && !writing_ && slots_.empty()) {
       finished_ = true;
@@ -269,6 +297,10 @@ class TeacherService::DistillReactor final
   }
 
   TeacherService* const service_;
+  // Set once nobody will read this stream's answers: its queued batches
+  // are then dropped unrun.
+  const std::shared_ptr<std::atomic<bool>> cancelled_flag_;
+  const BatchOrigin origin_;
 
   absl::Mutex mu_;
   // The read and write buffers: one read and one write at a time.
@@ -285,6 +317,10 @@ class TeacherService::DistillReactor final
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  // Batches handed to the batcher and not yet answered.
+  int queued_ ABSL_GUARDED_BY(mu_) = 0;
+  // It wanted to read but the batcher's queue was full.
+  bool held_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 TeacherService::TeacherService(const ServedModel* model, ServiceOptions options,
@@ -292,6 +328,7 @@ TeacherService::TeacherService(const ServedModel* model, ServiceOptions options,
     : options_(std::move(options)),
       metrics_(metrics),
       batcher_(model, options_.batcher, metrics) {
+  batcher_.set_on_room([this] { WakeStreams(); });
   info_.set_model_name(model->name);
   info_.set_model_hash(model->hash);
   for (int64_t d : model->input_shape) info_.add_input_shape(d);
@@ -331,11 +368,18 @@ TeacherService::Distill(grpc::CallbackServerContext* context) {
   absl::MutexLock lock(&mu_);
   if (refusal.ok() && draining_)
     refusal = absl::UnavailableError(kShuttingDown);
+  if (refusal.ok() &&
+      static_cast<int>(streams_.size()) >= options_.max_streams) {
+    refusal = absl::ResourceExhaustedError(
+        absl::StrCat("the teacher server already serves ", streams_.size(),
+                     " streams, its limit (--max_streams)"));
+  }
   if (!refusal.ok() && metrics_ != nullptr) {
     metrics_->CountCall("Distill", absl::StatusCodeToString(refusal.code()));
   }
-  auto* stream = new DistillReactor(this, refusal);
-  streams_.insert(stream);
+  auto* stream = new DistillReactor(this, next_stream_++, refusal);
+  // A refused stream is already finished: it does not count.
+  if (refusal.ok()) streams_.insert(stream);
   return stream;
 }
 
@@ -347,6 +391,11 @@ void TeacherService::Drain() {
   }
   // Queued batches run now instead of waiting out their queue delay.
   batcher_.Stop();
+}
+
+void TeacherService::WakeStreams() {
+  absl::MutexLock lock(&mu_);
+  for (DistillReactor* stream : streams_) stream->Wake();
 }
 
 void TeacherService::Unregister(DistillReactor* stream) {

@@ -32,6 +32,9 @@ struct ServiceOptions {
   // reading (and gRPC flow control holds the client) beyond that.
   // Default: 64.
   int max_inflight_per_stream = 64;
+  // Distill streams served at once; one more is refused RESOURCE_EXHAUSTED
+  // naming the limit. Default: 256.
+  int max_streams = 256;
   // Bearer token every call must carry; empty turns authentication off.
   // Default: off.
   std::string token;
@@ -68,6 +71,8 @@ class TeacherService final : public v1::Teacher::CallbackService {
   class DistillReactor;
 
   void Unregister(DistillReactor* stream);
+  // Lets streams held back by a full batcher queue read again.
+  void WakeStreams();
 
   const ServiceOptions options_;
   ServerMetrics* const metrics_;
@@ -77,6 +82,7 @@ class TeacherService final : public v1::Teacher::CallbackService {
   absl::Mutex mu_;
   absl::flat_hash_set<DistillReactor*> streams_ ABSL_GUARDED_BY(mu_);
   bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t next_stream_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace distill::teacher

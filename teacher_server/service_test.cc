@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -305,6 +306,116 @@ struct BadCase {
   std::string message;
   size_t answered = 0;
 };
+
+// Streams beyond max_streams are refused with the limit named; a stream
+// that ended frees its place.
+TEST_F(ServiceTest, StreamsBeyondTheLimitAreRefused) {
+  ServerOptions options;
+  options.max_streams = 1;
+  options.batcher.max_queue_delay = absl::ZeroDuration();
+  Start(options);
+  grpc::ClientContext first_context;
+  auto first = stub_->Distill(&first_context);
+  ASSERT_TRUE(first->Write(HeaderRequest(1.0, v1::DENSE_FP32)));
+  ASSERT_TRUE(first->Write(BatchRequest(1, TestInputs(2, 5))));
+  v1::DistillResponse response;
+  ASSERT_TRUE(first->Read(&response));  // the server holds the stream now
+
+  StreamResult refused = RunStream(*stub_, {HeaderRequest(1.0, v1::DENSE_FP32),
+                                            BatchRequest(1, TestInputs(2, 5))});
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(refused.status.error_message(),
+            "the teacher server already serves 1 streams, its limit "
+            "(--max_streams)");
+
+  ASSERT_TRUE(first->WritesDone());
+  EXPECT_FALSE(first->Read(&response));
+  ASSERT_TRUE(first->Finish().ok());
+  // The place is free once the server has seen the stream end: a bounded
+  // wait for that, then a stream is served again.
+  StreamResult again;
+  EXPECT_TRUE(::distill::testing::WaitUntil([&] {
+    again = RunStream(*stub_, {HeaderRequest(1.0, v1::DENSE_FP32),
+                               BatchRequest(1, TestInputs(2, 5))});
+    return again.status.ok();
+  }));
+  EXPECT_EQ(again.responses.size(), 1u);
+}
+
+// The number after `name` in the Prometheus text, or -1.
+int64_t MetricValue(const std::string& text, const std::string& name) {
+  const size_t at = text.find("\n" + name + " ");
+  if (at == std::string::npos) return -1;
+  return std::stoll(text.substr(at + name.size() + 2));
+}
+
+// A reader that never reads, against a server whose forward is held: the
+// server stops reading it once max_queued_samples wait (its client is held
+// by flow control), and a second stream's batch is still taken and answered
+// in its turn, not after the backlog.
+TEST_F(ServiceTest, AStreamThatNeverReadsCannotFillTheQueue) {
+  absl::Notification release;
+  std::atomic<int> forwards{0};
+  std::atomic<int> good_at{0};  // the forward that held the good batch
+  ServedModel model;
+  model.name = "gated";
+  model.hash = std::string(64, '0');
+  model.input_shape = {1, 28, 28};
+  model.output_shape = {10};
+  model.forward = [&](const torch::Tensor& x) {
+    release.WaitForNotification();
+    const int n = ++forwards;
+    if (x.abs().sum().item<float>() == 0) good_at = n;
+    return torch::zeros({x.size(0), 10});
+  };
+  ServerOptions options;
+  options.batcher.max_batch = 2;
+  options.batcher.max_queued_samples = 4;
+  options.batcher.max_queue_delay = absl::ZeroDuration();
+  auto server = TeacherServer::Start(std::move(model), options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  stub_ = v1::Teacher::NewStub(PlainChannel((*server)->address()));
+
+  grpc::ClientContext slow_context;
+  auto slow = stub_->Distill(&slow_context);
+  std::thread writer([&] {
+    if (!slow->Write(HeaderRequest(1.0, v1::DENSE_FP32))) return;
+    for (uint64_t id = 1; id <= 20; ++id) {
+      if (!slow->Write(BatchRequest(id, TestInputs(2, 1)))) return;
+    }
+  });
+  // Bounded wait until the server has read what it will take of the slow
+  // stream: the batch in the held forward and 4 queued samples.
+  const std::string received = "distill_teacher_received_batches_total";
+  EXPECT_TRUE(::distill::testing::WaitUntil(
+      [&] { return MetricValue((*server)->metrics().Text(), received) >= 3; }));
+
+  grpc::ClientContext good_context;
+  auto good = stub_->Distill(&good_context);
+  ASSERT_TRUE(good->Write(HeaderRequest(1.0, v1::DENSE_FP32)));
+  ASSERT_TRUE(good->Write(BatchRequest(7, torch::zeros({2, 1, 28, 28}))));
+  EXPECT_TRUE(::distill::testing::WaitUntil(
+      [&] { return MetricValue((*server)->metrics().Text(), received) >= 4; }));
+  // While the forward is held nothing more can be read: the slow stream
+  // stays at 3 batches (without the limit it would have been read whole,
+  // 20 batches, before the good one), the good one at 1.
+  EXPECT_EQ(MetricValue((*server)->metrics().Text(), received), 4);
+  release.Notify();
+  v1::DistillResponse response;
+  ASSERT_TRUE(good->Read(&response));
+  EXPECT_EQ(response.batch_id(), 7u);
+  // Its turn came after the held forward and one slow batch, not after
+  // the slow stream's backlog.
+  EXPECT_EQ(good_at.load(), 3);
+
+  ASSERT_TRUE(good->WritesDone());
+  EXPECT_FALSE(good->Read(&response));
+  EXPECT_TRUE(good->Finish().ok());
+  slow_context.TryCancel();
+  writer.join();
+  slow->Finish();
+  (*server)->Shutdown();
+}
 
 TEST_F(ServiceTest, EachBadRequestEndsOnlyItsStream) {
   ServerOptions options;

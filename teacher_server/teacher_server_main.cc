@@ -56,6 +56,12 @@ ABSL_FLAG(std::string, registry_dir, "",
           "Once serving, write DIR/teacher-<host>-<port>.endpoint holding "
           "\"<host>:<port>\\n\"; removed on shutdown.");
 ABSL_FLAG(int, max_batch, 512, "Most samples per request and per forward.");
+ABSL_FLAG(int64_t, max_queued_samples, 0,
+          "Samples waiting for a forward, across streams, above which streams "
+          "stop reading until the forwards catch up; 0: 8 * max_batch.");
+ABSL_FLAG(int, max_streams, 256,
+          "Distill streams served at once; more are refused "
+          "RESOURCE_EXHAUSTED.");
 ABSL_FLAG(int64_t, max_queue_delay_us, 2000,
           "How long a batch may wait for others to share its forward.");
 ABSL_FLAG(int64_t, max_request_bytes, 0,
@@ -176,6 +182,18 @@ absl::StatusOr<teacher::ServerOptions> OptionsFromFlags() {
     return absl::InvalidArgumentError(absl::StrCat(
         "--max_batch must be >= 1, got ", options.batcher.max_batch));
   }
+  const int64_t queued = absl::GetFlag(FLAGS_max_queued_samples);
+  if (queued < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_queued_samples must be >= 0, got ", queued));
+  }
+  options.batcher.max_queued_samples =
+      queued > 0 ? queued : int64_t{8} * options.batcher.max_batch;
+  options.max_streams = absl::GetFlag(FLAGS_max_streams);
+  if (options.max_streams < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_streams must be >= 1, got ", options.max_streams));
+  }
   if (options.port < 0 || options.port > 65535) {
     return absl::InvalidArgumentError(
         absl::StrCat("--port must be in [0, 65535], got ", options.port));
@@ -266,11 +284,8 @@ int main(int argc, char** argv) {
   if (!server.ok()) return Fail(std::string(server.status().message()));
   const int port = (*server)->port();
 
-  const std::string port_file = absl::GetFlag(FLAGS_port_file);
-  if (!port_file.empty()) {
-    absl::Status written = WriteText(port_file, absl::StrCat(port, "\n"));
-    if (!written.ok()) return Fail(std::string(written.message()));
-  }
+  // The port file comes last: whoever waits for it (a launcher, a test)
+  // finds the registry file written too.
   std::string registry_file;
   if (!registry_dir.empty()) {
     registry_file =
@@ -279,6 +294,11 @@ int main(int argc, char** argv) {
             .string();
     absl::Status written =
         WriteText(registry_file, absl::StrCat(options->host, ":", port, "\n"));
+    if (!written.ok()) return Fail(std::string(written.message()));
+  }
+  const std::string port_file = absl::GetFlag(FLAGS_port_file);
+  if (!port_file.empty()) {
+    absl::Status written = WriteText(port_file, absl::StrCat(port, "\n"));
     if (!written.ok()) return Fail(std::string(written.message()));
   }
   std::printf("teacher_server: serving %s (sha256 %s%s%s) on %s%s\n",
