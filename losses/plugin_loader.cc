@@ -94,7 +94,17 @@ absl::Status LoadLossPlugin(const std::string& path, LossRegistry& registry) {
         absl::StrCat(path, " is not a distill loss plugin: it exports no ",
                      DISTILL_LOSS_PLUGIN_ENTRY_SYMBOL));
   }
-  const DistillLossPluginEntry entry = reinterpret_cast<EntryFn>(symbol)();
+  // The entry is the plugin's code: whatever it throws stays here.
+  DistillLossPluginEntry entry{};
+  try {
+    entry = reinterpret_cast<EntryFn>(symbol)();
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "loss plugin ", path, " threw in its entry function: ", e.what()));
+  } catch (...) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("loss plugin ", path, " threw in its entry function"));
+  }
   if (entry.api_version != kDistillLossPluginApiVersion) {
     dlclose(handle);
     return absl::FailedPreconditionError(

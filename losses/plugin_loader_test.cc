@@ -160,6 +160,19 @@ TEST(PluginLoaderTest, OtherApiVersionIsRefused) {
   EXPECT_TRUE(registry.Names().empty());
 }
 
+// An entry function that throws: an error naming the plugin and what it
+// threw, not std::terminate.
+TEST(PluginLoaderTest, EntryThatThrowsIsAnError) {
+  LossRegistry registry;
+  const std::string path = DISTILL_THROWING_ENTRY_PLUGIN;
+  EXPECT_THAT(LoadLossPlugin(path, registry),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "loss plugin " + path +
+                           " threw in its entry function: the entry of this "
+                           "plugin fails"));
+  EXPECT_TRUE(registry.Names().empty());
+}
+
 TEST(PluginLoaderTest, LoadingTwiceIsADuplicateName) {
   LossRegistry registry;
   ASSERT_THAT(LoadLossPlugin(kCosineKd, registry), IsOk());

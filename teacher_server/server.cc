@@ -43,6 +43,12 @@ absl::StatusOr<std::unique_ptr<TeacherServer>> TeacherServer::Start(
   if (options.max_inflight_per_stream < 1) {
     return absl::InvalidArgumentError("max_inflight_per_stream must be >= 1");
   }
+  if (options.idle_timeout <= absl::ZeroDuration() ||
+      options.handshake_timeout <= absl::ZeroDuration() ||
+      options.keepalive_time <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError(
+        "idle_timeout, handshake_timeout and keepalive_time must be > 0");
+  }
   if (options.max_streams < 1) {
     return absl::InvalidArgumentError("max_streams must be >= 1");
   }
@@ -91,6 +97,19 @@ absl::StatusOr<std::unique_ptr<TeacherServer>> TeacherServer::Start(
   builder.AddListeningPort(address, credentials, &server->port_);
   builder.SetMaxReceiveMessageSize(static_cast<int>(std::min<int64_t>(
       service_options.max_request_bytes, std::numeric_limits<int>::max())));
+  auto milliseconds = [](absl::Duration d) {
+    return static_cast<int>(std::min<int64_t>(absl::ToInt64Milliseconds(d),
+                                              std::numeric_limits<int>::max()));
+  };
+  // Descriptors held by idle, half-open or dead connections are freed.
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS,
+                             milliseconds(options.idle_timeout));
+  builder.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS,
+                             milliseconds(options.handshake_timeout));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS,
+                             milliseconds(options.keepalive_time));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.RegisterService(server->service_.get());
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || server->port_ == 0) {

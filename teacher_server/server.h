@@ -49,6 +49,15 @@ struct ServerOptions {
   // How long Shutdown waits for open streams to end before cancelling them.
   // Default: 30 s.
   absl::Duration drain_timeout = absl::Seconds(30);
+  // A connection with no call open this long is closed. Default: 5 min.
+  absl::Duration idle_timeout = absl::Minutes(5);
+  // A connection that has not finished its TLS / HTTP/2 handshake this long
+  // after it was accepted is closed (gRPC's default is 2 min). Default: 10 s.
+  absl::Duration handshake_timeout = absl::Seconds(10);
+  // The server pings a connection silent this long and closes it when the
+  // ping is not answered within 20 s: dead peers free their descriptors.
+  // Default: 1 min.
+  absl::Duration keepalive_time = absl::Minutes(1);
 };
 
 class TeacherServer {

@@ -5,6 +5,7 @@
 // answered), remove the registry file and exit 0.
 #include <pthread.h>
 #include <signal.h>
+#include <sys/resource.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -59,6 +60,8 @@ ABSL_FLAG(int, max_batch, 512, "Most samples per request and per forward.");
 ABSL_FLAG(int64_t, max_queued_samples, 0,
           "Samples waiting for a forward, across streams, above which streams "
           "stop reading until the forwards catch up; 0: 8 * max_batch.");
+ABSL_FLAG(int64_t, idle_timeout_s, 300,
+          "Close a connection with no call open this long.");
 ABSL_FLAG(int, max_streams, 256,
           "Distill streams served at once; more are refused "
           "RESOURCE_EXHAUSTED.");
@@ -189,6 +192,12 @@ absl::StatusOr<teacher::ServerOptions> OptionsFromFlags() {
   }
   options.batcher.max_queued_samples =
       queued > 0 ? queued : int64_t{8} * options.batcher.max_batch;
+  const int64_t idle = absl::GetFlag(FLAGS_idle_timeout_s);
+  if (idle < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--idle_timeout_s must be >= 1, got ", idle));
+  }
+  options.idle_timeout = absl::Seconds(idle);
   options.max_streams = absl::GetFlag(FLAGS_max_streams);
   if (options.max_streams < 1) {
     return absl::InvalidArgumentError(
@@ -229,6 +238,21 @@ absl::StatusOr<teacher::ServerOptions> OptionsFromFlags() {
   return options;
 }
 
+// Every connection costs a descriptor, and gRPC's listener stops accepting
+// for good once accept fails with EMFILE. The usual soft limit (1024) is far
+// below what the kernel allows this process (the hard limit): take it all.
+// Returns the limit now in force.
+rlim_t RaiseOpenFilesLimit() {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return 0;
+  if (limit.rlim_cur < limit.rlim_max) {
+    rlimit raised = limit;
+    raised.rlim_cur = limit.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0) return raised.rlim_cur;
+  }
+  return limit.rlim_cur;
+}
+
 absl::Status WriteText(const std::string& path, const std::string& text) {
   return distill::WriteStringAtomically(path, text);
 }
@@ -254,6 +278,7 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  const rlim_t open_files = RaiseOpenFilesLimit();
   auto source = SourceFromFlags();
   if (!source.ok()) return Fail(std::string(source.status().message()));
   auto options = OptionsFromFlags();
@@ -283,6 +308,11 @@ int main(int argc, char** argv) {
   auto server = teacher::TeacherServer::Start(*std::move(model), *options);
   if (!server.ok()) return Fail(std::string(server.status().message()));
   const int port = (*server)->port();
+  // Said before the port file announces the server, like everything a
+  // launcher may read once it sees that file.
+  std::printf("teacher_server: up to %llu open files (connections)\n",
+              static_cast<unsigned long long>(open_files));
+  std::fflush(stdout);
 
   // The port file comes last: whoever waits for it (a launcher, a test)
   // finds the registry file written too.

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -206,6 +207,37 @@ TEST_F(TeacherServerBinaryTest, SigtermAnswersInFlightBatchesAndExitsZero) {
   // The log says how the teacher runs: the zoo test teacher is prepared
   // (BatchNorm folded), not run eagerly.
   EXPECT_THAT(log, HasSubstr("; prepared"));
+}
+
+// 300 idle TCP connections against a server started with a soft limit of
+// 256 open files: before, accept failed with EMFILE and the listener never
+// accepted again. The server now raises its soft limit to the hard one, so
+// a client written from the proto still gets Info, during and after.
+TEST_F(TeacherServerBinaryTest, IdleConnectionsDoNotExhaustDescriptors) {
+  rlimit limit{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &limit), 0);
+  if (limit.rlim_max < 2048) {
+    GTEST_SKIP() << "the hard open-files limit " << limit.rlim_max
+                 << " leaves no room above 300 connections";
+  }
+  const rlimit low = {256, limit.rlim_max};
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);  // inherited by the server
+  const int port = StartServer({});
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &limit), 0);
+  ASSERT_GT(port, 0);
+  EXPECT_THAT(server_->out(), HasSubstr("teacher_server: up to " +
+                                        std::to_string(limit.rlim_max) +
+                                        " open files (connections)"));
+  const Outcome client =
+      RunShell("/usr/bin/python3 " + SourceDir() + "/tests/hostile_client.py" +
+                   " --proto_dir " + SourceDir() +
+                   "/proto --address 127.0.0.1:" + std::to_string(port) +
+                   " --connections 300",
+               dir_);
+  ASSERT_EQ(client.exit_code, 0) << client.err;
+  EXPECT_THAT(client.out, HasSubstr("info with 300 idle connections: OK"));
+  EXPECT_THAT(client.out, HasSubstr("info after closing them: OK"));
+  EXPECT_EQ(server_->Terminate(), 0);
 }
 
 // A Python client built from proto/teacher.proto by grpc_tools.protoc gets
