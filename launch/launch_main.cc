@@ -6,7 +6,8 @@
 //
 // Everything after `--` goes to every `distill` rank. Exit status: 0 when
 // every rank finished; the ranks' status (130, 138, 143) when SIGINT,
-// SIGUSR1 or SIGTERM stopped them after a checkpoint; 1 with one
+// SIGUSR1 or SIGTERM (or SIGHUP, passed on as SIGTERM) stopped them after
+// a checkpoint; 1 with one
 // "distill_launch: error: ..." line when the restarts are spent or the
 // command line is wrong.
 #include <stdlib.h>

@@ -211,6 +211,15 @@ class Attempt {
           return {Outcome::kInterrupted, "", 128 + sig};
         }
         stop_signal = sig;
+        if (sig == SIGHUP) {
+          // The terminal went away: stop as for SIGTERM. Ranks do not
+          // handle SIGHUP, whose default would kill them unsaved.
+          Say(o_,
+              "got SIGHUP; passing SIGTERM to the ranks, which "
+              "checkpoint and stop");
+          for (int id : rank_ids_) sup_.Signal(id, SIGTERM);
+          continue;
+        }
         Say(o_, absl::StrCat(
                     "got SIG", ::sigabbrev_np(sig),
                     "; passing it to the ranks, which checkpoint and stop"));

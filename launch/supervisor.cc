@@ -20,7 +20,7 @@ extern char** environ;
 namespace distill::launch {
 namespace {
 
-constexpr int kHandledSignals[] = {SIGINT, SIGTERM, SIGUSR1, SIGCHLD};
+constexpr int kHandledSignals[] = {SIGINT, SIGTERM, SIGUSR1, SIGHUP, SIGCHLD};
 
 sigset_t HandledSet() {
   sigset_t set;

@@ -300,6 +300,27 @@ TEST_F(LaunchTest, SigtermStopsTheRanksAtACheckpointAndTheJobResumes) {
   EXPECT_EQ(summary["steps"], 2 * 3200 / 32);
 }
 
+// SIGHUP (the terminal closed) stops the ranks at a checkpoint as SIGTERM
+// does; before, it killed the launcher and left the ranks running.
+TEST_F(LaunchTest, SighupStopsTheRanksAtACheckpoint) {
+  const fs::path teacher = TeacherWeights();
+  const std::string config = DistillConfig(teacher, 3200);
+  const fs::path run = dir_ / "run", work = dir_ / "work";
+  fs::create_directories(work);
+  Launch l = Start({"--nproc", "1", "--work_dir", work.string(), "--",
+                    "--quiet", "--config", config, "--run_dir", run.string()});
+  ASSERT_TRUE(WaitForCheckpoint(run));
+  ASSERT_EQ(::kill(l.process.pid(), SIGHUP), 0);
+  EXPECT_EQ(Wait(l), 128 + SIGTERM) << ReadFile(l.err);
+  EXPECT_THAT(ReadFile(l.out),
+              HasSubstr("[rank 0] stopped after a checkpoint at "));
+  EXPECT_THAT(ReadFile(l.err),
+              HasSubstr("distill_launch: got SIGHUP; passing SIGTERM to the "
+                        "ranks, which checkpoint and stop\n"));
+  EXPECT_FALSE(fs::exists(run / "summary.json"));
+  ExpectNoneLeft(work, 1);
+}
+
 // SIGUSR1, the preemption notice a scheduler sends, stops the ranks at a
 // checkpoint too, with its own status: 128 + SIGUSR1 (138).
 TEST_F(LaunchTest, SigusrOneIsAPreemptionNotice) {
