@@ -93,10 +93,42 @@ bool HasTeacher(const JobConfig& c) {
 absl::StatusOr<JobConfig> ParseJobConfig(const std::string& text,
                                          const std::string& source,
                                          const std::string& run_dir) {
+  ConfigOverrides overrides;
+  overrides.run_dir = run_dir;
+  return ParseJobConfig(text, source, overrides);
+}
+
+absl::StatusOr<JobConfig> ParseJobConfig(const std::string& text,
+                                         const std::string& source,
+                                         const ConfigOverrides& overrides) {
   JobConfig config;
   TextFormat::ParseInfoTree tree;
   DISTILL_RETURN_IF_ERROR(ParseText(text, source, config, &tree));
-  if (!run_dir.empty()) config.set_run_dir(run_dir);
+  if (!overrides.run_dir.empty()) config.set_run_dir(overrides.run_dir);
+  if (!overrides.teacher_endpoints.empty() ||
+      !overrides.teacher_token_file.empty() ||
+      !overrides.teacher_tls_ca_file.empty()) {
+    if (config.mode() != JobConfig::DISTILL) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          source,
+          ": --teacher_endpoints, --teacher_token_file and --teacher_tls_ca "
+          "apply to mode DISTILL only"));
+    }
+    v1::TeacherConfig* teacher = config.mutable_teacher();
+    if (!overrides.teacher_endpoints.empty()) {
+      teacher->clear_model();
+      teacher->clear_endpoints();
+      for (const std::string& e : overrides.teacher_endpoints) {
+        teacher->add_endpoints(e);
+      }
+    }
+    if (!overrides.teacher_token_file.empty()) {
+      teacher->set_token_file(overrides.teacher_token_file);
+    }
+    if (!overrides.teacher_tls_ca_file.empty()) {
+      teacher->set_tls_ca_file(overrides.teacher_tls_ca_file);
+    }
+  }
   ApplyDefaults(config);
   absl::Status valid = ValidateJobConfig(config);
   if (!valid.ok()) {

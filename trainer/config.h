@@ -26,6 +26,28 @@ absl::StatusOr<JobConfig> ParseJobConfig(const std::string& text,
                                          const std::string& source,
                                          const std::string& run_dir = "");
 
+// What the command line overrides in a config, applied after parsing and
+// before the defaults and validation, so a config may leave out what the
+// command line supplies (a DISTILL config without a teacher section, run
+// with --teacher_endpoints by distill_launch).
+struct ConfigOverrides {
+  // Replaces run_dir. Empty: the config's.
+  std::string run_dir;
+  // Mode DISTILL only. Non-empty: the servers the teacher is reached at,
+  // replacing teacher.model and teacher.endpoints.
+  std::vector<std::string> teacher_endpoints;
+  // Mode DISTILL only. Non-empty: replace teacher.token_file and
+  // teacher.tls_ca_file.
+  std::string teacher_token_file;
+  std::string teacher_tls_ca_file;
+};
+
+// ParseJobConfig with `overrides`; InvalidArgument "<source>: --teacher_...
+// apply to mode DISTILL only" when a teacher override meets another mode.
+absl::StatusOr<JobConfig> ParseJobConfig(const std::string& text,
+                                         const std::string& source,
+                                         const ConfigOverrides& overrides);
+
 // The text of a config file; NotFound when it cannot be opened. Read once:
 // the path may be a pipe (`--config <(...)`).
 absl::StatusOr<std::string> ReadConfigFile(const std::string& path);

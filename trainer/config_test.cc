@@ -175,6 +175,40 @@ TEST(ConfigTest, InfinitiesAndHugeValuesAreRefused) {
   }
 }
 
+// The launcher runs DISTILL configs with --teacher_endpoints; a config may
+// leave the teacher section to it. Before, validation ran first and refused
+// "teacher is required in mode DISTILL".
+TEST(ConfigTest, TeacherFlagsSupplyTheTeacherSection) {
+  ConfigOverrides overrides;
+  overrides.teacher_endpoints = {"127.0.0.1:5001", "127.0.0.1:5002"};
+  overrides.teacher_token_file = "/run/token";
+  const std::string no_teacher =
+      "mode: DISTILL\nrun_dir: \"/tmp/x\"\nstudent { arch: \"mlp\" }\n";
+  auto config = ParseJobConfig(no_teacher, "job.pbtxt", overrides);
+  ASSERT_THAT(config, IsOk());
+  EXPECT_THAT(config->teacher().endpoints(),
+              ElementsAre("127.0.0.1:5001", "127.0.0.1:5002"));
+  EXPECT_EQ(config->teacher().token_file(), "/run/token");
+  EXPECT_EQ(config->teacher().max_attempts(), 5);  // defaults applied after
+
+  // An in-process teacher is replaced by the servers.
+  config = ParseJobConfig(kValid, "job.pbtxt", overrides);
+  ASSERT_THAT(config, IsOk());
+  EXPECT_FALSE(config->teacher().has_model());
+  EXPECT_EQ(config->teacher().endpoints_size(), 2);
+
+  EXPECT_THAT(ParseJobConfig(no_teacher, "job.pbtxt"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("teacher is required in mode DISTILL")));
+  EXPECT_THAT(
+      ParseJobConfig("mode: TRAIN\nrun_dir: \"/tmp/x\"\n"
+                     "student { arch: \"mlp\" }\n",
+                     "job.pbtxt", overrides),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               "job.pbtxt: --teacher_endpoints, --teacher_token_file and "
+               "--teacher_tls_ca apply to mode DISTILL only"));
+}
+
 TEST(ConfigTest, RunDirFromTheCommandLineSatisfiesTheRequirement) {
   const char* text = "mode: TRAIN student { arch: \"mlp\" }";
   EXPECT_THAT(ParseJobConfig(text, "c"),

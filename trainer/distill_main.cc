@@ -57,37 +57,6 @@ ABSL_FLAG(std::string, teacher_tls_ca, "",
 
 namespace {
 
-// Applies the --teacher_* flags to a loaded config and validates it again.
-absl::Status ApplyTeacherFlags(distill::trainer::JobConfig& config,
-                               const std::string& source) {
-  const auto endpoints = absl::GetFlag(FLAGS_teacher_endpoints);
-  const std::string token = absl::GetFlag(FLAGS_teacher_token_file);
-  const std::string ca = absl::GetFlag(FLAGS_teacher_tls_ca);
-  if (endpoints.empty() && token.empty() && ca.empty()) {
-    return absl::OkStatus();
-  }
-  if (config.mode() != distill::trainer::JobConfig::DISTILL) {
-    return absl::InvalidArgumentError(
-        "--teacher_endpoints, --teacher_token_file and --teacher_tls_ca apply "
-        "to mode DISTILL only");
-  }
-  auto* teacher = config.mutable_teacher();
-  if (!endpoints.empty()) {
-    teacher->clear_model();
-    teacher->clear_endpoints();
-    for (const auto& e : endpoints) teacher->add_endpoints(e);
-  }
-  if (!token.empty()) teacher->set_token_file(token);
-  if (!ca.empty()) teacher->set_tls_ca_file(ca);
-  distill::trainer::ApplyDefaults(config);
-  absl::Status valid = distill::trainer::ValidateJobConfig(config);
-  if (!valid.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(source, " with the --teacher flags: ", valid.message()));
-  }
-  return absl::OkStatus();
-}
-
 volatile std::sig_atomic_t g_signal = 0;
 
 void OnSignal(int signo) { g_signal = signo; }
@@ -165,14 +134,15 @@ int main(int argc, char** argv) {
         plugin, distill::losses::LossRegistry::Global());
     if (!loaded.ok()) return Fail(std::string(loaded.message()));
   }
-  auto config = distill::trainer::ParseJobConfig(*config_text, config_path,
-                                                 absl::GetFlag(FLAGS_run_dir));
+  distill::trainer::ConfigOverrides overrides;
+  overrides.run_dir = absl::GetFlag(FLAGS_run_dir);
+  overrides.teacher_endpoints = absl::GetFlag(FLAGS_teacher_endpoints);
+  overrides.teacher_token_file = absl::GetFlag(FLAGS_teacher_token_file);
+  overrides.teacher_tls_ca_file = absl::GetFlag(FLAGS_teacher_tls_ca);
+  auto config =
+      distill::trainer::ParseJobConfig(*config_text, config_path, overrides);
   if (!config.ok()) return Fail(std::string(config.status().message()));
   if (config->name().empty()) config->set_name(config_path);
-  if (absl::Status flags = ApplyTeacherFlags(*config, config_path);
-      !flags.ok()) {
-    return Fail(std::string(flags.message()));
-  }
 
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
