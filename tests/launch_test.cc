@@ -86,6 +86,8 @@ class LaunchTest : public ScratchDirTest {
     return pids;
   }
 
+  std::string StopOneRankWith(int signo, int exit_code);
+
   void ExpectNoneLeft(const fs::path& work, size_t expected_processes) {
     const std::vector<pid_t> pids = RecordedPids(work);
     EXPECT_EQ(pids.size(), expected_processes);
@@ -300,43 +302,38 @@ TEST_F(LaunchTest, SigtermStopsTheRanksAtACheckpointAndTheJobResumes) {
   EXPECT_EQ(summary["steps"], 2 * 3200 / 32);
 }
 
-// SIGHUP (the terminal closed) stops the ranks at a checkpoint as SIGTERM
-// does; before, it killed the launcher and left the ranks running.
-TEST_F(LaunchTest, SighupStopsTheRanksAtACheckpoint) {
+// Sends `signo` to a one-rank distillation's launcher once a checkpoint
+// exists and checks the rank stopped after it, the launcher exited
+// `exit_code` and nothing is left running. The launcher's stderr.
+std::string LaunchTest::StopOneRankWith(int signo, int exit_code) {
   const fs::path teacher = TeacherWeights();
   const std::string config = DistillConfig(teacher, 3200);
   const fs::path run = dir_ / "run", work = dir_ / "work";
   fs::create_directories(work);
   Launch l = Start({"--nproc", "1", "--work_dir", work.string(), "--",
                     "--quiet", "--config", config, "--run_dir", run.string()});
-  ASSERT_TRUE(WaitForCheckpoint(run));
-  ASSERT_EQ(::kill(l.process.pid(), SIGHUP), 0);
-  EXPECT_EQ(Wait(l), 128 + SIGTERM) << ReadFile(l.err);
+  EXPECT_TRUE(WaitForCheckpoint(run));
+  EXPECT_EQ(::kill(l.process.pid(), signo), 0);
+  EXPECT_EQ(Wait(l), exit_code) << ReadFile(l.err);
   EXPECT_THAT(ReadFile(l.out),
               HasSubstr("[rank 0] stopped after a checkpoint at "));
-  EXPECT_THAT(ReadFile(l.err),
-              HasSubstr("distill_launch: got SIGHUP; passing SIGTERM to the "
-                        "ranks, which checkpoint and stop\n"));
   EXPECT_FALSE(fs::exists(run / "summary.json"));
   ExpectNoneLeft(work, 1);
+  return ReadFile(l.err);
+}
+
+// SIGHUP (the terminal closed) stops the ranks at a checkpoint as SIGTERM
+// does; before, it killed the launcher and left the ranks running.
+TEST_F(LaunchTest, SighupStopsTheRanksAtACheckpoint) {
+  EXPECT_THAT(StopOneRankWith(SIGHUP, 128 + SIGTERM),
+              HasSubstr("distill_launch: got SIGHUP; passing SIGTERM to the "
+                        "ranks, which checkpoint and stop\n"));
 }
 
 // SIGUSR1, the preemption notice a scheduler sends, stops the ranks at a
 // checkpoint too, with its own status: 128 + SIGUSR1 (138).
 TEST_F(LaunchTest, SigusrOneIsAPreemptionNotice) {
-  const fs::path teacher = TeacherWeights();
-  const std::string config = DistillConfig(teacher, 3200);
-  const fs::path run = dir_ / "run", work = dir_ / "work";
-  fs::create_directories(work);
-  Launch l = Start({"--nproc", "1", "--work_dir", work.string(), "--",
-                    "--quiet", "--config", config, "--run_dir", run.string()});
-  ASSERT_TRUE(WaitForCheckpoint(run));
-  ASSERT_EQ(::kill(l.process.pid(), SIGUSR1), 0);
-  EXPECT_EQ(Wait(l), 128 + SIGUSR1) << ReadFile(l.err);
-  EXPECT_THAT(ReadFile(l.out),
-              HasSubstr("[rank 0] stopped after a checkpoint at "));
-  EXPECT_FALSE(fs::exists(run / "summary.json"));
-  ExpectNoneLeft(work, 1);
+  StopOneRankWith(SIGUSR1, 128 + SIGUSR1);
 }
 
 TEST_F(LaunchTest, BadCommandLinesSayWhatIsWrong) {
