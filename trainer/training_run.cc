@@ -85,9 +85,10 @@ absl::StatusOr<TrainPosition> TrainingRun::Resume() {
         LoadNewestCheckpoint(run_dir, *job_.model, *job_.optimizer));
     // Always said, quiet or not: the run loses the steps after the one it
     // resumes from.
-    for (const std::string& skipped : point.skipped) {
-      if (leader_)
+    if (leader_) {
+      for (const std::string& skipped : point.skipped) {
         std::fprintf(stderr, "distill: skipped %s\n", skipped.c_str());
+      }
     }
     position = point.position;
     if (!point.path.empty() && verbose_) {

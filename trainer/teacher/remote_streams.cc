@@ -143,6 +143,10 @@ void RemoteTeacher::Impl::ReadLoop(std::shared_ptr<Endpoint> endpoint,
                                    std::shared_ptr<Stream> stream) {
   v1::DistillResponse response;
   std::string protocol_error;
+  // The most bytes one row of an answer takes in this stream's encoding.
+  const int64_t row_bytes = teacher::RowBytes(
+      options_.encoding, options_.num_classes,
+      options_.encoding == v1::SAMPLED ? options_.samples : options_.top_k);
   while (stream->rw->Read(&response)) {
     std::shared_ptr<Pending> pending;
     bool complete = true;
@@ -167,42 +171,37 @@ void RemoteTeacher::Impl::ReadLoop(std::shared_ptr<Endpoint> endpoint,
       stream->context.TryCancel();
       break;
     }
-    // Every chunk holds at least one row (a sample, or a position of one).
-    const int64_t answer_rows =
-        pending->rows * std::max<int64_t>(1, pending->positions);
-    if (response.chunks() > answer_rows) {
-      protocol_error = absl::StrCat("announced ", response.chunks(),
-                                    " chunks for batch ", response.batch_id(),
-                                    ", which has ", answer_rows, " rows");
-      if (complete) {  // taken out of flight above: back, to be resent
+    // The stream is not to be trusted: its batches (this one too, put back
+    // in flight if taken out above) go to the other servers.
+    auto end_stream = [&](std::string error) {
+      protocol_error = std::move(error);
+      if (complete) {
         absl::MutexLock lock(&mu_);
         stream->inflight.emplace(pending->id, pending);
         endpoint->outstanding += pending->rows;
       }
       stream->context.TryCancel();
+    };
+    // Every chunk holds at least one row (a sample, or a position of one).
+    const int64_t answer_rows =
+        pending->rows * std::max<int64_t>(1, pending->positions);
+    if (response.chunks() > answer_rows) {
+      end_stream(absl::StrCat("announced ", response.chunks(),
+                              " chunks for batch ", response.batch_id(),
+                              ", which has ", answer_rows, " rows"));
       break;
     }
     if (response.chunks() > 0) {
       // Each chunk is under gRPC's receive limit, but their number is the
       // server's word: the whole answer may take no more than its rows can.
       pending->chunk_bytes += static_cast<int64_t>(response.ByteSizeLong());
-      const int64_t most =
-          answer_rows * teacher::RowBytes(
-                            options_.encoding, options_.num_classes,
-                            options_.encoding == v1::SAMPLED ? options_.samples
-                                                             : options_.top_k) +
-          response.chunks() * teacher::kChunkFramingBytes;
+      const int64_t most = answer_rows * row_bytes +
+                           response.chunks() * teacher::kChunkFramingBytes;
       if (pending->chunk_bytes > most) {
-        protocol_error = absl::StrCat(
-            "sent ", pending->chunk_bytes, " bytes of chunks for batch ",
-            response.batch_id(), ", more than its ", answer_rows,
-            " rows can take (", most, ")");
-        if (complete) {
-          absl::MutexLock lock(&mu_);
-          stream->inflight.emplace(pending->id, pending);
-          endpoint->outstanding += pending->rows;
-        }
-        stream->context.TryCancel();
+        end_stream(absl::StrCat("sent ", pending->chunk_bytes,
+                                " bytes of chunks for batch ",
+                                response.batch_id(), ", more than its ",
+                                answer_rows, " rows can take (", most, ")"));
         break;
       }
       pending->chunks.push_back(std::move(response));
@@ -212,16 +211,8 @@ void RemoteTeacher::Impl::ReadLoop(std::shared_ptr<Endpoint> endpoint,
           teacher::JoinAnswer(pending->chunks);
       pending->chunks.clear();
       pending->chunk_bytes = 0;
-      if (!joined.ok()) {
-        // Chunks out of order, missing or inconsistent: the stream is not
-        // to be trusted; its batches (this one too) go to the others.
-        protocol_error = std::string(joined.status().message());
-        {
-          absl::MutexLock lock(&mu_);
-          stream->inflight.emplace(pending->id, pending);
-          endpoint->outstanding += pending->rows;
-        }
-        stream->context.TryCancel();
+      if (!joined.ok()) {  // chunks out of order, missing or inconsistent
+        end_stream(std::string(joined.status().message()));
         break;
       }
       response = *std::move(joined);
