@@ -21,13 +21,12 @@ import os
 import sys
 import tempfile
 import threading
-from concurrent import futures
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "..", "teacher_server", "testdata"))
-from python_client import generate_stubs  # noqa: E402
+from python_client import generate_stubs, serve_on_loopback  # noqa: E402
 
 CLASSES = 10
 
@@ -101,17 +100,7 @@ def main():
                     answer_id += 1000
                 yield pb2.DistillResponse(batch_id=answer_id, targets=targets)
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
-                         options=[("grpc.max_send_message_length", -1),
-                                  ("grpc.max_receive_message_length", -1)])
-    pb2_grpc.add_TeacherServicer_to_server(Liar(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    tmp = a.port_file + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(f"{port}\n")
-    os.rename(tmp, a.port_file)
-    server.wait_for_termination()
+    serve_on_loopback(pb2_grpc, Liar(), a.port_file)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,10 @@ import argparse
 import os
 import sys
 import tempfile
-import threading
-from concurrent import futures
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "..", "teacher_server", "testdata"))
-from python_client import generate_stubs  # noqa: E402
+from python_client import generate_stubs, serve_on_loopback  # noqa: E402
 
 
 def main():
@@ -49,17 +47,7 @@ def main():
                     context.abort(grpc.StatusCode.UNAVAILABLE,
                                   "killed in the middle of an answer")
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
-                         options=[("grpc.max_send_message_length", -1),
-                                  ("grpc.max_receive_message_length", -1)])
-    pb2_grpc.add_TeacherServicer_to_server(Cutting(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    tmp = a.port_file + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(f"{port}\n")
-    os.replace(tmp, a.port_file)
-    threading.Event().wait()  # until the test kills it
+    serve_on_loopback(pb2_grpc, Cutting(), a.port_file)
 
 
 if __name__ == "__main__":
