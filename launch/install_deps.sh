@@ -19,6 +19,11 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
   libonnx-dev prometheus-cpp-dev nlohmann-json3-dev zlib1g-dev libssl-dev openssl
+  # Checks LibTorch's zip archives (checkpoints, weights) before LibTorch
+  # reads them: common/zip_check.h.
+  libzip-dev
+  # The fuzz targets (tests/fuzz/): clang with libFuzzer and the sanitizers.
+  clang libclang-rt-14-dev
   dataset-fashion-mnist
   # Language models: the King James Bible as the default corpus (its `bible`
   # command dumps it) and SentencePiece's spm_* tools as the tokenizer.

@@ -8,6 +8,7 @@
 #include "common/file.h"
 #include "common/status.h"
 #include "common/torch_status.h"
+#include "common/zip_check.h"
 
 namespace distill::student {
 namespace {
@@ -27,6 +28,14 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Create(const ModelSpec& spec,
     if (!std::filesystem::exists(spec.torchscript)) {
       return absl::NotFoundError(
           absl::StrCat("TorchScript model file not found: ", spec.torchscript));
+    }
+    // LibTorch does not check the archive's CRC-32s and crashes on some
+    // damaged ones: check them first.
+    absl::Status whole = CheckZipArchive(spec.torchscript);
+    if (!whole.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("TorchScript model ", spec.torchscript,
+                       " is unreadable (", whole.message(), ")"));
     }
     auto loaded =
         TorchCall(absl::StrCat("loading TorchScript model ", spec.torchscript),
@@ -157,8 +166,11 @@ absl::Status Model::LoadFile(const std::string& path) {
     return absl::NotFoundError(absl::StrCat("weights file not found: ", path));
   }
   torch::serialize::InputArchive archive;
-  auto loaded = TorchCall(absl::StrCat("reading ", path),
-                          [&] { archive.load_from(path); });
+  absl::Status loaded = CheckZipArchive(path);
+  if (loaded.ok()) {
+    loaded = TorchCall(absl::StrCat("reading ", path),
+                       [&] { archive.load_from(path); });
+  }
   if (!loaded.ok()) {
     return absl::DataLossError(
         absl::StrCat(path, " is not a weights file written by distill (",

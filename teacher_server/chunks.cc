@@ -175,7 +175,10 @@ absl::StatusOr<v1::DistillResponse> JoinAnswer(
   int64_t rows = rows_shape.empty() ? 0 : 1;
   for (int64_t d : rows_shape) {
     if (d < 0) return bad("negative rows_shape");
-    rows *= d;
+    if (__builtin_mul_overflow(rows, d, &rows)) {
+      return bad(absl::StrCat("rows_shape [", absl::StrJoin(rows_shape, ", "),
+                              "] is too large"));
+    }
   }
   v1::DistillResponse out;
   out.set_batch_id(id);
@@ -215,15 +218,23 @@ absl::StatusOr<v1::DistillResponse> JoinAnswer(
     const std::vector<const v1::Tensor*> parts = RowTensors(t);
     const int64_t m = parts[0]->shape_size() > 0 ? parts[0]->shape(0) : -1;
     if (m < 1) return bad(absl::StrCat("chunk ", c, " has no rows"));
+    if (m > rows - next_row) {
+      return bad(absl::StrCat("chunk ", c, " holds ", m, " rows from row ",
+                              next_row, " of ", rows));
+    }
     for (size_t i = 0; i < parts.size(); ++i) {
       const bool tail = IsTail(t, static_cast<int>(i));
+      // m * width * element size without overflow: the width is the
+      // server's to claim.
+      int64_t bytes = -1;
       const bool shape_ok =
           parts[i]->shape_size() == (tail ? 1 : 2) && parts[i]->shape(0) == m &&
           (tail || parts[i]->shape(1) == first[i]->shape(1)) &&
           parts[i]->dtype() == first[i]->dtype() &&
-          static_cast<int64_t>(parts[i]->data().size()) ==
-              m * (tail ? 1 : parts[i]->shape(1)) *
-                  ElementBytes(parts[i]->dtype());
+          !__builtin_mul_overflow(m, tail ? 1 : parts[i]->shape(1), &bytes) &&
+          !__builtin_mul_overflow(bytes, ElementBytes(parts[i]->dtype()),
+                                  &bytes) &&
+          bytes >= 0 && static_cast<int64_t>(parts[i]->data().size()) == bytes;
       if (!shape_ok) {
         return bad(absl::StrCat("chunk ", c, " tensor ", i, " is [",
                                 absl::StrJoin(parts[i]->shape(), ", "), "] of ",

@@ -16,6 +16,7 @@
 #include "common/file.h"
 #include "common/status.h"
 #include "common/torch_status.h"
+#include "common/zip_check.h"
 
 namespace distill::trainer {
 namespace {
@@ -105,9 +106,14 @@ absl::StatusOr<std::string> SaveCheckpoint(const std::string& run_dir,
 absl::StatusOr<TrainPosition> LoadCheckpoint(
     const std::string& path, student::Model& model,
     torch::optim::Optimizer& optimizer) {
+  // LibTorch does not check the archive's CRC-32s and crashes on some
+  // damaged ones: check them first.
+  absl::Status read = CheckZipArchive(path);
   torch::serialize::InputArchive archive;
-  absl::Status read = TorchCall(absl::StrCat("reading checkpoint ", path),
-                                [&] { archive.load_from(path); });
+  if (read.ok()) {
+    read = TorchCall(absl::StrCat("reading checkpoint ", path),
+                     [&] { archive.load_from(path); });
+  }
   if (!read.ok()) {
     return absl::DataLossError(absl::StrCat(
         "checkpoint ", path, " is unreadable (", read.message(), ")"));

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "common/testing/process.h"
 #include "common/testing/run_files.h"
 #include "common/testing/scratch_dir.h"
 #include "common/testing/status_matchers.h"
@@ -187,6 +188,33 @@ TEST_F(TrainingRunTest, ResumeSkipsADamagedNewestCheckpoint) {
                AllOf(HasSubstr("no checkpoint in " + dir_.string() +
                                " reads back: checkpoint " + *newest),
                      HasSubstr("; checkpoint " + older + " is unreadable"))));
+}
+
+// A checkpoint with one byte changed, found by the checkpoint fuzzer: read
+// by LibTorch it crashed the process (SIGSEGV). Resuming from it is a clear
+// DataLoss, and the older checkpoint is used.
+TEST_F(TrainingRunTest, ResumeSkipsACheckpointThatCrashedLibTorch) {
+  Assemble("keep_checkpoints: 2");
+  options_.verbose = false;
+  options_.resume = true;
+  TrainingRun first(job_, options_);
+  ASSERT_THAT(first.Resume(), IsOk());
+  ASSERT_THAT(first.Checkpoint({1, 32, 6}), IsOk());
+  const std::string damaged = (dir_ / "checkpoints/ckpt-000000008.pt").string();
+  fs::copy_file(
+      testing::SourceDir() +
+          "/tests/fuzz/regressions/checkpoint_loader/torch_type_parser_segv",
+      damaged);
+
+  ::testing::internal::CaptureStderr();
+  TrainingRun resumed(job_, options_);
+  auto at = resumed.Resume();
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  ASSERT_THAT(at, IsOk());
+  EXPECT_EQ(at->global_step, 6);
+  EXPECT_THAT(err, AllOf(HasSubstr("distill: skipped checkpoint " + damaged +
+                                   " is unreadable ("),
+                         HasSubstr("CRC")));
 }
 
 // The summary of a run resumed after its last epoch evaluates what it
