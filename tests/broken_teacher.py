@@ -10,6 +10,10 @@ inputs) and then misbehaves on Distill in one way, chosen by --lie:
   zeros       answers dense rows of zeros (not distributions)
   wrong_rank  answers [N, 1, 10] probabilities for [N] samples
   flood       answers in 32 chunks of 1 MB each, whatever the batch
+  huge        answers each batch in one 64 MB message
+  stall       never reads a stream's requests (nor answers): with the
+              flow-control window kept at 64 KB, the client's writes of
+              larger batches block until the stream is cancelled
 
 Writes its port to --port_file once it serves, and serves until killed.
 Prints one line per batch it received to stdout (for the test to count).
@@ -36,7 +40,7 @@ def main():
     p.add_argument("--proto_dir", required=True)
     p.add_argument("--lie", required=True,
                    choices=["internal", "unknown_id", "silent", "zeros",
-                            "wrong_rank", "flood"])
+                            "wrong_rank", "flood", "huge", "stall"])
     p.add_argument("--port_file", required=True)
     a = p.parse_args()
     import grpc
@@ -60,6 +64,13 @@ def main():
                 max_request_bytes=64 << 20)
 
         def Distill(self, request_iterator, context):
+            if a.lie == "stall":
+                ended = threading.Event()
+                context.add_callback(ended.set)
+                with lock:
+                    print("stream", flush=True)
+                ended.wait()
+                return
             temperature = 1.0
             for request in request_iterator:
                 if request.WhichOneof("kind") == "header":
@@ -89,7 +100,9 @@ def main():
                             chunk=chunk, chunks=32, first_row=chunk,
                             rows_shape=[n])
                     continue
-                if a.lie == "zeros":
+                if a.lie == "huge":
+                    targets.probs.CopyFrom(floats(np.zeros((1, 16 << 20))))
+                elif a.lie == "zeros":
                     targets.probs.CopyFrom(floats(np.zeros((n, CLASSES))))
                 elif a.lie == "wrong_rank":
                     targets.probs.CopyFrom(floats(uniform.reshape(n, 1, -1)))
@@ -100,7 +113,9 @@ def main():
                     answer_id += 1000
                 yield pb2.DistillResponse(batch_id=answer_id, targets=targets)
 
-    serve_on_loopback(pb2_grpc, Liar(), a.port_file)
+    # Without BDP probing the server's flow-control window stays at 64 KB.
+    options = [("grpc.http2.bdp_probe", 0)] if a.lie == "stall" else []
+    serve_on_loopback(pb2_grpc, Liar(), a.port_file, options)
 
 
 if __name__ == "__main__":

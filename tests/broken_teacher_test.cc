@@ -5,6 +5,7 @@
 // checkpoint.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <signal.h>
 
 #include <chrono>
 #include <filesystem>
@@ -27,10 +28,10 @@ using ::distill::testing::BinDir;
 using ::distill::testing::Outcome;
 using ::distill::testing::Process;
 using ::distill::testing::ReadFile;
-using ::distill::testing::RunProcess;
 using ::distill::testing::ScratchDirTest;
 using ::distill::testing::SourceDir;
 using ::distill::testing::WaitForFile;
+using ::distill::testing::WaitUntil;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
@@ -68,10 +69,21 @@ class BrokenTeacherTest : public ScratchDirTest {
               "teacher { endpoints: \"" +
                   address + "\" " + teacher + " }\n");
     const auto start = std::chrono::steady_clock::now();
-    Outcome o = RunProcess(
+    Process distill = Process::Start(
         {BinDir() + "/distill", "--quiet", "--config=" + config.string(),
          "--run_dir=" + (dir_ / "run").string()},
-        dir_, "distill");
+        dir_ / "distill.out", dir_ / "distill.err");
+    // A run that hangs is a failure of its own, not a test timeout.
+    if (!WaitUntil([&] { return distill.Exited(); },
+                   std::chrono::seconds(90))) {
+      ADD_FAILURE() << "distill did not end within 90 s; stderr:\n"
+                    << ReadFile(dir_ / "distill.err");
+      distill.Signal(SIGKILL);
+    }
+    Outcome o;
+    o.exit_code = distill.Wait();
+    o.out = ReadFile(dir_ / "distill.out");
+    o.err = ReadFile(dir_ / "distill.err");
     seconds_ =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
             .count();
@@ -143,6 +155,26 @@ TEST_F(BrokenTeacherTest, ServerThatNeverAnswersEndsTheRun) {
                                ", ended with: no answer to batch 1 "
                                "within 1s"));
   EXPECT_GE(seconds_, 2.0);  // two timeouts of 1 s passed before the end
+}
+
+// A server that stops reading its streams: the client's writes of 100 KB
+// batches block on HTTP/2 flow control. Before, the supervisor resent the
+// first timed-out batch itself and blocked in that write for good, so no
+// timeout fired again and the run hung. Writes now block only the
+// stream's own writer thread: each silence costs answer_timeout_seconds and
+// counts as an attempt.
+TEST_F(BrokenTeacherTest, ServerThatStopsReadingEndsTheRun) {
+  const std::string address = StartLiar("stall");
+  ASSERT_FALSE(address.empty());
+  const Outcome o = Distill(
+      address, "max_attempts: 3 answer_timeout_seconds: 1 prefetch_batches: 0");
+  EXPECT_EQ(o.exit_code, 1) << o.err;
+  EXPECT_THAT(o.err, HasSubstr("was sent 3 times (teacher.max_attempts) "
+                               "without an answer; the last, to " +
+                               address +
+                               ", ended with: no answer to batch 1 "
+                               "within 1s"));
+  ExpectNoPartialCheckpoint();
 }
 
 // Rows of zeros would train with kd_kl = 0: refused as not distributions.

@@ -30,16 +30,18 @@ def generate_stubs(proto_dir, out_dir):
             importlib.import_module("teacher_pb2_grpc"))
 
 
-def serve_on_loopback(pb2_grpc, servicer, port_file):
+def serve_on_loopback(pb2_grpc, servicer, port_file, options=()):
     """Serves `servicer` as a Teacher on a free 127.0.0.1 port without
-    message limits, writes "<port>\\n" to `port_file` atomically once it
-    serves, and blocks until the process is killed."""
+    message limits (and with the gRPC channel `options` given), writes
+    "<port>\\n" to `port_file` atomically once it serves, and blocks until
+    the process is killed."""
     from concurrent import futures
     import threading
     import grpc
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
                          options=[("grpc.max_send_message_length", -1),
-                                  ("grpc.max_receive_message_length", -1)])
+                                  ("grpc.max_receive_message_length", -1),
+                                  *options])
     pb2_grpc.add_TeacherServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()

@@ -289,11 +289,10 @@ void RemoteTeacher::Impl::Supervise() {
       }
     }
     if (shutting_down_) break;
-    std::vector<Write> writes;
     if (!waiting_.empty() && AnyUp()) {
       std::deque<std::shared_ptr<Pending>> ready;
       ready.swap(waiting_);
-      for (auto& pending : ready) Dispatch(std::move(pending), writes);
+      for (auto& pending : ready) Dispatch(std::move(pending));
     }
     if (!waiting_.empty() && all_down_since_ &&
         SecondsBetween(*all_down_since_, Clock::now()) >=
@@ -306,11 +305,6 @@ void RemoteTeacher::Impl::Supervise() {
       FailEverything(absl::UnavailableError(absl::StrCat(
           "no teacher server has answered for ",
           options_.failover_grace_seconds, "s: ", absl::StrJoin(lines, ", "))));
-    }
-    if (!writes.empty()) {
-      mu_.Unlock();
-      PerformWrites(writes);
-      mu_.Lock();
     }
     // Sleep until the next retry or grace deadline, or until woken.
     absl::Duration wait = absl::Seconds(0.5);

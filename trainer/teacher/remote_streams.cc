@@ -1,7 +1,8 @@
 // RemoteTeacher's dispatch and streams: a submitted batch goes to the
 // endpoint with the fewest outstanding samples, on that endpoint's Distill
-// stream for its temperature; one reader thread per stream pairs answers
-// with batches by id and resends what a broken stream leaves unanswered.
+// stream for its temperature. Per stream, a writer thread opens the call
+// and writes the queued batches, and a reader thread pairs answers with
+// batches by id and resends what a broken stream leaves unanswered.
 #include <cstdio>
 
 #include "absl/strings/str_cat.h"
@@ -34,19 +35,14 @@ TargetsFuture RemoteTeacher::Impl::Submit(const data::Batch& batch,
   pending->start = Clock::now();
   *pending->request.mutable_batch()->mutable_inputs() =
       teacher::ToProto(batch.inputs, options_.input_dtype);
-  std::vector<Write> writes;
-  {
-    absl::MutexLock lock(&mu_);
-    pending->id = next_id_++;
-    pending->request.mutable_batch()->set_batch_id(pending->id);
-    Dispatch(std::move(pending), writes);
-  }
-  PerformWrites(writes);
+  absl::MutexLock lock(&mu_);
+  pending->id = next_id_++;
+  pending->request.mutable_batch()->set_batch_id(pending->id);
+  Dispatch(std::move(pending));
   return future;
 }
 
-void RemoteTeacher::Impl::Dispatch(std::shared_ptr<Pending> pending,
-                                   std::vector<Write>& writes) {
+void RemoteTeacher::Impl::Dispatch(std::shared_ptr<Pending> pending) {
   if (!failed_.ok()) {
     pending->promise.set_value(failed_);
     return;
@@ -68,12 +64,12 @@ void RemoteTeacher::Impl::Dispatch(std::shared_ptr<Pending> pending,
       return;
     }
     std::shared_ptr<Stream> stream = StreamFor(best, pending->temperature);
-    if (stream == nullptr) continue;  // StreamFor marked `best` down.
     best->outstanding += pending->rows;
     pending->sent = Clock::now();
     ++pending->attempts;
     stream->inflight[pending->id] = pending;
-    writes.push_back({std::move(stream), std::move(pending)});
+    absl::MutexLock queue_lock(&stream->queue_mu);
+    stream->queue.push_back(std::move(pending));
     return;
   }
 }
@@ -91,12 +87,12 @@ std::shared_ptr<Stream> RemoteTeacher::Impl::StreamFor(
       if (stream->inflight.empty()) stream->context.TryCancel();
     }
   }
-  // Forget streams whose reader has ended (a temperature schedule opens one
-  // per step).
+  // Forget streams whose threads have ended (a temperature schedule opens
+  // one per step); joining them does not wait.
   auto& streams = endpoint->streams;
   for (auto it = streams.begin(); it != streams.end();) {
-    if ((*it)->reader_done) {
-      (*it)->reader.join();
+    if ((*it)->threads_exited) {
+      (*it)->writer.join();
       it = streams.erase(it);
     } else {
       ++it;
@@ -105,38 +101,49 @@ std::shared_ptr<Stream> RemoteTeacher::Impl::StreamFor(
   auto stream = std::make_shared<Stream>();
   stream->temperature = temperature;
   Authorize(stream->context);
+  stream->writer = std::thread(&Impl::WriteLoop, this, endpoint, stream);
+  endpoint->streams.push_back(stream);
+  return stream;
+}
+
+void RemoteTeacher::Impl::WriteLoop(std::shared_ptr<Endpoint> endpoint,
+                                    std::shared_ptr<Stream> stream) {
+  // Opening may wait for the connection. A failure here (or of any write)
+  // needs nothing more: the reader sees the broken call and resends what is
+  // in flight on it.
   stream->rw = endpoint->stub->Distill(&stream->context);
   v1::DistillRequest header;
-  header.mutable_header()->set_temperature(temperature);
+  header.mutable_header()->set_temperature(stream->temperature);
   header.mutable_header()->set_encoding(options_.encoding);
   header.mutable_header()->set_top_k(options_.top_k);
   header.mutable_header()->set_samples(options_.samples);
   header.mutable_header()->set_max_answer_bytes(options_.max_answer_bytes);
   bool written;
   {
-    absl::MutexLock write_lock(&stream->write_mu);
+    absl::MutexLock call_lock(&stream->call_mu);
     written = stream->rw->Write(header);
   }
-  // The reader runs even when the header failed: it collects the status.
   stream->reader = std::thread(&Impl::ReadLoop, this, endpoint, stream);
-  endpoint->streams.push_back(stream);
-  if (!written) {
-    stream->accepting = false;
-    MarkDown(*endpoint, "the Distill stream could not be opened");
-    return nullptr;
+  Stream* s = stream.get();
+  while (written) {
+    std::shared_ptr<Pending> next;
+    {
+      absl::MutexLock queue_lock(&s->queue_mu);
+      s->queue_mu.Await(absl::Condition(
+          +[](Stream* st) { return st->closing || !st->queue.empty(); }, s));
+      if (s->closing) break;
+      next = std::move(s->queue.front());
+      s->queue.pop_front();
+    }
+    // A write may block on flow control (a server that stops reading) until
+    // the supervisor's timeout cancels the call.
+    absl::MutexLock call_lock(&s->call_mu);
+    if (s->finished) break;
+    written = s->rw->Write(next->request);
   }
-  return stream;
-}
-
-void RemoteTeacher::Impl::PerformWrites(std::vector<Write>& writes) {
-  for (Write& write : writes) {
-    absl::MutexLock write_lock(&write.stream->write_mu);
-    // A failed write needs nothing here: the stream's reader sees the
-    // broken call and resends everything still in flight on it.
-    if (!write.stream->finished)
-      write.stream->rw->Write(write.pending->request);
-  }
-  writes.clear();
+  stream->reader.join();
+  absl::MutexLock lock(&mu_);
+  stream->threads_exited = true;
 }
 
 void RemoteTeacher::Impl::ReadLoop(std::shared_ptr<Endpoint> endpoint,
@@ -240,16 +247,19 @@ void RemoteTeacher::Impl::ReadLoop(std::shared_ptr<Endpoint> endpoint,
   }
   grpc::Status status;
   {
-    absl::MutexLock write_lock(&stream->write_mu);
+    absl::MutexLock call_lock(&stream->call_mu);
     stream->finished = true;
     status = stream->rw->Finish();
   }
-  std::vector<Write> writes;
+  {
+    absl::MutexLock queue_lock(&stream->queue_mu);
+    stream->closing = true;
+    stream->queue.clear();  // still in flight below: resent from there
+  }
   {
     absl::MutexLock lock(&mu_);
     const bool retired = !stream->accepting;
     stream->accepting = false;
-    stream->reader_done = true;
     std::map<uint64_t, std::shared_ptr<Pending>> orphans;
     orphans.swap(stream->inflight);
     for (const auto& [id, pending] : orphans) {
@@ -306,10 +316,9 @@ void RemoteTeacher::Impl::ReadLoop(std::shared_ptr<Endpoint> endpoint,
         continue;
       }
       ++resent_;
-      Dispatch(pending, writes);
+      Dispatch(pending);
     }
   }
-  PerformWrites(writes);
 }
 
 }  // namespace distill::trainer

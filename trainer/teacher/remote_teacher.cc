@@ -22,8 +22,9 @@ RemoteTeacher::Impl::~Impl() {
   }
   if (supervisor_.joinable()) supervisor_.join();
   // No stream is opened after shutting_down_: readers stop dispatching.
+  // Each writer joins its reader, which ends on the cancel.
   for (auto& stream : streams) {
-    if (stream->reader.joinable()) stream->reader.join();
+    if (stream->writer.joinable()) stream->writer.join();
   }
   absl::MutexLock lock(&mu_);
   for (auto& pending : waiting_) {

@@ -71,21 +71,36 @@ struct Pending {
   std::vector<v1::DistillResponse> chunks;
 };
 
-// One Distill call. Its reader thread owns reading; writers hold write_mu.
+// One Distill call and its two threads. The writer opens the call, sends
+// the header and then the queued batches, and at its end joins the reader;
+// the reader pairs answers with batches and, when the call ends, hands what
+// is left in flight back to Dispatch. Every call that may block (opening,
+// a write held up by flow control, Finish) runs on these threads, never
+// under the client's mutex, so a stuck stream holds up only itself: the
+// supervisor's timeout cancels it.
 struct Stream {
   grpc::ClientContext context;
+  // Set by the writer before it starts the reader.
   std::unique_ptr<StreamRW> rw;
   double temperature = 0;
   // Guarded by the client's mutex: new batches may be sent here.
   bool accepting = true;
-  // Guarded by the client's mutex: batches sent here and not yet answered.
+  // Guarded by the client's mutex: batches sent here and not yet answered
+  // (written or still queued).
   std::map<uint64_t, std::shared_ptr<Pending>> inflight;
-  absl::Mutex write_mu;
-  // Set (under write_mu) once the reader saw the end; no write after it.
-  bool finished ABSL_GUARDED_BY(write_mu) = false;
-  std::thread reader;
-  // Guarded by the client's mutex: the reader is about to return.
-  bool reader_done = false;
+  // Batches for the writer, in order.
+  absl::Mutex queue_mu;
+  std::deque<std::shared_ptr<Pending>> queue ABSL_GUARDED_BY(queue_mu);
+  // Set once the reader saw the end: the writer writes nothing more.
+  bool closing ABSL_GUARDED_BY(queue_mu) = false;
+  // Orders the writer's Write and the reader's Finish on the call.
+  absl::Mutex call_mu;
+  bool finished ABSL_GUARDED_BY(call_mu) = false;
+  std::thread writer;
+  std::thread reader;  // started and joined by the writer
+  // Guarded by the client's mutex: the writer has joined the reader and is
+  // returning, so joining it does not wait.
+  bool threads_exited = false;
 };
 
 // A teacher server; all fields guarded by the client's mutex.
@@ -127,22 +142,22 @@ class RemoteTeacher::Impl {
   std::string description() const;
 
  private:
-  struct Write {
-    std::shared_ptr<Stream> stream;
-    std::shared_ptr<Pending> pending;
-  };
-
   std::shared_ptr<Endpoint> AddEndpoint(const std::string& address)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   grpc::Status CallInfo(Endpoint& endpoint, bool wait_for_ready,
                         v1::InfoResponse* info);
   void Authorize(grpc::ClientContext& context) const;
-  void Dispatch(std::shared_ptr<Pending> pending, std::vector<Write>& writes)
+  // Sends `pending` to the least loaded endpoint that is up (queued for its
+  // stream's writer), or keeps it in waiting_. Never blocks.
+  void Dispatch(std::shared_ptr<Pending> pending)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The endpoint's accepting stream for `temperature`, or a new one (its
+  // writer thread opens the call). Never blocks.
   std::shared_ptr<Stream> StreamFor(const std::shared_ptr<Endpoint>& endpoint,
                                     double temperature)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void PerformWrites(std::vector<Write>& writes) ABSL_LOCKS_EXCLUDED(mu_);
+  void WriteLoop(std::shared_ptr<Endpoint> endpoint,
+                 std::shared_ptr<Stream> stream) ABSL_LOCKS_EXCLUDED(mu_);
   void ReadLoop(std::shared_ptr<Endpoint> endpoint,
                 std::shared_ptr<Stream> stream);
   Result Decode(const Endpoint& endpoint, const Pending& pending,
