@@ -9,7 +9,7 @@ inputs) and then misbehaves on Distill in one way, chosen by --lie:
   silent      reads every batch and never answers
   zeros       answers dense rows of zeros (not distributions)
   wrong_rank  answers [N, 1, 10] probabilities for [N] samples
-  flood       answers in 32 chunks of 1 MB each, whatever the batch
+  flood       answers in 32 chunks of 4.8 KB each, whatever the batch
   huge        answers each batch in one 64 MB message
   stall       never reads a stream's requests (nor answers): with the
               flow-control window kept at 64 KB, the client's writes of
@@ -89,7 +89,7 @@ def main():
                                           num_classes=CLASSES)
                 uniform = np.full((n, CLASSES), 1.0 / CLASSES)
                 if a.lie == "flood":
-                    big = floats(np.zeros((1, 1 << 18)))
+                    big = floats(np.zeros((1, 1200)))
                     for chunk in range(32):
                         yield pb2.DistillResponse(
                             batch_id=batch.batch_id,

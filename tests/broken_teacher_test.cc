@@ -202,8 +202,10 @@ TEST_F(BrokenTeacherTest, TargetsOfTheWrongRankAreRefusedWithTheCache) {
   ExpectNoPartialCheckpoint();
 }
 
-// 32 chunks of 1 MB for a batch whose 32 rows take 1,280 bytes: the client
-// stops reading at the first chunk past what the rows can take.
+// 32 chunks of 4.8 KB for a batch whose 32 rows take 1,280 bytes: each
+// chunk is under the receive limit (5,376 bytes), their number is the
+// server's word. The client stops reading at the first chunk past what the
+// rows can take.
 TEST_F(BrokenTeacherTest, ChunksBeyondWhatTheRowsTakeAreRefused) {
   const std::string address = StartLiar("flood");
   ASSERT_FALSE(address.empty());
@@ -211,6 +213,23 @@ TEST_F(BrokenTeacherTest, ChunksBeyondWhatTheRowsTakeAreRefused) {
   EXPECT_EQ(o.exit_code, 1) << o.err;
   EXPECT_THAT(o.err, HasSubstr("bytes of chunks for batch 1, more than its 32 "
                                "rows can take (132352)"));
+}
+
+// One 64 MB answer for a batch whose 32 rows take 1,280 bytes, with
+// max_answer_bytes lifted to 1 GB: before, the client took the whole
+// message into memory and only then refused its shape. gRPC's receive
+// limit is now what the largest batch's answer can take (plus framing);
+// RESOURCE_EXHAUSTED is not retried, so the run stops at the first.
+TEST_F(BrokenTeacherTest, AnAnswerBeyondWhatTheBatchTakesIsNotReceived) {
+  const std::string address = StartLiar("huge");
+  ASSERT_FALSE(address.empty());
+  const Outcome o = Distill(address,
+                            "max_answer_bytes: 1000000000 max_attempts: 2 "
+                            "prefetch_batches: 0");
+  EXPECT_EQ(o.exit_code, 1) << o.err;
+  EXPECT_THAT(o.err, HasSubstr("teacher server " + address +
+                               " ended the stream: Received message larger "
+                               "than max (67108903 vs. 5376)"));
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include "data/fashion_mnist.h"
 #include "data/token_file.h"
 #include "data/token_windows.h"
+#include "trainer/internal/evaluate.h"
 #include "trainer/internal/lm_text.h"
 #include "trainer/internal/qat_stage.h"
 #include "trainer/teacher/in_process_teacher.h"
@@ -92,8 +93,13 @@ absl::StatusOr<std::shared_ptr<TeacherClient>> MakeTeacher(
                            .info()
                            .tokenizer_sha256
                      : std::string();
-    return ConnectRemoteTeacher(config, input, tokenizer,
-                                config.batch_size() / world.world_size,
+    // The largest batch it is sent: a rank's share of a training batch, or
+    // a language model's evaluation batch.
+    int64_t batch_rows = config.batch_size() / world.world_size;
+    if (input.tokens) {
+      batch_rows = std::max(batch_rows, LmEvalWindows(config.data().seq_len()));
+    }
+    return ConnectRemoteTeacher(config, input, tokenizer, batch_rows,
                                 train_size, world.rank);
   }
   std::vector<TeacherMember> members = {

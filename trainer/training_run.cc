@@ -17,10 +17,8 @@
 namespace distill::trainer {
 namespace {
 
-// Batches of the test set per forward in evaluations: images, and token
-// positions of a language model's windows.
+// Images of the test set per forward in evaluations.
 constexpr int64_t kEvalBatch = 512;
-constexpr int64_t kEvalTokens = 4096;
 
 bool IsTokenJob(const Job& job) {
   return job.config.data().dataset() == "tokens";
@@ -42,11 +40,9 @@ absl::StatusOr<EvalResult> EvaluateSplit(Job& job, const data::Dataset& split,
   if (!IsTokenJob(job)) {
     return Evaluate(*job.model, split, kEvalBatch, restore_train);
   }
-  const int64_t windows =
-      std::max<int64_t>(1, kEvalTokens / job.config.data().seq_len());
-  return EvaluateLanguageModel(*job.model, split, windows,
-                               job.config.loss_chunk_tokens(),
-                               job.teacher.get(), restore_train);
+  return EvaluateLanguageModel(
+      *job.model, split, LmEvalWindows(job.config.data().seq_len()),
+      job.config.loss_chunk_tokens(), job.teacher.get(), restore_train);
 }
 
 nlohmann::json BaseSummary(const Job& job) {

@@ -6,6 +6,7 @@
 #ifndef DISTILL_TRAINER_INTERNAL_EVALUATE_H_
 #define DISTILL_TRAINER_INTERNAL_EVALUATE_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <nlohmann/json.hpp>
@@ -51,6 +52,13 @@ absl::StatusOr<EvalResult> EvaluateForward(
     const data::Dataset& dataset, int64_t batch_size,
     std::vector<int64_t>* predictions = nullptr,
     torch::Tensor* logits = nullptr);
+
+// Windows per forward when a language model of `seq_len` positions is
+// evaluated: 4,096 positions' worth, at least one. Its teacher answers
+// batches of this many rows too (the agreement), besides training's.
+inline int64_t LmEvalWindows(int64_t seq_len) {
+  return std::max<int64_t>(1, 4096 / std::max<int64_t>(seq_len, 1));
+}
 
 // A language model over token windows, in eval mode and without autograd,
 // restored to train(`restore_train`) after. A zoo LM's head runs over

@@ -32,14 +32,28 @@ std::shared_ptr<Endpoint> RemoteTeacher::Impl::AddEndpoint(
   auto endpoint = std::make_shared<Endpoint>();
   endpoint->address = address;
   grpc::ChannelArguments args;
-  // Answers larger than max_answer_bytes come in chunks under it; without
-  // a limit (0) whole answers of any size are taken.
-  args.SetMaxReceiveMessageSize(
-      options_.max_answer_bytes > 0
-          ? static_cast<int>(std::min<int64_t>(
-                options_.max_answer_bytes + teacher::kChunkFramingBytes,
-                std::numeric_limits<int>::max()))
-          : -1);
+  // gRPC's receive limit: no message may be larger than the whole answer to
+  // this client's largest batch (every row of it in the stream's encoding),
+  // nor than max_answer_bytes (larger answers come in chunks under it),
+  // plus framing. A server cannot make the client take more than that.
+  const int64_t rows =
+      options_.max_batch_rows *
+      (options_.tokenizer_sha256.empty() || options_.input_shape.empty()
+           ? 1
+           : options_.input_shape[0]);
+  int64_t most = rows * teacher::RowBytes(
+                            options_.encoding, options_.num_classes,
+                            options_.encoding == v1::SAMPLED ? options_.samples
+                                                             : options_.top_k);
+  if (most <= 0) most = std::numeric_limits<int64_t>::max();  // unknown
+  if (options_.max_answer_bytes > 0) {
+    most = std::min(most, options_.max_answer_bytes);
+  }
+  args.SetMaxReceiveMessageSize(most == std::numeric_limits<int64_t>::max()
+                                    ? -1
+                                    : static_cast<int>(std::min<int64_t>(
+                                          most + teacher::kChunkFramingBytes,
+                                          std::numeric_limits<int>::max())));
   args.SetMaxSendMessageSize(-1);
   // A restarted server is found within a second.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
