@@ -325,6 +325,16 @@ TEST_F(LmRemoteTeacherTest, OtherTokenizersAndVocabulariesAreRefused) {
     ExpectRefused(server, "int64",
                   {"takes INT64 inputs", "--input_dtype int32"});
   }
+  {
+    // Room for a training batch (16 windows) but not for an evaluation
+    // batch (4,096 / 32 = 128 windows), which asks the teacher too: refused
+    // at connect, not at the first evaluation.
+    Server server(*dir_, "small_batch", ServerArgs({"--max_batch=64"}));
+    ExpectRefused(server, "small_batch",
+                  {"accepts at most 64 samples per batch but this trainer "
+                   "sends 128",
+                   "evaluation batches of 4096 / seq_len windows"});
+  }
 }
 
 TEST_F(LmRemoteTeacherTest, ClientFromTheProtoSeesTokensPerPosition) {

@@ -140,7 +140,10 @@ absl::Status CheckTeacherInfo(const std::string& address,
     return absl::FailedPreconditionError(absl::StrCat(
         who, " accepts at most ", info.max_batch(),
         " samples per batch but this trainer sends ", options.max_batch_rows,
-        " (lower batch_size or raise the server's --max_batch)"));
+        options.tokenizer_sha256.empty()
+            ? " (lower batch_size or raise the server's --max_batch)"
+            : " (a rank's share of batch_size, or evaluation batches of "
+              "4096 / seq_len windows; raise the server's --max_batch)"));
   }
   int64_t sample_bytes = 4;  // FLOAT32 and INT32 alike
   for (int64_t d : options.input_shape) sample_bytes *= d;
