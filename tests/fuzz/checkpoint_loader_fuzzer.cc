@@ -41,6 +41,7 @@ struct Job {
 };
 
 void WriteSeeds(const std::string& dir) {
+  torch::manual_seed(7);  // the same seeds every time
   namespace fs = std::filesystem;
   const fs::path run_dir = fs::temp_directory_path() /
                            ("checkpoint_seeds_" + std::to_string(getpid()));
@@ -67,10 +68,8 @@ void WriteSeeds(const std::string& dir) {
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int* argc, char*** argv) {
-  const std::string dir = distill::fuzz::SeedsDirFromArgs(*argc, *argv);
-  if (dir.empty()) return 0;
-  WriteSeeds(dir);
-  std::exit(0);
+  distill::fuzz::WriteSeedsIfAsked(*argc, *argv, WriteSeeds);
+  return 0;
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -54,14 +54,15 @@ std::string JoinRecords(const std::vector<std::string>& records) {
   return out;
 }
 
-std::string SeedsDirFromArgs(int argc, char** argv) {
+void WriteSeedsIfAsked(int argc, char** argv,
+                       const std::function<void(const std::string&)>& write) {
   const std::string flag = "--write_seeds=";
   for (int i = 1; i < argc; ++i) {
     if (std::strncmp(argv[i], flag.c_str(), flag.size()) == 0) {
-      return argv[i] + flag.size();
+      write(argv[i] + flag.size());
+      std::exit(0);
     }
   }
-  return "";
 }
 
 void WriteSeed(const std::string& dir, const std::string& name,

@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -40,8 +41,10 @@ std::vector<std::string> SplitRecords(const uint8_t* data, size_t size,
 // The framing SplitRecords reads.
 std::string JoinRecords(const std::vector<std::string>& records);
 
-// The DIR of a `--write_seeds=DIR` argument; empty when there is none.
-std::string SeedsDirFromArgs(int argc, char** argv);
+// For LLVMFuzzerInitialize: when the arguments hold `--write_seeds=DIR`,
+// runs `write(DIR)` and exits 0; otherwise returns.
+void WriteSeedsIfAsked(int argc, char** argv,
+                       const std::function<void(const std::string&)>& write);
 // Writes `bytes` to DIR/NAME; aborts with a message on failure.
 void WriteSeed(const std::string& dir, const std::string& name,
                const std::string& bytes);

@@ -47,13 +47,9 @@ std::string Gzip(const std::string& raw) {
   return out;
 }
 
-}  // namespace
-
-extern "C" int LLVMFuzzerInitialize(int* argc, char*** argv) {
-  const std::string dir = distill::fuzz::SeedsDirFromArgs(*argc, *argv);
-  if (dir.empty()) return 0;
-  // Labels [N] and images [N, H, W] as Fashion-MNIST's files are, raw and
-  // gzip-compressed, and a header that claims more than the file holds.
+// Labels [N] and images [N, H, W] as Fashion-MNIST's files are, raw and
+// gzip-compressed, and a header that claims more than the file holds.
+void WriteSeeds(const std::string& dir) {
   const std::string labels = Idx({6}, 6);
   const std::string images = Idx({2, 4, 3}, 24);
   distill::fuzz::WriteSeed(dir, "labels.idx", labels);
@@ -62,7 +58,13 @@ extern "C" int LLVMFuzzerInitialize(int* argc, char*** argv) {
   distill::fuzz::WriteSeed(dir, "images.idx.gz", Gzip(images));
   distill::fuzz::WriteSeed(dir, "claims_more.idx",
                            Idx({1000000000, 28, 28}, 8));
-  std::exit(0);
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerInitialize(int* argc, char*** argv) {
+  distill::fuzz::WriteSeedsIfAsked(*argc, *argv, WriteSeeds);
+  return 0;
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

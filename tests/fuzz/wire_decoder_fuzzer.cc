@@ -105,10 +105,8 @@ void WriteSeeds(const std::string& dir) {
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int* argc, char*** argv) {
-  const std::string dir = distill::fuzz::SeedsDirFromArgs(*argc, *argv);
-  if (dir.empty()) return 0;
-  WriteSeeds(dir);
-  std::exit(0);
+  distill::fuzz::WriteSeedsIfAsked(*argc, *argv, WriteSeeds);
+  return 0;
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
