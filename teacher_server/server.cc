@@ -1,6 +1,7 @@
 #include "teacher_server/server.h"
 
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/resource_quota.h>
 
 #include <algorithm>
 #include <limits>
@@ -110,6 +111,11 @@ absl::StatusOr<std::unique_ptr<TeacherServer>> TeacherServer::Start(
                              milliseconds(options.keepalive_time));
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  if (options.max_transport_bytes > 0) {
+    grpc::ResourceQuota quota("teacher_server");
+    quota.Resize(static_cast<size_t>(options.max_transport_bytes));
+    builder.SetResourceQuota(quota);
+  }
   builder.RegisterService(server->service_.get());
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || server->port_ == 0) {

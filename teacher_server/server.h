@@ -58,6 +58,10 @@ struct ServerOptions {
   // ping is not answered within 20 s: dead peers free their descriptors.
   // Default: 1 min.
   absl::Duration keepalive_time = absl::Minutes(1);
+  // gRPC's resource quota: the memory its transports may take for buffers
+  // (reads, writes, flow-control windows), across connections. Near it,
+  // gRPC shrinks windows and reads less. 0: no quota. Default: 0.
+  int64_t max_transport_bytes = 0;
 };
 
 class TeacherServer {

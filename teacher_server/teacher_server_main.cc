@@ -65,6 +65,9 @@ ABSL_FLAG(int64_t, idle_timeout_s, 300,
 ABSL_FLAG(int, max_streams, 256,
           "Distill streams served at once; more are refused "
           "RESOURCE_EXHAUSTED.");
+ABSL_FLAG(int64_t, max_transport_mb, 0,
+          "Memory gRPC's transports may take for buffers, across "
+          "connections (its resource quota); 0: no quota.");
 ABSL_FLAG(int64_t, max_queue_delay_us, 2000,
           "How long a batch may wait for others to share its forward.");
 ABSL_FLAG(int64_t, max_request_bytes, 0,
@@ -203,6 +206,12 @@ absl::StatusOr<teacher::ServerOptions> OptionsFromFlags() {
     return absl::InvalidArgumentError(
         absl::StrCat("--max_streams must be >= 1, got ", options.max_streams));
   }
+  const int64_t transport_mb = absl::GetFlag(FLAGS_max_transport_mb);
+  if (transport_mb < 0 || transport_mb > (int64_t{1} << 20)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max_transport_mb must be in [0, 1048576], got ", transport_mb));
+  }
+  options.max_transport_bytes = transport_mb << 20;
   if (options.port < 0 || options.port > 65535) {
     return absl::InvalidArgumentError(
         absl::StrCat("--port must be in [0, 65535], got ", options.port));

@@ -124,6 +124,8 @@ TEST_F(TeacherServerBinaryTest, BadFlagsExitOneWithOneLine) {
              "'cnn_teacher'");
   expect("--arch cnn_student --weights " + weights_ + " --max_batch 0",
          "--max_batch must be >= 1, got 0");
+  expect("--arch cnn_student --weights " + weights_ + " --max_transport_mb -1",
+         "--max_transport_mb must be in [0, 1048576], got -1");
   expect("--arch cnn_student --weights " + weights_ + " --input_shape 1,x,28",
          "--input_shape must be positive integers separated by commas, got "
          "'1,x,28'");
