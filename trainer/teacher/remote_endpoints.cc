@@ -41,10 +41,7 @@ std::shared_ptr<Endpoint> RemoteTeacher::Impl::AddEndpoint(
       (options_.tokenizer_sha256.empty() || options_.input_shape.empty()
            ? 1
            : options_.input_shape[0]);
-  int64_t most = rows * teacher::RowBytes(
-                            options_.encoding, options_.num_classes,
-                            options_.encoding == v1::SAMPLED ? options_.samples
-                                                             : options_.top_k);
+  int64_t most = rows * AnswerRowBytes();
   if (most <= 0) most = std::numeric_limits<int64_t>::max();  // unknown
   if (options_.max_answer_bytes > 0) {
     most = std::min(most, options_.max_answer_bytes);

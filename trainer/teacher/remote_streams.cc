@@ -146,14 +146,17 @@ void RemoteTeacher::Impl::WriteLoop(std::shared_ptr<Endpoint> endpoint,
   stream->threads_exited = true;
 }
 
+int64_t RemoteTeacher::Impl::AnswerRowBytes() const {
+  return teacher::RowBytes(
+      options_.encoding, options_.num_classes,
+      options_.encoding == v1::SAMPLED ? options_.samples : options_.top_k);
+}
+
 void RemoteTeacher::Impl::ReadLoop(std::shared_ptr<Endpoint> endpoint,
                                    std::shared_ptr<Stream> stream) {
   v1::DistillResponse response;
   std::string protocol_error;
-  // The most bytes one row of an answer takes in this stream's encoding.
-  const int64_t row_bytes = teacher::RowBytes(
-      options_.encoding, options_.num_classes,
-      options_.encoding == v1::SAMPLED ? options_.samples : options_.top_k);
+  const int64_t row_bytes = AnswerRowBytes();
   while (stream->rw->Read(&response)) {
     std::shared_ptr<Pending> pending;
     bool complete = true;

@@ -160,6 +160,9 @@ class RemoteTeacher::Impl {
                  std::shared_ptr<Stream> stream) ABSL_LOCKS_EXCLUDED(mu_);
   void ReadLoop(std::shared_ptr<Endpoint> endpoint,
                 std::shared_ptr<Stream> stream);
+  // The most bytes one row (a sample's or a position's distribution) of
+  // an answer takes in this client's encoding.
+  int64_t AnswerRowBytes() const;
   Result Decode(const Endpoint& endpoint, const Pending& pending,
                 const v1::DistillResponse& response) const;
   void MarkDown(Endpoint& endpoint, const std::string& error)
