@@ -8,12 +8,22 @@
 namespace distill::launch {
 
 absl::Status CheckServing(const std::string& endpoint,
-                          const std::string& service, absl::Duration timeout) {
-  auto channel =
-      grpc::CreateChannel(endpoint, grpc::InsecureChannelCredentials());
+                          const std::string& service, absl::Duration timeout,
+                          const HealthCheckSecurity& security) {
+  std::shared_ptr<grpc::ChannelCredentials> credentials =
+      grpc::InsecureChannelCredentials();
+  if (!security.tls_ca_pem.empty()) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = security.tls_ca_pem;
+    credentials = grpc::SslCredentials(ssl);
+  }
+  auto channel = grpc::CreateChannel(endpoint, credentials);
   auto stub = grpc::health::v1::Health::NewStub(channel);
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  if (!security.token.empty()) {
+    context.AddMetadata("authorization", "Bearer " + security.token);
+  }
   grpc::health::v1::HealthCheckRequest request;
   request.set_service(service);
   grpc::health::v1::HealthCheckResponse response;

@@ -10,6 +10,7 @@
 // a checkpoint; 1 with one
 // "distill_launch: error: ..." line when the restarts are spent or the
 // command line is wrong.
+#include <grpc/support/log.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -36,6 +37,15 @@ ABSL_FLAG(int, max_restarts, 0,
 ABSL_FLAG(std::string, teacher_args, "",
           "Arguments for every teacher server, separated by spaces, e.g. "
           "\"--arch cnn_teacher --weights teacher/model.pt\".");
+ABSL_FLAG(std::string, teacher_host, "127.0.0.1",
+          "Address the teachers listen on and the ranks reach them at; with "
+          "TLS, a name their certificates carry.");
+ABSL_FLAG(std::string, teacher_tls_ca, "",
+          "PEM root certificates: health-check the teachers over TLS and "
+          "pass --teacher_tls_ca to the ranks.");
+ABSL_FLAG(std::string, teacher_token_file, "",
+          "Bearer token file for the health checks, passed to the ranks as "
+          "--teacher_token_file.");
 ABSL_FLAG(std::string, distill, "",
           "The distill program (default: next to distill_launch).");
 ABSL_FLAG(std::string, teacher_server, "",
@@ -65,9 +75,17 @@ std::string SelfDir() {
   return ec ? std::string(".") : self.parent_path().string();
 }
 
+// gRPC logs every failed connection of a health check (a teacher still
+// starting, a handshake refused); the launcher reports the last one itself
+// when the teacher does not come up. GRPC_VERBOSITY set keeps gRPC's log.
+void QuietGrpcLog(gpr_log_func_args* /*args*/) {}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (std::getenv("GRPC_VERBOSITY") == nullptr) {
+    gpr_set_log_function(QuietGrpcLog);
+  }
   // Before any thread exists (gRPC starts some), so all of them inherit it.
   if (absl::Status s = distill::launch::Supervisor::BlockSignals(); !s.ok()) {
     return Fail(std::string(s.message()));
@@ -105,6 +123,9 @@ int main(int argc, char** argv) {
                       absl::ByAnyChar(" \t\n"), absl::SkipEmpty())) {
     options.teacher_args.emplace_back(arg);
   }
+  options.teacher_host = absl::GetFlag(FLAGS_teacher_host);
+  options.teacher_tls_ca_file = absl::GetFlag(FLAGS_teacher_tls_ca);
+  options.teacher_token_file = absl::GetFlag(FLAGS_teacher_token_file);
   const std::string self_dir = SelfDir();
   options.distill_path = absl::GetFlag(FLAGS_distill);
   if (options.distill_path.empty())

@@ -9,6 +9,8 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -69,8 +71,9 @@ int FirstSignal(const Events& e) {
 
 class Attempt {
  public:
-  Attempt(const LaunchOptions& o, int number, Supervisor& sup)
-      : o_(o), number_(number), sup_(sup) {}
+  Attempt(const LaunchOptions& o, const HealthCheckSecurity& security,
+          int number, Supervisor& sup)
+      : o_(o), security_(security), number_(number), sup_(sup) {}
 
   absl::StatusOr<AttemptResult> Run() {
     DISTILL_ASSIGN_OR_RETURN(std::optional<AttemptResult> early,
@@ -93,8 +96,8 @@ class Attempt {
       fs::remove(port_file);
       ChildSpec spec{"teacher",
                      i,
-                     {o_.teacher_server_path, "--port", "0", "--port_file",
-                      port_file.string()},
+                     {o_.teacher_server_path, "--host", o_.teacher_host,
+                      "--port", "0", "--port_file", port_file.string()},
                      {}};
       spec.argv.insert(spec.argv.end(), o_.teacher_args.begin(),
                        o_.teacher_args.end());
@@ -103,6 +106,12 @@ class Attempt {
       port_files.push_back(port_file);
     }
     endpoints_.assign(o_.teachers, "");
+    // Why each teacher is not serving yet, for the timeout's message.
+    std::vector<std::string> last_error(o_.teachers);
+    for (int i = 0; i < o_.teachers; ++i) {
+      last_error[i] =
+          absl::StrCat("it wrote no port file ", port_files[i].string());
+    }
     const absl::Time deadline = absl::Now() + o_.teacher_timeout;
     int ready = 0;
     while (ready < o_.teachers) {
@@ -122,9 +131,16 @@ class Attempt {
         if (!endpoints_[i].empty()) continue;
         const std::optional<int> port = ReadPortFile(port_files[i]);
         if (!port) continue;
-        const std::string endpoint = absl::StrCat("127.0.0.1:", *port);
-        if (!CheckServing(endpoint, kTeacherService, absl::Milliseconds(500))
-                 .ok()) {
+        const std::string endpoint =
+            absl::StrCat(absl::StrContains(o_.teacher_host, ':')
+                             ? absl::StrCat("[", o_.teacher_host, "]")
+                             : o_.teacher_host,
+                         ":", *port);
+        const absl::Status serving = CheckServing(
+            endpoint, kTeacherService, absl::Milliseconds(500), security_);
+        if (!serving.ok()) {
+          last_error[i] =
+              absl::StrCat("last health check: ", serving.message());
           continue;
         }
         endpoints_[i] = endpoint;
@@ -135,7 +151,8 @@ class Attempt {
         for (int i = 0; i < o_.teachers; ++i) {
           if (endpoints_[i].empty()) {
             return Fail(absl::StrCat("teacher ", i, " was not serving after ",
-                                     absl::FormatDuration(o_.teacher_timeout)));
+                                     absl::FormatDuration(o_.teacher_timeout),
+                                     "; ", last_error[i]));
           }
         }
       }
@@ -152,6 +169,12 @@ class Attempt {
     if (number_ > 0 && !HasResumeFlag(args)) args.push_back("--resume");
     if (o_.teachers > 0) {
       args.push_back("--teacher_endpoints=" + absl::StrJoin(endpoints_, ","));
+      if (!o_.teacher_tls_ca_file.empty()) {
+        args.push_back("--teacher_tls_ca=" + o_.teacher_tls_ca_file);
+      }
+      if (!o_.teacher_token_file.empty()) {
+        args.push_back("--teacher_token_file=" + o_.teacher_token_file);
+      }
     }
     for (int r = 0; r < o_.nproc; ++r) {
       ChildSpec spec{"rank", r, {o_.distill_path}, {}};
@@ -256,6 +279,7 @@ class Attempt {
   }
 
   const LaunchOptions& o_;
+  const HealthCheckSecurity& security_;
   const int number_;
   Supervisor& sup_;
   std::vector<int> teacher_ids_, rank_ids_;
@@ -276,6 +300,17 @@ absl::Status Validate(const LaunchOptions& o) {
   if (o.teachers > 0 && o.teacher_server_path.empty()) {
     return absl::InvalidArgumentError("no teacher_server program given");
   }
+  if (o.teacher_host.empty()) {
+    return absl::InvalidArgumentError("--teacher_host is empty");
+  }
+  for (const std::string& arg : o.teacher_args) {
+    if (arg == "--host" || arg == "-host" || absl::StartsWith(arg, "--host=") ||
+        absl::StartsWith(arg, "-host=")) {
+      return absl::InvalidArgumentError(
+          "--teacher_args sets --host; give the teachers' address as "
+          "--teacher_host, where the health checks and the ranks reach them");
+    }
+  }
   if (!fs::is_directory(o.work_dir)) {
     return absl::InvalidArgumentError(
         absl::StrCat("work directory ", o.work_dir, " does not exist"));
@@ -283,16 +318,44 @@ absl::Status Validate(const LaunchOptions& o) {
   return absl::OkStatus();
 }
 
+// The CA and token the health checks use, read once; an unreadable or empty
+// file is refused before anything starts.
+absl::StatusOr<HealthCheckSecurity> ReadSecurity(const LaunchOptions& o) {
+  HealthCheckSecurity security;
+  const auto read = [](const std::string& flag, const std::string& path,
+                       std::string& into) -> absl::Status {
+    if (path.empty()) return absl::OkStatus();
+    absl::StatusOr<std::string> bytes = ReadFile(path);
+    if (!bytes.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(flag, " ", path, ": ", bytes.status().message()));
+    }
+    into = std::string(absl::StripAsciiWhitespace(*bytes));
+    if (into.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(flag, " ", path, " is empty"));
+    }
+    return absl::OkStatus();
+  };
+  DISTILL_RETURN_IF_ERROR(
+      read("--teacher_tls_ca", o.teacher_tls_ca_file, security.tls_ca_pem));
+  DISTILL_RETURN_IF_ERROR(
+      read("--teacher_token_file", o.teacher_token_file, security.token));
+  return security;
+}
+
 }  // namespace
 
 absl::StatusOr<int> RunLaunch(const LaunchOptions& options) {
   DISTILL_RETURN_IF_ERROR(Validate(options));
+  DISTILL_ASSIGN_OR_RETURN(const HealthCheckSecurity security,
+                           ReadSecurity(options));
   RestartPolicy policy(options.max_restarts);
   for (int number = 0;; ++number) {
     DISTILL_ASSIGN_OR_RETURN(
         std::unique_ptr<Supervisor> sup,
         Supervisor::Create(options.out_fd, options.err_fd));
-    Attempt attempt(options, number, *sup);
+    Attempt attempt(options, security, number, *sup);
     DISTILL_ASSIGN_OR_RETURN(AttemptResult result, attempt.Run());
     switch (result.outcome) {
       case Outcome::kDone:

@@ -2,12 +2,14 @@
 // ranks wired to them, restarted as a group from the newest checkpoint when
 // any of them fails (see docs/LAUNCHING.md).
 //
-// Per attempt: teachers start with `--port 0 --port_file`, and the ranks
-// start once every teacher's port file exists and its health check
-// (grpc.health.v1, service "distill.v1.Teacher") says SERVING. Ranks get the
+// Per attempt: teachers start with `--host H --port 0 --port_file`, and the
+// ranks start once every teacher's port file exists and its health check
+// (grpc.health.v1, service "distill.v1.Teacher"; over TLS when a CA is
+// given) says SERVING. Ranks get the
 // torchrun variables (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE,
 // MASTER_ADDR, MASTER_PORT, TORCHELASTIC_RESTART_COUNT) and
-// `--teacher_endpoints=...`; restarted ranks also get `--resume`.
+// `--teacher_endpoints=...` (and the CA and token files); restarted ranks
+// also get `--resume`.
 // <work_dir>/attempt-<k>.json records each attempt's processes.
 // SIGINT/SIGTERM/SIGUSR1 go to the ranks (which checkpoint at the next step
 // and exit); the teachers stop once the ranks are gone.
@@ -36,6 +38,15 @@ struct LaunchOptions {
   // Arguments every rank / every teacher gets.
   std::vector<std::string> distill_args;
   std::vector<std::string> teacher_args;
+  // The address teachers listen on and the ranks reach them at; with TLS,
+  // a name their certificates carry. Default: 127.0.0.1.
+  std::string teacher_host = "127.0.0.1";
+  // PEM root certificates: teachers are health-checked over TLS and the
+  // ranks get `--teacher_tls_ca`. Default: none (plaintext).
+  std::string teacher_tls_ca_file;
+  // Bearer token file for the health checks; the ranks get
+  // `--teacher_token_file`. Default: none.
+  std::string teacher_token_file;
   // Where port files and attempt records go; must exist. Required.
   std::string work_dir;
   // Rendezvous port; 0 picks a free loopback port per attempt. Default: 0.

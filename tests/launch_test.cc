@@ -356,6 +356,13 @@ TEST_F(LaunchTest, BadCommandLinesSayWhatIsWrong) {
       ReadFile(last_.err),
       "distill_launch: error: cannot run /nonexistent/distill: No such file "
       "or directory\n");
+  EXPECT_EQ(Run({"--teachers", "1", "--teacher_args",
+                 "--arch mlp --host ::", "--", "--config", "x.pbtxt"}),
+            1);
+  EXPECT_EQ(ReadFile(last_.err),
+            "distill_launch: error: --teacher_args sets --host; give the "
+            "teachers' address as --teacher_host, where the health checks and "
+            "the ranks reach them\n");
 }
 
 // With teacher servers: the ranks reach the teacher over gRPC.
@@ -379,6 +386,70 @@ TEST_F(LaunchTest, TwoRanksAndOneTeacherServer) {
       ReadFile(last_.err),
       HasSubstr("distill_launch: teacher 0 is serving at " + endpoint + "\n"));
   ExpectNoneLeft(work, 3);
+}
+
+// A teacher serving TLS with a bearer token: the launcher health-checks it
+// over TLS with the CA it was given and hands the CA and the token to the
+// ranks. With a CA that did not sign the teacher's certificate, the
+// timeout says why the health check kept failing.
+TEST_F(LaunchTest, TlsTeacherWithATokenServesTheRanks) {
+  if (!HaveTeacherServer()) GTEST_SKIP() << "no teacher_server built";
+  const fs::path key = dir_ / "key.pem", cert = dir_ / "cert.pem";
+  const fs::path other_key = dir_ / "other_key.pem", other = dir_ / "other.pem";
+  for (const auto& [k, c] : {std::pair{key, cert}, {other_key, other}}) {
+    ASSERT_EQ(std::system(("openssl req -x509 -newkey rsa:2048 -nodes -days 1 "
+                           "-subj /CN=localhost -addext "
+                           "subjectAltName=IP:127.0.0.1 -keyout " +
+                           k.string() + " -out " + c.string() + " 2>/dev/null")
+                              .c_str()),
+              0);
+  }
+  const fs::path token = Write("token", "s3cret\n");
+  const fs::path teacher = TeacherWeights();
+  const std::string config = DistillConfig(teacher, 256);
+  const std::string teacher_args = "--arch mlp --weights " + teacher.string() +
+                                   " --tls_cert " + cert.string() +
+                                   " --tls_key " + key.string() +
+                                   " --token_file " + token.string();
+  const fs::path run = dir_ / "run", work = dir_ / "work";
+  fs::create_directories(work);
+  ASSERT_EQ(
+      Run({"--nproc", "2", "--teachers", "1", "--teacher_args", teacher_args,
+           "--teacher_tls_ca", cert.string(), "--teacher_token_file",
+           token.string(), "--work_dir", work.string(), "--", "--quiet",
+           "--config", config, "--run_dir", run.string()}),
+      0)
+      << ReadFile(last_.err);
+  auto summary = nlohmann::json::parse(ReadFile(run / "summary.json"));
+  EXPECT_EQ(summary["steps"], 2 * 256 / 32);
+  ExpectNoneLeft(work, 3);
+
+  const fs::path work2 = dir_ / "work2";
+  fs::create_directories(work2);
+  EXPECT_EQ(
+      Run({"--nproc", "1", "--teachers", "1", "--teacher_args", teacher_args,
+           "--teacher_tls_ca", other.string(), "--teacher_timeout_s", "3",
+           "--work_dir", work2.string(), "--", "--quiet", "--config", config,
+           "--run_dir", (dir_ / "run2").string()}),
+      1);
+  const std::string err = ReadFile(last_.err);
+  EXPECT_THAT(err, HasSubstr("distill_launch: error: the job failed 1 time "
+                             "and --max_restarts=0 is spent: teacher 0 was "
+                             "not serving after 3s; last health check: health "
+                             "check of 127.0.0.1:"));
+  EXPECT_THAT(err, HasSubstr("certificate verify failed")) << err;
+  // gRPC's own log lines (one per failed handshake) stay out of it.
+  EXPECT_THAT(err, Not(HasSubstr("ssl_transport_security"))) << err;
+  EXPECT_FALSE(fs::exists(dir_ / "run2" / "summary.json"));
+
+  // A CA file that cannot be read is refused before anything starts.
+  EXPECT_EQ(Run({"--teachers", "1", "--teacher_args", teacher_args,
+                 "--teacher_tls_ca", (dir_ / "missing.pem").string(), "--",
+                 "--config", config}),
+            1);
+  EXPECT_THAT(ReadFile(last_.err),
+              HasSubstr("distill_launch: error: --teacher_tls_ca " +
+                        (dir_ / "missing.pem").string()));
 }
 
 // A teacher that dies mid-run takes the group down and back up.
