@@ -382,4 +382,35 @@ TEST_F(TeacherClientTest, TlsAndTokenThroughDistillFlags) {
                              " refused Info: invalid bearer token\n");
 }
 
+// A TLS teacher whose certificate names another host: the connect error
+// says why the connection failed, not only that Info timed out.
+TEST_F(TeacherClientTest, ACertificateForAnotherHostIsRefusedSayingWhy) {
+  const fs::path key = dir_ / "key.pem", cert = dir_ / "cert.pem";
+  ASSERT_EQ(
+      std::system(("openssl req -x509 -newkey rsa:2048 -nodes -days 1 "
+                   "-subj /CN=elsewhere -addext subjectAltName=DNS:elsewhere "
+                   "-keyout " +
+                   key.string() + " -out " + cert.string() + " 2>/dev/null")
+                      .c_str()),
+      0);
+  std::vector<std::string> tls_args = TeacherModel();
+  tls_args.insert(tls_args.end(),
+                  {"--tls_cert=" + cert.string(), "--tls_key=" + key.string()});
+  Server server(dir_, "tls", tls_args);
+  const fs::path config =
+      Config("job",
+             "endpoints: \"" + server.address() +
+                 "\" connect_timeout_seconds: 2 failover_grace_seconds: 2",
+             256);
+  Outcome refused =
+      Run(config, dir_ / "refused", {"--teacher_tls_ca=" + cert.string()});
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_THAT(refused.err,
+              HasSubstr("distill: error: no teacher server answered Info "
+                        "within 2s: " +
+                        server.address() + " (UNAVAILABLE: "));
+  EXPECT_THAT(refused.err, HasSubstr("Peer name 127.0.0.1 is not in peer "
+                                     "certificate"));
+}
+
 }  // namespace

@@ -83,10 +83,28 @@ grpc::Status RemoteTeacher::Impl::CallInfo(Endpoint& endpoint,
   grpc::ClientContext context;
   Authorize(context);
   context.set_wait_for_ready(wait_for_ready);
-  context.set_deadline(std::chrono::system_clock::now() +
-                       std::chrono::milliseconds(static_cast<int64_t>(
-                           1000 * options_.connect_timeout_seconds)));
-  return endpoint.stub->Info(&context, v1::InfoRequest(), info);
+  const auto timeout = std::chrono::milliseconds(
+      static_cast<int64_t>(1000 * options_.connect_timeout_seconds));
+  context.set_deadline(std::chrono::system_clock::now() + timeout);
+  grpc::Status status = endpoint.stub->Info(&context, v1::InfoRequest(), info);
+  if (!wait_for_ready ||
+      status.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED) {
+    return status;
+  }
+  // A call that waited for the channel says only that time ran out. A
+  // fail-fast call on the same channel reports why it could not connect
+  // (refused, a TLS certificate for another host) when it keeps failing;
+  // it may also just succeed now.
+  grpc::ClientContext probe;
+  Authorize(probe);
+  probe.set_deadline(std::chrono::system_clock::now() +
+                     std::min<std::chrono::milliseconds>(
+                         timeout, std::chrono::seconds(1)));
+  grpc::Status why = endpoint.stub->Info(&probe, v1::InfoRequest(), info);
+  if (why.ok() || why.error_code() == grpc::StatusCode::UNAVAILABLE) {
+    return why;
+  }
+  return status;
 }
 
 absl::Status RemoteTeacher::Impl::Connect() {
