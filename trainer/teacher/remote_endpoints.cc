@@ -97,9 +97,9 @@ grpc::Status RemoteTeacher::Impl::CallInfo(Endpoint& endpoint,
   // it may also just succeed now.
   grpc::ClientContext probe;
   Authorize(probe);
-  probe.set_deadline(std::chrono::system_clock::now() +
-                     std::min<std::chrono::milliseconds>(
-                         timeout, std::chrono::seconds(1)));
+  probe.set_deadline(
+      std::chrono::system_clock::now() +
+      std::min<std::chrono::milliseconds>(timeout, std::chrono::seconds(1)));
   grpc::Status why = endpoint.stub->Info(&probe, v1::InfoRequest(), info);
   if (why.ok() || why.error_code() == grpc::StatusCode::UNAVAILABLE) {
     return why;
