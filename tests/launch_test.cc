@@ -29,6 +29,8 @@ using ::testing::HasSubstr;
 using ::testing::Not;
 
 using ::distill::testing::BinDir;
+using ::distill::testing::MakeSelfSignedCertificate;
+using ::distill::testing::Outcome;
 using ::distill::testing::Process;
 using ::distill::testing::ReadFile;
 using ::distill::testing::ScratchDirTest;
@@ -394,15 +396,12 @@ TEST_F(LaunchTest, TwoRanksAndOneTeacherServer) {
 // timeout says why the health check kept failing.
 TEST_F(LaunchTest, TlsTeacherWithATokenServesTheRanks) {
   if (!HaveTeacherServer()) GTEST_SKIP() << "no teacher_server built";
-  const fs::path key = dir_ / "key.pem", cert = dir_ / "cert.pem";
-  const fs::path other_key = dir_ / "other_key.pem", other = dir_ / "other.pem";
-  for (const auto& [k, c] : {std::pair{key, cert}, {other_key, other}}) {
-    ASSERT_EQ(std::system(("openssl req -x509 -newkey rsa:2048 -nodes -days 1 "
-                           "-subj /CN=localhost -addext "
-                           "subjectAltName=IP:127.0.0.1 -keyout " +
-                           k.string() + " -out " + c.string() + " 2>/dev/null")
-                              .c_str()),
-              0);
+  const fs::path key = dir_ / "cert.key", cert = dir_ / "cert.pem";
+  const fs::path other = dir_ / "other.pem";
+  for (const char* name : {"cert", "other"}) {
+    const Outcome made =
+        MakeSelfSignedCertificate(dir_, name, "localhost", "IP:127.0.0.1");
+    ASSERT_EQ(made.exit_code, 0) << made.err;
   }
   const fs::path token = Write("token", "s3cret\n");
   const fs::path teacher = TeacherWeights();

@@ -37,6 +37,7 @@ using ::testing::StartsWith;
 
 using ::distill::testing::BinDir;
 using ::distill::testing::LastTrainStep;
+using ::distill::testing::MakeSelfSignedCertificate;
 using ::distill::testing::Outcome;
 using ::distill::testing::Process;
 using ::distill::testing::ReadFile;
@@ -351,14 +352,10 @@ TEST_F(TeacherClientTest, CacheServesLaterEpochsAndFollowsTheTeacherHash) {
 }
 
 TEST_F(TeacherClientTest, TlsAndTokenThroughDistillFlags) {
-  const fs::path key = dir_ / "key.pem", cert = dir_ / "cert.pem";
-  ASSERT_EQ(
-      std::system(("openssl req -x509 -newkey rsa:2048 -nodes -days 1 "
-                   "-subj /CN=localhost -addext subjectAltName=IP:127.0.0.1 "
-                   "-keyout " +
-                   key.string() + " -out " + cert.string() + " 2>/dev/null")
-                      .c_str()),
-      0);
+  const fs::path key = dir_ / "cert.key", cert = dir_ / "cert.pem";
+  const Outcome made =
+      MakeSelfSignedCertificate(dir_, "cert", "localhost", "IP:127.0.0.1");
+  ASSERT_EQ(made.exit_code, 0) << made.err;
   std::ofstream(dir_ / "token") << "s3cret\n";
   std::ofstream(dir_ / "wrong") << "guess\n";
   std::vector<std::string> tls_args = TeacherModel();
@@ -385,14 +382,10 @@ TEST_F(TeacherClientTest, TlsAndTokenThroughDistillFlags) {
 // A TLS teacher whose certificate names another host: the connect error
 // says why the connection failed, not only that Info timed out.
 TEST_F(TeacherClientTest, ACertificateForAnotherHostIsRefusedSayingWhy) {
-  const fs::path key = dir_ / "key.pem", cert = dir_ / "cert.pem";
-  ASSERT_EQ(
-      std::system(("openssl req -x509 -newkey rsa:2048 -nodes -days 1 "
-                   "-subj /CN=elsewhere -addext subjectAltName=DNS:elsewhere "
-                   "-keyout " +
-                   key.string() + " -out " + cert.string() + " 2>/dev/null")
-                      .c_str()),
-      0);
+  const fs::path key = dir_ / "cert.key", cert = dir_ / "cert.pem";
+  const Outcome made =
+      MakeSelfSignedCertificate(dir_, "cert", "elsewhere", "DNS:elsewhere");
+  ASSERT_EQ(made.exit_code, 0) << made.err;
   std::vector<std::string> tls_args = TeacherModel();
   tls_args.insert(tls_args.end(),
                   {"--tls_cert=" + cert.string(), "--tls_key=" + key.string()});

@@ -141,6 +141,17 @@ Outcome RunShell(const std::string& command, const fs::path& dir) {
   return outcome;
 }
 
+Outcome MakeSelfSignedCertificate(const fs::path& dir, const std::string& name,
+                                  const std::string& cn,
+                                  const std::string& san) {
+  return RunProcess(
+      {"/usr/bin/openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+       "-days", "1", "-subj", "/CN=" + cn, "-addext", "subjectAltName=" + san,
+       "-keyout", (dir / (name + ".key")).string(), "-out",
+       (dir / (name + ".pem")).string()},
+      dir, "openssl-" + name);
+}
+
 Outcome RunProcess(const std::vector<std::string>& argv, const fs::path& dir,
                    const std::string& name, const EnvVars& env) {
   const fs::path out = dir / (name + ".out"), err = dir / (name + ".err");

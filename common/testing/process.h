@@ -90,6 +90,15 @@ struct Outcome {
 // code.
 Outcome RunShell(const std::string& command, const std::filesystem::path& dir);
 
+// Writes a self-signed certificate (RSA 2048, one day) for common name `cn`
+// with subjectAltName `san` (e.g. "IP:127.0.0.1", "DNS:node2") and its key
+// into `dir`/<name>.pem and `dir`/<name>.key, with the openssl command;
+// the openssl outcome (exit code 0 when written).
+Outcome MakeSelfSignedCertificate(const std::filesystem::path& dir,
+                                  const std::string& name,
+                                  const std::string& cn,
+                                  const std::string& san);
+
 // Runs argv to completion like Process::Start, with the output in
 // `dir`/<name>.out and <name>.err.
 Outcome RunProcess(const std::vector<std::string>& argv,

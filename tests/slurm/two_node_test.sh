@@ -26,6 +26,9 @@ set -euo pipefail
 src=$(cd "$1" && pwd)
 bin=$(cd "$2" && pwd)
 started=$SECONDS
+# shellcheck source=cluster_lib.sh
+source "$src/tests/slurm/cluster_lib.sh"
+slurm() { on 1 "$@"; }
 
 say() { echo "two_node_test: [$((SECONDS - started))s] $*"; }
 diagnose() {
@@ -54,17 +57,7 @@ if [[ "$(id -u)" != 0 ]]; then
   echo "two_node_test: namespaces and Slurm's daemons need root; skipping as $(id -un)"
   exit 77
 fi
-need=()
-for p in slurm-wlm munge iproute2 openssl; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
-    need+=("$p")
-done
-if ((${#need[@]} > 0)); then
-  say "installing ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q >/dev/null
-  apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
-fi
+install_missing slurm-wlm munge iproute2 openssl
 
 # --- Nodes ----------------------------------------------------------------
 id=$$
@@ -111,16 +104,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_for() {  # TIMEOUT WHAT COMMAND...: until COMMAND succeeds
-  local timeout=$1 what=$2
-  shift 2
-  local deadline=$((SECONDS + timeout))
-  until "$@"; do
-    ((SECONDS < deadline)) || fail "timed out after ${timeout}s waiting for $what"
-    sleep 0.2
-  done
-}
-
 # A /24 of 10.213.x.0 that no interface here uses.
 subnet=""
 for try in $(seq 0 9); do
@@ -166,16 +149,8 @@ wait_for 10 "node2's namespaces" node_ready 2
 say "nodes up: node1 ${addr[1]}, node2 ${addr[2]} on bridge $bridge"
 
 # --- Teacher weights, certificates ----------------------------------------
-mkdir -p "$tmp"/{munge,state,spool/node1,spool/node2,log,jobs,pki}
-cat >"$tmp/jobs/teacher.pbtxt" <<'PB'
-mode: TRAIN
-student { arch: "mlp" }
-data { train_limit: 64 test_limit: 64 }
-batch_size: 64 epochs: 1 threads: 1
-PB
-"$bin/distill" --quiet --config "$tmp/jobs/teacher.pbtxt" --run_dir "$tmp/jobs/teacher" \
-  >"$tmp/jobs/teacher.log" 2>&1 &
-teacher_job=$!
+mkdir -p "$tmp"/{state,spool/node1,spool/node2,log,jobs,pki}
+start_teacher_training "$bin" "$tmp/jobs"
 pids+=("$teacher_job")
 
 pki="$tmp/pki"
@@ -191,50 +166,18 @@ done
 head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$pki/token"
 
 # --- Cluster --------------------------------------------------------------
-chmod 755 "$tmp/munge"
-dd if=/dev/urandom of="$tmp/munge/munge.key" bs=1024 count=1 status=none
-chmod 400 "$tmp/munge/munge.key"
-munged -F -f --socket="$tmp/munge/munge.sock" --key-file="$tmp/munge/munge.key" \
-  --pid-file="$tmp/munge/munged.pid" --log-file="$tmp/log/munged.log" \
-  --seed-file="$tmp/munge/seed" >"$tmp/log/munged.out" 2>&1 &
-pids+=($!)
-wait_for 20 "munged's socket" test -S "$tmp/munge/munge.sock"
-
-# Each node is exclusive to a job (4 CPUs declared, config_overrides lets
-# slurmd accept more than a 2-core machine has).
-cat >"$tmp/slurm.conf" <<CONF
-ClusterName=distilltwo
-SlurmctldHost=node1(${addr[1]})
-SlurmctldPort=6817
-SlurmdPort=6818
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-AuthInfo=socket=$tmp/munge/munge.sock
-CredType=cred/munge
-StateSaveLocation=$tmp/state
-SlurmdSpoolDir=$tmp/spool/%n
-SlurmctldPidFile=$tmp/slurmctld.pid
-SlurmdPidFile=$tmp/slurmd-%n.pid
-SlurmctldLogFile=$tmp/log/slurmctld.log
-SlurmdLogFile=$tmp/log/slurmd-%n.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
-SchedulerType=sched/builtin
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
-SlurmdParameters=config_overrides
-ReturnToService=2
-MpiDefault=none
-KillWait=10
-MinJobAge=600
-NodeName=node1 NodeAddr=${addr[1]} CPUs=4 RealMemory=1000 State=UNKNOWN
-NodeName=node2 NodeAddr=${addr[2]} CPUs=4 RealMemory=1000 State=UNKNOWN
-PartitionName=debug Nodes=node[1-2] Default=YES MaxTime=INFINITE State=UP
-CONF
+start_munged "$tmp"
+# Each node declares 4 CPUs; jobs take whole nodes (--exclusive).
+{
+  echo "ClusterName=distilltwo"
+  echo "SlurmctldHost=node1(${addr[1]})"
+  echo "SlurmctldPort=6817"
+  echo "SlurmdPort=6818"
+  slurm_conf_common "$tmp"
+  echo "NodeName=node1 NodeAddr=${addr[1]} CPUs=4 RealMemory=1000 State=UNKNOWN"
+  echo "NodeName=node2 NodeAddr=${addr[2]} CPUs=4 RealMemory=1000 State=UNKNOWN"
+  echo "PartitionName=debug Nodes=node[1-2] Default=YES MaxTime=INFINITE State=UP"
+} >"$tmp/slurm.conf"
 export SLURM_CONF="$tmp/slurm.conf"
 on 1 slurmctld -D -i >"$tmp/log/slurmctld.out" 2>&1 &
 pids+=($!)
@@ -249,44 +192,17 @@ wait_for 60 "node1 and node2 to be idle" nodes_idle
 say "cluster up: $(on 1 sinfo -h -N -o '%N %T %c' | paste -sd, -)"
 
 # --- Jobs -----------------------------------------------------------------
-job_field() { on 1 scontrol show job "$1" | grep -oE "(^| )$2=[^ ]*" | head -n1 | cut -d= -f2; }
-job_state() { job_field "$1" JobState; }
-ended_states="COMPLETED FAILED CANCELLED TIMEOUT NODE_FAIL OUT_OF_MEMORY BOOT_FAIL DEADLINE"
-job_ended() { [[ " $ended_states " == *" $(job_state "$1") "* ]]; }
-job_done() {
-  local s
-  s=$(job_state "$1")
-  [[ "$s" == COMPLETED ]] && return 0
-  [[ " $ended_states " == *" $s "* ]] && fail "job $1 ended $s"
-  return 1
-}
 
 cd "$tmp/jobs"
 wait "$teacher_job" || fail "training the teacher failed: $(cat teacher.log)"
 pids=("${pids[@]:1}")
 teacher_weights="$tmp/jobs/teacher/model.pt"
 
-write_config() {  # $1: file, $2: training samples, $3: epochs
-  cat >"$1" <<PB
-mode: DISTILL
-student { arch: "mlp" }
-teacher {
-  model { arch: "mlp" weights: "$teacher_weights" }
-  connect_timeout_seconds: 5
-  failover_grace_seconds: 10
-}
-data { train_limit: $2 test_limit: 64 }
-loss { name: "kd_kl" weight: 0.9 }
-loss { name: "hard_ce" weight: 0.1 }
-temperature: 4
-batch_size: 32 epochs: $3 threads: 1
-checkpoint_every_steps: 5
-distributed { collective_timeout_seconds: 60 }
-PB
-}
-write_config short.pbtxt 256 2
+# Short timeouts: the wrong-host job fails in seconds.
+timeouts="connect_timeout_seconds: 5 failover_grace_seconds: 10"
+write_config short.pbtxt 256 2 "$teacher_weights" "$timeouts"
 long_epochs=6
-write_config long.pbtxt 3200 $long_epochs
+write_config long.pbtxt 3200 $long_epochs "$teacher_weights" "$timeouts"
 
 export DISTILL_BIN_DIR="$bin" DISTILL_TEACHERS=1
 teacher_model="--arch mlp --weights $teacher_weights --threads 1"
@@ -298,14 +214,6 @@ submit() {  # NAME CONFIG: 2 nodes, 1 rank on each, the teacher on node2
   DISTILL_CONFIG="$2" DISTILL_RUN_DIR="$tmp/jobs/$1" DISTILL_WORK_DIR="$tmp/jobs/$1-work" \
     on 1 sbatch --parsable --nodes=2 --ntasks=3 --exclusive --output="$1-%j.out" \
     "$sbatch_script"
-}
-summary_steps() {  # RUN_DIR STEPS RANKS
-  /usr/bin/python3 - "$@" <<'PY'
-import json, sys
-s = json.load(open(sys.argv[1] + "/summary.json"))
-assert s["steps"] == int(sys.argv[2]), f"steps {s['steps']}, expected {sys.argv[2]}"
-assert s["ranks"] == int(sys.argv[3]), f"ranks {s['ranks']}, expected {sys.argv[3]}"
-PY
 }
 # The largest parameter difference of two model.pt files, below 2e-5 (the
 # data-parallel tests' tolerance: float sums in another order).
@@ -325,7 +233,7 @@ PY
 short=$(submit short short.pbtxt)
 say "submitted job $short (2 nodes x 1 rank, TLS teacher on node2)"
 wait_for 180 "job $short" job_done "$short"
-summary_steps "$tmp/jobs/short" 16 2 || fail "job $short: $(cat short-"$short".out)"
+check_summary "$tmp/jobs/short" 16 2 || fail "job $short: $(cat short-"$short".out)"
 [[ "$(job_field "$short" NodeList)" == "node[1-2]" ]] ||
   fail "job $short ran on $(job_field "$short" NodeList)"
 grep -q "teachers serving at node2:[0-9]*$" short-work/events.log ||
@@ -336,7 +244,7 @@ say "job $short completed: 16 steps on node1 and node2, teacher at $(grep -o 'no
 "$bin/distill_launch" --nproc 2 --teachers 1 --teacher_args "$teacher_model" \
   -- --quiet --config short.pbtxt --run_dir "$tmp/jobs/one-node" >one-node.log 2>&1 ||
   fail "the one-node run failed: $(cat one-node.log)"
-summary_steps "$tmp/jobs/one-node" 16 2 || fail "one-node run: $(cat one-node.log)"
+check_summary "$tmp/jobs/one-node" 16 2 || fail "one-node run: $(cat one-node.log)"
 diff=$(same_weights "$tmp/jobs/short/model.pt" "$tmp/jobs/one-node/model.pt") ||
   fail "two nodes and one node trained different weights: $diff"
 say "two-node weights equal the one-node run's: $diff"
@@ -357,12 +265,7 @@ export DISTILL_TEACHER_ARGS="$teacher_model --tls_cert $pki/{host}.pem $tls"
 # 3. Preempted on two nodes, requeued, resumed.
 long=$(submit long long.pbtxt)
 say "submitted job $long (to be preempted)"
-checkpointed() {
-  compgen -G "$tmp/jobs/long/checkpoints/ckpt-*.pt" >/dev/null && return 0
-  job_ended "$long" && fail "job $long ended $(job_state "$long") before it had a checkpoint"
-  return 1
-}
-wait_for 180 "job $long's first checkpoint" checkpointed
+wait_for_checkpoint "$long" "$tmp/jobs/long"
 # Rank 0 (node1) and rank 1 (node2) are connected over the bridge; no rank
 # socket is on loopback.
 distill_sockets() {
@@ -380,28 +283,12 @@ grep -q "${addr[2]}:[0-9]* *${addr[1]}:" <<<"$s2" ||
 ! grep -q "127\.0\.0\.1" <<<"$s1$s2" || fail "a rank socket on loopback: $s1 $s2"
 say "ranks connected over the bridge: $(wc -l <<<"$s1") sockets on node1, $(wc -l <<<"$s2") on node2"
 
-on 1 scancel --signal=USR1 --batch "$long"
-say "sent SIGUSR1 to job $long's batch shell"
-requeued_or_ended() {
-  [[ "$(job_field "$long" Restarts)" == 1 ]] && return 0
-  [[ "$(job_state "$long")" == COMPLETED ]] &&
-    fail "job $long finished before the preemption notice reached its ranks"
-  return 1
-}
-wait_for 120 "job $long to requeue" requeued_or_ended
-# Not within the second of the requeue: slurmd refuses a credential that is
-# not newer than the revocation ("Job credential revoked").
-requeue_second=$(date +%s)
-next_second() { (($(date +%s) > requeue_second)); }
-wait_for 5 "the second after the requeue" next_second
-on 1 scontrol update JobId="$long" StartTime=now 2>/dev/null || true
+preempt_and_restart "$long"
+say "sent SIGUSR1 to job $long's batch shell; it requeued"
 wait_for 240 "job $long to finish" job_done "$long"
-out=$(cat long-"$long".out)
-grep -q "run 0: preemption notice (SIGUSR1)" long-work/events.log || fail "no notice: $out"
-grep -q "run 1: finished" long-work/events.log || fail "run 1 did not finish: $out"
-resumed=$(grep -o "resuming from [^ ]* (epoch [0-9]*, step [0-9]*)" <<<"$out") ||
-  fail "the requeued run did not resume: $out"
-summary_steps "$tmp/jobs/long" $((long_epochs * 100)) 2 || fail "job $long: $out"
+check_resumed "$long" long-"$long".out long-work/events.log
+resumed=$(grep -o "resuming from [^ ]* (epoch [0-9]*, step [0-9]*)" long-"$long".out)
+check_summary "$tmp/jobs/long" $((long_epochs * 100)) 2 || fail "job $long: $(cat long-"$long".out)"
 [[ "$(job_field "$long" NodeList)" == "node[1-2]" ]] ||
   fail "job $long ended on $(job_field "$long" NodeList)"
 say "job $long: preempted, requeued, $resumed, finished with $((long_epochs * 100)) steps on node[1-2]"
@@ -422,7 +309,7 @@ pids+=("$t2")
 wait "$t1" || fail "torchrun on node1 failed: $(cat torchrun-node1.log)"
 wait "$t2" || fail "torchrun on node2 failed: $(cat torchrun-node2.log)"
 pids=("${pids[@]:0:${#pids[@]}-2}")
-summary_steps "$tmp/jobs/torchrun" 16 2 || fail "torchrun: $(cat torchrun-node1.log)"
+check_summary "$tmp/jobs/torchrun" 16 2 || fail "torchrun: $(cat torchrun-node1.log)"
 "$bin/distill_launch" --nproc 2 -- --quiet --config short.pbtxt \
   --run_dir "$tmp/jobs/one-node-local" >one-node-local.log 2>&1 ||
   fail "the one-node run failed: $(cat one-node-local.log)"
