@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <string>
 #include <thread>
 #include <vector>
@@ -195,9 +196,9 @@ void EncodingTable(const std::string& title, teacher::ServedModel model,
       title.c_str(), static_cast<long long>(classes), temperature, batches,
       absl::GetFlag(FLAGS_batch_size),
       static_cast<double>(input_bytes) / absl::GetFlag(FLAGS_batch_size));
-  std::printf("%-14s %14s %10s %12s %10s %14s %12s\n", "encoding",
+  std::printf("%-20s %14s %10s %12s %10s %14s %12s %12s\n", "encoding",
               "bytes/sample", "vs fp32", "samples/s", "vs fp32", "KL vs fp32",
-              "top-k mass");
+              "top-k mass", "KL vs top_k");
   struct Row {
     std::string name;
     v1::Encoding encoding;
@@ -212,6 +213,13 @@ void EncodingTable(const std::string& title, teacher::ServedModel model,
   for (int m : {12, 32}) {
     rows.push_back({absl::StrCat("sampled m=", m), v1::SAMPLED, m});
   }
+  // Packed top-k: what packing adds is its KL to the TOP_K row of equal k.
+  for (int k : {32, 128, 1024}) {
+    if (k <= classes) {
+      rows.push_back({absl::StrCat("top_k_packed k=", k), v1::TOP_K_PACKED, k});
+    }
+  }
+  std::map<int, torch::Tensor> topk_dense;
   torch::Tensor reference;
   double base_bytes = 0, base_rate = 0;
   for (const Row& row : rows) {
@@ -241,8 +249,14 @@ void EncodingTable(const std::string& title, teacher::ServedModel model,
       base_bytes = bytes;
       base_rate = rate;
     }
-    const std::string mass_text =
-        row.encoding == v1::TOP_K ? absl::StrCat(mass / f.samples) : "-";
+    const std::string mass_text = distill::teacher::IsTopK(row.encoding)
+                                      ? absl::StrCat(mass / f.samples)
+                                      : "-";
+    if (row.encoding == v1::TOP_K) topk_dense[row.k] = all;
+    const std::string packing_text =
+        row.encoding == v1::TOP_K_PACKED && topk_dense.count(row.k) > 0
+            ? absl::StrFormat("%.3g", MeanKl(topk_dense[row.k], all))
+            : std::string("-");
     // One draw's frequencies are not the distribution (their KL to it is
     // large by design); what sampled targets promise is an unbiased mean,
     // tested in losses/builtin_losses_test.cc.
@@ -250,9 +264,10 @@ void EncodingTable(const std::string& title, teacher::ServedModel model,
         row.encoding == v1::SAMPLED
             ? std::string("unbiased")
             : absl::StrFormat("%.3g", MeanKl(reference, all));
-    std::printf("%-14s %14.1f %9.3fx %12.0f %9.2fx %14s %12s\n",
+    std::printf("%-20s %14.1f %9.3fx %12.0f %9.2fx %14s %12s %12s\n",
                 row.name.c_str(), bytes, bytes / base_bytes, rate,
-                rate / base_rate, kl_text.c_str(), mass_text.c_str());
+                rate / base_rate, kl_text.c_str(), mass_text.c_str(),
+                packing_text.c_str());
   }
 }
 

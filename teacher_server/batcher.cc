@@ -18,6 +18,7 @@ absl::StatusOr<v1::SoftTargets> EncodeLogits(const torch::Tensor& logits,
   auto targets = TorchCall("computing soft targets", [&] {
     switch (header.encoding()) {
       case v1::TOP_K:
+      case v1::TOP_K_PACKED:
         return losses::TeacherTargets::TopKFromLogits(
             logits, header.temperature(), header.top_k());
       case v1::SAMPLED:

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "teacher_server/packed_topk.h"
 
 namespace distill::teacher {
 namespace {
@@ -12,6 +13,9 @@ namespace {
 // The row-major tensors of an answer, the first one's leading dimensions
 // being the rows: probs, or top-k values, indices and tail.
 std::vector<v1::Tensor*> RowTensors(v1::SoftTargets& t) {
+  if (t.encoding() == v1::TOP_K_PACKED) {
+    return {t.mutable_topk_packed(), t.mutable_tail_mass()};
+  }
   if (t.encoding() == v1::TOP_K) {
     return {t.mutable_topk_values(), t.mutable_topk_indices(),
             t.mutable_tail_mass()};
@@ -23,6 +27,9 @@ std::vector<v1::Tensor*> RowTensors(v1::SoftTargets& t) {
 }
 
 std::vector<const v1::Tensor*> RowTensors(const v1::SoftTargets& t) {
+  if (t.encoding() == v1::TOP_K_PACKED) {
+    return {&t.topk_packed(), &t.tail_mass()};
+  }
   if (t.encoding() == v1::TOP_K) {
     return {&t.topk_values(), &t.topk_indices(), &t.tail_mass()};
   }
@@ -35,7 +42,8 @@ std::vector<const v1::Tensor*> RowTensors(const v1::SoftTargets& t) {
 // Whether `tensor` is a per-row scalar (the top-k tail) rather than rows of
 // a last dimension.
 bool IsTail(const v1::SoftTargets& t, int index) {
-  return t.encoding() == v1::TOP_K && index == 2;
+  return (t.encoding() == v1::TOP_K && index == 2) ||
+         (t.encoding() == v1::TOP_K_PACKED && index == 1);
 }
 
 // Bytes per element of a wire dtype; 0 for none.
@@ -62,6 +70,7 @@ v1::SoftTargets Scalars(const v1::SoftTargets& t) {
   out.set_encoding(t.encoding());
   out.set_num_classes(t.num_classes());
   out.set_samples(t.samples());
+  out.set_top_k(t.top_k());
   return out;
 }
 
@@ -75,6 +84,8 @@ int64_t RowBytes(v1::Encoding encoding, int64_t num_classes, int32_t width) {
       return 2 * num_classes;
     case v1::TOP_K:
       return 6 * static_cast<int64_t>(width) + 4;
+    case v1::TOP_K_PACKED:
+      return PackedRowBytes(width, num_classes) + 4;
     case v1::SAMPLED:
       return 5 * static_cast<int64_t>(width);
     default:
@@ -210,10 +221,10 @@ absl::StatusOr<v1::DistillResponse> JoinAnswer(
     if (t.encoding() != whole.encoding() ||
         t.temperature() != whole.temperature() ||
         t.num_classes() != whole.num_classes() ||
-        t.samples() != whole.samples()) {
+        t.samples() != whole.samples() || t.top_k() != whole.top_k()) {
       return bad(absl::StrCat("chunk ", c,
                               " disagrees with chunk 0 on the encoding, "
-                              "temperature, class count or samples"));
+                              "temperature, class count, samples or k"));
     }
     const std::vector<const v1::Tensor*> parts = RowTensors(t);
     const int64_t m = parts[0]->shape_size() > 0 ? parts[0]->shape(0) : -1;

@@ -45,6 +45,8 @@ TEST(ChunksTest, RowBytesPerEncoding) {
   EXPECT_EQ(RowBytes(v1::DENSE_FP16, 32000, 0), 64000);
   EXPECT_EQ(RowBytes(v1::TOP_K, 32000, 128), 772);  // 128 x (2 + 4) + 4
   EXPECT_EQ(RowBytes(v1::SAMPLED, 32000, 12), 60);  // 12 x (4 + 1)
+  // 8 + 128 x 15 bits / 8 + 128 + the 4-byte tail.
+  EXPECT_EQ(RowBytes(v1::TOP_K_PACKED, 32000, 128), 380);
 }
 
 TEST(ChunksTest, AnswerRowsArePositions) {
@@ -92,6 +94,32 @@ TEST(ChunksTest, TopKAnswerKeepsValuesIndicesAndTailsTogether) {
   auto decoded = DecodeTargets(joined->targets(), 2);
   ASSERT_THAT(decoded.status(), IsOk());
   EXPECT_EQ(decoded->tail_mass.sizes(), (std::vector<int64_t>{2, 4}));
+}
+
+TEST(ChunksTest, PackedTopKAnswerKeepsRecordsAndTailsTogether) {
+  torch::manual_seed(3);
+  auto encoded = EncodeTargets(
+      losses::TeacherTargets::TopKFromLogits(torch::randn({2, 4, 9}), 1.0, 3),
+      v1::TOP_K_PACKED);
+  ASSERT_THAT(encoded.status(), IsOk());
+  const v1::SoftTargets answer = *encoded;
+  // Two rows a chunk: 2 x (8 + 2 + 3) record bytes + 2 x 4 tail bytes.
+  auto chunks = SplitAnswer(9, answer, kChunkFramingBytes + 34);
+  ASSERT_THAT(chunks.status(), IsOk());
+  ASSERT_EQ(chunks->size(), 4u);
+  EXPECT_EQ((*chunks)[2].targets().top_k(), 3);
+  EXPECT_THAT((*chunks)[2].targets().topk_packed().shape(),
+              ::testing::ElementsAre(2, 13));
+  auto joined = JoinAnswer(*chunks);
+  ASSERT_THAT(joined.status(), IsOk());
+  EXPECT_TRUE(MessageDifferencer::Equals(joined->targets(), answer));
+  // A chunk that changes k is refused.
+  std::vector<v1::DistillResponse> changed = *chunks;
+  changed[1].mutable_targets()->set_top_k(4);
+  EXPECT_THAT(JoinAnswer(changed).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("disagrees with chunk 0 on the encoding, "
+                                 "temperature, class count, samples or k")));
 }
 
 TEST(ChunksTest, SampledAnswerKeepsIdsAndCountsTogether) {

@@ -17,6 +17,7 @@
 #include "common/status.h"
 #include "common/temperature.h"
 #include "common/torch_status.h"
+#include "teacher_server/packed_topk.h"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
               "the teacher wire format is little-endian");
@@ -88,6 +89,16 @@ std::string ShapeString(absl::Span<const int64_t> shape) {
   return absl::StrCat("[",
                       absl::StrJoin(shape.subspan(0, kMaxTensorRank), ", "),
                       ", ... (", shape.size(), " dimensions)]");
+}
+
+bool IsTopK(v1::Encoding encoding) {
+  return encoding == v1::TOP_K || encoding == v1::TOP_K_PACKED;
+}
+
+int64_t TopKWidth(const v1::SoftTargets& targets) {
+  if (targets.encoding() == v1::TOP_K_PACKED) return targets.top_k();
+  const v1::Tensor& values = targets.topk_values();
+  return values.shape_size() < 1 ? -1 : values.shape(values.shape_size() - 1);
 }
 
 std::string EncodingName(v1::Encoding encoding) {
@@ -199,6 +210,15 @@ absl::StatusOr<v1::SoftTargets> EncodeTargets(
           ToProto(targets.values, v1::Tensor::FLOAT16);
       *message.mutable_topk_indices() =
           ToProto(targets.indices, v1::Tensor::INT32);
+      *message.mutable_tail_mass() =
+          ToProto(targets.tail_mass, v1::Tensor::FLOAT32);
+      return message;
+    case v1::TOP_K_PACKED:
+      if (targets.form != losses::TeacherTargets::Form::kTopK) break;
+      *message.mutable_topk_packed() = ToProto(
+          PackTopK(targets.values, targets.indices, targets.num_classes),
+          v1::Tensor::UINT8);
+      message.set_top_k(static_cast<int32_t>(targets.values.size(-1)));
       *message.mutable_tail_mass() =
           ToProto(targets.tail_mass, v1::Tensor::FLOAT32);
       return message;
@@ -331,6 +351,57 @@ absl::StatusOr<losses::TeacherTargets> DecodeTargets(
       targets.form = losses::TeacherTargets::Form::kTopK;
       targets.values = values;
       targets.indices = indices.to(torch::kLong);
+      targets.tail_mass = tail;
+      return targets;
+    }
+    case v1::TOP_K_PACKED: {
+      DISTILL_RETURN_IF_ERROR(
+          CheckTensor(message.topk_packed(), "topk_packed", v1::Tensor::UINT8));
+      DISTILL_RETURN_IF_ERROR(
+          CheckTensor(message.tail_mass(), "tail_mass", v1::Tensor::FLOAT32));
+      const int64_t k = message.top_k();
+      if (k < 1 || k > classes) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "top-k k = ", k, " must be in [1, num_classes = ", classes, "]"));
+      }
+      DISTILL_ASSIGN_OR_RETURN(torch::Tensor records,
+                               FromProto(message.topk_packed(), "topk_packed"));
+      DISTILL_ASSIGN_OR_RETURN(torch::Tensor tail,
+                               FromProto(message.tail_mass(), "tail_mass"));
+      if ((records.dim() != 2 && records.dim() != 3) ||
+          tail.sizes() != records.sizes().slice(0, records.dim() - 1)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "packed top-k shapes disagree: topk_packed ",
+            ShapeString(records.sizes()), ", tail_mass ",
+            ShapeString(tail.sizes()), " (want [N(, S), bytes], [N(, S)])"));
+      }
+      DISTILL_RETURN_IF_ERROR(check_rows(records, "topk_packed"));
+      DISTILL_ASSIGN_OR_RETURN(UnpackedTopK unpacked,
+                               UnpackTopK(records, k, classes));
+      if (!AllWithin(tail, 0.0, 1.0 + kProbSlack)) {
+        return absl::InvalidArgumentError(
+            "tail_mass must be finite probabilities in [0, 1]");
+      }
+      // Each listed value is off by at most its row's relative_error; the
+      // sum may be off by that much on top of the usual fp16 tolerance.
+      const torch::Tensor listed = unpacked.values.sum(-1);
+      const torch::Tensor off = (listed + tail - 1).abs();
+      const torch::Tensor allowed = unpacked.relative_error * listed + 1e-2;
+      const torch::Tensor bad = (off > allowed).flatten();
+      if (bad.numel() > 0 && bad.any().item<bool>()) {
+        const int64_t row = bad.nonzero()[0][0].item<int64_t>();
+        return absl::InvalidArgumentError(absl::StrCat(
+            "packed top-k values plus tail_mass must sum to 1 within the "
+            "quantization error; row ",
+            row, " sums to ", (listed + tail).flatten()[row].item<float>()));
+      }
+      // Listed values scaled to sum to exactly 1 - tail.
+      const torch::Tensor scale =
+          torch::where(listed > 0, (1 - tail).clamp_min(0) / listed,
+                       torch::zeros_like(listed));
+      targets.form = losses::TeacherTargets::Form::kTopK;
+      targets.values = unpacked.values * scale.unsqueeze(-1);
+      targets.indices = unpacked.indices;
       targets.tail_mass = tail;
       return targets;
     }

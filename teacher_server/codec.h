@@ -33,8 +33,14 @@ inline constexpr int kMaxTensorRank = 8;
 // unbounded shape back to the peer.
 std::string ShapeString(absl::Span<const int64_t> shape);
 
-// "DENSE_FP32", "DENSE_FP16", "TOP_K", "SAMPLED".
+// "DENSE_FP32", "DENSE_FP16", "TOP_K", "SAMPLED", "TOP_K_PACKED".
 std::string EncodingName(v1::Encoding encoding);
+
+// TOP_K or TOP_K_PACKED: the encodings of top-k targets.
+bool IsTopK(v1::Encoding encoding);
+// The k a top-k answer carries per row (TOP_K: its values' last dimension,
+// TOP_K_PACKED: top_k); -1 when it states none.
+int64_t TopKWidth(const v1::SoftTargets& targets);
 // "FLOAT32", ...
 std::string DTypeName(v1::Tensor::DType dtype);
 
@@ -54,8 +60,8 @@ absl::StatusOr<torch::Tensor> FromProto(const v1::Tensor& message,
                                         absl::string_view what);
 
 // Encodes teacher targets for the wire. Dense targets may be sent as
-// DENSE_FP32 or DENSE_FP16, top-k targets only as TOP_K, sampled ones only
-// as SAMPLED; anything else is InvalidArgument.
+// DENSE_FP32 or DENSE_FP16, top-k targets as TOP_K or TOP_K_PACKED, sampled
+// ones only as SAMPLED; anything else is InvalidArgument.
 absl::StatusOr<v1::SoftTargets> EncodeTargets(
     const losses::TeacherTargets& targets, v1::Encoding encoding);
 
@@ -63,7 +69,9 @@ absl::StatusOr<v1::SoftTargets> EncodeTargets(
 // [0, num_classes), probabilities finite and in [0, 1], every row a
 // distribution (dense rows, or top-k values plus tail mass, summing to 1
 // within 1e-3 for DENSE_FP32 and 1e-2 for the fp16 encodings), sampled
-// counts summing to `samples` in every row, temperature >= kMinTemperature
+// counts summing to `samples` in every row (TOP_K_PACKED: within its
+// rows' quantization error on top, then scaled to sum to 1 exactly),
+// temperature >= kMinTemperature
 // (common/temperature.h). Sampled rows come
 // back padded to `samples` columns.
 // Probabilities come back as float32 whatever the wire precision.

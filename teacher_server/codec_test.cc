@@ -138,6 +138,56 @@ TEST(TargetsCodecTest, TopKRoundTripKeepsIndicesAndTail) {
   EXPECT_NEAR(back->tail_mass[0].item<double>(), 1.0 / 7, 1e-6);
 }
 
+TEST(TargetsCodecTest, PackedTopKDecodesToTheTopKTargetsWithinItsError) {
+  torch::manual_seed(7);
+  const torch::Tensor logits = 4 * torch::randn({3, 5, 500});
+  auto topk = losses::TeacherTargets::TopKFromLogits(logits, 2.0, 16);
+  auto message = EncodeTargets(topk, v1::TOP_K_PACKED);
+  ASSERT_THAT(message.status(), IsOk());
+  EXPECT_EQ(message->top_k(), 16);
+  // 8 + 16 x 9 bits (V = 500) / 8 + 16 = 42 bytes a row, and the tail.
+  EXPECT_THAT(message->topk_packed().shape(), ::testing::ElementsAre(3, 5, 42));
+  auto back = DecodeTargets(*message, 3);
+  ASSERT_THAT(back.status(), IsOk());
+  EXPECT_EQ(back->form, losses::TeacherTargets::Form::kTopK);
+  EXPECT_TRUE(torch::equal(back->indices, topk.indices));
+  EXPECT_TRUE(torch::equal(back->tail_mass, topk.tail_mass));
+  // Rows sum to exactly 1 with the tail (scaled after decoding)...
+  EXPECT_TRUE(torch::allclose(back->values.sum(-1) + back->tail_mass,
+                              torch::ones({3, 5}), 0, 1e-5));
+  // ...and each value is within a few percent of the exact one.
+  EXPECT_LT((back->values / topk.values - 1).abs().max().item<float>(), 0.05);
+}
+
+TEST(TargetsCodecTest, PackedTopKRefusesLyingMessages) {
+  auto topk = losses::TeacherTargets::TopKFromLogits(SeventhsLogits(), 1.0, 2);
+  const v1::SoftTargets good = *EncodeTargets(topk, v1::TOP_K_PACKED);
+  ASSERT_THAT(DecodeTargets(good, 1).status(), IsOk());
+  v1::SoftTargets wrong_k = good;
+  wrong_k.set_top_k(3);
+  EXPECT_THAT(
+      DecodeTargets(wrong_k, 1).status(),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               "topk_packed rows must be 12 bytes (k = 3, 2-bit ids), got 11"));
+  v1::SoftTargets no_k = good;
+  no_k.set_top_k(0);
+  EXPECT_THAT(DecodeTargets(no_k, 1).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "top-k k = 0 must be in [1, num_classes = 3]"));
+  // A tail that leaves the listed values far from 1 - tail: 4/7 + 2/7 + 0.5.
+  v1::SoftTargets heavy_tail = good;
+  const float half = 0.5f;
+  heavy_tail.mutable_tail_mass()->set_data(&half, 4);
+  EXPECT_THAT(DecodeTargets(heavy_tail, 1).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("must sum to 1 within the quantization "
+                                 "error; row 0 sums to 1.357")));
+  v1::SoftTargets wrong_rows = good;
+  EXPECT_THAT(DecodeTargets(wrong_rows, 2).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("does not cover 2 samples")));
+}
+
 TEST(TargetsCodecTest, SequenceTargetsKeepTheirShape) {
   torch::Tensor logits = torch::randn({2, 5, 11});
   auto topk = losses::TeacherTargets::TopKFromLogits(logits, 2.0, 4);

@@ -168,7 +168,7 @@ TEST_F(ServiceTest, InfoAndHealthDescribeTheTeacher) {
   EXPECT_EQ(info.max_batch(), 8);
   EXPECT_THAT(info.encodings(),
               ::testing::ElementsAre(v1::DENSE_FP32, v1::DENSE_FP16, v1::TOP_K,
-                                     v1::SAMPLED));
+                                     v1::SAMPLED, v1::TOP_K_PACKED));
   EXPECT_EQ(info.max_request_bytes(), 8 * 28 * 28 * 4 + 65536);
 
   auto health =
@@ -497,6 +497,10 @@ TEST_F(ServiceTest, EachBadRequestEndsOnlyItsStream) {
        {HeaderRequest(1, v1::TOP_K, 0), good_batch},
        grpc::StatusCode::INVALID_ARGUMENT,
        "header.top_k must be in [1, 10] (the teacher's classes), got 0"},
+      {"packed k zero",
+       {HeaderRequest(1, v1::TOP_K_PACKED, 0), good_batch},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "header.top_k must be in [1, 10] (the teacher's classes), got 0"},
       {"no samples",
        {HeaderRequest(1, v1::SAMPLED, 0), good_batch},
        grpc::StatusCode::INVALID_ARGUMENT,
@@ -509,12 +513,12 @@ TEST_F(ServiceTest, EachBadRequestEndsOnlyItsStream) {
        {HeaderRequest(1, v1::ENCODING_UNSPECIFIED), good_batch},
        grpc::StatusCode::INVALID_ARGUMENT,
        "header.encoding ENCODING_UNSPECIFIED is not supported; supported: "
-       "DENSE_FP32, DENSE_FP16, TOP_K, SAMPLED"},
+       "DENSE_FP32, DENSE_FP16, TOP_K, SAMPLED, TOP_K_PACKED"},
       {"unknown encoding",
        {HeaderRequest(1, static_cast<v1::Encoding>(9)), good_batch},
        grpc::StatusCode::INVALID_ARGUMENT,
        "header.encoding encoding 9 is not supported; supported: DENSE_FP32, "
-       "DENSE_FP16, TOP_K, SAMPLED"},
+       "DENSE_FP16, TOP_K, SAMPLED, TOP_K_PACKED"},
       {"batch first",
        {BatchRequest(7, TestInputs(1, 1)), good_header},
        grpc::StatusCode::INVALID_ARGUMENT,
@@ -582,7 +586,7 @@ TEST_F(ServiceTest, EachBadRequestEndsOnlyItsStream) {
       std::count_if(cases.begin(), cases.end(), [](const BadCase& c) {
         return c.code == grpc::StatusCode::INVALID_ARGUMENT;
       });
-  EXPECT_EQ(invalid, 19);
+  EXPECT_EQ(invalid, 20);
   EXPECT_THAT(server_->metrics().Text(),
               HasSubstr(absl::StrCat("distill_teacher_calls_total{code=\"",
                                      "INVALID_ARGUMENT\",rpc=\"Distill\"} ",

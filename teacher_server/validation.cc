@@ -31,7 +31,7 @@ absl::Status ValidateHeader(const v1::StreamHeader& header,
         "header.encoding ", EncodingName(header.encoding()),
         " is not supported; supported: ", absl::StrJoin(names, ", ")));
   }
-  if (header.encoding() == v1::TOP_K &&
+  if (IsTopK(header.encoding()) &&
       (header.top_k() < 1 || header.top_k() > info.num_classes())) {
     return absl::InvalidArgumentError(
         absl::StrCat("header.top_k must be in [1, ", info.num_classes(),

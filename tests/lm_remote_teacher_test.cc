@@ -199,6 +199,18 @@ TEST_F(LmRemoteTeacherTest, ServedTeacherTrainsTheStudentAsInProcess) {
   ASSERT_EQ(o.exit_code, 0) << o.err;
   EXPECT_GT(Summary(topk)["loss_terms"]["kd_kl"].get<double>(), 0.0);
 
+  // Packed top-k carries the same ids and values within their 8-bit
+  // log-space rounding (scaled to sum to 1 - tail), in about half the bytes:
+  // the student ends where the TOP_K one does.
+  const fs::path packed = *dir_ / "packed";
+  o = Run(Config("packed", "endpoints: \"" + server.address() +
+                               "\" encoding: TOP_K_PACKED top_k: 16"),
+          packed);
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_NEAR(Summary(packed)["test_loss"].get<double>(),
+              Summary(topk)["test_loss"].get<double>(),
+              0.005 * Summary(topk)["test_loss"].get<double>());
+
   // Sampled targets (32 draws per position) give an unbiased gradient of the
   // dense KL: the student ends where the dense-trained one does, up to the
   // draws' noise (0.14% on this job; the unbiasedness itself is tested in

@@ -106,12 +106,15 @@ absl::Status ValidateTeacher(const JobConfig& c) {
       return Bad(path, absl::StrCat("'", t.endpoints(i), "' is listed twice"));
     }
   }
-  if (t.encoding() == TeacherConfig::TOP_K) {
-    DISTILL_RETURN_IF_ERROR(
-        CheckRange("teacher.top_k", t.top_k(),
-                   Range::AtLeast(1).Noted("with encoding TOP_K")));
+  if (t.encoding() == TeacherConfig::TOP_K ||
+      t.encoding() == TeacherConfig::TOP_K_PACKED) {
+    DISTILL_RETURN_IF_ERROR(CheckRange(
+        "teacher.top_k", t.top_k(),
+        Range::AtLeast(1).Noted(absl::StrCat(
+            "with encoding ", TeacherConfig::Encoding_Name(t.encoding())))));
   } else if (t.top_k() != 0) {
-    return Bad("teacher.top_k", "applies to encoding TOP_K only");
+    return Bad("teacher.top_k",
+               "applies to encodings TOP_K and TOP_K_PACKED only");
   }
   if (t.encoding() == TeacherConfig::SAMPLED) {
     DISTILL_RETURN_IF_ERROR(

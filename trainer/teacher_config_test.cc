@@ -106,7 +106,8 @@ TEST(TeacherConfigTest, TopKGoesWithItsEncoding) {
               "job.pbtxt:4: teacher.top_k must be >= 1 with encoding TOP_K "
               "(got 0)");
   ExpectError("teacher {\n  endpoints: \"h:1\"\n  top_k: 4\n}\n",
-              "job.pbtxt:6: teacher.top_k applies to encoding TOP_K only");
+              "job.pbtxt:6: teacher.top_k applies to encodings TOP_K and "
+              "TOP_K_PACKED only");
 }
 
 TEST(TeacherConfigTest, SamplesGoWithTheirEncodingAndLinearLosses) {

@@ -34,7 +34,8 @@ v1::InfoResponse ImageInfo() {
   info.add_output_shape(10);
   info.set_num_classes(10);
   info.set_max_batch(64);
-  for (auto e : {v1::DENSE_FP32, v1::DENSE_FP16, v1::TOP_K, v1::SAMPLED}) {
+  for (auto e : {v1::DENSE_FP32, v1::DENSE_FP16, v1::TOP_K, v1::SAMPLED,
+                 v1::TOP_K_PACKED}) {
     info.add_encodings(e);
   }
   info.set_max_request_bytes(4 << 20);
@@ -61,9 +62,10 @@ void CheckHeader(const v1::StreamHeader& header, const v1::InfoResponse& info) {
   if (!std::isfinite(t) || t < distill::kMinTemperature) {
     Fail(kTarget, "a header with temperature " + std::to_string(t) + " passed");
   }
-  if (header.encoding() == v1::TOP_K &&
+  if ((header.encoding() == v1::TOP_K ||
+       header.encoding() == v1::TOP_K_PACKED) &&
       (header.top_k() < 1 || header.top_k() > info.num_classes())) {
-    Fail(kTarget, "a TOP_K header with top_k " +
+    Fail(kTarget, "a top-k header with top_k " +
                       std::to_string(header.top_k()) + " passed");
   }
   if (header.encoding() == v1::SAMPLED &&

@@ -69,13 +69,11 @@ Result RemoteTeacher::Impl::Decode(const Endpoint& endpoint,
     return bad(absl::StrCat(targets.samples(), " samples per row instead of ",
                             options_.samples));
   }
-  if (options_.encoding == v1::TOP_K &&
-      (targets.topk_values().shape_size() < 1 ||
-       targets.topk_values().shape(targets.topk_values().shape_size() - 1) !=
-           options_.top_k)) {
-    return bad(absl::StrCat("top-k values [",
-                            absl::StrJoin(targets.topk_values().shape(), ", "),
-                            "] instead of ", options_.top_k, " per row"));
+  if (teacher::IsTopK(options_.encoding) &&
+      teacher::TopKWidth(targets) != options_.top_k) {
+    return bad(
+        absl::StrCat("top-k answers with k = ", teacher::TopKWidth(targets),
+                     " instead of ", options_.top_k, " per row"));
   }
   Result decoded = teacher::DecodeTargets(targets, pending.rows);
   if (!decoded.ok()) return bad(std::string(decoded.status().message()));

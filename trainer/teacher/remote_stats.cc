@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "teacher_server/codec.h"
 #include "trainer/teacher/internal/remote_state.h"
 
 namespace distill::trainer {
@@ -24,7 +25,7 @@ nlohmann::json RemoteTeacher::Impl::TakeStats() {
     stats["teacher_latency_ms_mean"] = sum / batches;
     const int64_t p95 = static_cast<int64_t>(std::ceil(0.95 * batches)) - 1;
     stats["teacher_latency_ms_p95"] = latencies_ms_[std::max<int64_t>(p95, 0)];
-    if (options_.encoding == v1::TOP_K && samples_ > 0) {
+    if (teacher::IsTopK(options_.encoding) && samples_ > 0) {
       stats["teacher_topk_mass_mean"] = topk_mass_sum_ / samples_;
     }
   }

@@ -24,7 +24,7 @@ std::string KeyString(const TeacherCacheKey& key) {
   return absl::StrFormat(
       "teacher hash %s, temperature %g, %s%s, %d classes", key.model_hash,
       key.temperature, teacher::EncodingName(key.encoding),
-      key.encoding == v1::TOP_K     ? absl::StrCat(" k=", key.top_k)
+      teacher::IsTopK(key.encoding) ? absl::StrCat(" k=", key.top_k)
       : key.encoding == v1::SAMPLED ? absl::StrCat(" m=", key.samples)
                                     : std::string(),
       key.num_classes);
@@ -57,6 +57,7 @@ void CachingTeacher::Allocate(int64_t n) {
       probs_ = torch::zeros({n, c}, torch::kHalf);
       break;
     case v1::TOP_K:
+    case v1::TOP_K_PACKED:
       values_ = torch::zeros({n, key_.top_k}, torch::kHalf);
       indices_ = torch::zeros({n, key_.top_k}, torch::kInt);
       tail_ = torch::zeros({n}, torch::kFloat);
@@ -102,8 +103,8 @@ losses::TeacherTargets CachingTeacher::Lookup(const torch::Tensor& ids) const {
   losses::TeacherTargets t;
   t.temperature = key_.temperature;
   t.num_classes = key_.num_classes;
-  if (key_.encoding == v1::TOP_K || key_.encoding == v1::SAMPLED) {
-    t.form = key_.encoding == v1::TOP_K
+  if (teacher::IsTopK(key_.encoding) || key_.encoding == v1::SAMPLED) {
+    t.form = teacher::IsTopK(key_.encoding)
                  ? losses::TeacherTargets::Form::kTopK
                  : losses::TeacherTargets::Form::kSampled;
     t.samples = key_.samples;

@@ -131,7 +131,7 @@ absl::Status CheckTeacherInfo(const std::string& address,
                      teacher::EncodingName(options.encoding), " (offers ",
                      absl::StrJoin(names, ", "), ")"));
   }
-  if (options.encoding == v1::TOP_K && options.top_k > info.num_classes()) {
+  if (teacher::IsTopK(options.encoding) && options.top_k > info.num_classes()) {
     return absl::FailedPreconditionError(
         absl::StrCat("teacher.top_k ", options.top_k, " is larger than the ",
                      info.num_classes(), " classes of ", who));
