@@ -25,6 +25,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
 #include "launch/launcher.h"
+#include "launch/orphan_guard.h"
 #include "launch/supervisor.h"
 
 ABSL_FLAG(int, nproc, 1, "Number of distill ranks.");
@@ -90,6 +91,13 @@ int main(int argc, char** argv) {
   if (absl::Status s = distill::launch::Supervisor::BlockSignals(); !s.ok()) {
     return Fail(std::string(s.message()));
   }
+  // Also before any thread: the guard is a fork of this process.
+  if (absl::Status s = distill::launch::OrphanGuard::Start(); !s.ok()) {
+    return Fail(std::string(s.message()));
+  }
+  struct StopGuard {
+    ~StopGuard() { distill::launch::OrphanGuard::Stop(); }
+  } stop_guard;
   absl::SetProgramUsageMessage(
       "distill_launch --nproc N [--teachers M] [--max_restarts R] -- "
       "--config FILE [distill flags]: start teacher servers and distill "

@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "launch/orphan_guard.h"
 
 extern char** environ;
 
@@ -107,6 +108,7 @@ Supervisor::~Supervisor() {
       ::kill(-c->pid, SIGKILL);
       ::waitpid(c->pid, &c->wait_status, 0);
       c->exited = true;
+      OrphanGuard::Release(c->pid);
     }
     for (int& fd : c->fds) {
       if (fd >= 0) ::close(fd);
@@ -155,6 +157,7 @@ absl::StatusOr<int> Supervisor::Start(const ChildSpec& spec) {
     ::_exit(127);
   }
   ::setpgid(pid, pid);  // Also here, so no signal can race the child's call.
+  OrphanGuard::Watch(pid);
   ::close(out[1]);
   ::close(err[1]);
   ::close(exec_error[1]);
@@ -200,6 +203,7 @@ void Supervisor::ReapExited(Events& events) {
       c.wait_status = status;
       // Anything the child left running in its group goes with it.
       ::kill(-c.pid, SIGKILL);
+      OrphanGuard::Release(c.pid);
       events.exits.push_back({static_cast<int>(id), status});
     }
   }

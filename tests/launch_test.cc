@@ -47,6 +47,16 @@ int Count(const std::string& text, const std::string& what) {
 
 bool Alive(pid_t pid) { return ::kill(pid, 0) == 0 || errno != ESRCH; }
 
+// Alive and not a zombie waiting for whoever inherited it to reap it.
+bool Running(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(stat)),
+                   std::istreambuf_iterator<char>());
+  const size_t paren = text.rfind(')');
+  return paren != std::string::npos && paren + 2 < text.size() &&
+         text[paren + 2] != 'Z';
+}
+
 struct Launch {
   Process process;
   fs::path out, err;
@@ -273,6 +283,28 @@ TEST_F(LaunchTest, RanksGetTheirVariablesAndTheirOutputIsPrefixed) {
                 "--max_restarts=1 is spent: rank 1 exited with status 3 "
                 "(2 times)\n"));
   ExpectNoneLeft(work, 4);
+}
+
+// A launcher killed with SIGKILL takes its ranks down (PR_SET_PDEATHSIG)
+// and whatever they started too: a rank here is a shell that started a
+// `sleep`, which would outlive the shell on its own.
+TEST_F(LaunchTest, SigkilledLauncherLeavesNoGrandchildren) {
+  const fs::path pid_file = dir_ / "grandchild.pid";
+  const std::string script = "sleep 300 & echo $! > " + pid_file.string() +
+                             ".tmp; mv " + pid_file.string() + ".tmp " +
+                             pid_file.string() + "; wait";
+  Launch l = Start(
+      {"--nproc", "1", "--distill", "/bin/bash", "--", "-c", script, "rank"});
+  ASSERT_TRUE(distill::testing::WaitForFile(pid_file, std::chrono::seconds(30)))
+      << ReadFile(l.err);
+  const pid_t grandchild = std::stoi(ReadFile(pid_file));
+  ASSERT_TRUE(Running(grandchild));
+  ASSERT_EQ(::kill(l.process.pid(), SIGKILL), 0);
+  EXPECT_EQ(Wait(l), -SIGKILL);
+  EXPECT_TRUE(distill::testing::WaitUntil([&] { return !Running(grandchild); },
+                                          std::chrono::seconds(10)))
+      << "the rank's child " << grandchild << " outlived the launcher";
+  ::kill(grandchild, SIGKILL);
 }
 
 // SIGTERM to the launcher reaches the ranks, which agree on a step,
