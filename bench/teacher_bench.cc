@@ -205,7 +205,8 @@ void EncodingTable(const std::string& title, teacher::ServedModel model,
     int k;
   };
   std::vector<Row> rows = {{"dense_fp32", v1::DENSE_FP32, 0},
-                           {"dense_fp16", v1::DENSE_FP16, 0}};
+                           {"dense_fp16", v1::DENSE_FP16, 0},
+                           {"dense_logp_fp16", v1::DENSE_LOGP_FP16, 0}};
   for (int k : {1, 8, 32, 128, 1024}) {
     if (k <= classes)
       rows.push_back({absl::StrCat("top_k k=", k), v1::TOP_K, k});

@@ -81,6 +81,7 @@ int64_t RowBytes(v1::Encoding encoding, int64_t num_classes, int32_t width) {
     case v1::DENSE_FP32:
       return 4 * num_classes;
     case v1::DENSE_FP16:
+    case v1::DENSE_LOGP_FP16:
       return 2 * num_classes;
     case v1::TOP_K:
       return 6 * static_cast<int64_t>(width) + 4;

@@ -43,6 +43,7 @@ v1::SoftTargets TopKAnswer() {
 TEST(ChunksTest, RowBytesPerEncoding) {
   EXPECT_EQ(RowBytes(v1::DENSE_FP32, 32000, 0), 128000);
   EXPECT_EQ(RowBytes(v1::DENSE_FP16, 32000, 0), 64000);
+  EXPECT_EQ(RowBytes(v1::DENSE_LOGP_FP16, 32000, 0), 64000);
   EXPECT_EQ(RowBytes(v1::TOP_K, 32000, 128), 772);  // 128 x (2 + 4) + 4
   EXPECT_EQ(RowBytes(v1::SAMPLED, 32000, 12), 60);  // 12 x (4 + 1)
   // 8 + 128 x 15 bits / 8 + 128 + the 4-byte tail.

@@ -204,6 +204,13 @@ absl::StatusOr<v1::SoftTargets> EncodeTargets(
           targets.probs, encoding == v1::DENSE_FP32 ? v1::Tensor::FLOAT32
                                                     : v1::Tensor::FLOAT16);
       return message;
+    case v1::DENSE_LOGP_FP16:
+      if (!dense) break;
+      // log of float32 probabilities: exact to float rounding for every
+      // normal float (p > 1.2e-38); 0 becomes -inf.
+      *message.mutable_probs() =
+          ToProto(targets.probs.to(torch::kFloat).log(), v1::Tensor::FLOAT16);
+      return message;
     case v1::TOP_K:
       if (targets.form != losses::TeacherTargets::Form::kTopK) break;
       *message.mutable_topk_values() =
@@ -352,6 +359,35 @@ absl::StatusOr<losses::TeacherTargets> DecodeTargets(
       targets.values = values;
       targets.indices = indices.to(torch::kLong);
       targets.tail_mass = tail;
+      return targets;
+    }
+    case v1::DENSE_LOGP_FP16: {
+      DISTILL_RETURN_IF_ERROR(
+          CheckTensor(message.probs(), "probs", v1::Tensor::FLOAT16));
+      DISTILL_ASSIGN_OR_RETURN(torch::Tensor logp,
+                               FromProto(message.probs(), "probs"));
+      if ((logp.dim() != 2 && logp.dim() != 3) || logp.size(-1) != classes) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "log-probabilities must be [N, C] or [N, S, V] with C = "
+            "num_classes ",
+            classes, ", got ", ShapeString(logp.sizes())));
+      }
+      DISTILL_RETURN_IF_ERROR(check_rows(logp, "probs"));
+      logp = logp.to(torch::kFloat);
+      // -inf is a probability of 0; NaN and +inf are not probabilities.
+      if (logp.numel() > 0 &&
+          (torch::isnan(logp).any().item<bool>() ||
+           (logp > std::log1p(kProbSlack)).any().item<bool>())) {
+        return absl::InvalidArgumentError(
+            "log-probabilities must be numbers <= 0");
+      }
+      // fp16 rounds each log p by up to |log p| / 2048 (relative); a row
+      // still sums to 1 within 1e-2, or it is not a distribution.
+      torch::Tensor probs = logp.exp();
+      DISTILL_RETURN_IF_ERROR(
+          CheckRowSums(probs.sum(-1), 1e-2, "log-probability rows"));
+      targets.form = losses::TeacherTargets::Form::kDense;
+      targets.probs = probs / probs.sum(-1, true);
       return targets;
     }
     case v1::TOP_K_PACKED: {

@@ -138,6 +138,72 @@ TEST(TargetsCodecTest, TopKRoundTripKeepsIndicesAndTail) {
   EXPECT_NEAR(back->tail_mass[0].item<double>(), 1.0 / 7, 1e-6);
 }
 
+// KL(p || decoded), summed over a row, averaged over rows.
+double MeanKl(const torch::Tensor& p, const torch::Tensor& q) {
+  const torch::Tensor pd = p.to(torch::kDouble), qd = q.to(torch::kDouble);
+  return torch::where(pd > 0, pd * (pd.log() - qd.log()), torch::zeros_like(pd))
+      .sum(-1)
+      .mean()
+      .item<double>();
+}
+
+// At V = 32,000 most probabilities are below fp16's smallest normal number
+// (6.1e-5): DENSE_FP16 rounds them to a few subnormal steps and loses
+// ~3e-3 nats, DENSE_LOGP_FP16 keeps each within |log p| / 2048 and stays
+// under the 1e-4 the vocabulary-scale goal asks of a dense encoding.
+TEST(TargetsCodecTest, LogProbabilitiesInFp16KeepALargeVocabulary) {
+  torch::manual_seed(11);
+  const torch::Tensor logits = 3 * torch::randn({2, 4, 32000});
+  auto dense = losses::TeacherTargets::DenseFromLogits(logits, 1.0);
+  auto logp = DecodeTargets(*EncodeTargets(dense, v1::DENSE_LOGP_FP16), 2);
+  ASSERT_THAT(logp.status(), IsOk());
+  EXPECT_EQ(logp->form, losses::TeacherTargets::Form::kDense);
+  EXPECT_EQ(logp->probs.sizes(), torch::IntArrayRef({2, 4, 32000}));
+  EXPECT_TRUE(
+      torch::allclose(logp->probs.sum(-1), torch::ones({2, 4}), 0, 1e-5));
+  auto half = DecodeTargets(*EncodeTargets(dense, v1::DENSE_FP16), 2);
+  ASSERT_THAT(half.status(), IsOk());
+  const double logp_kl = MeanKl(dense.probs, logp->probs);
+  const double half_kl = MeanKl(dense.probs, half->probs);
+  EXPECT_LT(logp_kl, 1e-4);
+  EXPECT_GT(half_kl, 1e-3);
+  // Each probability within its logarithm's fp16 rounding (2^-11 relative
+  // to |log p|, plus the row's renormalization).
+  const torch::Tensor bound = dense.probs.log().abs() / 2048 + 1e-3;
+  EXPECT_TRUE(
+      ((logp->probs / dense.probs).log().abs() <= bound).all().item<bool>());
+}
+
+TEST(TargetsCodecTest, LogProbabilitiesRefuseLyingMessages) {
+  auto dense = losses::TeacherTargets::DenseFromLogits(SeventhsLogits(), 1.0);
+  const v1::SoftTargets good = *EncodeTargets(dense, v1::DENSE_LOGP_FP16);
+  ASSERT_THAT(DecodeTargets(good, 1).status(), IsOk());
+  const auto with_values = [&](std::vector<float> values) {
+    v1::SoftTargets m = good;
+    *m.mutable_probs() =
+        ToProto(torch::tensor(values).view({1, 3}), v1::Tensor::FLOAT16);
+    return DecodeTargets(m, 1).status();
+  };
+  EXPECT_THAT(with_values({0.5f, -1.0f, -2.0f}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "log-probabilities must be numbers <= 0"));
+  EXPECT_THAT(with_values({NAN, -1.0f, -2.0f}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "log-probabilities must be numbers <= 0"));
+  // All zeros in log space: three probabilities of 1.
+  EXPECT_THAT(with_values({0.0f, 0.0f, 0.0f}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("log-probability rows must each sum to 1 "
+                                 "(within 0.01); row 0 sums to 3")));
+  // A probability of 0 is -inf, and fine.
+  EXPECT_THAT(with_values({0.0f, -INFINITY, -INFINITY}), IsOk());
+  v1::SoftTargets wrong_width = good;
+  wrong_width.set_num_classes(4);
+  EXPECT_THAT(DecodeTargets(wrong_width, 1).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("with C = num_classes 4, got [1, 3]")));
+}
+
 TEST(TargetsCodecTest, PackedTopKDecodesToTheTopKTargetsWithinItsError) {
   torch::manual_seed(7);
   const torch::Tensor logits = 4 * torch::randn({3, 5, 500});

@@ -341,6 +341,7 @@ TeacherService::TeacherService(const ServedModel* model, ServiceOptions options,
   info_.add_encodings(v1::TOP_K);
   info_.add_encodings(v1::SAMPLED);
   info_.add_encodings(v1::TOP_K_PACKED);
+  info_.add_encodings(v1::DENSE_LOGP_FP16);
   info_.set_max_request_bytes(options_.max_request_bytes);
   info_.set_tokenizer_sha256(model->tokenizer_sha256);
   info_.set_context_length(model->context_length);

@@ -168,7 +168,8 @@ TEST_F(ServiceTest, InfoAndHealthDescribeTheTeacher) {
   EXPECT_EQ(info.max_batch(), 8);
   EXPECT_THAT(info.encodings(),
               ::testing::ElementsAre(v1::DENSE_FP32, v1::DENSE_FP16, v1::TOP_K,
-                                     v1::SAMPLED, v1::TOP_K_PACKED));
+                                     v1::SAMPLED, v1::TOP_K_PACKED,
+                                     v1::DENSE_LOGP_FP16));
   EXPECT_EQ(info.max_request_bytes(), 8 * 28 * 28 * 4 + 65536);
 
   auto health =
@@ -513,12 +514,13 @@ TEST_F(ServiceTest, EachBadRequestEndsOnlyItsStream) {
        {HeaderRequest(1, v1::ENCODING_UNSPECIFIED), good_batch},
        grpc::StatusCode::INVALID_ARGUMENT,
        "header.encoding ENCODING_UNSPECIFIED is not supported; supported: "
-       "DENSE_FP32, DENSE_FP16, TOP_K, SAMPLED, TOP_K_PACKED"},
+       "DENSE_FP32, DENSE_FP16, TOP_K, SAMPLED, TOP_K_PACKED, "
+       "DENSE_LOGP_FP16"},
       {"unknown encoding",
        {HeaderRequest(1, static_cast<v1::Encoding>(9)), good_batch},
        grpc::StatusCode::INVALID_ARGUMENT,
        "header.encoding encoding 9 is not supported; supported: DENSE_FP32, "
-       "DENSE_FP16, TOP_K, SAMPLED, TOP_K_PACKED"},
+       "DENSE_FP16, TOP_K, SAMPLED, TOP_K_PACKED, DENSE_LOGP_FP16"},
       {"batch first",
        {BatchRequest(7, TestInputs(1, 1)), good_header},
        grpc::StatusCode::INVALID_ARGUMENT,

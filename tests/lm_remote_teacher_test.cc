@@ -191,6 +191,17 @@ TEST_F(LmRemoteTeacherTest, ServedTeacherTrainsTheStudentAsInProcess) {
               1e-3 * b["loss_terms"]["kd_kl"].get<double>());
   EXPECT_EQ(a["test_tokens"], b["test_tokens"]);
 
+  // Log-probabilities in fp16 (DENSE_FP16's bytes): the student ends where
+  // the float32 one does, to fp16 rounding of the logarithms.
+  const fs::path logp = *dir_ / "logp";
+  o = Run(Config("logp", "endpoints: \"" + server.address() +
+                             "\" encoding: DENSE_LOGP_FP16"),
+          logp);
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_NEAR(Summary(logp)["test_loss"].get<double>(),
+              a["test_loss"].get<double>(),
+              1e-3 * a["test_loss"].get<double>());
+
   // Top-k targets per position train too, with a KL that counts.
   const fs::path topk = *dir_ / "topk";
   o = Run(Config("topk", "endpoints: \"" + server.address() +

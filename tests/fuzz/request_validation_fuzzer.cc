@@ -35,7 +35,7 @@ v1::InfoResponse ImageInfo() {
   info.set_num_classes(10);
   info.set_max_batch(64);
   for (auto e : {v1::DENSE_FP32, v1::DENSE_FP16, v1::TOP_K, v1::SAMPLED,
-                 v1::TOP_K_PACKED}) {
+                 v1::TOP_K_PACKED, v1::DENSE_LOGP_FP16}) {
     info.add_encodings(e);
   }
   info.set_max_request_bytes(4 << 20);

@@ -86,6 +86,8 @@ void WriteSeeds(const std::string& dir) {
        v1::DENSE_FP16, 4096 + 2 * 1000 * 2},
       {"lm_topk_chunks", TeacherTargets::TopKFromLogits(long_logits, 1.0, 4),
        v1::TOP_K, 4096 + 60 * 28},
+      {"dense_logp_fp16", TeacherTargets::DenseFromLogits(image_logits, 1.0),
+       v1::DENSE_LOGP_FP16, 0},
       {"topk_packed", TeacherTargets::TopKFromLogits(image_logits, 4.0, 3),
        v1::TOP_K_PACKED, 0},
       // 8 + 4 x 6 bits / 8 + 4 record bytes and a 4-byte tail a row.
