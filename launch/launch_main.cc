@@ -159,6 +159,7 @@ int main(int argc, char** argv) {
       return Fail("cannot create a temporary work directory");
     }
     temp_dir = options.work_dir = pattern;
+    distill::launch::OrphanGuard::RemoveOnDeath(temp_dir);
   }
 
   absl::StatusOr<int> code = distill::launch::RunLaunch(options);

@@ -9,7 +9,10 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <set>
+#include <string>
+#include <system_error>
 
 #include "absl/strings/str_cat.h"
 
@@ -18,18 +21,21 @@ namespace {
 
 // One message from the launcher.
 struct Message {
-  char op;  // 'W': watch pgid, 'R': release pgid, 'S': stop
+  char op;  // 'W': watch pgid, 'R': release pgid, 'D': dir, 'S': stop
   pid_t pgid;
+  char dir[1024];  // 'D': a NUL-terminated path
 };
 
 int write_fd = -1;
 pid_t guard_pid = -1;
 
-void Send(char op, pid_t pgid) {
+void Send(char op, pid_t pgid, const std::string& dir = "") {
   if (write_fd < 0) return;
   Message m{};
   m.op = op;
   m.pgid = pgid;
+  if (dir.size() >= sizeof(m.dir)) return;  // not ours to remove, then
+  std::memcpy(m.dir, dir.data(), dir.size());
   ssize_t n;
   do {  // MSG_NOSIGNAL: a guard that is gone costs no SIGPIPE
     n = ::send(write_fd, &m, sizeof(m), MSG_NOSIGNAL);
@@ -45,6 +51,7 @@ void Send(char op, pid_t pgid) {
     ::dup2(null, STDERR_FILENO);
   }
   std::set<pid_t> groups;
+  std::string dir;
   while (true) {
     Message m;
     const ssize_t n = ::recv(read_fd, &m, sizeof(m), 0);
@@ -53,8 +60,13 @@ void Send(char op, pid_t pgid) {
     if (m.op == 'S') ::_exit(0);
     if (m.op == 'W') groups.insert(m.pgid);
     if (m.op == 'R') groups.erase(m.pgid);
+    if (m.op == 'D') dir.assign(m.dir, strnlen(m.dir, sizeof(m.dir)));
   }
   for (pid_t pgid : groups) ::kill(-pgid, SIGKILL);
+  if (!dir.empty()) {
+    std::error_code ignored;
+    std::filesystem::remove_all(dir, ignored);
+  }
   ::_exit(0);
 }
 
@@ -98,5 +110,7 @@ void OrphanGuard::Stop() {
 void OrphanGuard::Watch(pid_t pgid) { Send('W', pgid); }
 
 void OrphanGuard::Release(pid_t pgid) { Send('R', pgid); }
+
+void OrphanGuard::RemoveOnDeath(const std::string& dir) { Send('D', 0, dir); }
 
 }  // namespace distill::launch

@@ -10,6 +10,8 @@
 
 #include <sys/types.h>
 
+#include <string>
+
 #include "absl/status/status.h"
 
 namespace distill::launch {
@@ -28,6 +30,9 @@ class OrphanGuard {
   // once the child is reaped and its group killed. No-ops without a guard.
   static void Watch(pid_t pgid);
   static void Release(pid_t pgid);
+  // A directory the launcher would remove at its end (its temporary work
+  // directory): the guard removes it if the launcher dies first.
+  static void RemoveOnDeath(const std::string& dir);
 };
 
 }  // namespace distill::launch

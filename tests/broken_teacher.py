@@ -22,6 +22,7 @@ usage: broken_teacher.py --proto_dir DIR --lie MODE --port_file FILE
 """
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -47,6 +48,9 @@ def main():
 
     out_dir = tempfile.mkdtemp()
     pb2, pb2_grpc = generate_stubs(a.proto_dir, out_dir)
+    # Imported: the generated files are not needed again, and this process
+    # ends by a signal, with no chance to clean up later.
+    shutil.rmtree(out_dir)
     lock = threading.Lock()
 
     def floats(array):

@@ -293,17 +293,29 @@ TEST_F(LaunchTest, SigkilledLauncherLeavesNoGrandchildren) {
   const std::string script = "sleep 300 & echo $! > " + pid_file.string() +
                              ".tmp; mv " + pid_file.string() + ".tmp " +
                              pid_file.string() + "; wait";
-  Launch l = Start(
-      {"--nproc", "1", "--distill", "/bin/bash", "--", "-c", script, "rank"});
+  // Its temporary work directory goes too: TMPDIR puts it in sight.
+  const fs::path tmp = dir_ / "tmp";
+  fs::create_directories(tmp);
+  Launch l;
+  l.out = dir_ / "killed.out";
+  l.err = dir_ / "killed.err";
+  l.process =
+      Process::Start({BinDir() + "/distill_launch", "--nproc", "1", "--distill",
+                      "/bin/bash", "--", "-c", script, "rank"},
+                     l.out, l.err, {{"TMPDIR", tmp.string()}});
   ASSERT_TRUE(distill::testing::WaitForFile(pid_file, std::chrono::seconds(30)))
       << ReadFile(l.err);
   const pid_t grandchild = std::stoi(ReadFile(pid_file));
   ASSERT_TRUE(Running(grandchild));
+  ASSERT_FALSE(fs::is_empty(tmp)) << "no work directory in TMPDIR";
   ASSERT_EQ(::kill(l.process.pid(), SIGKILL), 0);
   EXPECT_EQ(Wait(l), -SIGKILL);
   EXPECT_TRUE(distill::testing::WaitUntil([&] { return !Running(grandchild); },
                                           std::chrono::seconds(10)))
       << "the rank's child " << grandchild << " outlived the launcher";
+  EXPECT_TRUE(distill::testing::WaitUntil([&] { return fs::is_empty(tmp); },
+                                          std::chrono::seconds(10)))
+      << "the launcher's work directory is still there";
   ::kill(grandchild, SIGKILL);
 }
 

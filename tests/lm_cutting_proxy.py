@@ -12,6 +12,7 @@ usage: lm_cutting_proxy.py --proto_dir DIR --upstream HOST:PORT --port_file F
 """
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 
@@ -29,6 +30,9 @@ def main():
     import grpc
     out_dir = tempfile.mkdtemp()
     pb2, pb2_grpc = generate_stubs(a.proto_dir, out_dir)
+    # Imported: the generated files are not needed again, and this process
+    # ends by a signal, with no chance to clean up later.
+    shutil.rmtree(out_dir)
     upstream = pb2_grpc.TeacherStub(grpc.insecure_channel(
         a.upstream, options=[("grpc.max_receive_message_length", -1)]))
 

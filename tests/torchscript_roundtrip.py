@@ -11,6 +11,7 @@ Exit 77 (skipped) when /usr/bin/python3 has no torch.
 import argparse
 import gzip
 import os
+import shutil
 import sys
 import tempfile
 
@@ -88,6 +89,7 @@ epochs: 1 batch_size: 100 threads: 1
     assert "kd_kl" in distilled["loss_terms"], distilled
     assert distilled["teacher"] == "in-process torchscript:model.torchscript.pt", distilled
     print("ok: TorchScript student round trip and TorchScript teacher")
+    shutil.rmtree(work)  # kept when an assertion fails, to look at
 
 
 if __name__ == "__main__":
