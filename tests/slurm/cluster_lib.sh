@@ -17,6 +17,18 @@ wait_for() {  # TIMEOUT WHAT COMMAND...
   done
 }
 
+# Prints the last N lines of each FILE that exists to stderr, under a
+# "--- FILE" header (a failed test's diagnosis).
+tail_files() {  # N FILE...
+  local lines=$1 f
+  shift
+  for f in "$@"; do
+    [[ -f "$f" ]] || continue
+    echo "--- $f (last $lines lines)" >&2
+    tail -n "$lines" "$f" >&2
+  done
+}
+
 # Installs the Debian packages among "$@" that are missing (root only).
 install_missing() {
   local need=() p

@@ -28,17 +28,8 @@ diagnose() {
   echo "--- squeue / scontrol show job" >&2
   squeue -a 2>&1 | head -20 >&2 || true
   for j in ${short:-} ${long:-}; do scontrol show job "$j" 2>&1 | head -8 >&2 || true; done
-  local f
-  for f in "$tmp"/jobs/*.out "$tmp"/jobs/*-work/events.log; do
-    [[ -f "$f" ]] || continue
-    echo "--- $f (last 40 lines)" >&2
-    tail -n 40 "$f" >&2
-  done
-  for f in "$tmp"/log/slurmctld.log "$tmp"/log/slurmd-*.log; do
-    [[ -f "$f" ]] || continue
-    echo "--- $f (last 15 lines)" >&2
-    tail -n 15 "$f" >&2
-  done
+  tail_files 40 "$tmp"/jobs/*.out "$tmp"/jobs/*-work/events.log
+  tail_files 15 "$tmp"/log/slurmctld.log "$tmp"/log/slurmd-*.log
 }
 fail() {
   echo "slurm_test: FAIL: $*" >&2

@@ -38,13 +38,8 @@ diagnose() {
     on 1 squeue -a 2>&1 | head -20 >&2 || true
     on 1 sinfo -N 2>&1 | head -5 >&2 || true
   fi
-  local f
-  for f in "$tmp"/jobs/*.out "$tmp"/jobs/*-work/events.log "$tmp"/jobs/*.log \
-    "$tmp"/log/slurmctld.log "$tmp"/log/slurmd-*.log; do
-    [[ -f "$f" ]] || continue
-    echo "--- $f (last 30 lines)" >&2
-    tail -n 30 "$f" >&2
-  done
+  tail_files 30 "$tmp"/jobs/*.out "$tmp"/jobs/*-work/events.log "$tmp"/jobs/*.log \
+    "$tmp"/log/slurmctld.log "$tmp"/log/slurmd-*.log
 }
 fail() {
   echo "two_node_test: FAIL: $*" >&2
