@@ -20,6 +20,43 @@ std::vector<int64_t> RowsShape(const torch::Tensor& t) {
   return shape;
 }
 
+// Writes k ids of `bits` bits each from `ids` to `dst`
+// (ceil(k * bits / 8) bytes).
+void PackRowIds(const int64_t* ids, int64_t k, int bits, uint8_t* dst) {
+  uint64_t acc = 0;
+  int pending = 0;
+  for (int64_t i = 0; i < k; ++i) {
+    acc |= static_cast<uint64_t>(ids[i]) << pending;
+    pending += bits;
+    while (pending >= 8) {
+      *dst++ = static_cast<uint8_t>(acc & 0xff);
+      acc >>= 8;
+      pending -= 8;
+    }
+  }
+  if (pending > 0) *dst = static_cast<uint8_t>(acc & 0xff);
+}
+
+// Reads k ids written by PackRowIds; the first id >= num_classes is
+// returned (-1 when there is none).
+int64_t UnpackRowIds(const uint8_t* src, int64_t k, int bits,
+                     int64_t num_classes, int64_t* ids) {
+  const uint64_t mask = (uint64_t{1} << bits) - 1;
+  uint64_t acc = 0;
+  int available = 0;
+  for (int64_t i = 0; i < k; ++i) {
+    while (available < bits) {
+      acc |= static_cast<uint64_t>(*src++) << available;
+      available += 8;
+    }
+    ids[i] = static_cast<int64_t>(acc & mask);
+    acc >>= bits;
+    available -= bits;
+    if (ids[i] >= num_classes) return ids[i];
+  }
+  return -1;
+}
+
 }  // namespace
 
 int PackedIdBits(int64_t num_classes) {
@@ -57,19 +94,7 @@ torch::Tensor PackTopK(const torch::Tensor& values,
     }
     std::memcpy(dst, &hi, 4);
     std::memcpy(dst + 4, &lo, 4);
-    uint64_t acc = 0;
-    int pending = 0;
-    uint8_t* id_dst = dst + 8;
-    for (int64_t i = 0; i < k; ++i) {
-      acc |= static_cast<uint64_t>(pid[i]) << pending;
-      pending += bits;
-      while (pending >= 8) {
-        *id_dst++ = static_cast<uint8_t>(acc & 0xff);
-        acc >>= 8;
-        pending -= 8;
-      }
-    }
-    if (pending > 0) *id_dst = static_cast<uint8_t>(acc & 0xff);
+    PackRowIds(pid, k, bits, dst + 8);
     uint8_t* codes = dst + 8 + id_bytes;
     const float range = hi - lo;
     for (int64_t i = 0; i < k; ++i) {
@@ -96,7 +121,6 @@ absl::StatusOr<UnpackedTopK> UnpackTopK(const torch::Tensor& records, int64_t k,
   }
   const int bits = PackedIdBits(num_classes);
   const int64_t id_bytes = (k * bits + 7) / 8;
-  const uint64_t mask = (uint64_t{1} << bits) - 1;
   const torch::Tensor in = records.contiguous().view({-1, row_bytes});
   const int64_t rows = in.size(0);
   torch::Tensor values = torch::empty({rows, k}, torch::kFloat);
@@ -112,23 +136,12 @@ absl::StatusOr<UnpackedTopK> UnpackTopK(const torch::Tensor& records, int64_t k,
           "topk_packed row ", r, " has log-probability range [", lo, ", ", hi,
           "]; it must be finite, ordered and at most 0"));
     }
-    uint64_t acc = 0;
-    int available = 0;
-    const uint8_t* id_src = src + 8;
-    int64_t* pid = indices.data_ptr<int64_t>() + r * k;
-    for (int64_t i = 0; i < k; ++i) {
-      while (available < bits) {
-        acc |= static_cast<uint64_t>(*id_src++) << available;
-        available += 8;
-      }
-      pid[i] = static_cast<int64_t>(acc & mask);
-      acc >>= bits;
-      available -= bits;
-      if (pid[i] >= num_classes) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("topk_packed row ", r, " lists class ", pid[i],
-                         "; classes are [0, ", num_classes, ")"));
-      }
+    const int64_t bad = UnpackRowIds(src + 8, k, bits, num_classes,
+                                     indices.data_ptr<int64_t>() + r * k);
+    if (bad >= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("topk_packed row ", r, " lists class ", bad,
+                       "; classes are [0, ", num_classes, ")"));
     }
     const uint8_t* codes = src + 8 + id_bytes;
     float* pv = values.data_ptr<float>() + r * k;
@@ -144,6 +157,51 @@ absl::StatusOr<UnpackedTopK> UnpackTopK(const torch::Tensor& records, int64_t k,
   out.values = values.view(shape);
   out.indices = indices.view(shape);
   return out;
+}
+
+torch::Tensor PackIds(const torch::Tensor& indices, int64_t num_classes) {
+  const int64_t k = indices.size(-1);
+  const int bits = PackedIdBits(num_classes);
+  const int64_t id_bytes = (k * bits + 7) / 8;
+  const torch::Tensor ids =
+      indices.detach().to(torch::kCPU, torch::kLong).contiguous().view({-1, k});
+  const int64_t rows = ids.size(0);
+  torch::Tensor out = torch::zeros({rows, id_bytes}, torch::kByte);
+  for (int64_t r = 0; r < rows; ++r) {
+    PackRowIds(ids.data_ptr<int64_t>() + r * k, k, bits,
+               out.data_ptr<uint8_t>() + r * id_bytes);
+  }
+  std::vector<int64_t> shape = RowsShape(indices);
+  shape.push_back(id_bytes);
+  return out.view(shape);
+}
+
+absl::StatusOr<torch::Tensor> UnpackIds(const torch::Tensor& bytes, int64_t k,
+                                        int64_t num_classes) {
+  const int bits = PackedIdBits(num_classes);
+  const int64_t id_bytes = (k * bits + 7) / 8;
+  if (bytes.scalar_type() != torch::kByte || bytes.dim() < 1 ||
+      bytes.size(-1) != id_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "packed ids must be ", id_bytes, " bytes a row (", k, " ids of ", bits,
+        " bits), got ", bytes.dim() < 1 ? 0 : bytes.size(-1)));
+  }
+  const torch::Tensor in = bytes.contiguous().view({-1, id_bytes});
+  const int64_t rows = in.size(0);
+  torch::Tensor ids = torch::empty({rows, k}, torch::kLong);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t bad =
+        UnpackRowIds(in.data_ptr<uint8_t>() + r * id_bytes, k, bits,
+                     num_classes, ids.data_ptr<int64_t>() + r * k);
+    if (bad >= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("packed ids: row ", r, " holds id ", bad,
+                       "; ids are [0, ", num_classes, ")"));
+    }
+  }
+  std::vector<int64_t> shape = RowsShape(bytes);
+  shape.push_back(k);
+  return ids.view(shape);
 }
 
 }  // namespace distill::teacher

@@ -22,6 +22,17 @@ int PackedIdBits(int64_t num_classes);
 // Bytes of one row's record: 8 + ceil(k * bits / 8) + k.
 int64_t PackedRowBytes(int64_t k, int64_t num_classes);
 
+// UINT8 [R..., ceil(k * bits / 8)]: the class ids `indices` ([R..., k], any
+// integer dtype, each in [0, num_classes)) in PackedIdBits(num_classes) bits
+// each, least significant bit first. TOP_K_PACKED's id field, and the offline
+// target store's.
+torch::Tensor PackIds(const torch::Tensor& indices, int64_t num_classes);
+
+// Reads ids written by PackIds: int64 [R..., k]. InvalidArgument when `bytes`
+// is not UINT8 [R..., ceil(k * bits / 8)] or an id is >= num_classes.
+absl::StatusOr<torch::Tensor> UnpackIds(const torch::Tensor& bytes, int64_t k,
+                                        int64_t num_classes);
+
 // The log-probability below which listed values are stored as this floor
 // (a probability of 0 has no logarithm): e^-80 is below what any loss
 // notices.

@@ -62,6 +62,34 @@ TEST(PackedTopKTest, LayoutMatchesHandPackedBytes) {
               std::expm1((hi - lo) / 510), 1e-7);
 }
 
+TEST(PackedTopKTest, IdsAloneMatchHandPackedBytes) {
+  // V = 1000: 10-bit ids 1, 1023 - 24 = 999 and 512 in 30 bits, 4 bytes:
+  // 0000000001 | 1111100111 | 1000000000, least significant bit first.
+  const torch::Tensor ids = torch::tensor({{1L, 999L, 512L}});
+  const torch::Tensor packed = PackIds(ids, 1000);
+  ASSERT_EQ(packed.sizes(), torch::IntArrayRef({1, 4}));
+  // bits 0-9: 1; bits 10-19: 999 = 0b1111100111; bits 20-29: 512.
+  const uint32_t word = 1u | (999u << 10) | (512u << 20);
+  const std::vector<uint8_t> want = {static_cast<uint8_t>(word & 0xff),
+                                     static_cast<uint8_t>(word >> 8 & 0xff),
+                                     static_cast<uint8_t>(word >> 16 & 0xff),
+                                     static_cast<uint8_t>(word >> 24 & 0xff)};
+  const std::vector<uint8_t> got(packed.data_ptr<uint8_t>(),
+                                 packed.data_ptr<uint8_t>() + 4);
+  EXPECT_EQ(got, want);
+
+  auto back = UnpackIds(packed, 3, 1000);
+  ASSERT_THAT(back.status(), IsOk());
+  EXPECT_TRUE(torch::equal(*back, ids));
+  // The same bits read against V = 900 hold an id past the vocabulary.
+  EXPECT_THAT(UnpackIds(packed, 3, 900).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("holds id 999; ids are [0, 900)")));
+  EXPECT_THAT(UnpackIds(packed, 4, 1000).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("must be 5 bytes a row")));
+}
+
 TEST(PackedTopKTest, RoundTripStaysWithinTheStatedError) {
   torch::manual_seed(5);
   // A language model's shape: [2, 6] positions, V = 32,000, k = 128.
