@@ -31,16 +31,24 @@ tail_files() {  # N FILE...
 
 # Installs the Debian packages among "$@" that are missing (root only).
 install_missing() {
-  local need=() p
+  local need=() p lock
+  # The Slurm tests run side by side under ctest -j: one installs at a time
+  # (two apt-gets fail on dpkg's lock), and the one that waited finds the
+  # packages there.
+  exec {lock}>/tmp/distill-test-apt.lock
+  flock -w 900 "$lock"
   for p in "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
       need+=("$p")
   done
-  ((${#need[@]} > 0)) || return 0
-  echo "installing ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q >/dev/null
-  apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
+  if ((${#need[@]} > 0)); then
+    echo "installing ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get -o DPkg::Lock::Timeout=600 update -q >/dev/null
+    apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends \
+      "${need[@]}" >/dev/null
+  fi
+  exec {lock}>&-
 }
 
 # munged with a fresh key, its socket in DIR/munge; logs in DIR/log.
