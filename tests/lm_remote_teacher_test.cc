@@ -125,8 +125,9 @@ class LmRemoteTeacherTest : public ::testing::Test {
   }
 
   // A DISTILL job of one epoch on 128 windows with `teacher` as its
-  // teacher section's body.
-  fs::path Config(const std::string& name, const std::string& teacher) {
+  // teacher section's body and `extra` at the end.
+  fs::path Config(const std::string& name, const std::string& teacher,
+                  const std::string& extra = "") {
     const fs::path file = *dir_ / (name + ".pbtxt");
     std::ofstream(file)
         << "mode: DISTILL\ndata { dataset: \"tokens\" dir: \""
@@ -136,7 +137,8 @@ class LmRemoteTeacherTest : public ::testing::Test {
         << "}\nloss { name: \"kd_kl\" weight: 0.5 }\n"
            "loss { name: \"hard_ce\" weight: 0.5 }\n"
            "batch_size: 16 threads: 1 seed: 4 epochs: 1\n"
-           "optimizer { type: ADAMW lr: 0.003 }\n";
+           "optimizer { type: ADAMW lr: 0.003 }\n"
+        << extra;
     return file;
   }
 
@@ -236,6 +238,111 @@ TEST_F(LmRemoteTeacherTest, ServedTeacherTrainsTheStudentAsInProcess) {
   EXPECT_NEAR(s["test_loss"].get<double>(), a["test_loss"].get<double>(),
               0.01 * a["test_loss"].get<double>());
   EXPECT_EQ(server.Terminate(), 0);
+}
+
+// The offline target store: written once by `distill --write_target_store`
+// (the teacher in process, or through a server), then read as the teacher
+// of runs with no model and no server: the student trains as it does with
+// the teacher itself; a job of another temperature or tokenizer is refused
+// by name.
+TEST_F(LmRemoteTeacherTest, TargetStoreStandsInForTheTeacher) {
+  const std::string model = std::string("model {") + kTeacherModel +
+                            " weights: \"" +
+                            (*dir_ / "teacher" / "model.pt").string() + "\" }";
+  const fs::path dense_store = *dir_ / "dense.store";
+  const std::string stored =
+      "store_dir: \"" + dense_store.string() + "\" encoding: DENSE_FP32";
+  const fs::path writer = Config("store-write", model + " " + stored);
+  Outcome o = RunShell(BinDir() + "/distill --config " + writer.string() +
+                           " --write_target_store --run_dir unused",
+                       *dir_);
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_THAT(o.out, HasSubstr("wrote target store"));
+  // 128 windows of 32 positions, 300 float32 probabilities each.
+  const nlohmann::json index =
+      nlohmann::json::parse(ReadFile(dense_store / "store.json"));
+  EXPECT_EQ(index["bytes_per_token"], 1200);
+  EXPECT_EQ(index["total_bytes"], 128 * 32 * 1200);
+  EXPECT_EQ(fs::file_size(dense_store / "shard-00000.bin"), 128u * 32 * 1200);
+  // Written again: nothing to do.
+  o = RunShell(BinDir() + "/distill --config " + writer.string() +
+                   " --write_target_store --run_dir unused",
+               *dir_);
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_THAT(o.out, HasSubstr("already written for this job"));
+
+  const fs::path local = *dir_ / "store-local";
+  o = Run(Config("store-local", model), local);
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  // Read by a job naming the model (whose hash must match) and by one
+  // naming only the store: float32 targets equal the teacher's, so both
+  // students end exactly where the in-process one does.
+  for (const std::string name : {"store-read", "store-only"}) {
+    const fs::path run = *dir_ / name;
+    o = Run(Config(name, name == "store-read" ? model + " " + stored : stored),
+            run);
+    ASSERT_EQ(o.exit_code, 0) << o.err;
+    EXPECT_EQ(Summary(run)["test_loss"], Summary(local)["test_loss"]) << name;
+    EXPECT_EQ(Summary(run)["loss_terms"], Summary(local)["loss_terms"]);
+    EXPECT_THAT(Summary(run)["teacher"].get<std::string>(),
+                HasSubstr("target store"));
+  }
+
+  // Through a server, top-16 with 9-bit ids: 32 + 18 + 4 bytes a position.
+  // The student ends where the one trained against the server does.
+  Server server(*dir_, "store-server", ServerArgs());
+  ASSERT_TRUE(server.serving()) << server.err();
+  const fs::path topk_store = *dir_ / "topk.store";
+  const std::string remote_topk =
+      "endpoints: \"" + server.address() + "\" encoding: TOP_K top_k: 16";
+  o = RunShell(BinDir() + "/distill --config " +
+                   Config("store-topk-write", remote_topk + " store_dir: \"" +
+                                                  topk_store.string() + "\"")
+                       .string() +
+                   " --write_target_store --run_dir unused",
+               *dir_);
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  const nlohmann::json topk_index =
+      nlohmann::json::parse(ReadFile(topk_store / "store.json"));
+  EXPECT_EQ(topk_index["bytes_per_token"], 54);
+  EXPECT_EQ(topk_index["key"]["teacher_sha256"],
+            Sha256(*dir_ / "teacher" / "model.pt", *dir_));
+  const fs::path via_server = *dir_ / "store-topk-remote";
+  o = Run(Config("store-topk-remote", remote_topk), via_server);
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_EQ(server.Terminate(), 0);
+  const fs::path from_store = *dir_ / "store-topk-read";
+  o = Run(Config("store-topk-read", "store_dir: \"" + topk_store.string() +
+                                        "\" encoding: TOP_K top_k: 16"),
+          from_store);
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_EQ(Summary(from_store)["test_loss"], Summary(via_server)["test_loss"]);
+
+  // Another temperature, encoding or tokenizer: refused by name, before
+  // any step.
+  const std::vector<std::pair<fs::path, std::string>> refused = {
+      {Config("store-hot", stored, "temperature: 2\n"),
+       "temperature 4 (the job's: 2)"},
+      {Config("store-fp16", "store_dir: \"" + dense_store.string() +
+                                "\" encoding: DENSE_FP16"),
+       "encoding DENSE_FP32 (the job's: DENSE_FP16)"},
+  };
+  for (const auto& [config, message] : refused) {
+    const fs::path run = *dir_ / ("refused-" + config.stem().string());
+    o = Run(config, run);
+    EXPECT_EQ(o.exit_code, 1) << o.err;
+    EXPECT_THAT(o.err, HasSubstr("was written for another job: " + message));
+    EXPECT_EQ(std::count(o.err.begin(), o.err.end(), '\n'), 1) << o.err;
+    EXPECT_FALSE(fs::exists(run / "metrics.jsonl"));
+  }
+  const fs::path other = *dir_ / "store-other.pbtxt";
+  std::string text = ReadFile(Config("store-other", stored));
+  text.replace(text.find(Data().string()), Data().string().size(),
+               (*dir_ / "other").string());
+  std::ofstream(other) << text;
+  o = Run(other, *dir_ / "refused-other");
+  EXPECT_EQ(o.exit_code, 1) << o.err;
+  EXPECT_THAT(o.err, HasSubstr("was written for another job: tokenizer"));
 }
 
 // Answers over max_answer_bytes come in chunks; a server that dies after

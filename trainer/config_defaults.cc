@@ -79,7 +79,7 @@ void ApplyDefaults(JobConfig& c) {
     if (!t->has_failover_grace_seconds()) t->set_failover_grace_seconds(30);
     if (!t->has_answer_timeout_seconds()) t->set_answer_timeout_seconds(60);
     if (!t->has_max_attempts()) t->set_max_attempts(5);
-    if (IsRemoteTeacher(*t) &&
+    if ((IsRemoteTeacher(*t) || !t->store_dir().empty()) &&
         t->encoding() == TeacherConfig::ENCODING_UNSPECIFIED) {
       t->set_encoding(TeacherConfig::DENSE_FP32);
     }

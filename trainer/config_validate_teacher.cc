@@ -44,12 +44,16 @@ absl::Status CheckSampledLosses(const JobConfig& c) {
 }
 
 // An in-process teacher: its model, its ensemble, and none of the
-// settings that only teacher servers take.
+// settings that only teacher servers take (but a target store's encoding).
+// With a target store the model is optional: runs read the store.
 absl::Status ValidateInProcessTeacher(const TeacherConfig& t) {
+  const bool stored = !t.store_dir().empty();
   if (!t.has_model()) {
+    if (stored && t.ensemble_size() == 0) return absl::OkStatus();
     return Bad("teacher",
-               "needs `model` (run in this process) or "
-               "`endpoints`/`registry_dir` (teacher servers)");
+               "needs `model` (run in this process), "
+               "`endpoints`/`registry_dir` (teacher servers) or `store_dir` "
+               "(a target store)");
   }
   DISTILL_RETURN_IF_ERROR(
       ValidateModel(t.model(), "teacher.model", /*weights_required=*/true));
@@ -61,11 +65,13 @@ absl::Status ValidateInProcessTeacher(const TeacherConfig& t) {
   const std::string remote_only =
       "applies to teacher servers only (set teacher.endpoints or "
       "teacher.registry_dir)";
-  if (t.encoding() != TeacherConfig::ENCODING_UNSPECIFIED) {
-    return Bad("teacher.encoding", remote_only);
+  if (!stored) {
+    if (t.encoding() != TeacherConfig::ENCODING_UNSPECIFIED) {
+      return Bad("teacher.encoding", remote_only);
+    }
+    if (t.top_k() != 0) return Bad("teacher.top_k", remote_only);
+    if (t.samples() != 0) return Bad("teacher.samples", remote_only);
   }
-  if (t.top_k() != 0) return Bad("teacher.top_k", remote_only);
-  if (t.samples() != 0) return Bad("teacher.samples", remote_only);
   if (!t.token_file().empty()) return Bad("teacher.token_file", remote_only);
   if (!t.tls_ca_file().empty()) {
     return Bad("teacher.tls_ca_file", remote_only);
@@ -143,6 +149,18 @@ absl::Status ValidateTeacher(const JobConfig& c) {
                                        Range::AtLeast(65536)));
   }
   const TeacherCacheConfig& cache = t.cache();
+  if (!t.store_dir().empty()) {
+    if (c.data().dataset() != "tokens") {
+      return Bad("teacher.store_dir",
+                 "applies to token data (data.dataset \"tokens\"); image "
+                 "jobs reuse targets with teacher.cache");
+    }
+    if (c.has_temperature_schedule()) {
+      return Bad("teacher.store_dir",
+                 "needs a constant temperature: a store holds targets at "
+                 "one temperature, and temperature_schedule changes it");
+    }
+  }
   if (cache.mode() == TeacherCacheConfig::MEMORY ||
       cache.mode() == TeacherCacheConfig::DISK) {
     if (c.data().augment().enabled()) {

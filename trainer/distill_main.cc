@@ -1,6 +1,7 @@
 // The `distill` binary: trains, distills or evaluates one job.
 //
 //   distill --config job.pbtxt [--run_dir DIR] [--resume]
+//   distill --config job.pbtxt --write_target_store
 //           [--loss_plugin PATH ...] [--teacher_endpoints host:port,...]
 //           [--teacher_token_file PATH] [--teacher_tls_ca PATH]
 //
@@ -44,6 +45,11 @@ ABSL_FLAG(std::vector<std::string>, loss_plugin, {},
           "Loss plugin (shared library) to load before the config is "
           "validated; repeat the flag or separate paths with commas. A "
           "relative path is taken from the current directory.");
+
+ABSL_FLAG(bool, write_target_store, false,
+          "Run the job's teacher once over every training window, write its "
+          "targets to teacher.store_dir and exit (docs/TARGET_STORE.md); "
+          "later runs of the job read them from there.");
 
 ABSL_FLAG(std::vector<std::string>, teacher_endpoints, {},
           "Teacher servers (host:port, comma-separated) replacing the "
@@ -143,6 +149,17 @@ int main(int argc, char** argv) {
       distill::trainer::ParseJobConfig(*config_text, config_path, overrides);
   if (!config.ok()) return Fail(std::string(config.status().message()));
   if (config->name().empty()) config->set_name(config_path);
+  if (absl::GetFlag(FLAGS_write_target_store)) {
+    if (world->world_size > 1) {
+      return Fail(
+          "--write_target_store runs in one process; start it without "
+          "RANK/WORLD_SIZE");
+    }
+    auto store = distill::trainer::WriteTargetStore(
+        *config, !absl::GetFlag(FLAGS_quiet));
+    if (!store.ok()) return Fail(std::string(store.status().message()));
+    return 0;
+  }
 
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);

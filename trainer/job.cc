@@ -79,13 +79,19 @@ absl::StatusOr<std::unique_ptr<data::Dataset>> LoadSplit(const JobConfig& c,
   return data::LoadFashionMnist(options);
 }
 
-// The job's teacher: `given`, the config's servers, or its model (and
-// ensemble members) run in this process.
-absl::StatusOr<std::shared_ptr<TeacherClient>> MakeTeacher(
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<TeacherClient>> MakeJobTeacher(
     const JobConfig& config, const WorldInfo& world,
     const student::ZooInput& input, const data::Dataset& test,
-    int64_t train_size, std::shared_ptr<TeacherClient> given) {
-  if (given) return given;
+    const data::Dataset* train, bool read_store) {
+  if (read_store && !config.teacher().store_dir().empty()) {
+    if (train == nullptr) {
+      return absl::InvalidArgumentError(
+          "a target store serves training windows; this mode has none");
+    }
+    return OpenJobTargetStore(config, *train);
+  }
   if (IsRemoteTeacher(config.teacher())) {
     const std::string tokenizer =
         input.tokens ? static_cast<const data::TokenWindows&>(test)
@@ -100,7 +106,8 @@ absl::StatusOr<std::shared_ptr<TeacherClient>> MakeTeacher(
       batch_rows = std::max(batch_rows, LmEvalWindows(config.data().seq_len()));
     }
     return ConnectRemoteTeacher(config, input, tokenizer, batch_rows,
-                                train_size, world.rank);
+                                train != nullptr ? train->size() : 0,
+                                world.rank);
   }
   std::vector<TeacherMember> members = {
       {SpecOf(config.teacher().model()), config.teacher().model().weights()}};
@@ -111,8 +118,6 @@ absl::StatusOr<std::shared_ptr<TeacherClient>> MakeTeacher(
                            InProcessTeacher::Create(members, input));
   return std::shared_ptr<TeacherClient>(std::move(teacher));
 }
-
-}  // namespace
 
 student::ModelSpec SpecOf(const ModelConfig& m) {
   student::ModelSpec spec;
@@ -215,10 +220,13 @@ absl::Status AssembleJob(const JobConfig& config, const WorldInfo& world,
   }
 
   if (HasTeacher(config)) {
-    DISTILL_ASSIGN_OR_RETURN(
-        job.teacher, MakeTeacher(config, world, input, *job.test,
-                                 job.train != nullptr ? job.train->size() : 0,
-                                 std::move(teacher)));
+    if (teacher != nullptr) {
+      job.teacher = std::move(teacher);
+    } else {
+      DISTILL_ASSIGN_OR_RETURN(
+          job.teacher, MakeJobTeacher(config, world, input, *job.test,
+                                      job.train.get(), /*read_store=*/true));
+    }
     if (job.teacher->num_classes() != input.num_classes) {
       return absl::FailedPreconditionError(
           absl::StrCat("teacher '", job.teacher->description(), "' outputs ",

@@ -62,8 +62,57 @@ TEST(TeacherConfigTest, ModelAndServersAreExclusive) {
               "teacher.endpoints or teacher.registry_dir name teacher servers "
               "(the servers load the model)");
   ExpectError("teacher { prefetch_batches: 2 }\n",
-              "job.pbtxt:4: teacher needs `model` (run in this process) or "
-              "`endpoints`/`registry_dir` (teacher servers)");
+              "job.pbtxt:4: teacher needs `model` (run in this process), "
+              "`endpoints`/`registry_dir` (teacher servers) or `store_dir` "
+              "(a target store)");
+}
+
+// A token job whose teacher section is `teacher` and `rest` after it.
+absl::StatusOr<JobConfig> ParseTokens(const std::string& teacher,
+                                      const std::string& rest = "") {
+  return ParseJobConfig(
+      "mode: DISTILL\nrun_dir: \"/tmp/x\"\nstudent { arch: \"gpt\" }\n"
+      "data { dataset: \"tokens\" dir: \"d\" seq_len: 32 }\nteacher { " +
+          teacher + " }\n" + rest,
+      "job.pbtxt");
+}
+
+TEST(TeacherConfigTest, TargetStoreTakesAnEncodingWithOrWithoutAModel) {
+  // Alone: runs read the store.
+  auto alone = ParseTokens("store_dir: \"s\"");
+  ASSERT_THAT(alone, IsOk());
+  EXPECT_EQ(alone->teacher().encoding(), v1::TeacherConfig::DENSE_FP32);
+  // Beside the model that writes it, with the encoding it is written in.
+  auto writer = ParseTokens(
+      "model { arch: \"gpt\" weights: \"t.pt\" } store_dir: \"s\" "
+      "encoding: TOP_K_PACKED top_k: 128");
+  ASSERT_THAT(writer, IsOk());
+  EXPECT_EQ(writer->teacher().top_k(), 128);
+  // Without a store the in-process teacher takes no encoding.
+  EXPECT_THAT(ParseTokens("model { arch: \"gpt\" weights: \"t.pt\" } "
+                          "encoding: TOP_K top_k: 4"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       ::testing::HasSubstr(
+                           "teacher.encoding applies to teacher servers")));
+  EXPECT_THAT(ParseTokens("store_dir: \"s\" encoding: TOP_K"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       ::testing::HasSubstr("teacher.top_k must be")));
+}
+
+TEST(TeacherConfigTest, TargetStoreNeedsTokensAndOneTemperature) {
+  EXPECT_THAT(
+      Parse("teacher { store_dir: \"s\" }\n"),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               ::testing::HasSubstr(
+                   "teacher.store_dir applies to token data (data.dataset "
+                   "\"tokens\"); image jobs reuse targets with "
+                   "teacher.cache")));
+  EXPECT_THAT(
+      ParseTokens("store_dir: \"s\"",
+                  "temperature_schedule { type: LINEAR start: 4 end: 1 }\n"),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               ::testing::HasSubstr("teacher.store_dir needs a constant "
+                                    "temperature")));
 }
 
 TEST(TeacherConfigTest, EnsembleMembersAreCheckedAndInProcessOnly) {

@@ -50,6 +50,15 @@ struct RunResult {
 absl::StatusOr<RunResult> RunJob(const JobConfig& config,
                                  const RunOptions& options);
 
+// `distill --write_target_store`: runs the teacher of a DISTILL token job
+// (its model here, or its servers) once over every training window and
+// writes the targets to teacher.store_dir at the job's temperature and
+// teacher.encoding (trainer/teacher/target_store.h). Nothing to do when a
+// store for this job is already there; AlreadyExists when another is.
+// Returns the store's store.json plus seconds and tokens_per_second.
+absl::StatusOr<nlohmann::json> WriteTargetStore(const JobConfig& config,
+                                                bool verbose);
+
 }  // namespace distill::trainer
 
 #endif  // DISTILL_TRAINER_TRAINER_H_

@@ -42,7 +42,8 @@ absl::StatusOr<EvalResult> EvaluateSplit(Job& job, const data::Dataset& split,
   }
   return EvaluateLanguageModel(
       *job.model, split, LmEvalWindows(job.config.data().seq_len()),
-      job.config.loss_chunk_tokens(), job.teacher.get(), restore_train);
+      job.config.loss_chunk_tokens(),
+      job.teacher ? job.teacher->any_input_teacher() : nullptr, restore_train);
 }
 
 nlohmann::json BaseSummary(const Job& job) {

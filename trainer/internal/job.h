@@ -18,10 +18,12 @@
 #include "losses/composite.h"
 #include "losses/schedule.h"
 #include "student/model.h"
+#include "student/zoo.h"
 #include "trainer/config.h"
 #include "trainer/dist/communicator.h"
 #include "trainer/dist/grad_sync.h"
 #include "trainer/dist/world.h"
+#include "trainer/teacher/target_store.h"
 #include "trainer/teacher/teacher_client.h"
 
 namespace distill::trainer {
@@ -56,6 +58,27 @@ struct Job {
 // any step.
 absl::Status AssembleJob(const JobConfig& config, const WorldInfo& world,
                          std::shared_ptr<TeacherClient> teacher, Job& job);
+
+// The job's teacher as its config describes it: the servers, or the model
+// (and ensemble) run in this process; with `read_store` and
+// teacher.store_dir set, the target store instead (which needs `train`,
+// the training split). `test` gives a token job's tokenizer.
+absl::StatusOr<std::shared_ptr<TeacherClient>> MakeJobTeacher(
+    const JobConfig& config, const WorldInfo& world,
+    const student::ZooInput& input, const data::Dataset& test,
+    const data::Dataset* train, bool read_store);
+
+// The key a target store must have to serve this token job, whose training
+// split is `train` (trainer/target_store_job.cc). The teacher hash is that
+// of teacher.model's file (and its ensemble's) when the config names one,
+// else empty.
+absl::StatusOr<TargetStoreKey> JobTargetStoreKey(const JobConfig& config,
+                                                 const data::Dataset& train);
+
+// The job's teacher.store_dir opened for `train`; FailedPrecondition naming
+// the field that differs when it was written for another job.
+absl::StatusOr<std::shared_ptr<TeacherClient>> OpenJobTargetStore(
+    const JobConfig& config, const data::Dataset& train);
 
 // The zoo arch or TorchScript file a model section names.
 student::ModelSpec SpecOf(const v1::ModelConfig& model);

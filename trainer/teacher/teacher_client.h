@@ -42,6 +42,14 @@ class TeacherClient {
   // Called by the loop after every completed epoch (a cache persists
   // itself). Default: nothing.
   virtual absl::Status EpochDone() { return absl::OkStatus(); }
+  // The teacher to ask about inputs that are not training samples (the
+  // evaluation's windows): this one, the client a cache wraps (whose table
+  // is keyed by training sample id), or nullptr when only the training
+  // samples have targets (an offline target store). Default: this.
+  virtual TeacherClient* any_input_teacher() { return this; }
+  // SHA-256 (hex) of the teacher's model file when the client knows it
+  // (teacher servers state theirs in Info). Default: empty.
+  virtual std::string model_hash() const { return std::string(); }
   // Classes the teacher predicts.
   virtual int64_t num_classes() const = 0;
   virtual std::string description() const = 0;

@@ -93,7 +93,7 @@ class RemoteTeacher final : public TeacherClient {
   int64_t num_classes() const override;
   std::string description() const override;
   // The servers' model hash (from Info), which keys target caches.
-  std::string model_hash() const;
+  std::string model_hash() const override;
 
   class Impl;
 

@@ -52,6 +52,10 @@ class CachingTeacher final : public TeacherClient {
   // The inner teacher's stats plus teacher_cache_hits (samples).
   nlohmann::json TakeStats() override;
   absl::Status EpochDone() override;
+  // Its table is keyed by training sample id: other inputs skip it.
+  TeacherClient* any_input_teacher() override {
+    return inner_->any_input_teacher();
+  }
   int64_t num_classes() const override { return inner_->num_classes(); }
   std::string description() const override;
 
