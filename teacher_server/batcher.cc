@@ -35,7 +35,10 @@ absl::StatusOr<v1::SoftTargets> EncodeLogits(const torch::Tensor& logits,
 
 DynamicBatcher::DynamicBatcher(const ServedModel* model, BatcherOptions options,
                                ServerMetrics* metrics)
-    : model_(model), options_(options), metrics_(metrics) {
+    : model_(model),
+      options_(options),
+      positions_(model->context_length > 0 ? model->context_length : 1),
+      metrics_(metrics) {
   worker_ = std::thread([this] { Run(); });
 }
 
@@ -57,6 +60,12 @@ void DynamicBatcher::Submit(torch::Tensor inputs,
     }
   }
   done(absl::UnavailableError("the teacher server is shutting down"));
+}
+
+bool DynamicBatcher::Exceeds(int64_t samples) const {
+  return samples > options_.max_batch ||
+         (options_.max_batch_tokens > 0 &&
+          samples * positions_ > options_.max_batch_tokens);
 }
 
 bool DynamicBatcher::HasRoom() const {
@@ -96,9 +105,7 @@ std::vector<DynamicBatcher::Item> DynamicBatcher::Gather(
     const int64_t n = next.inputs.size(0);
     const bool cancelled =
         next.origin.cancelled != nullptr && next.origin.cancelled->load();
-    if (!cancelled && !items.empty() && samples + n > options_.max_batch) {
-      break;
-    }
+    if (!cancelled && !items.empty() && Exceeds(samples + n)) break;
     queued_samples_ -= n;
     if (cancelled) {
       dropped.push_back(std::move(next));
@@ -146,8 +153,7 @@ void DynamicBatcher::Run() {
       mu_.AwaitWithDeadline(absl::Condition(
                                 +[](DynamicBatcher* b) {
                                   return b->stopping_ ||
-                                         b->queued_samples_ >=
-                                             b->options_.max_batch;
+                                         b->Exceeds(b->queued_samples_ + 1);
                                 },
                                 this),
                             deadline);

@@ -1,6 +1,7 @@
 // Dynamic batching across streams. Streams submit validated input batches;
-// one worker thread gathers what is queued, up to `max_batch` samples or
-// until the oldest batch has waited `max_queue_delay`, runs ONE forward of
+// one worker thread gathers what is queued, up to `max_batch` samples (and
+// for a language model `max_batch_tokens` token positions) or until the
+// oldest batch has waited `max_queue_delay`, runs ONE forward of
 // the teacher on the concatenation (in inference mode), splits the logits
 // back, applies softmax(z / T) at each batch's own temperature, encodes each
 // answer and hands it to the batch's callback. Each stream's batches run in
@@ -35,6 +36,13 @@ namespace distill::teacher {
 struct BatcherOptions {
   // Most samples per forward. Default: 512.
   int max_batch = 512;
+  // Language models (a served model with a context length S): most token
+  // positions per forward, samples x S. The forward's logits are positions
+  // x V floats, so this bounds the server's memory where a sample count
+  // cannot (512 windows of 128 tokens at V = 32,000 would be 8 GiB). A
+  // batch over the budget on its own still runs, alone. 0: no limit.
+  // Default: 16,384 (2 GiB of logits at V = 32,000).
+  int64_t max_batch_tokens = 16384;
   // How long the oldest queued batch may wait for company. Zero runs
   // whatever is queued at once. Default: 2 ms.
   absl::Duration max_queue_delay = absl::Microseconds(2000);
@@ -106,17 +114,22 @@ class DynamicBatcher {
   };
 
   void Run();
-  // Takes up to max_batch samples from the streams in turn; batches of
-  // cancelled streams go to `dropped` instead.
+  // Takes up to max_batch samples (max_batch_tokens positions) from the
+  // streams in turn; batches of cancelled streams go to `dropped` instead.
   std::vector<Item> Gather(std::vector<Item>& dropped)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // When the oldest queued batch was queued.
   absl::Time OldestEnqueued() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Runs one forward over `items` and answers each.
   void Process(std::vector<Item>& items);
+  // Whether `samples` samples are more than one forward takes (so a queue
+  // of q is full when q + 1 exceed it).
+  bool Exceeds(int64_t samples) const;
 
   const ServedModel* const model_;
   const BatcherOptions options_;
+  // Token positions per sample: S for a language model, else 1.
+  const int64_t positions_;
   ServerMetrics* const metrics_;
 
   mutable absl::Mutex mu_;

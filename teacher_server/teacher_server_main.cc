@@ -57,6 +57,10 @@ ABSL_FLAG(std::string, registry_dir, "",
           "Once serving, write DIR/teacher-<host>-<port>.endpoint holding "
           "\"<host>:<port>\\n\"; removed on shutdown.");
 ABSL_FLAG(int, max_batch, 512, "Most samples per request and per forward.");
+ABSL_FLAG(int64_t, max_batch_tokens, 16384,
+          "Language models: most token positions (samples x window length) "
+          "per forward, which bounds the forward's logits; a larger request "
+          "runs alone. 0: no limit.");
 ABSL_FLAG(int64_t, max_queued_samples, 0,
           "Samples waiting for a forward, across streams, above which streams "
           "stop reading until the forwards catch up; 0: 8 * max_batch.");
@@ -174,6 +178,12 @@ absl::StatusOr<teacher::ServerOptions> OptionsFromFlags() {
   options.host = absl::GetFlag(FLAGS_host);
   options.port = absl::GetFlag(FLAGS_port);
   options.batcher.max_batch = absl::GetFlag(FLAGS_max_batch);
+  options.batcher.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);
+  if (options.batcher.max_batch_tokens < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_batch_tokens must be >= 0, got ",
+                     options.batcher.max_batch_tokens));
+  }
   const int64_t delay_us = absl::GetFlag(FLAGS_max_queue_delay_us);
   if (delay_us < 0) {
     return absl::InvalidArgumentError(
