@@ -32,6 +32,9 @@ ABSL_FLAG(std::string, teacher_weights, "",
 ABSL_FLAG(int, batch_size, 64, "Samples per request.");
 ABSL_FLAG(int, batches, 40, "Requests per measurement at C = 10.");
 ABSL_FLAG(int, vocab_batches, 10, "Requests per measurement at V = 32,000.");
+ABSL_FLAG(int, vocab, 32000,
+          "The synthetic vocabulary teacher's class count (8192: the "
+          "language-model quickstart's).");
 ABSL_FLAG(int, streams, 8, "Concurrent streams for the batching comparison.");
 ABSL_FLAG(double, temperature_c10, 4.0, "Temperature at C = 10.");
 ABSL_FLAG(double, temperature_vocab, 1.0, "Temperature at V = 32,000.");
@@ -70,17 +73,17 @@ teacher::ServedModel ZooTeacher(const std::string& dir) {
 }
 
 // A synthetic vocabulary-sized teacher: a fixed random two-layer map from
-// the image to 32,000 logits, scaled so each sample's distribution has a
+// the image to `vocab` logits, scaled so each sample's distribution has a
 // few dominant entries and a long tail, as language models' do.
-teacher::ServedModel VocabTeacher() {
+teacher::ServedModel VocabTeacher(int64_t vocab) {
   torch::manual_seed(2);
   auto hidden = std::make_shared<torch::nn::Linear>(784, 128);
-  auto head = std::make_shared<torch::nn::Linear>(128, 32000);
+  auto head = std::make_shared<torch::nn::Linear>(128, vocab);
   teacher::ServedModel model;
   model.name = "synthetic_vocab";
   model.hash = "synthetic";
   model.input_shape = {1, 28, 28};
-  model.output_shape = {32000};
+  model.output_shape = {vocab};
   model.forward = [hidden, head](const torch::Tensor& x) {
     torch::Tensor h = torch::tanh((*hidden)->forward(x.flatten(1)) * 4);
     torch::Tensor z = (*head)->forward(h);
@@ -336,7 +339,9 @@ int main(int argc, char** argv) {
   EncodingTable("cnn_teacher (zoo)", ZooTeacher(dir),
                 absl::GetFlag(FLAGS_temperature_c10),
                 absl::GetFlag(FLAGS_batches));
-  EncodingTable("synthetic vocabulary teacher", VocabTeacher(),
+  if (absl::GetFlag(FLAGS_vocab) < 2) Die("--vocab must be >= 2");
+  EncodingTable("synthetic vocabulary teacher",
+                VocabTeacher(absl::GetFlag(FLAGS_vocab)),
                 absl::GetFlag(FLAGS_temperature_vocab),
                 absl::GetFlag(FLAGS_vocab_batches));
   BatchingTable(dir);
