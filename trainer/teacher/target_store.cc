@@ -375,8 +375,10 @@ absl::StatusOr<std::unique_ptr<TargetStoreWriter>> TargetStoreWriter::Create(
         " already exists; remove it or choose another teacher.store_dir"));
   }
   std::unique_ptr<TargetStoreWriter> w(new TargetStoreWriter);
+  // "runs/x/" names the folder runs/x: its partial twin is runs/x.partial.
   w->dir_ = dir;
-  w->partial_ = dir + ".partial";
+  while (w->dir_.size() > 1 && w->dir_.back() == '/') w->dir_.pop_back();
+  w->partial_ = w->dir_ + ".partial";
   w->key_ = key;
   w->options_ = options;
   w->record_bytes_ = StoreBytesPerPosition(key) * key.seq_len;

@@ -261,6 +261,14 @@ TEST_F(TargetStoreTest, AnUnfinishedWriteLeavesNoStore) {
   EXPECT_EQ(WriteStore(key, "store"), dir);
   EXPECT_THAT(StoreTeacher::Open(dir, key).status(), IsOk());
   EXPECT_FALSE(fs::exists(dir + ".partial"));
+  // A folder named with a trailing slash is written beside, not inside.
+  const std::string slashed = (scratch_.path() / "slashed").string() + "/";
+  auto writer = TargetStoreWriter::Create(slashed, key);
+  ASSERT_THAT(writer.status(), IsOk());
+  ASSERT_THAT((*writer)->Append(Dense(ReferenceProbs())), IsOk());
+  ASSERT_THAT((*writer)->Finish().status(), IsOk());
+  EXPECT_THAT(StoreTeacher::Open(slashed, key).status(), IsOk());
+  EXPECT_FALSE(fs::exists(slashed + ".partial"));
   // An existing store is never overwritten.
   EXPECT_THAT(
       TargetStoreWriter::Create(dir, key).status(),
