@@ -166,15 +166,27 @@ losses::ValueSchedule ScheduleFromProto(const v1::ValueSchedule& proto) {
   return schedule;
 }
 
-absl::Status AssembleJob(const JobConfig& config, const WorldInfo& world,
-                         std::shared_ptr<TeacherClient> teacher, Job& job) {
-  job.config = config;
+void UseConfiguredThreadsAndSeed(const JobConfig& config) {
   // LibTorch's own default follows OMP_NUM_THREADS and can be 1 even on a
   // multi-core machine; 0 in the config means one thread per core.
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
   torch::set_num_threads(config.threads() > 0 ? config.threads()
                                               : static_cast<int>(cores));
   torch::manual_seed(config.seed());
+}
+
+absl::Status CheckTeacherClasses(const TeacherClient& teacher,
+                                 int64_t num_classes) {
+  if (teacher.num_classes() == num_classes) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "teacher '", teacher.description(), "' outputs ", teacher.num_classes(),
+      " classes but the data has ", num_classes));
+}
+
+absl::Status AssembleJob(const JobConfig& config, const WorldInfo& world,
+                         std::shared_ptr<TeacherClient> teacher, Job& job) {
+  job.config = config;
+  UseConfiguredThreadsAndSeed(config);
 
   if ((config.mode() == JobConfig::EVALUATE ||
        config.mode() == JobConfig::QUANTIZE) &&
@@ -227,12 +239,8 @@ absl::Status AssembleJob(const JobConfig& config, const WorldInfo& world,
           job.teacher, MakeJobTeacher(config, world, input, *job.test,
                                       job.train.get(), /*read_store=*/true));
     }
-    if (job.teacher->num_classes() != input.num_classes) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("teacher '", job.teacher->description(), "' outputs ",
-                       job.teacher->num_classes(), " classes but the data has ",
-                       input.num_classes));
-    }
+    DISTILL_RETURN_IF_ERROR(
+        CheckTeacherClasses(*job.teacher, input.num_classes));
   }
   if (config.mode() == JobConfig::EVALUATE) return absl::OkStatus();
 

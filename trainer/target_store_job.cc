@@ -7,7 +7,6 @@
 #include <deque>
 #include <filesystem>
 #include <numeric>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -86,10 +85,7 @@ absl::StatusOr<nlohmann::json> WriteTargetStore(const JobConfig& config,
         "or teacher.endpoints/registry_dir (teacher servers) beside "
         "teacher.store_dir");
   }
-  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-  torch::set_num_threads(config.threads() > 0 ? config.threads()
-                                              : static_cast<int>(cores));
-  torch::manual_seed(config.seed());
+  UseConfiguredThreadsAndSeed(config);
 
   DISTILL_ASSIGN_OR_RETURN(const std::unique_ptr<data::Dataset> train,
                            LoadTokenSplit(config, data::TokenSplit::kTrain));
@@ -101,12 +97,10 @@ absl::StatusOr<nlohmann::json> WriteTargetStore(const JobConfig& config,
   if (std::filesystem::exists(dir, ec)) {
     auto stored = ReadTargetStoreKey(dir);
     if (!stored.ok()) {
-      return absl::AlreadyExistsError(
-          absl::StrCat("target store ", dir,
-                       " already exists and is not "
-                       "usable (",
-                       stored.status().message(),
-                       "); remove it or choose another teacher.store_dir"));
+      return absl::AlreadyExistsError(absl::StrCat(
+          "target store ", dir, " already exists and is not usable (",
+          stored.status().message(),
+          "); remove it or choose another teacher.store_dir"));
     }
     // A server's model hash is known only once connected: without
     // teacher.model the rest of the key decides.
@@ -129,11 +123,7 @@ absl::StatusOr<nlohmann::json> WriteTargetStore(const JobConfig& config,
       const std::shared_ptr<TeacherClient> teacher,
       MakeJobTeacher(config, WorldInfo{}, input, *test, train.get(),
                      /*read_store=*/false));
-  if (teacher->num_classes() != key.vocab_size) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "teacher '", teacher->description(), "' outputs ",
-        teacher->num_classes(), " classes but the data has ", key.vocab_size));
-  }
+  DISTILL_RETURN_IF_ERROR(CheckTeacherClasses(*teacher, key.vocab_size));
   if (key.teacher_sha256.empty()) key.teacher_sha256 = teacher->model_hash();
   TargetStoreWriterOptions options;
   options.teacher_description = teacher->description();

@@ -59,6 +59,14 @@ struct Job {
 absl::Status AssembleJob(const JobConfig& config, const WorldInfo& world,
                          std::shared_ptr<TeacherClient> teacher, Job& job);
 
+// Sets LibTorch's thread count (config.threads; 0: one per core) and seeds
+// its generator with config.seed, as every run of a job starts.
+void UseConfiguredThreadsAndSeed(const JobConfig& config);
+
+// FailedPrecondition "teacher '...' outputs N classes but the data has M".
+absl::Status CheckTeacherClasses(const TeacherClient& teacher,
+                                 int64_t num_classes);
+
 // The job's teacher as its config describes it: the servers, or the model
 // (and ensemble) run in this process; with `read_store` and
 // teacher.store_dir set, the target store instead (which needs `train`,
