@@ -575,6 +575,15 @@ absl::StatusOr<Index> ReadIndex(const std::string& dir) {
                             "makes records of ", record));
   }
   if (index.windows_per_shard < 1) return bad("windows_per_shard < 1");
+  // Byte offsets are windows x record_bytes in int64: a count that cannot
+  // be addressed is a lie, refused before any product is formed.
+  const int64_t addressable = std::numeric_limits<int64_t>::max() / record;
+  if (index.windows_per_shard > addressable ||
+      index.key.windows > addressable) {
+    return bad(absl::StrCat("windows_per_shard ", index.windows_per_shard,
+                            " or windows ", index.key.windows, " of ", record,
+                            " bytes each cannot be addressed"));
+  }
   int64_t windows = 0;
   for (size_t i = 0; i < index.shards.size(); ++i) {
     const auto& [file, n] = index.shards[i];
@@ -587,6 +596,10 @@ absl::StatusOr<Index> ReadIndex(const std::string& dir) {
       return bad(absl::StrCat("shard ", file, " holds ", n,
                               " windows; shards hold ", index.windows_per_shard,
                               " (the last at most)"));
+    }
+    if (n > index.key.windows - windows) {
+      return bad(absl::StrCat("its shards hold more windows than its key's ",
+                              index.key.windows));
     }
     windows += n;
   }

@@ -326,6 +326,28 @@ TEST_F(TargetStoreTest, StoresThatLieAreRefused) {
               StatusIs(absl::StatusCode::kDataLoss,
                        HasSubstr("its shards hold 5 windows; its key says 6")));
 
+  // Counts whose byte offsets overflow int64 are refused, not multiplied.
+  const std::string huge = WriteStore(key, "huge");
+  edit_index(huge, [](nlohmann::json& j) {
+    const int64_t n = int64_t{1} << 62;
+    j["windows_per_shard"] = n;
+    for (auto& shard : j["shards"]) shard["windows"] = n;
+  });
+  EXPECT_THAT(StoreTeacher::Open(huge, key).status(),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       HasSubstr("windows_per_shard 4611686018427387904 or "
+                                 "windows 6 of")));
+  const std::string many = WriteStore(key, "many");
+  edit_index(many, [](nlohmann::json& j) {
+    const int64_t n = int64_t{1} << 40;
+    j["windows_per_shard"] = n;
+    for (auto& shard : j["shards"]) shard["windows"] = n;
+  });
+  EXPECT_THAT(
+      StoreTeacher::Open(many, key).status(),
+      StatusIs(absl::StatusCode::kDataLoss,
+               HasSubstr("its shards hold more windows than its key's 6")));
+
   const std::string escape = WriteStore(key, "escape");
   edit_index(escape, [](nlohmann::json& j) {
     j["shards"][0]["file"] = "../truncated/shard-00000.bin";
