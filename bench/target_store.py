@@ -7,7 +7,8 @@ teacher, V = 8,192, windows of 128 tokens, batch 16) on the first --windows
 training windows, one epoch, four ways:
 
 1. the teacher in the trainer's process (dense targets, as the config says);
-2. one teacher_server on loopback, TOP_K_PACKED k = 128;
+2. one teacher_server on loopback, TOP_K_PACKED k = 128, then HIDDEN_FP16
+   (the teacher's hidden states, the trainer applying its head);
 3. a target store of the same encoding written once by
    `distill --write_target_store` (its write time and bytes reported), then
    read by a run that names no model and no server;
@@ -17,8 +18,8 @@ For each: seconds per step, tokens/s, and the fraction of the epoch the
 loop spent getting targets (the teacher's forward in process, or waiting
 for answers not ready yet: `profile_seconds.teacher / epoch_seconds`,
 metrics.jsonl). Then the student's test perplexity when distilled through
-stores of each sparse encoding against dense targets in process, on
---quality_windows windows. The teacher is runs/lm/teacher/model.pt when the
+stores of each sparse encoding, and through the server with hidden states,
+against dense targets in process, on --quality_windows windows. The teacher is runs/lm/teacher/model.pt when the
 quickstart made one, else lm_teacher.pbtxt trained here for
 --teacher_epochs epochs. Run folders go under --out.
 """
@@ -36,6 +37,8 @@ BIN = os.path.join(REPO, "build", "bin")
 DATA = os.path.join(REPO, "runs", "lm", "data")
 QUICKSTART_TEACHER = os.path.join(REPO, "runs", "lm", "teacher", "model.pt")
 TEACHER_OPTIONS = "layers=4,heads=4,d_model=256,d_ff=1024,context=128"
+# HIDDEN_FP16 on the wire: 2 bytes for each of the teacher's d_model states.
+HIDDEN_BYTES_PER_TOKEN = 2 * 256
 
 
 def log(msg):
@@ -110,67 +113,17 @@ def write_store(file):
     return time.time() - start
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--windows", type=int, default=512,
-                   help="training windows of the step-time runs")
-    p.add_argument("--quality_windows", type=int, default=2048,
-                   help="training windows of the perplexity-by-encoding runs (0: skip)")
-    p.add_argument("--teacher_epochs", type=int, default=1)
-    p.add_argument("--out", default=os.path.join(REPO, "runs", "bench_store"))
-    args = p.parse_args()
-    if args.windows < 16 or args.teacher_epochs < 1 or args.quality_windows < 0:
-        p.error("--windows must be >= 16, --teacher_epochs >= 1, --quality_windows >= 0")
-    if os.path.exists(args.out):
-        shutil.rmtree(args.out)
-    os.makedirs(args.out)
-    if not os.path.exists(os.path.join(DATA, "train.tok")):
-        log("preparing the corpus into runs/lm/data")
-        run([os.path.join(BIN, "distill_prepare_text"), "--out_dir", DATA])
-    weights = QUICKSTART_TEACHER
-    if not os.path.exists(weights):
-        log(f"training the teacher (launch/configs/lm_teacher.pbtxt, {args.teacher_epochs} epochs)")
-        text = open(os.path.join(REPO, "launch", "configs", "lm_teacher.pbtxt")).read()
-        text = re.sub(r'run_dir: "[^"]*"', f'run_dir: "{os.path.join(args.out, "teacher")}"', text)
-        text = re.sub(r"\nepochs: \d+", f"\nepochs: {args.teacher_epochs}", text)
-        file = os.path.join(args.out, "teacher.pbtxt")
-        with open(file, "w") as f:
-            f.write(text)
+def measure(args, rows, weights, model, port):
+    """Step times through the server and from stores, and the quality runs.
+    Returns the store writes and the quality rows."""
+    for name, encoding in (("packed", "encoding: TOP_K_PACKED top_k: 128"),
+                           ("hidden", "encoding: HIDDEN_FP16")):
+        log(f"step time: one teacher_server, {encoding}")
+        file, _ = config(f"remote-{name}", args.out, args.windows, weights,
+                         f'endpoints: "127.0.0.1:{port}" {encoding}')
         train(file)
-        weights = os.path.join(args.out, "teacher", "model.pt")
-    teacher_ppl = json.load(open(os.path.join(os.path.dirname(weights), "summary.json")))[
-        "test_perplexity"]
-
-    rows = {}
-    log("step time: teacher in process")
-    file, text = config("inprocess", args.out, args.windows, weights)
-    train(file)
-    rows["in process (dense fp32)"] = epoch_figures(os.path.join(args.out, "inprocess"))
-    model = teacher_model_section(text)
-
-    log("step time: one teacher_server, TOP_K_PACKED k=128")
-    port_file = os.path.join(args.out, "server.port")
-    server = subprocess.Popen(
-        [os.path.join(BIN, "teacher_server"), "--arch=gpt",
-         f"--arch_options={TEACHER_OPTIONS}", f"--weights={weights}",
-         "--input_shape=128", "--input_dtype=int32", "--num_classes=8192",
-         f"--tokenizer={os.path.join(DATA, 'tokenizer.model')}",
-         f"--port_file={port_file}"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while not os.path.exists(port_file):
-            if server.poll() is not None:
-                sys.exit(f"target_store: teacher_server exited {server.returncode}")
-            time.sleep(0.1)
-        port = int(open(port_file).read())
-        file, _ = config("remote", args.out, args.windows, weights,
-                         f'endpoints: "127.0.0.1:{port}" encoding: TOP_K_PACKED top_k: 128')
-        train(file)
-        rows["teacher_server, TOP_K_PACKED k=128"] = epoch_figures(
-            os.path.join(args.out, "remote"))
-    finally:
-        server.terminate()
-        server.wait()
+        rows[f"teacher_server, {encoding.replace('encoding: ', '')}"] = epoch_figures(
+            os.path.join(args.out, f"remote-{name}"))
 
     writes = {}
     for name, encoding, label in (
@@ -218,6 +171,73 @@ def main():
             quality[f"store, {encoding.replace('encoding: ', '')}"] = (
                 epoch_figures(os.path.join(args.out, f"q-{name}")), bytes_per_token)
             shutil.rmtree(store)
+
+        log("quality: hidden states through the teacher_server")
+        file, _ = config("q-hidden", args.out, n, weights,
+                         f'endpoints: "127.0.0.1:{port}" encoding: HIDDEN_FP16')
+        train(file)
+        quality["teacher_server, HIDDEN_FP16"] = (
+            epoch_figures(os.path.join(args.out, "q-hidden")), HIDDEN_BYTES_PER_TOKEN)
+    return writes, quality
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--windows", type=int, default=512,
+                   help="training windows of the step-time runs")
+    p.add_argument("--quality_windows", type=int, default=2048,
+                   help="training windows of the perplexity-by-encoding runs (0: skip)")
+    p.add_argument("--teacher_epochs", type=int, default=1)
+    p.add_argument("--out", default=os.path.join(REPO, "runs", "bench_store"))
+    args = p.parse_args()
+    if args.windows < 16 or args.teacher_epochs < 1 or args.quality_windows < 0:
+        p.error("--windows must be >= 16, --teacher_epochs >= 1, --quality_windows >= 0")
+    if os.path.exists(args.out):
+        shutil.rmtree(args.out)
+    os.makedirs(args.out)
+    if not os.path.exists(os.path.join(DATA, "train.tok")):
+        log("preparing the corpus into runs/lm/data")
+        run([os.path.join(BIN, "distill_prepare_text"), "--out_dir", DATA])
+    weights = QUICKSTART_TEACHER
+    if not os.path.exists(weights):
+        log(f"training the teacher (launch/configs/lm_teacher.pbtxt, {args.teacher_epochs} epochs)")
+        text = open(os.path.join(REPO, "launch", "configs", "lm_teacher.pbtxt")).read()
+        text = re.sub(r'run_dir: "[^"]*"', f'run_dir: "{os.path.join(args.out, "teacher")}"', text)
+        text = re.sub(r"\nepochs: \d+", f"\nepochs: {args.teacher_epochs}", text)
+        file = os.path.join(args.out, "teacher.pbtxt")
+        with open(file, "w") as f:
+            f.write(text)
+        train(file)
+        weights = os.path.join(args.out, "teacher", "model.pt")
+    teacher_ppl = json.load(open(os.path.join(os.path.dirname(weights), "summary.json")))[
+        "test_perplexity"]
+
+    rows = {}
+    log("step time: teacher in process")
+    file, text = config("inprocess", args.out, args.windows, weights)
+    train(file)
+    rows["in process (dense fp32)"] = epoch_figures(os.path.join(args.out, "inprocess"))
+    model = teacher_model_section(text)
+
+    log("starting one teacher_server")
+    port_file = os.path.join(args.out, "server.port")
+    server = subprocess.Popen(
+        [os.path.join(BIN, "teacher_server"), "--arch=gpt",
+         f"--arch_options={TEACHER_OPTIONS}", f"--weights={weights}",
+         "--input_shape=128", "--input_dtype=int32", "--num_classes=8192",
+         f"--tokenizer={os.path.join(DATA, 'tokenizer.model')}",
+         f"--port_file={port_file}"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not os.path.exists(port_file):
+            if server.poll() is not None:
+                sys.exit(f"target_store: teacher_server exited {server.returncode}")
+            time.sleep(0.1)
+        port = int(open(port_file).read())
+        writes, quality = measure(args, rows, weights, model, port)
+    finally:
+        server.terminate()
+        server.wait()
 
     base = rows["in process (dense fp32)"]["seconds_per_step"]
     flags = "".join(f" --{k} {v}" for k, v, d in (

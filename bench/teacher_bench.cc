@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -25,6 +26,7 @@
 #include "proto/teacher.grpc.pb.h"
 #include "student/model.h"
 #include "teacher_server/codec.h"
+#include "teacher_server/output_head.h"
 #include "teacher_server/server.h"
 
 ABSL_FLAG(std::string, teacher_weights, "",
@@ -38,6 +40,9 @@ ABSL_FLAG(int, vocab, 32000,
 ABSL_FLAG(int, streams, 8, "Concurrent streams for the batching comparison.");
 ABSL_FLAG(double, temperature_c10, 4.0, "Temperature at C = 10.");
 ABSL_FLAG(double, temperature_vocab, 1.0, "Temperature at V = 32,000.");
+ABSL_FLAG(int, hidden_size, 512,
+          "Hidden width H of the synthetic teacher with a linear head (the "
+          "hidden-state table).");
 
 namespace {
 
@@ -92,6 +97,30 @@ teacher::ServedModel VocabTeacher(int64_t vocab) {
   return model;
 }
 
+// The same kind of teacher with a linear head over H hidden states (as a
+// language model's): logits = W h, W scaled so they spread with a standard
+// deviation near 3 like the teacher above. Serves HIDDEN_FP16.
+teacher::ServedModel HeadTeacher(int64_t vocab, int64_t width) {
+  torch::manual_seed(2);
+  auto body = std::make_shared<torch::nn::Linear>(784, width);
+  auto head = std::make_shared<distill::losses::OutputHead>();
+  head->weight = torch::randn({vocab, width}) * (3.0 / std::sqrt(width));
+  teacher::ServedModel model;
+  model.name = "synthetic_head";
+  model.hash = "synthetic";
+  model.input_shape = {1, 28, 28};
+  model.output_shape = {vocab};
+  model.hidden = [body](const torch::Tensor& x) {
+    return torch::tanh((*body)->forward(x.flatten(1)) * 4);
+  };
+  model.head = head;
+  model.head_sha256 = OrDie(teacher::OutputHeadSha256(*head));
+  model.forward = [hidden = model.hidden, head](const torch::Tensor& x) {
+    return head->Logits(hidden(x));
+  };
+  return model;
+}
+
 std::unique_ptr<v1::Teacher::Stub> Connect(
     const teacher::TeacherServer& server) {
   grpc::ChannelArguments args;
@@ -117,8 +146,10 @@ struct StreamFigures {
 
 // One stream: header, then `inputs` as batches; a writer thread keeps the
 // stream full while this thread reads and decodes every answer.
-StreamFigures RunStream(v1::Teacher::Stub& stub, const v1::StreamHeader& header,
-                        const std::vector<torch::Tensor>& inputs, bool keep) {
+StreamFigures RunStream(
+    v1::Teacher::Stub& stub, const v1::StreamHeader& header,
+    const std::vector<torch::Tensor>& inputs, bool keep,
+    std::shared_ptr<const distill::losses::OutputHead> head = nullptr) {
   std::vector<v1::DistillRequest> requests;
   for (size_t i = 0; i < inputs.size(); ++i)
     requests.push_back(Batch(i, inputs[i]));
@@ -139,8 +170,8 @@ StreamFigures RunStream(v1::Teacher::Stub& stub, const v1::StreamHeader& header,
   size_t i = 0;
   while (stream->Read(&response)) {
     f.response_bytes += response.ByteSizeLong();
-    auto targets =
-        OrDie(teacher::DecodeTargets(response.targets(), inputs[i].size(0)));
+    auto targets = OrDie(
+        teacher::DecodeTargets(response.targets(), inputs[i].size(0), head));
     f.samples += inputs[i].size(0);
     if (keep) f.decoded.push_back(std::move(targets));
     ++i;
@@ -156,6 +187,9 @@ StreamFigures RunStream(v1::Teacher::Stub& stub, const v1::StreamHeader& header,
 // tail mass evenly over the classes it leaves out.
 torch::Tensor Dense(const distill::losses::TeacherTargets& t) {
   if (t.form == distill::losses::TeacherTargets::Form::kDense) return t.probs;
+  if (t.form == distill::losses::TeacherTargets::Form::kHidden) {
+    return t.Materialized().probs;
+  }
   if (t.form == distill::losses::TeacherTargets::Form::kSampled) {
     return torch::zeros({t.values.size(0), t.num_classes})
         .scatter_add_(-1, t.indices, t.values);
@@ -181,6 +215,10 @@ double MeanKl(const torch::Tensor& p, const torch::Tensor& q) {
 void EncodingTable(const std::string& title, teacher::ServedModel model,
                    double temperature, int batches) {
   const int64_t classes = model.num_classes();
+  // With a head: the dense encodings beside hidden states, which the
+  // client turns into probabilities with the head (its one-time transfer,
+  // 4 x V x (H + 1) bytes, not counted per sample).
+  const std::shared_ptr<const distill::losses::OutputHead> head = model.head;
   teacher::ServerOptions options;
   options.batcher.max_batch = absl::GetFlag(FLAGS_batch_size);
   options.batcher.max_queue_delay = absl::ZeroDuration();
@@ -210,16 +248,18 @@ void EncodingTable(const std::string& title, teacher::ServedModel model,
   std::vector<Row> rows = {{"dense_fp32", v1::DENSE_FP32, 0},
                            {"dense_fp16", v1::DENSE_FP16, 0},
                            {"dense_logp_fp16", v1::DENSE_LOGP_FP16, 0}};
+  if (head != nullptr) rows.push_back({"hidden_fp16", v1::HIDDEN_FP16, 0});
   for (int k : {1, 8, 32, 128, 1024}) {
-    if (k <= classes)
+    if (k <= classes && head == nullptr)
       rows.push_back({absl::StrCat("top_k k=", k), v1::TOP_K, k});
   }
   for (int m : {12, 32}) {
+    if (head != nullptr) break;
     rows.push_back({absl::StrCat("sampled m=", m), v1::SAMPLED, m});
   }
   // Packed top-k: what packing adds is its KL to the TOP_K row of equal k.
   for (int k : {32, 128, 1024}) {
-    if (k <= classes) {
+    if (k <= classes && head == nullptr) {
       rows.push_back({absl::StrCat("top_k_packed k=", k), v1::TOP_K_PACKED, k});
     }
   }
@@ -235,8 +275,8 @@ void EncodingTable(const std::string& title, teacher::ServedModel model,
     } else {
       header.set_top_k(row.k);
     }
-    RunStream(*stub, header, {inputs[0]}, false);  // warm-up
-    StreamFigures f = RunStream(*stub, header, inputs, true);
+    RunStream(*stub, header, {inputs[0]}, false, head);  // warm-up
+    StreamFigures f = RunStream(*stub, header, inputs, true, head);
     std::vector<torch::Tensor> dense;
     double mass = 0;
     for (const auto& t : f.decoded) {
@@ -344,6 +384,13 @@ int main(int argc, char** argv) {
                 VocabTeacher(absl::GetFlag(FLAGS_vocab)),
                 absl::GetFlag(FLAGS_temperature_vocab),
                 absl::GetFlag(FLAGS_vocab_batches));
+  if (absl::GetFlag(FLAGS_hidden_size) < 1) Die("--hidden_size must be >= 1");
+  EncodingTable(
+      absl::StrCat("synthetic teacher with a linear head, H = ",
+                   absl::GetFlag(FLAGS_hidden_size)),
+      HeadTeacher(absl::GetFlag(FLAGS_vocab), absl::GetFlag(FLAGS_hidden_size)),
+      absl::GetFlag(FLAGS_temperature_vocab),
+      absl::GetFlag(FLAGS_vocab_batches));
   BatchingTable(dir);
   std::filesystem::remove_all(dir);
   return 0;

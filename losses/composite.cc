@@ -50,7 +50,19 @@ absl::StatusOr<CompositeLoss> CompositeLoss::Create(
 }
 
 absl::StatusOr<CompositeResult> CompositeLoss::Compute(
-    const LossInputs& inputs) const {
+    const LossInputs& given) const {
+  // Hidden-state targets become probabilities here, once for all terms
+  // (the chunked head loss calls this a chunk of positions at a time).
+  LossInputs inputs = given;
+  TeacherTargets materialized;
+  if (given.teacher != nullptr &&
+      given.teacher->form == TeacherTargets::Form::kHidden) {
+    DISTILL_ASSIGN_OR_RETURN(
+        materialized,
+        TorchCall("the teacher's probabilities from its hidden states",
+                  [&] { return given.teacher->Materialized(); }));
+    inputs.teacher = &materialized;
+  }
   CompositeResult result;
   for (const Term& term : terms_) {
     absl::StatusOr<torch::Tensor> value = term.loss->Compute(inputs);

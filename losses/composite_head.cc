@@ -50,6 +50,8 @@ TeacherTargets TokenRows(const TeacherTargets& t, int64_t start, int64_t end) {
   TeacherTargets out = t;
   if (t.form == TeacherTargets::Form::kDense) {
     out.probs = t.probs.reshape({-1, t.probs.size(-1)}).slice(0, start, end);
+  } else if (t.form == TeacherTargets::Form::kHidden) {
+    out.hidden = t.hidden.reshape({-1, t.hidden.size(-1)}).slice(0, start, end);
   } else {
     const int64_t k = t.values.size(-1);
     out.values = t.values.reshape({-1, k}).slice(0, start, end);

@@ -4,6 +4,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <memory>
+
 #include "common/labels.h"
 #include "common/testing/status_matchers.h"
 #include "losses/composite.h"
@@ -17,6 +19,9 @@ using ::testing::HasSubstr;
 struct Case {
   std::vector<TermSpec> terms;
   bool top_k = false;
+  // The chunked loss gets the teacher's hidden states and head, the plain
+  // one the dense targets of the same logits.
+  bool hidden = false;
 };
 
 class ComputeOverHeadTest : public ::testing::TestWithParam<int64_t> {};
@@ -29,10 +34,17 @@ void ExpectSameAsUnchunked(const Case& c, int64_t chunk) {
   torch::Tensor labels = torch::randint(0, v, {n, s}, torch::kLong);
   labels[2].slice(0, 2) = kIgnoreLabel;  // a padded last window
   labels[0][0] = kIgnoreLabel;
-  const torch::Tensor teacher_logits = torch::randn({n, s, v}) * 3;
+  auto teacher_head = std::make_shared<OutputHead>();
+  teacher_head->weight = torch::randn({v, 6});
+  const torch::Tensor teacher_hidden = torch::randn({n, s, 6});
+  const torch::Tensor teacher_logits =
+      c.hidden ? torch::matmul(teacher_hidden, teacher_head->weight.t())
+               : torch::randn({n, s, v}) * 3;
   const TeacherTargets targets =
       c.top_k ? TeacherTargets::TopKFromLogits(teacher_logits, 2.0, 6)
               : TeacherTargets::DenseFromLogits(teacher_logits, 2.0);
+  const TeacherTargets hidden_targets =
+      TeacherTargets::FromHidden(teacher_hidden, teacher_head, 2.0);
   auto loss = CompositeLoss::Create(c.terms);
   ASSERT_TRUE(loss.ok()) << loss.status();
 
@@ -51,7 +63,7 @@ void ExpectSameAsUnchunked(const Case& c, int64_t chunk) {
   HeadLossInputs chunked;
   chunked.hidden = hidden_b;
   chunked.head_weight = head_b;
-  chunked.teacher = &targets;
+  chunked.teacher = c.hidden ? &hidden_targets : &targets;
   chunked.labels = labels;
   chunked.chunk_tokens = chunk;
   auto got = loss->ComputeOverHead(chunked);
@@ -80,6 +92,15 @@ TEST_P(ComputeOverHeadTest, TopKTargetsGiveTheUnchunkedLossAndGradients) {
                           {"hard_ce", 1.0, {}}},
                          /*top_k=*/true},
                         GetParam());
+}
+
+// Hidden states become the teacher's probabilities a chunk at a time.
+TEST_P(ComputeOverHeadTest, HiddenTargetsGiveTheDenseLossAndGradients) {
+  ExpectSameAsUnchunked(
+      {{{"kd_kl", 0.7, {}}, {"reverse_kl", 0.2, {}}, {"hard_ce", 0.1, {}}},
+       /*top_k=*/false,
+       /*hidden=*/true},
+      GetParam());
 }
 
 // Chunks of one token, of a size that does not divide the 15 positions,

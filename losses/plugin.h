@@ -61,7 +61,7 @@ namespace distill::losses {
 
 // Bumped whenever loss.h, teacher_targets.h, registry.h or the entry below
 // change in a way a built plugin would notice.
-inline constexpr int kDistillLossPluginApiVersion = 1;
+inline constexpr int kDistillLossPluginApiVersion = 2;
 
 // Registers the plugin's losses. The registry passed in is a staging one:
 // the loader moves its entries into the job's registry only when every name

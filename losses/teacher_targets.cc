@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/linear.h"
 #include "common/status.h"
 #include "common/torch_status.h"
 
@@ -53,8 +54,34 @@ const char* FormName(TeacherTargets::Form form) {
       return "top-k";
     case TeacherTargets::Form::kSampled:
       return "sampled";
+    case TeacherTargets::Form::kHidden:
+      return "hidden";
   }
   return "unknown";
+}
+
+torch::Tensor OutputHead::Logits(const torch::Tensor& hidden) const {
+  // Linear, as the zoo's language models compute their own logits: the
+  // same values to the bit, on oneDNN.
+  torch::Tensor z = Linear(hidden.to(torch::kFloat), weight, bias);
+  if (logit_scale != 1.0) z = z * logit_scale;
+  if (logit_softcap > 0) z = torch::tanh(z / logit_softcap) * logit_softcap;
+  return z;
+}
+
+TeacherTargets TeacherTargets::FromHidden(
+    const torch::Tensor& hidden, std::shared_ptr<const OutputHead> head,
+    double temperature) {
+  TeacherTargets targets =
+      Empty(Form::kHidden, temperature, head->weight.size(0));
+  targets.hidden = hidden.detach().to(torch::kFloat);
+  targets.head = std::move(head);
+  return targets;
+}
+
+TeacherTargets TeacherTargets::Materialized() const {
+  if (form != Form::kHidden) return *this;
+  return DenseFromLogits(head->Logits(hidden), temperature);
 }
 
 TeacherTargets TeacherTargets::DenseFromLogits(const torch::Tensor& logits,
@@ -136,9 +163,10 @@ TeacherTargets TeacherTargets::SampledFromProbs(const torch::Tensor& probs,
 }
 
 torch::IntArrayRef TeacherTargets::batch_shape() const {
-  if (form == Form::kDense) {
-    if (!probs.defined() || probs.dim() == 0) return {};
-    return probs.sizes().slice(0, probs.dim() - 1);
+  if (form == Form::kDense || form == Form::kHidden) {
+    const torch::Tensor& rows = form == Form::kDense ? probs : hidden;
+    if (!rows.defined() || rows.dim() == 0) return {};
+    return rows.sizes().slice(0, rows.dim() - 1);
   }
   if (!tail_mass.defined()) return {};
   return tail_mass.sizes();
@@ -160,6 +188,7 @@ TeacherTargets TeacherTargets::Rows(const torch::Tensor& positions) const {
   rows.values = select(values);
   rows.indices = select(indices);
   rows.tail_mass = select(tail_mass);
+  rows.hidden = select(hidden);
   return rows;
 }
 
@@ -192,10 +221,17 @@ absl::StatusOr<TeacherTargets> TeacherTargets::Concat(
           absl::StrCat("teacher targets part ", i, " has ", part.num_classes,
                        " classes but part 0 has ", first.num_classes));
     }
-    const torch::Tensor& mine =
-        first.form == Form::kDense ? part.probs : part.values;
-    const torch::Tensor& theirs =
-        first.form == Form::kDense ? first.probs : first.values;
+    if (part.head != first.head) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "teacher targets part ", i, " comes with another output head"));
+    }
+    auto rows = [](const TeacherTargets& t) -> const torch::Tensor& {
+      return t.form == Form::kDense    ? t.probs
+             : t.form == Form::kHidden ? t.hidden
+                                       : t.values;
+    };
+    const torch::Tensor& mine = rows(part);
+    const torch::Tensor& theirs = rows(first);
     if (TrailingShape(mine) != TrailingShape(theirs)) {
       return absl::InvalidArgumentError(absl::StrCat(
           "teacher targets part ", i, " has shape ", ShapeString(mine.sizes()),
@@ -216,6 +252,8 @@ absl::StatusOr<TeacherTargets> TeacherTargets::Concat(
                      };
                      if (first.form == Form::kDense) {
                        joined.probs = cat(&TeacherTargets::probs);
+                     } else if (first.form == Form::kHidden) {
+                       joined.hidden = cat(&TeacherTargets::hidden);
                      } else {
                        joined.values = cat(&TeacherTargets::values);
                        joined.indices = cat(&TeacherTargets::indices);

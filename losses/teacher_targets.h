@@ -1,7 +1,8 @@
 // Teacher targets as the losses see them: temperature-softened probabilities
 // p_T = softmax(z / T), either dense, as sparse top-k (values, indices and
-// the tail mass the k values leave out), or as ids sampled from p_T with
-// their frequencies, for [N, C] or [N, S, V] outputs.
+// the tail mass the k values leave out), as ids sampled from p_T with
+// their frequencies, or as the teacher's final hidden states with its output
+// head (p_T computed from them when needed), for [N, C] or [N, S, V] outputs.
 // A plain value type (tensors are shared, not copied); immutable by
 // convention, so safe to read from several threads.
 #ifndef DISTILL_LOSSES_TEACHER_TARGETS_H_
@@ -10,13 +11,28 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <memory>
+#include <vector>
 
 #include "absl/status/statusor.h"
 
 namespace distill::losses {
 
+// A language-model teacher's output head: logits
+// z = logit_scale * (hidden @ weight^T + bias), then, when logit_softcap > 0,
+// logit_softcap * tanh(z / logit_softcap).
+struct OutputHead {
+  torch::Tensor weight;  // float [V, H]
+  torch::Tensor bias;    // float [V], or undefined for none
+  double logit_scale = 1.0;
+  double logit_softcap = 0.0;
+
+  // Logits [..., V] (float32) for hidden states [..., H].
+  torch::Tensor Logits(const torch::Tensor& hidden) const;
+};
+
 struct TeacherTargets {
-  enum class Form { kDense, kTopK, kSampled };
+  enum class Form { kDense, kTopK, kSampled, kHidden };
 
   Form form = Form::kDense;
   // The temperature T the probabilities were softened at (> 0).
@@ -37,6 +53,11 @@ struct TeacherTargets {
   torch::Tensor indices;
   torch::Tensor tail_mass;
   int64_t samples = 0;
+  // kHidden: the teacher's final hidden states, float [..., H], and the
+  // head (shared, never copied) that makes them logits over num_classes.
+  // Losses see them through Materialized(), a chunk of rows at a time.
+  torch::Tensor hidden;
+  std::shared_ptr<const OutputHead> head;
 
   // Softmax of `logits / temperature` over the last dimension.
   static TeacherTargets DenseFromLogits(const torch::Tensor& logits,
@@ -53,6 +74,14 @@ struct TeacherTargets {
   static TeacherTargets SampledFromProbs(const torch::Tensor& probs,
                                          double temperature, int64_t m);
 
+  // Hidden states [..., H] with the head that turns them into logits.
+  static TeacherTargets FromHidden(const torch::Tensor& hidden,
+                                   std::shared_ptr<const OutputHead> head,
+                                   double temperature);
+  // kHidden: the same rows as kDense, softmax(head(hidden) / T) (rows x V
+  // floats: call it on a chunk of rows). Any other form: itself.
+  TeacherTargets Materialized() const;
+
   // Leading shape ([N] or [N, S]) the targets cover.
   torch::IntArrayRef batch_shape() const;
   int64_t batch_size() const;
@@ -64,7 +93,7 @@ struct TeacherTargets {
       const std::vector<TeacherTargets>& parts);
 };
 
-// "dense", "top-k" or "sampled", for messages.
+// "dense", "top-k", "sampled" or "hidden", for messages.
 const char* FormName(TeacherTargets::Form form);
 
 }  // namespace distill::losses

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "common/testing/status_matchers.h"
@@ -169,6 +170,33 @@ TEST(TeacherTargetsTest, ConcatJoinsRows) {
   EXPECT_TRUE(torch::equal(joined->tail_mass, top.tail_mass));
   EXPECT_EQ(joined->num_classes, 6);
   EXPECT_EQ(joined->form, TeacherTargets::Form::kTopK);
+}
+
+TEST(TeacherTargetsTest, HiddenTargetsSliceJoinAndMaterialize) {
+  auto head = std::make_shared<OutputHead>();
+  head->weight = torch::randn({7, 3});
+  head->bias = torch::randn({7});
+  const torch::Tensor h = torch::randn({4, 2, 3});
+  const TeacherTargets t = TeacherTargets::FromHidden(h, head, 2.0);
+  EXPECT_EQ(t.batch_shape(), torch::IntArrayRef({4, 2}));
+  EXPECT_EQ(t.num_classes, 7);
+  absl::StatusOr<TeacherTargets> joined = TeacherTargets::Concat(
+      {t.Rows(torch::tensor({0, 1, 2})), t.Rows(torch::tensor({3}))});
+  ASSERT_THAT(joined, IsOk());
+  EXPECT_TRUE(torch::equal(joined->hidden, h));
+  EXPECT_EQ(joined->head, head);
+  // p_T = softmax((h W^T + b) / T), written out.
+  const torch::Tensor want = torch::softmax(
+      (torch::matmul(h, head->weight.t()) + head->bias) / 2.0, -1);
+  const TeacherTargets dense = joined->Materialized();
+  EXPECT_EQ(dense.form, TeacherTargets::Form::kDense);
+  EXPECT_TRUE(torch::allclose(dense.probs, want, 1e-5, 1e-6));
+  // Another head's states do not join these.
+  auto other = std::make_shared<OutputHead>(*head);
+  EXPECT_THAT(
+      TeacherTargets::Concat({t, TeacherTargets::FromHidden(h, other, 2.0)}),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr("part 1 comes with another output head")));
 }
 
 TEST(TeacherTargetsTest, ConcatRefusesMismatches) {

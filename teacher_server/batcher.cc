@@ -176,10 +176,17 @@ void DynamicBatcher::Process(std::vector<Item>& items) {
     sizes.push_back(item.inputs.size(0));
     if (metrics_ != nullptr) metrics_->ObserveQueueDelay(start - item.enqueued);
   }
+  // When a stream asks for hidden states, the forward stops before the
+  // head: those streams get the states, the others logits from them.
+  bool hidden = false;
+  for (const Item& item : items) {
+    hidden |= item.header.encoding() == v1::HIDDEN_FP16;
+  }
+  hidden = hidden && model_->hidden != nullptr;
   auto logits = TorchCall("teacher forward", [&] {
     torch::Tensor batch =
         inputs.size() == 1 ? inputs[0] : torch::cat(inputs, 0);
-    torch::Tensor out = model_->forward(batch);
+    torch::Tensor out = hidden ? model_->hidden(batch) : model_->forward(batch);
     if (out.dim() < 2 || out.size(0) != batch.size(0)) {
       throw std::runtime_error(absl::StrCat(
           "the teacher returned ", out.dim() == 0 ? 0 : out.size(0),
@@ -199,8 +206,19 @@ void DynamicBatcher::Process(std::vector<Item>& items) {
       item.done(logits.status());
       continue;
     }
-    absl::StatusOr<v1::SoftTargets> answer =
-        EncodeLogits((*logits)[i], item.header);
+    absl::StatusOr<v1::SoftTargets> answer;
+    if (!hidden) {
+      answer = EncodeLogits((*logits)[i], item.header);
+    } else if (item.header.encoding() == v1::HIDDEN_FP16) {
+      answer = EncodeTargets(
+          losses::TeacherTargets::FromHidden((*logits)[i], model_->head,
+                                             item.header.temperature()),
+          v1::HIDDEN_FP16);
+    } else {
+      auto z = TorchCall("the teacher's output head",
+                         [&] { return model_->head->Logits((*logits)[i]); });
+      answer = z.ok() ? EncodeLogits(*z, item.header) : z.status();
+    }
     if (metrics_ != nullptr)
       metrics_->ObserveLatency(absl::Now() - item.enqueued);
     item.done(std::move(answer));

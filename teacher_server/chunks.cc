@@ -23,6 +23,7 @@ std::vector<v1::Tensor*> RowTensors(v1::SoftTargets& t) {
   if (t.encoding() == v1::SAMPLED) {
     return {t.mutable_sample_ids(), t.mutable_sample_counts()};
   }
+  if (t.encoding() == v1::HIDDEN_FP16) return {t.mutable_hidden()};
   return {t.mutable_probs()};
 }
 
@@ -36,6 +37,7 @@ std::vector<const v1::Tensor*> RowTensors(const v1::SoftTargets& t) {
   if (t.encoding() == v1::SAMPLED) {
     return {&t.sample_ids(), &t.sample_counts()};
   }
+  if (t.encoding() == v1::HIDDEN_FP16) return {&t.hidden()};
   return {&t.probs()};
 }
 
@@ -89,6 +91,8 @@ int64_t RowBytes(v1::Encoding encoding, int64_t num_classes, int32_t width) {
       return PackedRowBytes(width, num_classes) + 4;
     case v1::SAMPLED:
       return 5 * static_cast<int64_t>(width);
+    case v1::HIDDEN_FP16:
+      return 2 * static_cast<int64_t>(width);
     default:
       return 0;
   }

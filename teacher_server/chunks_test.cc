@@ -3,6 +3,7 @@
 #include <google/protobuf/util/message_differencer.h>
 #include <torch/torch.h>
 
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
@@ -145,6 +146,29 @@ TEST(ChunksTest, SampledAnswerKeepsIdsAndCountsTogether) {
   ASSERT_THAT(decoded.status(), IsOk());
   EXPECT_TRUE(torch::equal(decoded->indices, sampled.indices));
   EXPECT_TRUE(torch::equal(decoded->values, sampled.values));
+}
+
+TEST(ChunksTest, HiddenAnswerSplitsByPositions) {
+  auto head = std::make_shared<losses::OutputHead>();
+  head->weight = torch::randn({50, 6});
+  const losses::TeacherTargets hidden =
+      losses::TeacherTargets::FromHidden(torch::randn({2, 5, 6}), head, 1.0);
+  auto answer = EncodeTargets(hidden, v1::HIDDEN_FP16);
+  ASSERT_THAT(answer.status(), IsOk());
+  EXPECT_EQ(RowBytes(v1::HIDDEN_FP16, 50, 6), 12);
+  // Four positions a chunk: 4 x 6 x 2 bytes.
+  auto chunks = SplitAnswer(8, *answer, kChunkFramingBytes + 4 * 12);
+  ASSERT_THAT(chunks.status(), IsOk());
+  ASSERT_EQ(chunks->size(), 3u);
+  EXPECT_THAT((*chunks)[2].targets().hidden().shape(),
+              ::testing::ElementsAre(2, 6));
+  auto joined = JoinAnswer(*chunks);
+  ASSERT_THAT(joined.status(), IsOk());
+  EXPECT_TRUE(MessageDifferencer::Equals(joined->targets(), *answer));
+  auto decoded = DecodeTargets(joined->targets(), 2, head);
+  ASSERT_THAT(decoded.status(), IsOk());
+  EXPECT_TRUE(torch::equal(decoded->hidden,
+                           hidden.hidden.to(torch::kHalf).to(torch::kFloat)));
 }
 
 TEST(ChunksTest, AnAnswerThatFitsTravelsWhole) {

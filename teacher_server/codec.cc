@@ -229,6 +229,10 @@ absl::StatusOr<v1::SoftTargets> EncodeTargets(
       *message.mutable_tail_mass() =
           ToProto(targets.tail_mass, v1::Tensor::FLOAT32);
       return message;
+    case v1::HIDDEN_FP16:
+      if (targets.form != losses::TeacherTargets::Form::kHidden) break;
+      *message.mutable_hidden() = ToProto(targets.hidden, v1::Tensor::FLOAT16);
+      return message;
     case v1::SAMPLED: {
       if (targets.form != losses::TeacherTargets::Form::kSampled) break;
       // Distinct ids fill each row from the left, so the columns past the
@@ -255,7 +259,8 @@ absl::StatusOr<v1::SoftTargets> EncodeTargets(
 }
 
 absl::StatusOr<losses::TeacherTargets> DecodeTargets(
-    const v1::SoftTargets& message, int64_t expected_rows) {
+    const v1::SoftTargets& message, int64_t expected_rows,
+    std::shared_ptr<const losses::OutputHead> head) {
   losses::TeacherTargets targets;
   if (!(message.temperature() >= kMinTemperature) ||
       !std::isfinite(message.temperature())) {
@@ -440,6 +445,36 @@ absl::StatusOr<losses::TeacherTargets> DecodeTargets(
       targets.indices = unpacked.indices;
       targets.tail_mass = tail;
       return targets;
+    }
+    case v1::HIDDEN_FP16: {
+      if (head == nullptr) {
+        return absl::InvalidArgumentError(
+            "HIDDEN_FP16 targets need the teacher's output head, and none "
+            "was fetched");
+      }
+      const int64_t width = head->weight.size(1);
+      if (classes != head->weight.size(0)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "hidden-state targets over num_classes ", classes,
+            " but the output head has ", head->weight.size(0), " rows"));
+      }
+      DISTILL_RETURN_IF_ERROR(
+          CheckTensor(message.hidden(), "hidden", v1::Tensor::FLOAT16));
+      DISTILL_ASSIGN_OR_RETURN(torch::Tensor hidden,
+                               FromProto(message.hidden(), "hidden"));
+      if ((hidden.dim() != 2 && hidden.dim() != 3) ||
+          hidden.size(-1) != width) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "hidden must be [N, H] or [N, S, H] with H = ", width,
+            " (the output head's width), got ", ShapeString(hidden.sizes())));
+      }
+      DISTILL_RETURN_IF_ERROR(check_rows(hidden, "hidden"));
+      hidden = hidden.to(torch::kFloat);
+      if (hidden.numel() > 0 && !torch::isfinite(hidden).all().item<bool>()) {
+        return absl::InvalidArgumentError("hidden must be finite numbers");
+      }
+      return losses::TeacherTargets::FromHidden(hidden, std::move(head),
+                                                message.temperature());
     }
     case v1::SAMPLED: {
       DISTILL_RETURN_IF_ERROR(

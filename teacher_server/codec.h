@@ -10,6 +10,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -60,8 +61,10 @@ absl::StatusOr<torch::Tensor> FromProto(const v1::Tensor& message,
                                         absl::string_view what);
 
 // Encodes teacher targets for the wire. Dense targets may be sent as
-// DENSE_FP32 or DENSE_FP16, top-k targets as TOP_K or TOP_K_PACKED, sampled
-// ones only as SAMPLED; anything else is InvalidArgument.
+// DENSE_FP32, DENSE_FP16 or DENSE_LOGP_FP16, top-k targets as TOP_K or
+// TOP_K_PACKED, sampled ones only as SAMPLED, hidden states only as
+// HIDDEN_FP16 (the head travels separately); anything else is
+// InvalidArgument.
 absl::StatusOr<v1::SoftTargets> EncodeTargets(
     const losses::TeacherTargets& targets, v1::Encoding encoding);
 
@@ -76,8 +79,12 @@ absl::StatusOr<v1::SoftTargets> EncodeTargets(
 // back padded to `samples` columns.
 // Probabilities come back as float32 whatever the wire precision.
 // `expected_rows` (when >= 0) is the batch size the targets must cover.
+// HIDDEN_FP16 answers need `head`, the teacher's output head (fetched with
+// OutputHead): hidden [N, S, H] with H its width, finite, over its V
+// classes.
 absl::StatusOr<losses::TeacherTargets> DecodeTargets(
-    const v1::SoftTargets& message, int64_t expected_rows = -1);
+    const v1::SoftTargets& message, int64_t expected_rows = -1,
+    std::shared_ptr<const losses::OutputHead> head = nullptr);
 
 }  // namespace distill::teacher
 

@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <memory>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -202,6 +203,79 @@ TEST(TargetsCodecTest, LogProbabilitiesRefuseLyingMessages) {
   EXPECT_THAT(DecodeTargets(wrong_width, 1).status(),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("with C = num_classes 4, got [1, 3]")));
+}
+
+// Hidden states in fp16 with the head on the trainer's side: the exact
+// full-vocabulary distribution, up to fp16 rounding of h, at 2 x H bytes
+// per position (512 at H = 256, where dense fp16 takes 64,000).
+TEST(TargetsCodecTest, HiddenStatesGiveTheDenseDistributionAtV32000) {
+  torch::manual_seed(12);
+  const int64_t vocab = 32000, width = 256;
+  auto head = std::make_shared<losses::OutputHead>();
+  head->weight = torch::randn({vocab, width}) * (3.0 / std::sqrt(width));
+  const torch::Tensor h = torch::randn({2, 4, width});
+  const double temperature = 2.0;
+  const auto targets = losses::TeacherTargets::FromHidden(h, head, temperature);
+  const absl::StatusOr<v1::SoftTargets> wire =
+      EncodeTargets(targets, v1::HIDDEN_FP16);
+  ASSERT_THAT(wire.status(), IsOk());
+  EXPECT_EQ(wire->hidden().data().size(), 2u * 4 * 2 * width);
+  auto decoded = DecodeTargets(*wire, 2, head);
+  ASSERT_THAT(decoded.status(), IsOk());
+  EXPECT_EQ(decoded->form, losses::TeacherTargets::Form::kHidden);
+  EXPECT_EQ(decoded->batch_shape(), torch::IntArrayRef({2, 4}));
+  EXPECT_EQ(decoded->num_classes, vocab);
+  // The reference in float64, straight from h and the weight.
+  const torch::Tensor want = torch::softmax(
+      torch::matmul(h.to(torch::kDouble), head->weight.to(torch::kDouble).t()) /
+          temperature,
+      -1);
+  const losses::TeacherTargets dense = decoded->Materialized();
+  EXPECT_EQ(dense.form, losses::TeacherTargets::Form::kDense);
+  EXPECT_LT(std::abs(MeanKl(want, dense.probs)), 1e-4);
+  // What travelled is h rounded to fp16, nothing else.
+  EXPECT_TRUE(
+      torch::equal(decoded->hidden, h.to(torch::kHalf).to(torch::kFloat)));
+}
+
+TEST(TargetsCodecTest, HiddenStatesRefuseLyingMessages) {
+  auto head = std::make_shared<losses::OutputHead>();
+  head->weight = torch::randn({10, 4});
+  const v1::SoftTargets good = *EncodeTargets(
+      losses::TeacherTargets::FromHidden(torch::randn({2, 3, 4}), head, 1.0),
+      v1::HIDDEN_FP16);
+  ASSERT_THAT(DecodeTargets(good, 2, head).status(), IsOk());
+  EXPECT_THAT(DecodeTargets(good, 2).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("need the teacher's output head")));
+  auto wider = std::make_shared<losses::OutputHead>();
+  wider->weight = torch::randn({10, 5});
+  EXPECT_THAT(
+      DecodeTargets(good, 2, wider).status(),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr("hidden must be [N, H] or [N, S, H] with H = 5 (the "
+                         "output head's width), got [2, 3, 4]")));
+  v1::SoftTargets classes = good;
+  classes.set_num_classes(11);
+  EXPECT_THAT(DecodeTargets(classes, 2, head).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("over num_classes 11 but the output head "
+                                 "has 10 rows")));
+  EXPECT_THAT(DecodeTargets(good, 3, head).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("does not cover 3 samples")));
+  v1::SoftTargets nan = good;
+  *nan.mutable_hidden() =
+      ToProto(torch::full({2, 3, 4}, std::nanf("")), v1::Tensor::FLOAT16);
+  EXPECT_THAT(DecodeTargets(nan, 2, head).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "hidden must be finite numbers"));
+  v1::SoftTargets fp32 = good;
+  *fp32.mutable_hidden() =
+      ToProto(torch::zeros({2, 3, 4}), v1::Tensor::FLOAT32);
+  EXPECT_THAT(DecodeTargets(fp32, 2, head).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("hidden must be FLOAT16")));
 }
 
 TEST(TargetsCodecTest, PackedTopKDecodesToTheTopKTargetsWithinItsError) {

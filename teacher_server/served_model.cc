@@ -11,6 +11,8 @@
 #include "common/torch_status.h"
 #include "student/inference.h"
 #include "student/model.h"
+#include "student/zoo.h"
+#include "teacher_server/output_head.h"
 
 namespace distill::teacher {
 namespace {
@@ -139,6 +141,23 @@ absl::StatusOr<ServedModel> LoadServedModel(const ModelSource& source) {
     return prepared->forward(tokens ? inputs.to(torch::kLong) : inputs)
         .to(torch::kFloat);
   };
+  student::ZooModule* zoo = prepared->model().zoo_module();
+  if (tokens && zoo != nullptr && zoo->is_language_model()) {
+    DISTILL_ASSIGN_OR_RETURN(
+        std::shared_ptr<const losses::OutputHead> head,
+        TorchCall("reading the teacher's output head",
+                  [&]() -> std::shared_ptr<const losses::OutputHead> {
+                    auto h = std::make_shared<losses::OutputHead>();
+                    h->weight =
+                        zoo->HeadWeight().detach().to(torch::kFloat).clone();
+                    return h;
+                  }));
+    DISTILL_ASSIGN_OR_RETURN(served.head_sha256, OutputHeadSha256(*head));
+    served.head = std::move(head);
+    served.hidden = [prepared, zoo](const torch::Tensor& inputs) {
+      return zoo->Hidden(inputs.to(torch::kLong), nullptr).to(torch::kFloat);
+    };
+  }
   return served;
 }
 

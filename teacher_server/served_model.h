@@ -12,10 +12,12 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "losses/teacher_targets.h"
 #include "proto/teacher.pb.h"
 
 namespace distill::teacher {
@@ -38,6 +40,13 @@ struct ServedModel {
   // (c10::Error); the batcher catches at its boundary. The caller holds
   // torch::InferenceMode.
   std::function<torch::Tensor(const torch::Tensor&)> forward;
+  // Language models whose logits are a linear head over final hidden states
+  // (the zoo's): those states [N, S, H] for token ids [N, S], the head, and
+  // its hash (OutputHeadSha256); forward(x) == head->Logits(hidden(x)).
+  // Unset otherwise (no HIDDEN_FP16).
+  std::function<torch::Tensor(const torch::Tensor&)> hidden;
+  std::shared_ptr<const losses::OutputHead> head;
+  std::string head_sha256;
   // How `forward` runs, for the server's log (InferenceModel::how(), e.g.
   // "prepared for oneDNN: 2 conv, 2 linear, 2 BatchNorm folded"); empty
   // when a test or benchmark fills `forward` itself.
@@ -45,6 +54,10 @@ struct ServedModel {
 
   // C or V: the last dimension of output_shape.
   int64_t num_classes() const { return output_shape.back(); }
+  // H, or 0 without a separable head.
+  int64_t hidden_size() const {
+    return head == nullptr ? 0 : head->weight.size(1);
+  }
 };
 
 // Where a teacher comes from. Exactly one of `arch` and `torchscript` is set.

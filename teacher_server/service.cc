@@ -10,6 +10,7 @@
 #include "teacher_server/chunks.h"
 #include "teacher_server/codec.h"
 #include "teacher_server/grpc_status.h"
+#include "teacher_server/output_head.h"
 #include "teacher_server/validation.h"
 
 namespace distill::teacher {
@@ -326,6 +327,7 @@ class TeacherService::DistillReactor final
 TeacherService::TeacherService(const ServedModel* model, ServiceOptions options,
                                ServerMetrics* metrics)
     : options_(std::move(options)),
+      model_(model),
       metrics_(metrics),
       batcher_(model, options_.batcher, metrics) {
   batcher_.set_on_room([this] { WakeStreams(); });
@@ -342,6 +344,10 @@ TeacherService::TeacherService(const ServedModel* model, ServiceOptions options,
   info_.add_encodings(v1::SAMPLED);
   info_.add_encodings(v1::TOP_K_PACKED);
   info_.add_encodings(v1::DENSE_LOGP_FP16);
+  if (model->head != nullptr) {
+    info_.add_encodings(v1::HIDDEN_FP16);
+    info_.set_hidden_size(model->hidden_size());
+  }
   info_.set_max_request_bytes(options_.max_request_bytes);
   info_.set_tokenizer_sha256(model->tokenizer_sha256);
   info_.set_context_length(model->context_length);
@@ -360,6 +366,34 @@ grpc::ServerUnaryReactor* TeacherService::Info(
     metrics_->CountCall("Info", absl::StatusCodeToString(auth.code()));
   }
   reactor->Finish(ToGrpcStatus(auth));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* TeacherService::OutputHead(
+    grpc::CallbackServerContext* context, const v1::OutputHeadRequest* request,
+    v1::OutputHeadPage* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::Status status =
+      CheckBearerToken(context->client_metadata(), options_.token);
+  if (status.ok() && model_->head == nullptr) {
+    status = absl::FailedPreconditionError(
+        "this teacher has no separable output head (hidden_size 0): it "
+        "serves no HIDDEN_FP16 targets");
+  }
+  if (status.ok()) {
+    absl::StatusOr<v1::OutputHeadPage> page =
+        OutputHeadPageAt(*model_->head, model_->head_sha256,
+                         request->first_row(), request->max_bytes());
+    if (page.ok()) {
+      *response = *std::move(page);
+    } else {
+      status = page.status();
+    }
+  }
+  if (metrics_ != nullptr) {
+    metrics_->CountCall("OutputHead", absl::StatusCodeToString(status.code()));
+  }
+  reactor->Finish(ToGrpcStatus(status));
   return reactor;
 }
 

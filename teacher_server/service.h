@@ -52,6 +52,10 @@ class TeacherService final : public v1::Teacher::CallbackService {
                                  v1::InfoResponse* response) override;
   grpc::ServerBidiReactor<v1::DistillRequest, v1::DistillResponse>* Distill(
       grpc::CallbackServerContext* context) override;
+  // One page of the output head (teacher_server/output_head.h).
+  grpc::ServerUnaryReactor* OutputHead(grpc::CallbackServerContext* context,
+                                       const v1::OutputHeadRequest* request,
+                                       v1::OutputHeadPage* response) override;
 
   // Stops taking work: new streams are refused UNAVAILABLE; every open
   // stream stops reading, answers each batch it has read, then ends
@@ -75,6 +79,7 @@ class TeacherService final : public v1::Teacher::CallbackService {
   void WakeStreams();
 
   const ServiceOptions options_;
+  const ServedModel* const model_;
   ServerMetrics* const metrics_;
   v1::InfoResponse info_;
   DynamicBatcher batcher_;

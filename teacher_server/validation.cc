@@ -45,8 +45,9 @@ absl::Status ValidateHeader(const v1::StreamHeader& header,
   }
   const int64_t row =
       RowBytes(header.encoding(), info.num_classes(),
-               header.encoding() == v1::SAMPLED ? header.samples()
-                                                : header.top_k()) +
+               header.encoding() == v1::SAMPLED       ? header.samples()
+               : header.encoding() == v1::HIDDEN_FP16 ? info.hidden_size()
+                                                      : header.top_k()) +
       kChunkFramingBytes;
   if (header.max_answer_bytes() < 0 ||
       (header.max_answer_bytes() > 0 && header.max_answer_bytes() < row)) {

@@ -15,11 +15,20 @@ inputs) and then misbehaves on Distill in one way, chosen by --lie:
               flow-control window kept at 64 KB, the client's writes of
               larger batches block until the stream is cancelled
 
+or, with --vocab V --seq S --tokenizer_sha256 HEX, like a language model
+offering HIDDEN_FP16 (H = 8) and then:
+
+  head_hash   sends its output head under a hash the head does not have
+  hidden_wide says its hidden states are V wide (no smaller than dense)
+  hidden_nan  sends an honest head, then hidden states of NaN
+
 Writes its port to --port_file once it serves, and serves until killed.
 Prints one line per batch it received to stdout (for the test to count).
 
 usage: broken_teacher.py --proto_dir DIR --lie MODE --port_file FILE
+                         [--vocab V --seq S --tokenizer_sha256 HEX]
 """
+import hashlib
 import argparse
 import os
 import shutil
@@ -41,9 +50,19 @@ def main():
     p.add_argument("--proto_dir", required=True)
     p.add_argument("--lie", required=True,
                    choices=["internal", "unknown_id", "silent", "zeros",
-                            "wrong_rank", "flood", "huge", "stall"])
+                            "wrong_rank", "flood", "huge", "stall",
+                            "head_hash", "hidden_wide", "hidden_nan"])
     p.add_argument("--port_file", required=True)
+    p.add_argument("--vocab", type=int, default=0)
+    p.add_argument("--seq", type=int, default=0)
+    p.add_argument("--tokenizer_sha256", default="")
     a = p.parse_args()
+    language_model = a.lie in ("head_hash", "hidden_wide", "hidden_nan")
+    if language_model and (a.vocab < 2 or a.seq < 1 or not a.tokenizer_sha256):
+        p.error(f"--lie {a.lie} needs --vocab, --seq and --tokenizer_sha256")
+    width = a.vocab if a.lie == "hidden_wide" else 8
+    head = np.random.default_rng(1).standard_normal(
+        (max(a.vocab, 1), width)).astype("<f4")
     import grpc
 
     out_dir = tempfile.mkdtemp()
@@ -60,12 +79,29 @@ def main():
 
     class Liar(pb2_grpc.TeacherServicer):
         def Info(self, request, context):
+            if language_model:
+                return pb2.InfoResponse(
+                    model_name="liar", model_hash="0" * 64,
+                    input_shape=[a.seq], input_dtype=pb2.Tensor.INT32,
+                    output_shape=[a.seq, a.vocab], num_classes=a.vocab,
+                    max_batch=1024, encodings=[pb2.HIDDEN_FP16],
+                    max_request_bytes=64 << 20,
+                    tokenizer_sha256=a.tokenizer_sha256,
+                    context_length=a.seq, hidden_size=width)
             return pb2.InfoResponse(
                 model_name="liar", model_hash="0" * 64,
                 input_shape=[1, 28, 28], input_dtype=pb2.Tensor.FLOAT32,
                 output_shape=[CLASSES], num_classes=CLASSES, max_batch=1024,
                 encodings=[pb2.DENSE_FP32, pb2.DENSE_FP16, pb2.TOP_K],
                 max_request_bytes=64 << 20)
+
+        def OutputHead(self, request, context):
+            honest = hashlib.sha256(head.tobytes()).hexdigest()
+            rows = head[request.first_row:request.first_row + 100]
+            return pb2.OutputHeadPage(
+                vocab_size=a.vocab, hidden_size=width, logit_scale=1.0,
+                sha256="f" * 64 if a.lie == "head_hash" else honest,
+                first_row=request.first_row, weight=floats(rows))
 
         def Distill(self, request_iterator, context):
             if a.lie == "stall":
@@ -87,6 +123,17 @@ def main():
                 if a.lie == "internal":
                     context.abort(grpc.StatusCode.INTERNAL, "liar: internal")
                 if a.lie == "silent":
+                    continue
+                if a.lie == "hidden_nan":
+                    nan = np.full((n, a.seq, width), np.nan, dtype="<f2")
+                    yield pb2.DistillResponse(
+                        batch_id=batch.batch_id,
+                        targets=pb2.SoftTargets(
+                            temperature=temperature,
+                            encoding=pb2.HIDDEN_FP16, num_classes=a.vocab,
+                            hidden=pb2.Tensor(dtype=pb2.Tensor.FLOAT16,
+                                              shape=list(nan.shape),
+                                              data=nan.tobytes())))
                     continue
                 targets = pb2.SoftTargets(temperature=temperature,
                                           encoding=pb2.DENSE_FP32,

@@ -237,6 +237,23 @@ TEST_F(LmRemoteTeacherTest, ServedTeacherTrainsTheStudentAsInProcess) {
   const nlohmann::json s = Summary(sampled);
   EXPECT_NEAR(s["test_loss"].get<double>(), a["test_loss"].get<double>(),
               0.01 * a["test_loss"].get<double>());
+
+  // Hidden states (64 bytes per position here, against dense fp32's 1,200)
+  // and the head fetched once: the trainer's own softmax is the teacher's,
+  // to fp16 rounding of the states, so the student ends where the dense
+  // one does.
+  const fs::path hidden = *dir_ / "hidden";
+  o = Run(Config("hidden", "endpoints: \"" + server.address() +
+                               "\" encoding: HIDDEN_FP16"),
+          hidden);
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  const nlohmann::json h = Summary(hidden);
+  EXPECT_NEAR(h["test_loss"].get<double>(), a["test_loss"].get<double>(),
+              1e-3 * a["test_loss"].get<double>());
+  EXPECT_NEAR(h["loss_terms"]["kd_kl"].get<double>(),
+              a["loss_terms"]["kd_kl"].get<double>(),
+              1e-2 * a["loss_terms"]["kd_kl"].get<double>());
+  EXPECT_THAT(o.err, HasSubstr("fetched the teacher's output head [300, 32]"));
   EXPECT_EQ(server.Terminate(), 0);
 }
 
@@ -467,6 +484,46 @@ TEST_F(LmRemoteTeacherTest, OtherTokenizersAndVocabulariesAreRefused) {
   }
 }
 
+// Hidden-state servers that lie, written from teacher.proto alone
+// (tests/broken_teacher.py): a head under a false hash, a hidden width no
+// smaller than the vocabulary, hidden states of NaN. Each run ends with
+// exit 1 naming the fault instead of training on it.
+TEST_F(LmRemoteTeacherTest, LyingHiddenStateServersAreRefused) {
+  const std::string tokenizer = Sha256(Data() / "tokenizer.model", *dir_);
+  struct Lie {
+    std::string mode;
+    std::string wanted;
+  };
+  for (const Lie& lie :
+       std::vector<Lie>{{"head_hash", "not to ffffffffffffffff"},
+                        {"hidden_wide",
+                         "offers HIDDEN_FP16 with hidden_size 300, which "
+                         "is not in [1, 300)"},
+                        {"hidden_nan", "hidden must be finite numbers"}}) {
+    SCOPED_TRACE(lie.mode);
+    const fs::path port_file = *dir_ / (lie.mode + ".port");
+    Process liar = Process::Start(
+        {"/usr/bin/python3", SourceDir() + "/tests/broken_teacher.py",
+         "--proto_dir", SourceDir() + "/proto", "--lie", lie.mode,
+         "--port_file", port_file.string(), "--vocab", std::to_string(kVocab),
+         "--seq", "32", "--tokenizer_sha256", tokenizer},
+        *dir_ / (lie.mode + ".out"), *dir_ / (lie.mode + ".err"));
+    ASSERT_TRUE(WaitForFile(port_file))
+        << ReadFile(*dir_ / (lie.mode + ".err"));
+    const fs::path run = *dir_ / ("liar-" + lie.mode);
+    const Outcome o =
+        Run(Config("liar-" + lie.mode,
+                   "endpoints: \"127.0.0.1:" +
+                       std::to_string(std::stoi(ReadFile(port_file))) +
+                       "\" encoding: HIDDEN_FP16 max_attempts: 2 "
+                       "failover_grace_seconds: 5"),
+            run);
+    EXPECT_EQ(o.exit_code, 1) << o.err;
+    EXPECT_THAT(o.err, HasSubstr(lie.wanted));
+    // The liar is killed and reaped as `liar` goes out of scope.
+  }
+}
+
 TEST_F(LmRemoteTeacherTest, ClientFromTheProtoSeesTokensPerPosition) {
   Server server(*dir_, "wire", ServerArgs());
   ASSERT_TRUE(server.serving()) << server.err();
@@ -508,6 +565,15 @@ TEST_F(LmRemoteTeacherTest, ClientFromTheProtoSeesTokensPerPosition) {
   EXPECT_THAT(text, HasSubstr("tiny chunks: INVALID_ARGUMENT "
                               "header.max_answer_bytes must be 0 (no limit) "
                               "or at least 5296"));
+  // Hidden states (H = 32) and the head, fetched and hashed by the client:
+  // its own softmax equals the dense answer to fp16 rounding of h.
+  EXPECT_THAT(text, HasSubstr("hidden: hidden_size=32 pages=3 sha_ok=True "
+                              "shape=[2, 32, 32] max_kl="));
+  const size_t kl = text.find("max_kl=");
+  ASSERT_NE(kl, std::string::npos) << text;
+  EXPECT_LT(std::stod(text.substr(kl + 7)), 1e-4) << text;
+  EXPECT_THAT(text, HasSubstr("head row 300: INVALID_ARGUMENT first_row must "
+                              "be in [0, 300), got 300"));
   // The server served on through all of it.
   EXPECT_EQ(server.Terminate(), 0);
 }

@@ -12,11 +12,17 @@ Prints one line per check for the C++ test to read:
   chunked: chunks=N rows=[...] equal=True   (10 positions a chunk, joined
                                              here, against the dense answer)
   tiny chunks: INVALID_ARGUMENT <message>
+  hidden: hidden_size=H pages=P sha_ok=True shape=[2, S, H] max_kl=E
+                          (the head paged in 100 rows at a time, hashed
+                           here; softmax(hidden @ W^T) against the dense
+                           answer)
+  head row V: INVALID_ARGUMENT <message>
 Exits 1 when a call that must succeed does not.
 
 usage: lm_wire_client.py --proto_dir DIR --address HOST:PORT
 """
 import argparse
+import hashlib
 import os
 import sys
 import tempfile
@@ -117,6 +123,34 @@ def main():
             print("tiny chunks: answered", flush=True)
         except grpc.RpcError as e:
             print(f"tiny chunks: {e.code().name} {e.details()}", flush=True)
+
+        # The head in pages of 100 rows, then the teacher's distribution
+        # computed here from the hidden states alone.
+        width = info.hidden_size
+        pages, row = [], 0
+        while row < vocab:
+            page = stub.OutputHead(pb2.OutputHeadRequest(
+                first_row=row, max_bytes=4096 + 100 * 4 * (width + 1)),
+                timeout=30)
+            pages.append(page)
+            row += page.weight.shape[0]
+        weight = np.concatenate([to_array(pb2, q.weight) for q in pages])
+        digest = hashlib.sha256(weight.astype("<f4").tobytes()).hexdigest()
+        hidden = to_array(pb2, call(pb2.HIDDEN_FP16, tensor(ids))[0]
+                          .targets.hidden).astype(np.float64)
+        z = hidden @ weight.astype(np.float64).T * pages[0].logit_scale
+        z -= z.max(-1, keepdims=True)
+        mine = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+        kl = (probs * (np.log(probs) - np.log(mine))).sum(-1).max()
+        print(f"hidden: hidden_size={width} pages={len(pages)} "
+              f"sha_ok={all(q.sha256 == digest for q in pages)} "
+              f"shape={list(hidden.shape)} max_kl={kl:.3g}", flush=True)
+        try:
+            stub.OutputHead(pb2.OutputHeadRequest(first_row=vocab), timeout=30)
+            print(f"head row {vocab}: answered", flush=True)
+        except grpc.RpcError as e:
+            print(f"head row {vocab}: {e.code().name} {e.details()}",
+                  flush=True)
 
 
 if __name__ == "__main__":

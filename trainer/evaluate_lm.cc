@@ -3,6 +3,7 @@
 #include <cmath>
 #include <numeric>
 #include <optional>
+#include <vector>
 
 #include "common/labels.h"
 #include "common/status.h"
@@ -26,6 +27,19 @@ struct TokenCounts {
 torch::Tensor TeacherTop1(const losses::TeacherTargets& targets) {
   if (targets.form == losses::TeacherTargets::Form::kDense) {
     return targets.probs.argmax(-1);
+  }
+  if (targets.form == losses::TeacherTargets::Form::kHidden) {
+    // Logits a chunk of positions at a time, as the loss computes them.
+    const torch::Tensor rows =
+        targets.hidden.reshape({-1, targets.hidden.size(-1)});
+    std::vector<torch::Tensor> top1;
+    for (int64_t at = 0; at < rows.size(0); at += 1024) {
+      top1.push_back(targets.head
+                         ->Logits(rows.narrow(
+                             0, at, std::min<int64_t>(1024, rows.size(0) - at)))
+                         .argmax(-1));
+    }
+    return torch::cat(top1).reshape(targets.batch_shape());
   }
   return targets.indices.gather(-1, targets.values.argmax(-1, true))
       .squeeze(-1);

@@ -115,6 +115,30 @@ TEST(TeacherConfigTest, TargetStoreNeedsTokensAndOneTemperature) {
                                     "temperature")));
 }
 
+TEST(TeacherConfigTest, HiddenStatesComeFromServersOfLanguageModels) {
+  auto served =
+      ParseTokens("endpoints: \"127.0.0.1:5001\" encoding: HIDDEN_FP16");
+  ASSERT_THAT(served, IsOk());
+  EXPECT_EQ(served->teacher().encoding(), v1::TeacherConfig::HIDDEN_FP16);
+  const std::string wanted =
+      "teacher.encoding HIDDEN_FP16 applies to language models "
+      "(data.dataset \"tokens\") served by teacher servers";
+  EXPECT_THAT(
+      Parse("teacher { endpoints: \"127.0.0.1:5001\" encoding: HIDDEN_FP16 "
+            "}\n"),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               ::testing::HasSubstr(wanted)));
+  EXPECT_THAT(ParseTokens("model { arch: \"gpt\" weights: \"t.pt\" } "
+                          "store_dir: \"s\" encoding: HIDDEN_FP16"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       ::testing::HasSubstr(wanted)));
+  EXPECT_THAT(ParseTokens("endpoints: \"127.0.0.1:5001\" store_dir: \"s\" "
+                          "encoding: HIDDEN_FP16"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       ::testing::HasSubstr("teacher.store_dir cannot hold "
+                                            "HIDDEN_FP16 targets")));
+}
+
 TEST(TeacherConfigTest, EnsembleMembersAreCheckedAndInProcessOnly) {
   auto ok = Parse(
       "teacher {\n  model { arch: \"mlp\" weights: \"a.pt\" }\n"

@@ -75,7 +75,7 @@ Result RemoteTeacher::Impl::Decode(const Endpoint& endpoint,
         absl::StrCat("top-k answers with k = ", teacher::TopKWidth(targets),
                      " instead of ", options_.top_k, " per row"));
   }
-  Result decoded = teacher::DecodeTargets(targets, pending.rows);
+  Result decoded = teacher::DecodeTargets(targets, pending.rows, head_);
   if (!decoded.ok()) return bad(std::string(decoded.status().message()));
   // One distribution per sample, or per position of a token sequence:
   // targets of another rank would fail deep in the loss or the cache.

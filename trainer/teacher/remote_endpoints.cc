@@ -13,6 +13,7 @@
 #include "common/status.h"
 #include "teacher_server/chunks.h"
 #include "teacher_server/grpc_status.h"
+#include "teacher_server/output_head.h"
 #include "trainer/teacher/internal/remote_state.h"
 #include "trainer/teacher/internal/teacher_info.h"
 
@@ -36,21 +37,12 @@ std::shared_ptr<Endpoint> RemoteTeacher::Impl::AddEndpoint(
   // this client's largest batch (every row of it in the stream's encoding),
   // nor than max_answer_bytes (larger answers come in chunks under it),
   // plus framing. A server cannot make the client take more than that.
-  const int64_t rows =
-      options_.max_batch_rows *
-      (options_.tokenizer_sha256.empty() || options_.input_shape.empty()
-           ? 1
-           : options_.input_shape[0]);
-  int64_t most = rows * AnswerRowBytes();
-  if (most <= 0) most = std::numeric_limits<int64_t>::max();  // unknown
-  if (options_.max_answer_bytes > 0) {
-    most = std::min(most, options_.max_answer_bytes);
-  }
-  args.SetMaxReceiveMessageSize(most == std::numeric_limits<int64_t>::max()
-                                    ? -1
-                                    : static_cast<int>(std::min<int64_t>(
-                                          most + teacher::kChunkFramingBytes,
-                                          std::numeric_limits<int>::max())));
+  const int64_t most = ReceiveLimit();
+  args.SetMaxReceiveMessageSize(
+      most == std::numeric_limits<int64_t>::max()
+          ? -1
+          : static_cast<int>(
+                std::min<int64_t>(most, std::numeric_limits<int>::max())));
   args.SetMaxSendMessageSize(-1);
   // A restarted server is found within a second.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
@@ -69,6 +61,57 @@ std::shared_ptr<Endpoint> RemoteTeacher::Impl::AddEndpoint(
   endpoint->next_retry = Clock::now();
   endpoints_.push_back(endpoint);
   return endpoint;
+}
+
+int64_t RemoteTeacher::Impl::ReceiveLimit() const {
+  const int64_t rows =
+      options_.max_batch_rows *
+      (options_.tokenizer_sha256.empty() || options_.input_shape.empty()
+           ? 1
+           : options_.input_shape[0]);
+  int64_t most = rows * AnswerRowBytes();
+  if (most <= 0) return std::numeric_limits<int64_t>::max();  // unknown
+  if (options_.max_answer_bytes > 0) {
+    most = std::min(most, options_.max_answer_bytes);
+  }
+  return most + teacher::kChunkFramingBytes;
+}
+
+absl::StatusOr<std::shared_ptr<const losses::OutputHead>>
+RemoteTeacher::Impl::FetchOutputHead(Endpoint& endpoint) {
+  const std::string who = absl::StrCat("teacher server ", endpoint.address);
+  teacher::OutputHeadAssembler head(info_.num_classes(), info_.hidden_size());
+  const auto timeout = std::chrono::milliseconds(
+      static_cast<int64_t>(1000 * options_.connect_timeout_seconds));
+  while (!head.done()) {
+    grpc::ClientContext context;
+    Authorize(context);
+    context.set_deadline(std::chrono::system_clock::now() + timeout);
+    v1::OutputHeadRequest request;
+    request.set_first_row(head.next_row());
+    request.set_max_bytes(
+        std::min<int64_t>(teacher::kDefaultHeadPageBytes, ReceiveLimit()));
+    v1::OutputHeadPage page;
+    const grpc::Status status =
+        endpoint.stub->OutputHead(&context, request, &page);
+    if (!status.ok()) {
+      return absl::Status(
+          FromGrpcStatus(status).code(),
+          absl::StrCat(who, " did not send its output head (row ",
+                       head.next_row(), "): ", status.error_message()));
+    }
+    DISTILL_RETURN_IF_ERROR(Annotate(head.Add(page), who));
+  }
+  absl::StatusOr<std::shared_ptr<const losses::OutputHead>> joined =
+      head.Finish();
+  if (!joined.ok()) return Annotate(joined.status(), who);
+  std::fprintf(stderr,
+               "distill: fetched the teacher's output head [%lld, %lld] from "
+               "%s\n",
+               static_cast<long long>(info_.num_classes()),
+               static_cast<long long>(info_.hidden_size()),
+               endpoint.address.c_str());
+  return joined;
 }
 
 void RemoteTeacher::Impl::Authorize(grpc::ClientContext& context) const {
@@ -145,46 +188,65 @@ absl::Status RemoteTeacher::Impl::Connect() {
     }
     for (auto& call : calls) call.join();
   }
-  const Endpoint* first = nullptr;
+  std::shared_ptr<Endpoint> first;
   std::vector<std::string> errors;
-  absl::MutexLock lock(&mu_);
-  for (size_t i = 0; i < endpoints.size(); ++i) {
-    Endpoint& endpoint = *endpoints[i];
-    if (!statuses[i].ok()) {
-      endpoint.last_error = Describe(statuses[i]);
-      errors.push_back(
-          absl::StrCat(endpoint.address, " (", endpoint.last_error, ")"));
-      if (!Retryable(statuses[i].error_code())) {
-        return absl::Status(
-            FromGrpcStatus(statuses[i]).code(),
-            absl::StrCat("teacher server ", endpoint.address,
-                         " refused Info: ", statuses[i].error_message()));
+  {
+    absl::MutexLock lock(&mu_);
+    for (size_t i = 0; i < endpoints.size(); ++i) {
+      Endpoint& endpoint = *endpoints[i];
+      if (!statuses[i].ok()) {
+        endpoint.last_error = Describe(statuses[i]);
+        errors.push_back(
+            absl::StrCat(endpoint.address, " (", endpoint.last_error, ")"));
+        if (!Retryable(statuses[i].error_code())) {
+          return absl::Status(
+              FromGrpcStatus(statuses[i]).code(),
+              absl::StrCat("teacher server ", endpoint.address,
+                           " refused Info: ", statuses[i].error_message()));
+        }
+        std::fprintf(stderr,
+                     "distill: teacher server %s did not answer Info (%s); "
+                     "retrying in the background\n",
+                     endpoint.address.c_str(), endpoint.last_error.c_str());
+        continue;
       }
-      std::fprintf(stderr,
-                   "distill: teacher server %s did not answer Info (%s); "
-                   "retrying in the background\n",
-                   endpoint.address.c_str(), endpoint.last_error.c_str());
-      continue;
+      DISTILL_RETURN_IF_ERROR(
+          CheckTeacherInfo(endpoint.address, infos[i], options_));
+      if (first == nullptr) {
+        first = endpoints[i];
+        info_ = infos[i];
+      } else if (infos[i].model_hash() != info_.model_hash()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "teacher servers disagree: ", first->address, " serves '",
+            info_.model_name(), "' (hash ", info_.model_hash(), ") but ",
+            endpoint.address, " serves '", infos[i].model_name(), "' (hash ",
+            infos[i].model_hash(), ")"));
+      }
+      endpoint.up = true;
+      endpoint.last_error.clear();
     }
-    DISTILL_RETURN_IF_ERROR(
-        CheckTeacherInfo(endpoint.address, infos[i], options_));
     if (first == nullptr) {
-      first = &endpoint;
-      info_ = infos[i];
-    } else if (infos[i].model_hash() != info_.model_hash()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "teacher servers disagree: ", first->address, " serves '",
-          info_.model_name(), "' (hash ", info_.model_hash(), ") but ",
-          endpoint.address, " serves '", infos[i].model_name(), "' (hash ",
-          infos[i].model_hash(), ")"));
+      return absl::UnavailableError(
+          absl::StrCat("no teacher server answered Info within ",
+                       options_.connect_timeout_seconds,
+                       "s: ", absl::StrJoin(errors, ", ")));
     }
-    endpoint.up = true;
-    endpoint.last_error.clear();
   }
-  if (first == nullptr) {
-    return absl::UnavailableError(absl::StrCat(
-        "no teacher server answered Info within ",
-        options_.connect_timeout_seconds, "s: ", absl::StrJoin(errors, ", ")));
+  // Hidden-state answers need the head once; every endpoint serves the
+  // same model (hash checked above and at every reconnect), so one copy
+  // serves them all.
+  if (options_.encoding == v1::HIDDEN_FP16) {
+    absl::StatusOr<std::shared_ptr<const losses::OutputHead>> head =
+        FetchOutputHead(*first);
+    // Another endpoint that answered Info may still send it.
+    for (size_t i = 0; !head.ok() && i < endpoints.size(); ++i) {
+      if (endpoints[i] == first || !statuses[i].ok()) continue;
+      std::fprintf(stderr, "distill: %s\n",
+                   std::string(head.status().message()).c_str());
+      head = FetchOutputHead(*endpoints[i]);
+    }
+    if (!head.ok()) return head.status();
+    head_ = *std::move(head);
   }
   supervisor_ = std::thread(&Impl::Supervise, this);
   return absl::OkStatus();

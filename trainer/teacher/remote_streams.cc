@@ -147,9 +147,12 @@ void RemoteTeacher::Impl::WriteLoop(std::shared_ptr<Endpoint> endpoint,
 }
 
 int64_t RemoteTeacher::Impl::AnswerRowBytes() const {
-  return teacher::RowBytes(
-      options_.encoding, options_.num_classes,
-      options_.encoding == v1::SAMPLED ? options_.samples : options_.top_k);
+  // HIDDEN_FP16's width is at most the vocabulary (CheckTeacherInfo).
+  return teacher::RowBytes(options_.encoding, options_.num_classes,
+                           options_.encoding == v1::SAMPLED ? options_.samples
+                           : options_.encoding == v1::HIDDEN_FP16
+                               ? options_.num_classes
+                               : options_.top_k);
 }
 
 void RemoteTeacher::Impl::ReadLoop(std::shared_ptr<Endpoint> endpoint,

@@ -131,6 +131,14 @@ absl::Status CheckTeacherInfo(const std::string& address,
                      teacher::EncodingName(options.encoding), " (offers ",
                      absl::StrJoin(names, ", "), ")"));
   }
+  // Hidden states wider than the vocabulary would cost more than dense
+  // answers; a claimed width beyond that is not believed.
+  if (options.encoding == v1::HIDDEN_FP16 &&
+      (info.hidden_size() < 1 || info.hidden_size() >= info.num_classes())) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        who, " offers HIDDEN_FP16 with hidden_size ", info.hidden_size(),
+        ", which is not in [1, ", info.num_classes(), ") (its vocabulary)"));
+  }
   if (teacher::IsTopK(options.encoding) && options.top_k > info.num_classes()) {
     return absl::FailedPreconditionError(
         absl::StrCat("teacher.top_k ", options.top_k, " is larger than the ",

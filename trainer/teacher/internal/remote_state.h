@@ -146,6 +146,14 @@ class RemoteTeacher::Impl {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   grpc::Status CallInfo(Endpoint& endpoint, bool wait_for_ready,
                         v1::InfoResponse* info);
+  // The teacher's output head, paged in from `endpoint` and checked against
+  // its hash (teacher_server/output_head.h); for HIDDEN_FP16.
+  absl::StatusOr<std::shared_ptr<const losses::OutputHead>> FetchOutputHead(
+      Endpoint& endpoint);
+  // gRPC's receive limit for this client's channels: no message may be
+  // larger than the whole answer to its largest batch, nor than
+  // max_answer_bytes, plus framing; int64 max when unknown.
+  int64_t ReceiveLimit() const;
   void Authorize(grpc::ClientContext& context) const;
   // Sends `pending` to the least loaded endpoint that is up (queued for its
   // stream's writer), or keeps it in waiting_. Never blocks.
@@ -176,6 +184,8 @@ class RemoteTeacher::Impl {
 
   const RemoteTeacherOptions options_;
   v1::InfoResponse info_;
+  // HIDDEN_FP16: the head fetched at Connect (set before any batch).
+  std::shared_ptr<const losses::OutputHead> head_;
 
   mutable absl::Mutex mu_;
   absl::CondVar wake_;
