@@ -327,7 +327,35 @@ TEST_F(LmRemoteTeacherTest, TargetStoreStandsInForTheTeacher) {
   const fs::path via_server = *dir_ / "store-topk-remote";
   o = Run(Config("store-topk-remote", remote_topk), via_server);
   ASSERT_EQ(o.exit_code, 0) << o.err;
+  // Hidden states (H = 32: 64 bytes a position) with the head stored once.
+  const fs::path hidden_store = *dir_ / "hidden.store";
+  const std::string remote_hidden =
+      "endpoints: \"" + server.address() + "\" encoding: HIDDEN_FP16";
+  o = RunShell(
+      BinDir() + "/distill --config " +
+          Config("store-hidden-write", remote_hidden + " store_dir: \"" +
+                                           hidden_store.string() + "\"")
+              .string() +
+          " --write_target_store --run_dir unused",
+      *dir_);
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  const nlohmann::json hidden_index =
+      nlohmann::json::parse(ReadFile(hidden_store / "store.json"));
+  EXPECT_EQ(hidden_index["bytes_per_token"], 64);
+  EXPECT_EQ(hidden_index["key"]["hidden_size"], 32);
+  EXPECT_EQ(fs::file_size(hidden_store / "head.bin"), 4u * kVocab * 32);
+  const fs::path hidden_via_server = *dir_ / "store-hidden-remote";
+  o = Run(Config("store-hidden-remote", remote_hidden), hidden_via_server);
+  ASSERT_EQ(o.exit_code, 0) << o.err;
   EXPECT_EQ(server.Terminate(), 0);
+  const fs::path hidden_from_store = *dir_ / "store-hidden-read";
+  o = Run(Config("store-hidden-read", "store_dir: \"" + hidden_store.string() +
+                                          "\" encoding: HIDDEN_FP16"),
+          hidden_from_store);
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  // The same fp16 states, the same head: the same student.
+  EXPECT_EQ(Summary(hidden_from_store)["test_loss"],
+            Summary(hidden_via_server)["test_loss"]);
   const fs::path from_store = *dir_ / "store-topk-read";
   o = Run(Config("store-topk-read", "store_dir: \"" + topk_store.string() +
                                         "\" encoding: TOP_K top_k: 16"),

@@ -130,19 +130,16 @@ absl::Status ValidateTeacher(const JobConfig& c) {
   } else if (t.samples() != 0) {
     return Bad("teacher.samples", "applies to encoding SAMPLED only");
   }
-  if (t.encoding() == TeacherConfig::HIDDEN_FP16) {
-    if (!IsRemoteTeacher(t) || c.data().dataset() != "tokens") {
-      return Bad("teacher.encoding",
-                 "HIDDEN_FP16 applies to language models (data.dataset "
-                 "\"tokens\") served by teacher servers (teacher.endpoints "
-                 "or teacher.registry_dir): an in-process teacher computes "
-                 "its probabilities directly");
-    }
-    if (!t.store_dir().empty()) {
-      return Bad("teacher.store_dir",
-                 "cannot hold HIDDEN_FP16 targets (a store keeps "
-                 "probabilities; use DENSE_LOGP_FP16 or TOP_K_PACKED)");
-    }
+  // Hidden states come from servers, or from a store written through them.
+  if (t.encoding() == TeacherConfig::HIDDEN_FP16 &&
+      (c.data().dataset() != "tokens" ||
+       (!IsRemoteTeacher(t) && (t.store_dir().empty() || t.has_model())))) {
+    return Bad("teacher.encoding",
+               "HIDDEN_FP16 applies to language models (data.dataset "
+               "\"tokens\") served by teacher servers (teacher.endpoints "
+               "or teacher.registry_dir), or to a target store written "
+               "through them: an in-process teacher computes its "
+               "probabilities directly");
   }
   DISTILL_RETURN_IF_ERROR(CheckRange(
       "teacher.prefetch_batches", t.prefetch_batches(), Range::Closed(0, 64)));

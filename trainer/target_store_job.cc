@@ -125,6 +125,7 @@ absl::StatusOr<nlohmann::json> WriteTargetStore(const JobConfig& config,
                      /*read_store=*/false));
   DISTILL_RETURN_IF_ERROR(CheckTeacherClasses(*teacher, key.vocab_size));
   if (key.teacher_sha256.empty()) key.teacher_sha256 = teacher->model_hash();
+  if (key.encoding == v1::HIDDEN_FP16) key.hidden_size = teacher->hidden_size();
   TargetStoreWriterOptions options;
   options.teacher_description = teacher->description();
   DISTILL_ASSIGN_OR_RETURN(std::unique_ptr<TargetStoreWriter> writer,

@@ -61,6 +61,8 @@ int64_t RemoteTeacher::num_classes() const {
 
 std::string RemoteTeacher::description() const { return impl_->description(); }
 
+int64_t RemoteTeacher::hidden_size() const { return impl_->hidden_size(); }
+
 std::string RemoteTeacher::model_hash() const {
   return impl_->info().model_hash();
 }

@@ -19,6 +19,7 @@
 #include "common/temperature.h"
 #include "common/torch_status.h"
 #include "teacher_server/codec.h"
+#include "teacher_server/output_head.h"
 #include "teacher_server/packed_topk.h"
 
 namespace distill::trainer {
@@ -59,10 +60,14 @@ std::vector<Field> Fields(const TargetStoreKey& key) {
     case v1::SAMPLED:
       return {{"sample_ids", IdBytes(key.samples, v)},
               {"sample_counts", key.samples}};
+    case v1::HIDDEN_FP16:
+      return {{"hidden", 2 * key.hidden_size}};
     default:
       return {};
   }
 }
+
+constexpr char kHeadFile[] = "head.bin";
 
 // What makes a key unusable, or empty.
 std::string KeyProblem(const TargetStoreKey& key) {
@@ -94,6 +99,13 @@ std::string KeyProblem(const TargetStoreKey& key) {
     return absl::StrCat("samples ", key.samples, " does not fit encoding ",
                         teacher::EncodingName(key.encoding));
   }
+  if ((key.encoding == v1::HIDDEN_FP16) !=
+      (key.hidden_size >= 1 && key.hidden_size < key.vocab_size)) {
+    return absl::StrCat("hidden_size ", key.hidden_size,
+                        " does not fit encoding ",
+                        teacher::EncodingName(key.encoding), " and vocabulary ",
+                        key.vocab_size);
+  }
   return "";
 }
 
@@ -105,6 +117,7 @@ nlohmann::json KeyJson(const TargetStoreKey& key) {
           {"encoding", v1::Encoding_Name(key.encoding)},
           {"top_k", key.top_k},
           {"samples", key.samples},
+          {"hidden_size", key.hidden_size},
           {"vocab_size", key.vocab_size},
           {"seq_len", key.seq_len},
           {"stride", key.stride},
@@ -122,6 +135,8 @@ TargetStoreKey KeyFromJson(const nlohmann::json& j) {
   key.encoding = encoding;
   key.top_k = j.at("top_k").get<int32_t>();
   key.samples = j.at("samples").get<int32_t>();
+  // Stores written before hidden states held none.
+  key.hidden_size = j.value("hidden_size", int64_t{0});
   key.vocab_size = j.at("vocab_size").get<int64_t>();
   key.seq_len = j.at("seq_len").get<int64_t>();
   key.stride = j.at("stride").get<int64_t>();
@@ -202,6 +217,9 @@ absl::StatusOr<std::vector<torch::Tensor>> FieldBytes(
     case v1::DENSE_LOGP_FP16:
       out.push_back(Bytes(message.probs(), n, s));
       break;
+    case v1::HIDDEN_FP16:
+      out.push_back(Bytes(message.hidden(), n, s));
+      break;
     case v1::TOP_K: {
       out.push_back(Bytes(message.topk_values(), n, s));
       DISTILL_ASSIGN_OR_RETURN(
@@ -266,6 +284,10 @@ absl::StatusOr<v1::SoftTargets> MessageOf(const torch::Tensor& records,
     case v1::DENSE_FP16:
     case v1::DENSE_LOGP_FP16:
       *m.mutable_probs() = Wire(v1::Tensor::FLOAT16, {n, s, v}, fields[0]);
+      break;
+    case v1::HIDDEN_FP16:
+      *m.mutable_hidden() =
+          Wire(v1::Tensor::FLOAT16, {n, s, key.hidden_size}, fields[0]);
       break;
     case v1::TOP_K: {
       *m.mutable_topk_values() =
@@ -342,6 +364,9 @@ std::string TargetStoreKeyDifference(const TargetStoreKey& stored,
   }
   if (stored.samples != expected.samples) {
     return differs("samples", stored.samples, expected.samples);
+  }
+  if (expected.hidden_size != 0 && stored.hidden_size != expected.hidden_size) {
+    return differs("hidden_size", stored.hidden_size, expected.hidden_size);
   }
   if (stored.vocab_size != expected.vocab_size) {
     return differs("vocabulary", stored.vocab_size, expected.vocab_size);
@@ -450,6 +475,21 @@ absl::Status TargetStoreWriter::AppendUnchecked(
         given.temperature, given.num_classes, key_.temperature,
         key_.vocab_size));
   }
+  if (key_.encoding == v1::HIDDEN_FP16) {
+    if (given.form != Form::kHidden ||
+        given.head->weight.size(1) != key_.hidden_size) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "target store: a HIDDEN_FP16 store takes hidden states of width ",
+          key_.hidden_size, " with their head; got ",
+          losses::FormName(given.form), " targets"));
+    }
+    if (head_ == nullptr) head_ = given.head;
+    if (given.head != head_) {
+      return absl::InvalidArgumentError(
+          "target store: hidden states with another output head than the "
+          "first windows'");
+    }
+  }
   DISTILL_ASSIGN_OR_RETURN(const losses::TeacherTargets targets,
                            ToStoredForm(given, key_));
   if (teacher::IsTopK(key_.encoding) && targets.values.size(-1) != key_.top_k) {
@@ -501,17 +541,38 @@ absl::StatusOr<nlohmann::json> TargetStoreWriter::Finish() {
   for (size_t i = 0; i < shard_windows_.size(); ++i) {
     shards.push_back({{"file", ShardName(i)}, {"windows", shard_windows_[i]}});
   }
-  const nlohmann::json index = {
-      {"format", kFormat},
-      {"version", kVersion},
-      {"key", KeyJson(key_)},
-      {"teacher", options_.teacher_description},
-      {"bytes_per_token", StoreBytesPerPosition(key_)},
-      {"record_bytes", record_bytes_},
-      {"windows_per_shard", windows_per_shard_},
-      {"fields", fields},
-      {"shards", shards},
-      {"total_bytes", record_bytes_ * key_.windows}};
+  nlohmann::json head;
+  if (key_.encoding == v1::HIDDEN_FP16) {
+    // The head once: its weight's float32 bytes, then its bias's.
+    const torch::Tensor weight = head_->weight.to(torch::kFloat).contiguous();
+    std::string bytes(reinterpret_cast<const char*>(weight.data_ptr()),
+                      weight.numel() * sizeof(float));
+    if (head_->bias.defined()) {
+      const torch::Tensor bias = head_->bias.to(torch::kFloat).contiguous();
+      bytes.append(reinterpret_cast<const char*>(bias.data_ptr()),
+                   bias.numel() * sizeof(float));
+    }
+    DISTILL_RETURN_IF_ERROR(
+        WriteStringAtomically(absl::StrCat(partial_, "/", kHeadFile), bytes));
+    DISTILL_ASSIGN_OR_RETURN(const std::string sha,
+                             teacher::OutputHeadSha256(*head_));
+    head = {{"file", kHeadFile},
+            {"bias", head_->bias.defined()},
+            {"logit_scale", head_->logit_scale},
+            {"logit_softcap", head_->logit_softcap},
+            {"sha256", sha}};
+  }
+  nlohmann::json index = {{"format", kFormat},
+                          {"version", kVersion},
+                          {"key", KeyJson(key_)},
+                          {"teacher", options_.teacher_description},
+                          {"bytes_per_token", StoreBytesPerPosition(key_)},
+                          {"record_bytes", record_bytes_},
+                          {"windows_per_shard", windows_per_shard_},
+                          {"fields", fields},
+                          {"shards", shards},
+                          {"total_bytes", record_bytes_ * key_.windows}};
+  if (!head.is_null()) index["head"] = head;
   DISTILL_RETURN_IF_ERROR(WriteStringAtomically(
       absl::StrCat(partial_, "/", kIndexFile), index.dump(2) + "\n"));
   std::error_code ec;
@@ -534,7 +595,60 @@ struct Index {
   int64_t record_bytes = 0;
   int64_t windows_per_shard = 0;
   std::vector<std::pair<std::string, int64_t>> shards;
+  // HIDDEN_FP16: store.json's "head" (bias, logit_scale, logit_softcap,
+  // sha256).
+  nlohmann::json head;
 };
+
+// The head in `dir`/head.bin, as `index` describes it: its size must be the
+// key's [V, H] (and [V]), its hash store.json's.
+absl::StatusOr<std::shared_ptr<const losses::OutputHead>> ReadHead(
+    const std::string& dir, const Index& index) {
+  const std::string path = absl::StrCat(dir, "/", kHeadFile);
+  auto bad = [&](const std::string& why) {
+    return absl::DataLossError(absl::StrCat("target store ", path, ": ", why,
+                                            "; write the store again"));
+  };
+  auto head = std::make_shared<losses::OutputHead>();
+  bool bias = false;
+  std::string sha;
+  try {
+    bias = index.head.at("bias").get<bool>();
+    head->logit_scale = index.head.at("logit_scale").get<double>();
+    head->logit_softcap = index.head.at("logit_softcap").get<double>();
+    sha = index.head.at("sha256").get<std::string>();
+  } catch (const nlohmann::json::exception& e) {
+    return bad(absl::StrCat("store.json's head: ", e.what()));
+  }
+  if (!std::isfinite(head->logit_scale) || head->logit_scale <= 0 ||
+      !std::isfinite(head->logit_softcap) || head->logit_softcap < 0) {
+    return bad("store.json's head has a logit scale or softcap out of range");
+  }
+  const int64_t v = index.key.vocab_size, h = index.key.hidden_size;
+  std::error_code ec;
+  const auto size = fs::file_size(path, ec);
+  const int64_t want = 4 * v * h + (bias ? 4 * v : 0);
+  if (ec || static_cast<int64_t>(size) != want) {
+    return bad(absl::StrCat(
+        "the head file holds ", ec ? std::uintmax_t{0} : size, " bytes; a [", v,
+        ", ", h, "] head", bias ? " with its bias" : "", " takes ", want));
+  }
+  DISTILL_ASSIGN_OR_RETURN(const std::string bytes, ReadFile(path));
+  head->weight = torch::empty({v, h}, torch::kFloat);
+  std::memcpy(head->weight.data_ptr(), bytes.data(), 4 * v * h);
+  if (bias) {
+    head->bias = torch::empty({v}, torch::kFloat);
+    std::memcpy(head->bias.data_ptr(), bytes.data() + 4 * v * h, 4 * v);
+  }
+  DISTILL_ASSIGN_OR_RETURN(const std::string got,
+                           teacher::OutputHeadSha256(*head));
+  if (got != sha) {
+    return bad(absl::StrCat("the head hashes to ", got.substr(0, 16),
+                            ", not to ", sha.substr(0, 16),
+                            " as store.json says"));
+  }
+  return std::shared_ptr<const losses::OutputHead>(std::move(head));
+}
 
 absl::StatusOr<Index> ReadIndex(const std::string& dir) {
   const std::string path = absl::StrCat(dir, "/", kIndexFile);
@@ -564,6 +678,7 @@ absl::StatusOr<Index> ReadIndex(const std::string& dir) {
       index.shards.emplace_back(s.at("file").get<std::string>(),
                                 s.at("windows").get<int64_t>());
     }
+    if (index.key.encoding == v1::HIDDEN_FP16) index.head = j.at("head");
   } catch (const nlohmann::json::exception& e) {
     return bad(e.what());
   }
@@ -631,6 +746,9 @@ absl::StatusOr<std::unique_ptr<StoreTeacher>> StoreTeacher::Open(
   t->key_ = index.key;
   t->record_bytes_ = index.record_bytes;
   t->windows_per_shard_ = index.windows_per_shard;
+  if (index.key.encoding == v1::HIDDEN_FP16) {
+    DISTILL_ASSIGN_OR_RETURN(t->head_, ReadHead(dir, index));
+  }
   for (const auto& [file, windows] : index.shards) {
     Shard shard;
     shard.path = absl::StrCat(dir, "/", file);
@@ -702,14 +820,14 @@ absl::StatusOr<losses::TeacherTargets> StoreTeacher::Read(
   auto decoded = [&]() -> absl::StatusOr<losses::TeacherTargets> {
     DISTILL_ASSIGN_OR_RETURN(const v1::SoftTargets message,
                              MessageOf(records, key_));
-    return teacher::DecodeTargets(message, n);
+    return teacher::DecodeTargets(message, n, head_);
   }();
   if (!decoded.ok()) {
     // Name the first window that does not decode on its own.
     for (int64_t i = 0; i < n; ++i) {
       auto one = MessageOf(records.narrow(0, i, 1), key_);
       absl::Status status = one.status();
-      if (one.ok()) status = teacher::DecodeTargets(*one, 1).status();
+      if (one.ok()) status = teacher::DecodeTargets(*one, 1, head_).status();
       if (!status.ok()) {
         return absl::DataLossError(absl::StrCat(
             "target store ", dir_, ": window ", ids.data_ptr<int64_t>()[i],
@@ -747,6 +865,8 @@ std::string StoreTeacher::description() const {
     absl::StrAppend(&encoding, " k=", key_.top_k);
   } else if (key_.encoding == v1::SAMPLED) {
     absl::StrAppend(&encoding, " m=", key_.samples);
+  } else if (key_.encoding == v1::HIDDEN_FP16) {
+    absl::StrAppend(&encoding, " H=", key_.hidden_size);
   }
   return absl::StrFormat("target store %s (teacher %s, %s, T=%g, %d B/token)",
                          dir_, ShortHash(key_.teacher_sha256), encoding,

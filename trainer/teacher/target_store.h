@@ -43,6 +43,9 @@ struct TargetStoreKey {
   // TOP_K and TOP_K_PACKED: k; SAMPLED: draws per position; else 0.
   int32_t top_k = 0;
   int32_t samples = 0;
+  // HIDDEN_FP16: the teacher's hidden width H, in [1, V); else 0. In the
+  // key a job expects, 0 is not compared (the job learns H from the store).
+  int64_t hidden_size = 0;
   int64_t vocab_size = 0;
   // Positions per window (data.seq_len), tokens between window starts
   // (data.stride) and windows in the training split.
@@ -54,7 +57,8 @@ struct TargetStoreKey {
 // Bytes one position takes in a store: DENSE_FP32 4V, DENSE_FP16 and
 // DENSE_LOGP_FP16 2V; TOP_K 2k (fp16 values) + ceil(k b / 8) (ids of
 // b = ceil(log2 V) bits) + 4 (fp32 tail mass); TOP_K_PACKED its wire record
-// + 4; SAMPLED ceil(m b / 8) + m (uint8 counts).
+// + 4; SAMPLED ceil(m b / 8) + m (uint8 counts); HIDDEN_FP16 2H (the
+// teacher's output head is stored once beside the shards, in head.bin).
 int64_t StoreBytesPerPosition(const TargetStoreKey& key);
 
 struct TargetStoreWriterOptions {
@@ -80,8 +84,10 @@ class TargetStoreWriter {
   // Appends the targets of the next windows, in window-id order: [n, S, ...]
   // at the key's temperature, dense or in the key's encoding's form (dense
   // targets are reduced to top-k with the tail summed from the rest, or
-  // sampled with the default generator). InvalidArgument when the shape,
-  // temperature or form does not fit, or past `windows` windows.
+  // sampled with the default generator; HIDDEN_FP16 takes hidden-state
+  // targets only, all with one head of [V, H]). InvalidArgument when the
+  // shape, temperature, form or head does not fit, or past `windows`
+  // windows.
   absl::Status Append(const losses::TeacherTargets& targets);
   // After exactly `windows` windows: flushes the shards to disk, writes
   // store.json, renames the folder into place and flushes its parent.
@@ -102,6 +108,8 @@ class TargetStoreWriter {
   int64_t written_ = 0;
   std::FILE* shard_ = nullptr;
   std::vector<int64_t> shard_windows_;
+  // HIDDEN_FP16: the head of the first targets appended.
+  std::shared_ptr<const losses::OutputHead> head_;
 };
 
 // The key of the store in `dir`, as its store.json states it. NotFound when
@@ -154,6 +162,8 @@ class StoreTeacher final : public TeacherClient {
   int64_t record_bytes_ = 0;
   int64_t windows_per_shard_ = 0;
   std::vector<Shard> shards_;
+  // HIDDEN_FP16: the teacher's output head, read from head.bin.
+  std::shared_ptr<const losses::OutputHead> head_;
   // Since the last TakeStats.
   int64_t read_batches_ = 0;
   int64_t read_windows_ = 0;

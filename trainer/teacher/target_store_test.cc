@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -128,6 +129,78 @@ TEST_F(TargetStoreTest, DenseEncodingsReadBackAsStored) {
       EXPECT_TRUE((rel <= bound + 1e-6).all().item<bool>());
     }
   }
+}
+
+// Hidden states [6, 5, 4] in fp16 with their head stored once beside them:
+// read back, the head rebuilds the teacher's distribution; a head file
+// that changed or lost bytes is refused.
+TEST_F(TargetStoreTest, HiddenStatesReadBackWithTheirHead) {
+  TargetStoreKey key = KeyFor(v1::HIDDEN_FP16);
+  key.hidden_size = 4;
+  EXPECT_EQ(StoreBytesPerPosition(key), 8);  // 4 fp16 states
+  torch::manual_seed(5);
+  auto head = std::make_shared<losses::OutputHead>();
+  head->weight = torch::randn({kVocab, 4});
+  head->bias = torch::randn({kVocab});
+  head->logit_softcap = 3;
+  const torch::Tensor hidden = torch::randn({kWindows, kSeq, 4});
+  const std::string dir = (scratch_.path() / "hidden").string();
+  {
+    TargetStoreWriterOptions options;
+    options.shard_bytes = 2 * 8 * kSeq;
+    auto writer = TargetStoreWriter::Create(dir, key, options);
+    ASSERT_THAT(writer.status(), IsOk());
+    EXPECT_THAT((*writer)->Append(Dense(ReferenceProbs().narrow(0, 0, 1))),
+                StatusIs(absl::StatusCode::kInvalidArgument,
+                         HasSubstr("takes hidden states of width 4")));
+    ASSERT_THAT((*writer)->Append(losses::TeacherTargets::FromHidden(
+                    hidden.narrow(0, 0, 4), head, kT)),
+                IsOk());
+    auto other = std::make_shared<losses::OutputHead>(*head);
+    EXPECT_THAT((*writer)->Append(losses::TeacherTargets::FromHidden(
+                    hidden.narrow(0, 4, 2), other, kT)),
+                StatusIs(absl::StatusCode::kInvalidArgument,
+                         HasSubstr("another output head")));
+    ASSERT_THAT((*writer)->Append(losses::TeacherTargets::FromHidden(
+                    hidden.narrow(0, 4, 2), head, kT)),
+                IsOk());
+    ASSERT_THAT((*writer)->Finish().status(), IsOk());
+  }
+  // 50 x 4 weights and 50 biases as float32.
+  EXPECT_EQ(fs::file_size(dir + "/head.bin"), 4u * (kVocab * 4 + kVocab));
+
+  // A job that does not know H reads it; one that expects another H not.
+  TargetStoreKey expected = key;
+  expected.hidden_size = 0;
+  auto got = Read(dir, expected, kIds);
+  ASSERT_THAT(got.status(), IsOk());
+  ASSERT_EQ(got->form, losses::TeacherTargets::Form::kHidden);
+  const torch::Tensor h = Pick(hidden).to(torch::kHalf).to(torch::kFloat);
+  EXPECT_TRUE(torch::equal(got->hidden, h));
+  EXPECT_TRUE(torch::equal(got->head->weight, head->weight));
+  EXPECT_TRUE(torch::equal(got->head->bias, head->bias));
+  // p_T = softmax(3 tanh((h W^T + b) / 3) / T), written out.
+  const torch::Tensor z =
+      3 * torch::tanh((torch::matmul(h, head->weight.t()) + head->bias) / 3);
+  EXPECT_TRUE(torch::allclose(got->Materialized().probs,
+                              torch::softmax(z / kT, -1), 1e-5, 1e-6));
+  expected.hidden_size = 5;
+  EXPECT_THAT(Read(dir, expected, kIds).status(),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       HasSubstr("hidden_size 4 (the job's: 5)")));
+
+  std::string bytes = *ReadFile(dir + "/head.bin");
+  bytes[17] ^= 1;
+  ASSERT_THAT(WriteStringAtomically(dir + "/head.bin", bytes), IsOk());
+  EXPECT_THAT(Read(dir, key, kIds).status(),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       HasSubstr("head.bin: the head hashes to")));
+  bytes.pop_back();
+  ASSERT_THAT(WriteStringAtomically(dir + "/head.bin", bytes), IsOk());
+  EXPECT_THAT(Read(dir, key, kIds).status(),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       HasSubstr("the head file holds 999 bytes; a [50, 4] "
+                                 "head with its bias takes 1000")));
 }
 
 TEST_F(TargetStoreTest, TopKEncodingsReadBackWithTheirTails) {

@@ -50,6 +50,9 @@ class TeacherClient {
   // SHA-256 (hex) of the teacher's model file when the client knows it
   // (teacher servers state theirs in Info). Default: empty.
   virtual std::string model_hash() const { return std::string(); }
+  // HIDDEN_FP16 teachers: the width H of the hidden states they answer
+  // (known once connected). Default: 0.
+  virtual int64_t hidden_size() const { return 0; }
   // Classes the teacher predicts.
   virtual int64_t num_classes() const = 0;
   virtual std::string description() const = 0;

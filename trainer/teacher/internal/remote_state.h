@@ -139,6 +139,9 @@ class RemoteTeacher::Impl {
   TargetsFuture Submit(const data::Batch& batch, double temperature);
   nlohmann::json TakeStats();
   const v1::InfoResponse& info() const { return info_; }
+  int64_t hidden_size() const {
+    return head_ == nullptr ? 0 : head_->weight.size(1);
+  }
   std::string description() const;
 
  private:

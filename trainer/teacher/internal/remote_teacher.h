@@ -94,6 +94,7 @@ class RemoteTeacher final : public TeacherClient {
   std::string description() const override;
   // The servers' model hash (from Info), which keys target caches.
   std::string model_hash() const override;
+  int64_t hidden_size() const override;
 
   class Impl;
 
