@@ -28,24 +28,34 @@ absl::StatusOr<std::string> OutputHeadSha256(const losses::OutputHead& head) {
   return Sha256Hex({Bytes(weight), Bytes(bias)});
 }
 
+absl::StatusOr<int64_t> OutputHeadPageRows(int64_t vocab, int64_t width,
+                                           int64_t first_row,
+                                           int64_t max_bytes) {
+  if (first_row < 0 || first_row >= vocab) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("first_row must be in [0, ", vocab, "), got ", first_row));
+  }
+  const int64_t row_bytes = 4 * (width + 1);
+  if (max_bytes < 0 ||
+      (max_bytes > 0 && max_bytes < row_bytes + kChunkFramingBytes)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_bytes must be 0 or at least ", row_bytes + kChunkFramingBytes,
+        " (one row of the head and framing), got ", max_bytes));
+  }
+  const int64_t budget = std::min(
+      max_bytes == 0 ? kDefaultHeadPageBytes : max_bytes, kMaxHeadPageBytes);
+  return std::clamp<int64_t>((budget - kChunkFramingBytes) / row_bytes, 1,
+                             vocab - first_row);
+}
+
 absl::StatusOr<v1::OutputHeadPage> OutputHeadPageAt(
     const losses::OutputHead& head, const std::string& sha256,
     int64_t first_row, int64_t max_bytes) {
   const int64_t vocab = head.weight.size(0);
   const int64_t width = head.weight.size(1);
-  if (first_row < 0 || first_row >= vocab) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("first_row must be in [0, ", vocab, "), got ", first_row));
-  }
-  const int64_t budget = max_bytes == 0 ? kDefaultHeadPageBytes : max_bytes;
-  const int64_t row_bytes = 4 * (width + 1);
-  if (budget < row_bytes + kChunkFramingBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "max_bytes must be 0 or at least ", row_bytes + kChunkFramingBytes,
-        " (one row of the head and framing), got ", max_bytes));
-  }
-  const int64_t rows =
-      std::min(vocab - first_row, (budget - kChunkFramingBytes) / row_bytes);
+  DISTILL_ASSIGN_OR_RETURN(
+      const int64_t rows,
+      OutputHeadPageRows(vocab, width, first_row, max_bytes));
   v1::OutputHeadPage page;
   page.set_vocab_size(vocab);
   page.set_hidden_size(width);
@@ -66,7 +76,8 @@ OutputHeadAssembler::OutputHeadAssembler(int64_t vocab_size,
                                          int64_t hidden_size)
     : vocab_size_(vocab_size), hidden_size_(hidden_size) {}
 
-absl::Status OutputHeadAssembler::Add(const v1::OutputHeadPage& page) {
+absl::Status OutputHeadAssembler::Add(const v1::OutputHeadPage& page,
+                                      int64_t max_bytes) {
   auto bad = [](const std::string& why) {
     return absl::InvalidArgumentError(
         absl::StrCat("the teacher's output head: ", why));
@@ -105,11 +116,14 @@ absl::Status OutputHeadAssembler::Add(const v1::OutputHeadPage& page) {
   }
   DISTILL_ASSIGN_OR_RETURN(torch::Tensor weight,
                            FromProto(page.weight(), "weight"));
+  DISTILL_ASSIGN_OR_RETURN(
+      const int64_t rows,
+      OutputHeadPageRows(vocab_size_, hidden_size_, next_row_, max_bytes));
   if (weight.dim() != 2 || weight.size(1) != hidden_size_ ||
-      weight.size(0) < 1 || weight.size(0) > vocab_size_ - next_row_) {
+      weight.size(0) != rows) {
     return bad(absl::StrCat("a page's weight is ", ShapeString(weight.sizes()),
-                            "; rows ", next_row_, " to ", vocab_size_,
-                            " of width ", hidden_size_, " remain"));
+                            "; the request from row ", next_row_, " takes [",
+                            rows, ", ", hidden_size_, "]"));
   }
   torch::Tensor bias;
   if (has_bias_) {

@@ -69,7 +69,9 @@ TEST(OutputHeadTest, PagesJoinToTheSameHead) {
     EXPECT_EQ(pages[1].first_row(), 3);
     EXPECT_EQ(pages[1].weight().shape(0), 1);
     OutputHeadAssembler assembler(4, 3);
-    for (const auto& page : pages) ASSERT_THAT(assembler.Add(page), IsOk());
+    for (const auto& page : pages) {
+      ASSERT_THAT(assembler.Add(page, BytesFor(3)), IsOk());
+    }
     ASSERT_TRUE(assembler.done());
     auto joined = assembler.Finish();
     ASSERT_THAT(joined.status(), IsOk());
@@ -94,6 +96,17 @@ TEST(OutputHeadTest, LogitsApplyBiasScaleAndSoftcap) {
   EXPECT_NEAR(z[0][1].item<double>(), 3 * std::tanh(-3.25 / 3), 1e-6);
   // Row 0 is [0, .25, .5]: -0.5 + .25 = -0.25; + .5 = .25; x 2 = .5.
   EXPECT_NEAR(z[0][0].item<double>(), 3 * std::tanh(0.5 / 3), 1e-6);
+}
+
+TEST(OutputHeadTest, PagesHoldWhatFitsUpToTheServersMost) {
+  // 4 x (3 + 1) bytes a row: 2 rows in 4096 + 32 bytes, the default 1 MiB
+  // holds every row left, and a huge request is cut to 4 MiB.
+  EXPECT_EQ(*OutputHeadPageRows(4, 3, 0, BytesFor(2)), 2);
+  EXPECT_EQ(*OutputHeadPageRows(4, 3, 3, BytesFor(2)), 1);
+  EXPECT_EQ(*OutputHeadPageRows(4, 3, 1, 0), 3);
+  EXPECT_EQ(*OutputHeadPageRows(1 << 20, 1023, 0,
+                                std::numeric_limits<int64_t>::max()),
+            ((4 << 20) - 4096) / 4096);
 }
 
 TEST(OutputHeadTest, BadRequestsAreRefused) {
@@ -122,7 +135,7 @@ TEST(OutputHeadTest, PagesThatLieAreRefused) {
     OutputHeadAssembler assembler(4, 3);
     absl::Status status;
     for (const auto& page : pages) {
-      status = assembler.Add(page);
+      status = assembler.Add(page, BytesFor(2));
       if (!status.ok()) break;
     }
     EXPECT_THAT(status,
@@ -165,7 +178,21 @@ TEST(OutputHeadTest, PagesThatLieAreRefused) {
     pages[1].mutable_weight()->set_data(good[0].weight().data() +
                                         good[1].weight().data().substr(0, 12));
     pages[1].mutable_weight()->set_shape(0, 3);
-    refused(pages, "rows 2 to 4 of width 3 remain");
+    refused(pages,
+            "a page's weight is [3, 3]; the request from row 2 "
+            "takes [2, 3]");
+  }
+  {
+    // One row where the request has room for two: a server that sends a
+    // row per call would stretch the transfer over V calls.
+    auto pages = good;
+    pages[0].mutable_weight()->set_data(good[0].weight().data().substr(0, 12));
+    pages[0].mutable_weight()->set_shape(0, 1);
+    pages[0].mutable_bias()->set_data(good[0].bias().data().substr(0, 4));
+    pages[0].mutable_bias()->set_shape(0, 1);
+    refused(pages,
+            "a page's weight is [1, 3]; the request from row 0 "
+            "takes [2, 3]");
   }
   {
     auto pages = good;
@@ -187,7 +214,9 @@ TEST(OutputHeadTest, PagesThatLieAreRefused) {
     data[0] ^= 1;
     pages[1].mutable_weight()->set_data(data);
     OutputHeadAssembler assembler(4, 3);
-    for (const auto& page : pages) ASSERT_THAT(assembler.Add(page), IsOk());
+    for (const auto& page : pages) {
+      ASSERT_THAT(assembler.Add(page, BytesFor(2)), IsOk());
+    }
     EXPECT_THAT(assembler.Finish().status(),
                 StatusIs(absl::StatusCode::kDataLoss,
                          HasSubstr(std::string("not to ") + kWithBias)));
@@ -195,7 +224,7 @@ TEST(OutputHeadTest, PagesThatLieAreRefused) {
   {
     // A head that stops early is not a head.
     OutputHeadAssembler assembler(4, 3);
-    ASSERT_THAT(assembler.Add(good[0]), IsOk());
+    ASSERT_THAT(assembler.Add(good[0], BytesFor(2)), IsOk());
     EXPECT_THAT(assembler.Finish().status(),
                 StatusIs(absl::StatusCode::kFailedPrecondition,
                          HasSubstr("has 2 of 4 rows")));

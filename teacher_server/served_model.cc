@@ -142,7 +142,10 @@ absl::StatusOr<ServedModel> LoadServedModel(const ModelSource& source) {
         .to(torch::kFloat);
   };
   student::ZooModule* zoo = prepared->model().zoo_module();
-  if (tokens && zoo != nullptr && zoo->is_language_model()) {
+  // Hidden states pay only when narrower than the vocabulary (trainers
+  // refuse H >= V).
+  if (tokens && zoo != nullptr && zoo->is_language_model() &&
+      zoo->HeadWeight().size(1) < served.num_classes()) {
     DISTILL_ASSIGN_OR_RETURN(
         std::shared_ptr<const losses::OutputHead> head,
         TorchCall("reading the teacher's output head",

@@ -97,7 +97,10 @@ def main():
 
         def OutputHead(self, request, context):
             honest = hashlib.sha256(head.tobytes()).hexdigest()
-            rows = head[request.first_row:request.first_row + 100]
+            # As many rows as the request has room for (teacher.proto).
+            budget = min(request.max_bytes or 1 << 20, 4 << 20)
+            fit = max(1, (budget - 4096) // (4 * (width + 1)))
+            rows = head[request.first_row:request.first_row + fit]
             return pb2.OutputHeadPage(
                 vocab_size=a.vocab, hidden_size=width, logit_scale=1.0,
                 sha256="f" * 64 if a.lie == "head_hash" else honest,

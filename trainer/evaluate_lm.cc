@@ -83,7 +83,10 @@ absl::Status CountDataset(student::Model& model, const data::Dataset& dataset,
           teacher->Targets(*batch, 1.0);
       DISTILL_RETURN_IF_ERROR(
           Annotate(targets.status(), "teacher targets for evaluation"));
-      teacher_top1 = TeacherTop1(*targets).reshape({-1});
+      DISTILL_ASSIGN_OR_RETURN(
+          teacher_top1,
+          TorchCall("the teacher's top token for evaluation",
+                    [&] { return TeacherTop1(*targets).reshape({-1}); }));
     }
     DISTILL_RETURN_IF_ERROR(TorchCall("evaluating the language model", [&] {
       torch::NoGradGuard no_grad;

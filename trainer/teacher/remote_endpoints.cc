@@ -11,6 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
 #include "common/status.h"
+#include "common/torch_status.h"
 #include "teacher_server/chunks.h"
 #include "teacher_server/grpc_status.h"
 #include "teacher_server/output_head.h"
@@ -100,10 +101,13 @@ RemoteTeacher::Impl::FetchOutputHead(Endpoint& endpoint) {
           absl::StrCat(who, " did not send its output head (row ",
                        head.next_row(), "): ", status.error_message()));
     }
-    DISTILL_RETURN_IF_ERROR(Annotate(head.Add(page), who));
+    DISTILL_RETURN_IF_ERROR(
+        Annotate(TorchCall("reading the teacher's output head",
+                           [&] { return head.Add(page, request.max_bytes()); }),
+                 who));
   }
-  absl::StatusOr<std::shared_ptr<const losses::OutputHead>> joined =
-      head.Finish();
+  absl::StatusOr<std::shared_ptr<const losses::OutputHead>> joined = TorchCall(
+      "joining the teacher's output head", [&] { return head.Finish(); });
   if (!joined.ok()) return Annotate(joined.status(), who);
   std::fprintf(stderr,
                "distill: fetched the teacher's output head [%lld, %lld] from "
@@ -236,17 +240,28 @@ absl::Status RemoteTeacher::Impl::Connect() {
   // same model (hash checked above and at every reconnect), so one copy
   // serves them all.
   if (options_.encoding == v1::HIDDEN_FP16) {
-    absl::StatusOr<std::shared_ptr<const losses::OutputHead>> head =
-        FetchOutputHead(*first);
-    // Another endpoint that answered Info may still send it.
-    for (size_t i = 0; !head.ok() && i < endpoints.size(); ++i) {
-      if (endpoints[i] == first || !statuses[i].ok()) continue;
-      std::fprintf(stderr, "distill: %s\n",
-                   std::string(head.status().message()).c_str());
-      head = FetchOutputHead(*endpoints[i]);
+    // From the first endpoint that sends a good one. One that sent a bad
+    // head (not merely none in time) is not used for answers either.
+    absl::Status why;
+    for (size_t i = 0; head_ == nullptr && i < endpoints.size(); ++i) {
+      if (!statuses[i].ok()) continue;
+      absl::StatusOr<std::shared_ptr<const losses::OutputHead>> head =
+          FetchOutputHead(*endpoints[i]);
+      if (head.ok()) {
+        head_ = *std::move(head);
+        break;
+      }
+      why = head.status();
+      std::fprintf(stderr, "distill: %s\n", std::string(why.message()).c_str());
+      if (why.code() != absl::StatusCode::kUnavailable &&
+          why.code() != absl::StatusCode::kDeadlineExceeded) {
+        absl::MutexLock lock(&mu_);
+        endpoints[i]->up = false;
+        endpoints[i]->refused = true;
+        endpoints[i]->last_error = std::string(why.message());
+      }
     }
-    if (!head.ok()) return head.status();
-    head_ = *std::move(head);
+    if (head_ == nullptr) return why;
   }
   supervisor_ = std::thread(&Impl::Supervise, this);
   return absl::OkStatus();

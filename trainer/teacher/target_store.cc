@@ -625,6 +625,11 @@ absl::StatusOr<std::shared_ptr<const losses::OutputHead>> ReadHead(
     return bad("store.json's head has a logit scale or softcap out of range");
   }
   const int64_t v = index.key.vocab_size, h = index.key.hidden_size;
+  // KeyProblem bounds v by 2^31 and h by v: 4 v (h + 1) fits in int64 only
+  // up to about 2^61; a key past that is a lie.
+  if (h + 1 > (std::numeric_limits<int64_t>::max() / 4) / v) {
+    return bad(absl::StrCat("a [", v, ", ", h, "] head cannot be addressed"));
+  }
   std::error_code ec;
   const auto size = fs::file_size(path, ec);
   const int64_t want = 4 * v * h + (bias ? 4 * v : 0);
@@ -634,12 +639,18 @@ absl::StatusOr<std::shared_ptr<const losses::OutputHead>> ReadHead(
         ", ", h, "] head", bias ? " with its bias" : "", " takes ", want));
   }
   DISTILL_ASSIGN_OR_RETURN(const std::string bytes, ReadFile(path));
-  head->weight = torch::empty({v, h}, torch::kFloat);
-  std::memcpy(head->weight.data_ptr(), bytes.data(), 4 * v * h);
-  if (bias) {
-    head->bias = torch::empty({v}, torch::kFloat);
-    std::memcpy(head->bias.data_ptr(), bytes.data() + 4 * v * h, 4 * v);
+  if (static_cast<int64_t>(bytes.size()) != want) {
+    return bad(absl::StrCat("the head file changed while it was read (",
+                            bytes.size(), " bytes)"));
   }
+  DISTILL_RETURN_IF_ERROR(TorchCall("reading the store's output head", [&] {
+    head->weight = torch::empty({v, h}, torch::kFloat);
+    std::memcpy(head->weight.data_ptr(), bytes.data(), 4 * v * h);
+    if (bias) {
+      head->bias = torch::empty({v}, torch::kFloat);
+      std::memcpy(head->bias.data_ptr(), bytes.data() + 4 * v * h, 4 * v);
+    }
+  }));
   DISTILL_ASSIGN_OR_RETURN(const std::string got,
                            teacher::OutputHeadSha256(*head));
   if (got != sha) {

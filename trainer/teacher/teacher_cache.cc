@@ -87,6 +87,9 @@ void CachingTeacher::Insert(const torch::Tensor& ids,
       ids.max().item<int64_t>() >= have_.size(0)) {
     return;
   }
+  // The table holds probabilities; hidden-state answers (which the config
+  // keeps away from caches) are not kept.
+  if (targets.form == losses::TeacherTargets::Form::kHidden) return;
   if (targets.form != losses::TeacherTargets::Form::kDense) {
     values_.index_copy_(0, ids, targets.values.to(values_.dtype()));
     indices_.index_copy_(0, ids, targets.indices.to(indices_.dtype()));
