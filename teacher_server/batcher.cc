@@ -176,14 +176,15 @@ void DynamicBatcher::Process(std::vector<Item>& items) {
     sizes.push_back(item.inputs.size(0));
     if (metrics_ != nullptr) metrics_->ObserveQueueDelay(start - item.enqueued);
   }
-  // When a stream asks for hidden states, the forward stops before the
-  // head: those streams get the states, the others logits from them.
+  // Each item's logits, or, when a stream asks for hidden states, each
+  // item's states (the forward stops before the head): those streams get
+  // the states, the others logits from them.
   bool hidden = false;
   for (const Item& item : items) {
     hidden |= item.header.encoding() == v1::HIDDEN_FP16;
   }
   hidden = hidden && model_->hidden != nullptr;
-  auto logits = TorchCall("teacher forward", [&] {
+  auto outputs = TorchCall("teacher forward", [&] {
     torch::Tensor batch =
         inputs.size() == 1 ? inputs[0] : torch::cat(inputs, 0);
     torch::Tensor out = hidden ? model_->hidden(batch) : model_->forward(batch);
@@ -202,21 +203,21 @@ void DynamicBatcher::Process(std::vector<Item>& items) {
   }
   for (size_t i = 0; i < items.size(); ++i) {
     Item& item = items[i];
-    if (!logits.ok()) {
-      item.done(logits.status());
+    if (!outputs.ok()) {
+      item.done(outputs.status());
       continue;
     }
     absl::StatusOr<v1::SoftTargets> answer;
     if (!hidden) {
-      answer = EncodeLogits((*logits)[i], item.header);
+      answer = EncodeLogits((*outputs)[i], item.header);
     } else if (item.header.encoding() == v1::HIDDEN_FP16) {
       answer = EncodeTargets(
-          losses::TeacherTargets::FromHidden((*logits)[i], model_->head,
+          losses::TeacherTargets::FromHidden((*outputs)[i], model_->head,
                                              item.header.temperature()),
           v1::HIDDEN_FP16);
     } else {
       auto z = TorchCall("the teacher's output head",
-                         [&] { return model_->head->Logits((*logits)[i]); });
+                         [&] { return model_->head->Logits((*outputs)[i]); });
       answer = z.ok() ? EncodeLogits(*z, item.header) : z.status();
     }
     if (metrics_ != nullptr)

@@ -21,11 +21,16 @@ absl::string_view Bytes(const torch::Tensor& t) {
 
 }  // namespace
 
+std::string OutputHeadBytes(const losses::OutputHead& head) {
+  std::string bytes(Bytes(head.weight.to(torch::kFloat).contiguous()));
+  if (head.bias.defined()) {
+    absl::StrAppend(&bytes, Bytes(head.bias.to(torch::kFloat).contiguous()));
+  }
+  return bytes;
+}
+
 absl::StatusOr<std::string> OutputHeadSha256(const losses::OutputHead& head) {
-  const torch::Tensor weight = head.weight.to(torch::kFloat).contiguous();
-  if (!head.bias.defined()) return Sha256Hex({Bytes(weight)});
-  const torch::Tensor bias = head.bias.to(torch::kFloat).contiguous();
-  return Sha256Hex({Bytes(weight), Bytes(bias)});
+  return Sha256Hex({OutputHeadBytes(head)});
 }
 
 absl::StatusOr<int64_t> OutputHeadPageRows(int64_t vocab, int64_t width,

@@ -35,8 +35,11 @@ absl::StatusOr<int64_t> OutputHeadPageRows(int64_t vocab, int64_t width,
                                            int64_t first_row,
                                            int64_t max_bytes);
 
-// Hex SHA-256 of the head's weight as float32 row-major bytes, then its
-// bias's (none without a bias).
+// The head's weight as float32 row-major bytes, then its bias's (none
+// without a bias): what its hash covers and what a target store keeps.
+std::string OutputHeadBytes(const losses::OutputHead& head);
+
+// Hex SHA-256 of OutputHeadBytes(head).
 absl::StatusOr<std::string> OutputHeadSha256(const losses::OutputHead& head);
 
 // The page of OutputHeadPageRows rows from `first_row`; its errors.

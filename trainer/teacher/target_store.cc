@@ -15,6 +15,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/file.h"
+#include "common/file_hash.h"
 #include "common/status.h"
 #include "common/temperature.h"
 #include "common/torch_status.h"
@@ -543,19 +544,11 @@ absl::StatusOr<nlohmann::json> TargetStoreWriter::Finish() {
   }
   nlohmann::json head;
   if (key_.encoding == v1::HIDDEN_FP16) {
-    // The head once: its weight's float32 bytes, then its bias's.
-    const torch::Tensor weight = head_->weight.to(torch::kFloat).contiguous();
-    std::string bytes(reinterpret_cast<const char*>(weight.data_ptr()),
-                      weight.numel() * sizeof(float));
-    if (head_->bias.defined()) {
-      const torch::Tensor bias = head_->bias.to(torch::kFloat).contiguous();
-      bytes.append(reinterpret_cast<const char*>(bias.data_ptr()),
-                   bias.numel() * sizeof(float));
-    }
+    // The head once, in the byte layout its hash covers.
+    const std::string bytes = teacher::OutputHeadBytes(*head_);
     DISTILL_RETURN_IF_ERROR(
         WriteStringAtomically(absl::StrCat(partial_, "/", kHeadFile), bytes));
-    DISTILL_ASSIGN_OR_RETURN(const std::string sha,
-                             teacher::OutputHeadSha256(*head_));
+    DISTILL_ASSIGN_OR_RETURN(const std::string sha, Sha256Hex({bytes}));
     head = {{"file", kHeadFile},
             {"bias", head_->bias.defined()},
             {"logit_scale", head_->logit_scale},
