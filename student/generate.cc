@@ -10,10 +10,22 @@
 namespace distill::student {
 namespace {
 
-// The next id from `logits` [V].
-int64_t Pick(const torch::Tensor& logits, const GenerateOptions& o,
-             torch::Generator& generator) {
-  if (o.temperature == 0) return logits.argmax().item<int64_t>();
+absl::Status CheckOptions(const GenerateOptions& o) {
+  if (o.max_new_tokens < 0 || o.temperature < 0 || o.window < 0 ||
+      !(o.top_p > 0) || o.top_p > 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "generation needs max_new_tokens >= 0, temperature >= 0 and top_p in "
+        "(0, 1]; got ",
+        o.max_new_tokens, ", ", o.temperature, " and ", o.top_p));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+torch::Tensor SampleNext(const torch::Tensor& logits, const GenerateOptions& o,
+                         torch::Generator& generator) {
+  if (o.temperature == 0) return logits.argmax(-1);
   torch::Tensor probs =
       torch::softmax(logits.to(torch::kDouble) / o.temperature, -1);
   if (o.top_p < 1) {
@@ -25,10 +37,75 @@ int64_t Pick(const torch::Tensor& logits, const GenerateOptions& o,
     probs = torch::zeros_like(probs).scatter_(-1, order, sorted);
   }
   return torch::multinomial(probs, 1, /*replacement=*/false, generator)
-      .item<int64_t>();
+      .squeeze(-1);
 }
 
-}  // namespace
+absl::StatusOr<BatchSample> GenerateBatch(Model& model,
+                                          const torch::Tensor& prompts,
+                                          const GenerateOptions& o) {
+  ZooModule* zoo = model.zoo_module();
+  if (zoo == nullptr || !zoo->is_language_model()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("batched generation needs a zoo language model (gpt); '",
+                     model.description(), "' is not one"));
+  }
+  DISTILL_RETURN_IF_ERROR(CheckOptions(o));
+  if (!prompts.defined() || prompts.dim() != 2 || prompts.size(0) == 0 ||
+      prompts.size(1) == 0 ||
+      (prompts.scalar_type() != torch::kLong &&
+       prompts.scalar_type() != torch::kInt)) {
+    return absl::InvalidArgumentError(
+        "the prompts must be integer token ids [N, P] with N, P >= 1");
+  }
+  const int64_t n = prompts.size(0), p = prompts.size(1);
+  const int64_t context = zoo->context_length();
+  if (p + o.max_new_tokens > context) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("prompts of ", p, " tokens and ", o.max_new_tokens,
+                     " new ones exceed the ", context, " positions '",
+                     model.description(), "' sees"));
+  }
+  BatchSample out;
+  const bool was_training = zoo->is_training();
+  const absl::Status status =
+      TorchCall("generating a batch of text", [&]() -> absl::Status {
+        const int64_t vocab = zoo->HeadWeight().size(0);
+        const torch::Tensor ids = prompts.to(torch::kLong);
+        if (ids.min().item<int64_t>() < 0 ||
+            ids.max().item<int64_t>() >= vocab) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "a prompt token is outside the model's vocabulary of ", vocab));
+        }
+        model.train(false);
+        torch::NoGradGuard no_grad;
+        torch::Generator generator = at::detail::createCPUGenerator(o.seed);
+        std::vector<torch::Tensor> pieces = {ids};
+        KvCache cache;
+        torch::Tensor fresh = ids;
+        torch::Tensor lengths =
+            torch::full({n}, p + o.max_new_tokens, torch::dtype(torch::kLong));
+        for (int64_t i = 0; i < o.max_new_tokens; ++i) {
+          const torch::Tensor hidden = zoo->Hidden(fresh, &cache);
+          const torch::Tensor logits =
+              Linear(hidden.select(1, hidden.size(1) - 1), zoo->HeadWeight());
+          const torch::Tensor next = SampleNext(logits, o, generator);
+          if (o.stop_id >= 0) {
+            // The first stop id of a row ends it at p + i + 1 tokens.
+            const torch::Tensor ends =
+                (next == o.stop_id) & (lengths == p + o.max_new_tokens);
+            lengths.masked_fill_(ends, p + i + 1);
+          }
+          fresh = next.unsqueeze(1);
+          pieces.push_back(fresh);
+        }
+        out.tokens = torch::cat(pieces, 1);
+        out.lengths = lengths;
+        return absl::OkStatus();
+      });
+  model.train(was_training);
+  DISTILL_RETURN_IF_ERROR(status);
+  return out;
+}
 
 absl::StatusOr<std::vector<int64_t>> Generate(
     Model& model, const std::vector<int64_t>& prompt,
@@ -38,13 +115,7 @@ absl::StatusOr<std::vector<int64_t>> Generate(
     return absl::InvalidArgumentError(
         absl::StrCat("'", model.description(), "' is not a language model"));
   }
-  if (o.max_new_tokens < 0 || o.temperature < 0 || o.window < 0 ||
-      !(o.top_p > 0) || o.top_p > 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "generation needs max_new_tokens >= 0, temperature >= 0 and top_p in "
-        "(0, 1]; got ",
-        o.max_new_tokens, ", ", o.temperature, " and ", o.top_p));
-  }
+  DISTILL_RETURN_IF_ERROR(CheckOptions(o));
   if (prompt.empty()) {
     return absl::InvalidArgumentError("the prompt has no tokens");
   }
@@ -92,7 +163,7 @@ absl::StatusOr<std::vector<int64_t>> Generate(
             model.forward(torch::tensor(seen, torch::kLong).unsqueeze(0))[0]
                 .select(0, size - from - 1);
       }
-      const int64_t next = Pick(logits, o, generator);
+      const int64_t next = SampleNext(logits, o, generator).item<int64_t>();
       out.push_back(next);
       sequence.push_back(next);
       if (next == o.stop_id) break;

@@ -8,6 +8,8 @@
 #ifndef DISTILL_STUDENT_GENERATE_H_
 #define DISTILL_STUDENT_GENERATE_H_
 
+#include <torch/torch.h>
+
 #include <cstdint>
 #include <vector>
 
@@ -43,6 +45,39 @@ struct GenerateOptions {
 absl::StatusOr<std::vector<int64_t>> Generate(
     Model& model, const std::vector<int64_t>& prompt,
     const GenerateOptions& options);
+
+// What GenerateBatch wrote.
+struct BatchSample {
+  // int64 [N, P + G]: each row's prompt, then its G = max_new_tokens new
+  // tokens.
+  torch::Tensor tokens;
+  // int64 [N]: each row's tokens up to and including its first stop id
+  // among the new ones; P + G when none came. Tokens past it were still
+  // sampled (the batch runs in step) and are not meaningful.
+  torch::Tensor lengths;
+};
+
+// Continues every row of `prompts` (int64 [N, P], N and P >= 1) by exactly
+// options.max_new_tokens tokens, all rows at once through a zoo LM's
+// KvCache: each new token costs the batch one position. The draws for the
+// whole batch come from one generator seeded by options.seed, so the same
+// prompts, weights and seed give the same tokens. options.window is unused.
+// InvalidArgument for a TorchScript or image model, ids outside the
+// vocabulary, P + max_new_tokens beyond the context, or options out of
+// range. The model's train/eval mode is restored afterwards; no gradient
+// is recorded.
+absl::StatusOr<BatchSample> GenerateBatch(Model& model,
+                                          const torch::Tensor& prompts,
+                                          const GenerateOptions& options);
+
+// The next ids from `logits` ([V] or [N, V]) as `options` sample them:
+// argmax when temperature is 0, else draws from softmax(logits /
+// temperature) cut to the top_p nucleus. Returns int64 [] or [N]. Shared
+// by Generate and GenerateBatch so a test can follow either with full
+// forwards.
+torch::Tensor SampleNext(const torch::Tensor& logits,
+                         const GenerateOptions& options,
+                         torch::Generator& generator);
 
 }  // namespace distill::student
 

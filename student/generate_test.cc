@@ -104,5 +104,121 @@ TEST(GenerateTest, RefusesBadPromptsAndOptions) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("top_p")));
 }
 
+// A batch sampled the long way: every row's whole sequence through
+// forward() for each new token, the draw from the last position's logits.
+torch::Tensor SampleLoop(Model& model, torch::Tensor sequence, int64_t steps,
+                         const GenerateOptions& options) {
+  torch::NoGradGuard no_grad;
+  model.train(false);
+  torch::Generator generator = at::detail::createCPUGenerator(options.seed);
+  for (int64_t i = 0; i < steps; ++i) {
+    const torch::Tensor logits = model.forward(sequence).select(1, -1);
+    sequence = torch::cat(
+        {sequence, SampleNext(logits, options, generator).unsqueeze(1)}, 1);
+  }
+  return sequence;
+}
+
+TEST(GenerateBatchTest, TheKvCacheEqualsFullForwardsGreedyAndSampled) {
+  torch::manual_seed(7);
+  auto model = TinyLm();
+  const torch::Tensor prompts =
+      torch::tensor({3, 17, 5, 9, 1, 1, 2, 30, 39, 0, 0, 7}, torch::kLong)
+          .view({3, 4});
+  GenerateOptions options;
+  options.max_new_tokens = 12;
+  auto greedy = GenerateBatch(*model, prompts, options);
+  ASSERT_TRUE(greedy.ok()) << greedy.status();
+  ASSERT_EQ(greedy->tokens.sizes(), (std::vector<int64_t>{3, 16}));
+  EXPECT_TRUE(torch::equal(greedy->tokens.narrow(1, 0, 4), prompts));
+  for (int64_t row = 0; row < 3; ++row) {
+    const auto r = prompts[row];
+    const std::vector<int64_t> prompt(r.data_ptr<int64_t>(),
+                                      r.data_ptr<int64_t>() + 4);
+    const std::vector<int64_t> expected = ArgmaxLoop(*model, prompt, 12);
+    EXPECT_TRUE(torch::equal(greedy->tokens[row].narrow(0, 4, 12),
+                             torch::tensor(expected, torch::kLong)))
+        << "row " << row;
+  }
+  EXPECT_TRUE(torch::equal(greedy->lengths, torch::full({3}, 16L)));
+
+  options.temperature = 1.3;
+  options.top_p = 0.9;
+  options.seed = 5;
+  auto sampled = GenerateBatch(*model, prompts, options);
+  ASSERT_TRUE(sampled.ok()) << sampled.status();
+  EXPECT_TRUE(
+      torch::equal(sampled->tokens, SampleLoop(*model, prompts, 12, options)));
+  EXPECT_FALSE(torch::equal(sampled->tokens, greedy->tokens));
+}
+
+TEST(GenerateBatchTest, FollowsItsSeedAndRestoresTheMode) {
+  torch::manual_seed(7);
+  auto model = TinyLm();
+  const torch::Tensor prompts = torch::tensor({{1, 2}, {3, 4}}, torch::kLong);
+  GenerateOptions options;
+  options.max_new_tokens = 10;
+  options.temperature = 1.0;
+  options.seed = 11;
+  model->train(true);
+  auto first = GenerateBatch(*model, prompts, options);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_TRUE(model->zoo_module()->is_training());
+  torch::manual_seed(12345);  // the global generator plays no part
+  EXPECT_TRUE(torch::equal(GenerateBatch(*model, prompts, options)->tokens,
+                           first->tokens));
+  options.seed = 12;
+  EXPECT_FALSE(torch::equal(GenerateBatch(*model, prompts, options)->tokens,
+                            first->tokens));
+}
+
+TEST(GenerateBatchTest, LengthsEndAtEachRowsFirstStopId) {
+  torch::manual_seed(7);
+  auto model = TinyLm();
+  const torch::Tensor prompts = torch::tensor({{1, 2}, {3, 4}}, torch::kLong);
+  GenerateOptions options;
+  options.max_new_tokens = 8;
+  auto all = GenerateBatch(*model, prompts, options);
+  ASSERT_TRUE(all.ok()) << all.status();
+  // Stop at row 0's third new token: each row ends at its own first one.
+  options.stop_id = all->tokens[0][4].item<int64_t>();
+  auto stopped = GenerateBatch(*model, prompts, options);
+  ASSERT_TRUE(stopped.ok()) << stopped.status();
+  EXPECT_TRUE(torch::equal(stopped->tokens, all->tokens));
+  for (int64_t row = 0; row < 2; ++row) {
+    int64_t expected = 10;
+    for (int64_t i = 2; i < 10; ++i) {
+      if (all->tokens[row][i].item<int64_t>() == options.stop_id) {
+        expected = i + 1;
+        break;
+      }
+    }
+    EXPECT_EQ(stopped->lengths[row].item<int64_t>(), expected) << row;
+  }
+  EXPECT_LE(stopped->lengths[0].item<int64_t>(), 5);
+}
+
+TEST(GenerateBatchTest, RefusesWhatItCannotRun) {
+  auto model = TinyLm(/*context=*/10);
+  GenerateOptions options;
+  options.max_new_tokens = 4;
+  EXPECT_THAT(GenerateBatch(*model, torch::ones({2, 7}, torch::kLong), options),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("exceed the 10 positions")));
+  EXPECT_THAT(
+      GenerateBatch(*model, torch::full({1, 2}, 40L), options),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("vocabulary")));
+  EXPECT_THAT(
+      GenerateBatch(*model, torch::ones({2}, torch::kLong), options),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("[N, P]")));
+  ModelSpec spec;
+  spec.arch = "mlp";
+  auto mlp = Model::Create(spec, {{1, 28, 28}, 10});
+  ASSERT_TRUE(mlp.ok()) << mlp.status();
+  EXPECT_THAT(GenerateBatch(**mlp, torch::ones({1, 2}, torch::kLong), options),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("zoo language model")));
+}
+
 }  // namespace
 }  // namespace distill::student
