@@ -1,6 +1,7 @@
 // The built-in losses that compare the teacher's and the student's
 // distributions bucket by bucket: kd_kl, reverse_kl, js, soft_ce and tvd.
-// They accept dense teacher targets and the sparse top-k form. Conventions
+// generalized_jsd. They accept dense teacher targets and the sparse top-k
+// form. Conventions
 // shared by every built-in are in losses/builtin_common.h; here:
 // * Top-k teacher targets are compared "bucketed": the k listed classes are
 //   k buckets and everything else one tail bucket, whose teacher mass is
@@ -19,6 +20,11 @@
 //   js          T^2 * (KL(p || m) + KL(q || m)) / 2, m = (p + q) / 2
 //   soft_ce     T^2 * -sum p log q
 //   tvd         T^2 * sum |p - q| / 2             total variation distance
+//   generalized_jsd  T^2 * (beta KL(p || m) + (1 - beta) KL(q || m)),
+//               m = beta p + (1 - beta) q (GKD, Agarwal et al. 2024); its
+//               ends are taken as the limits on-policy recipes mean by
+//               them, as TRL's GKD trainer does: beta = 0 is kd_kl and
+//               beta = 1 is reverse_kl, exactly.
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -181,6 +187,54 @@ class BucketLoss final : public Loss {
   BucketTerm term_;
 };
 
+// beta KL(p || m) + (1 - beta) KL(q || m) per bucket, m = beta p + (1 -
+// beta) q, for beta in (0, 1). log m is a logaddexp of finite log q, so it
+// is finite where p = 0, and neither product meets 0 * inf.
+torch::Tensor GeneralizedJsdTerm(const torch::Tensor& p,
+                                 const torch::Tensor& log_q, double beta) {
+  const torch::Tensor log_m = torch::logaddexp(torch::log(p) + std::log(beta),
+                                               log_q + std::log1p(-beta));
+  return beta * (torch::xlogy(p, p) - p * log_m) +
+         (1 - beta) * torch::exp(log_q) * (log_q - log_m);
+}
+
+class GeneralizedJsdLoss final : public Loss {
+ public:
+  explicit GeneralizedJsdLoss(double beta)
+      : beta_(beta),
+        kl_("generalized_jsd", &KdKlTerm),
+        reverse_("generalized_jsd", &ReverseKlTerm) {}
+
+  absl::StatusOr<torch::Tensor> Compute(
+      const LossInputs& inputs) const override {
+    if (beta_ == 0) return kl_.Compute(inputs);
+    if (beta_ == 1) return reverse_.Compute(inputs);
+    DISTILL_RETURN_IF_ERROR(
+        CheckStudent("generalized_jsd", inputs.student_logits));
+    DISTILL_RETURN_IF_ERROR(CheckTeacher("generalized_jsd", inputs));
+    if (inputs.teacher->form == TeacherTargets::Form::kSampled) {
+      return absl::FailedPreconditionError(
+          "generalized_jsd with beta > 0 is not linear in the teacher's "
+          "probabilities, so sampled teacher targets would bias it; use "
+          "beta = 0 or a DENSE/TOP_K/HIDDEN encoding");
+    }
+    return TorchCall("generalized_jsd", [&]() -> torch::Tensor {
+      const double t = inputs.teacher->temperature;
+      const Buckets buckets =
+          MakeBuckets(inputs.student_logits, *inputs.teacher);
+      return MeanOverTargets(
+                 GeneralizedJsdTerm(buckets.p, buckets.log_q, beta_).sum(-1),
+                 inputs) *
+             (t * t);
+    });
+  }
+
+ private:
+  double beta_;
+  BucketLoss kl_;
+  BucketLoss reverse_;
+};
+
 LossEntry BucketEntry(std::string name, std::string description,
                       BucketTerm term) {
   LossEntry entry;
@@ -193,8 +247,26 @@ LossEntry BucketEntry(std::string name, std::string description,
   return entry;
 }
 
+LossEntry GeneralizedJsdEntry() {
+  LossEntry entry;
+  entry.name = "generalized_jsd";
+  entry.description =
+      "T^2 * (beta KL(p_T || m) + (1 - beta) KL(q_T || m)), m = beta p_T + "
+      "(1 - beta) q_T (GKD); beta = 0 is kd_kl, beta = 1 is reverse_kl.";
+  entry.needs_teacher = true;
+  entry.params.push_back(ParamSpec{
+      "beta", 0.5, 0.0, 1.0,
+      "Weight of the teacher in the mixture: 0 forward KL (mean-seeking), "
+      "1 reverse KL (mode-seeking), 0.5 the Jensen-Shannon divergence."});
+  entry.factory = [](const LossParams& params) -> std::unique_ptr<Loss> {
+    return std::make_unique<GeneralizedJsdLoss>(params.at("beta"));
+  };
+  return entry;
+}
+
 }  // namespace
 
+DISTILL_REGISTER_LOSS(generalized_jsd, GeneralizedJsdEntry());
 DISTILL_REGISTER_LOSS(kd_kl, BucketEntry("kd_kl",
                                          "T^2 * KL(p_T || q_T), Hinton et al.",
                                          &KdKlTerm));

@@ -401,6 +401,75 @@ TEST(TvdTest, HalfTheL1DistanceTimesTSquared) {
   EXPECT_NEAR(value->item<double>(), 0.8, 1e-6);
 }
 
+// p = (0.7, 0.2, 0.1), q = (0.5, 0.3, 0.2), beta = 0.25, T = 2:
+//   m = 0.25 p + 0.75 q = (0.55, 0.275, 0.175)
+//   T^2 (0.25 sum p ln(p / m) + 0.75 sum q ln(q / m))
+TEST(GeneralizedJsdTest, MatchesTheHandFormula) {
+  const double kl_p = 0.7 * std::log(0.7 / 0.55) + 0.2 * std::log(0.2 / 0.275) +
+                      0.1 * std::log(0.1 / 0.175);
+  const double kl_q = 0.5 * std::log(0.5 / 0.55) + 0.3 * std::log(0.3 / 0.275) +
+                      0.2 * std::log(0.2 / 0.175);
+  const TeacherTargets teacher = DenseRow({0.7, 0.2, 0.1}, 2.0);
+  auto value = RunLoss("generalized_jsd", LogitsFor({0.5, 0.3, 0.2}, 2.0),
+                       &teacher, {}, {{"beta", 0.25}});
+  ASSERT_THAT(value, IsOk());
+  EXPECT_NEAR(value->item<double>(), 4 * (0.25 * kl_p + 0.75 * kl_q), 1e-6);
+}
+
+// beta = 0 and 1 are forward and reverse KL, and 0.5 the Jensen-Shannon
+// divergence, values and gradients, on dense, top-k and [N, S, V] targets.
+TEST(GeneralizedJsdTest, EndsAreForwardAndReverseKlAndMiddleIsJs) {
+  torch::manual_seed(21);
+  const torch::Tensor s = Randn({2, 5, 9});
+  const torch::Tensor t = Randn({2, 5, 9});
+  const TeacherTargets dense = TeacherTargets::DenseFromLogits(t, 2.0);
+  const TeacherTargets top = TeacherTargets::TopKFromLogits(t, 2.0, 3);
+  for (const TeacherTargets* teacher : {&dense, &top}) {
+    for (const auto& [beta, name] : std::vector<std::pair<double, std::string>>{
+             {0.0, "kd_kl"}, {1.0, "reverse_kl"}, {0.5, "js"}}) {
+      const ValueAndGrad jsd =
+          Evaluate("generalized_jsd", s, teacher, {}, {{"beta", beta}});
+      const ValueAndGrad reference = Evaluate(name, s, teacher);
+      EXPECT_NEAR(jsd.value, reference.value, 1e-12) << name;
+      EXPECT_TRUE(torch::allclose(jsd.grad, reference.grad, 1e-9, 1e-12))
+          << name;
+    }
+  }
+}
+
+TEST(GeneralizedJsdTest, MovesFromForwardToReverseKlWithBeta) {
+  torch::manual_seed(22);
+  const torch::Tensor s = Randn({6, 9});
+  const TeacherTargets dense =
+      TeacherTargets::DenseFromLogits(Randn({6, 9}), 1.0);
+  // Every interior beta is a proper divergence: positive, and zero only
+  // when the distributions agree.
+  for (double beta : {0.1, 0.5, 0.9}) {
+    EXPECT_GT(
+        Evaluate("generalized_jsd", s, &dense, {}, {{"beta", beta}}).value,
+        1e-3);
+    const TeacherTargets same = TeacherTargets::DenseFromLogits(s, 1.0);
+    EXPECT_NEAR(
+        Evaluate("generalized_jsd", s, &same, {}, {{"beta", beta}}).value, 0,
+        1e-12);
+  }
+}
+
+TEST(GeneralizedJsdTest, RefusesSampledTargetsUnlessBetaIsZero) {
+  torch::manual_seed(23);
+  const torch::Tensor t = Randn({4, 9});
+  const TeacherTargets sampled = TeacherTargets::SampledFromLogits(t, 1.0, 16);
+  EXPECT_THAT(
+      RunLoss("generalized_jsd", Randn({4, 9}), &sampled, {}, {{"beta", 0.5}}),
+      StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("sampled")));
+  EXPECT_THAT(
+      RunLoss("generalized_jsd", Randn({4, 9}), &sampled, {}, {{"beta", 0.0}}),
+      IsOk());
+  EXPECT_THAT(
+      RunLoss("generalized_jsd", Randn({4, 9}), &sampled, {}, {{"beta", 1.5}}),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("beta")));
+}
+
 // p = (0.7, 0.2, 0.1), q = (0.5, 0.3, 0.2), label 0:
 //   TCKD = 0.7 ln(0.7 / 0.5) + 0.3 ln(0.3 / 0.5)
 //   NCKD = KL((2/3, 1/3) || (0.6, 0.4))

@@ -89,6 +89,7 @@ TEST_P(ComputeOverHeadTest, TopKTargetsGiveTheUnchunkedLossAndGradients) {
   ExpectSameAsUnchunked({{{"reverse_kl", 0.5, {}},
                           {"js", 0.3, {}},
                           {"tvd", 0.2, {}},
+                          {"generalized_jsd", 0.4, {{"beta", 0.3}}},
                           {"hard_ce", 1.0, {}}},
                          /*top_k=*/true},
                         GetParam());

@@ -48,7 +48,7 @@ TEST(LossRegistryTest, EveryBuiltinResolves) {
   const std::vector<std::pair<std::string, bool>> builtins = {
       {"hard_ce", false}, {"kd_kl", true},   {"reverse_kl", true},
       {"js", true},       {"soft_ce", true}, {"mse_logits", true},
-      {"tvd", true},      {"dkd", true}};
+      {"tvd", true},      {"dkd", true},     {"generalized_jsd", true}};
   for (const auto& [name, needs_teacher] : builtins) {
     absl::StatusOr<LossEntry> entry = registry.Find(name);
     ASSERT_THAT(entry, IsOk()) << name;
@@ -61,7 +61,8 @@ TEST(LossRegistryTest, EveryBuiltinResolves) {
   }
   EXPECT_THAT(registry.Names(),
               ::testing::IsSupersetOf({"hard_ce", "kd_kl", "reverse_kl", "js",
-                                       "soft_ce", "mse_logits", "tvd", "dkd"}));
+                                       "soft_ce", "mse_logits", "tvd", "dkd",
+                                       "generalized_jsd"}));
 }
 
 TEST(LossRegistryTest, UnknownNameListsKnownOnes) {

@@ -212,7 +212,8 @@ TEST_F(CliTest, PluginLossIsUnknownWithoutThePlugin) {
       std::string(kPluginJob) + "loss { name: \"cosine_kd\" }\n",
       (dir_ / "bad.pbtxt").string() +
           ":4: loss[0].name unknown loss 'cosine_kd'; known losses: "
-          "dkd, hard_ce, js, kd_kl, mse_logits, reverse_kl, soft_ce, tvd");
+          "dkd, generalized_jsd, hard_ce, js, kd_kl, mse_logits, reverse_kl, "
+          "soft_ce, tvd");
 }
 
 TEST_F(CliTest, LibraryThatIsNotAPlugin) {

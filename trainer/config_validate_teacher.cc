@@ -32,7 +32,12 @@ absl::Status CheckSampledLosses(const JobConfig& c) {
   static const std::set<std::string>* nonlinear =
       new std::set<std::string>{"reverse_kl", "js", "tvd", "dkd", "mse_logits"};
   for (int i = 0; i < c.loss_size(); ++i) {
-    if (nonlinear->count(c.loss(i).name()) > 0) {
+    const auto& params = c.loss(i).params();
+    // generalized_jsd is kd_kl at beta = 0 and nonlinear otherwise (its
+    // default beta is 0.5).
+    const bool jsd = c.loss(i).name() == "generalized_jsd" &&
+                     !(params.count("beta") > 0 && params.at("beta") == 0);
+    if (jsd || nonlinear->count(c.loss(i).name()) > 0) {
       return Bad(absl::StrCat("loss[", i, "]"),
                  absl::StrCat(c.loss(i).name(),
                               " is not linear in the teacher's probabilities, "

@@ -203,6 +203,18 @@ TEST(TeacherConfigTest, SamplesGoWithTheirEncodingAndLinearLosses) {
       "job.pbtxt:6: loss[1] reverse_kl is not linear in the teacher's "
       "probabilities, so teacher.encoding SAMPLED would bias it; use kd_kl "
       "or soft_ce, or DENSE/TOP_K targets");
+  // generalized_jsd is linear only at beta = 0 (forward KL).
+  EXPECT_THAT(
+      Parse("teacher { endpoints: \"h:1\" encoding: SAMPLED samples: 12 }\n"
+            "loss { name: \"generalized_jsd\" params { key: \"beta\" "
+            "value: 0 } }\n"),
+      IsOk());
+  ExpectError(
+      "teacher { endpoints: \"h:1\" encoding: SAMPLED samples: 12 }\n"
+      "loss { name: \"generalized_jsd\" }\n",
+      "job.pbtxt:5: loss[0] generalized_jsd is not linear in the teacher's "
+      "probabilities, so teacher.encoding SAMPLED would bias it; use kd_kl "
+      "or soft_ce, or DENSE/TOP_K targets");
 }
 
 TEST(TeacherConfigTest, NumbersAreBounded) {
