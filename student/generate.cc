@@ -59,11 +59,12 @@ absl::StatusOr<BatchSample> GenerateBatch(Model& model,
   }
   const int64_t n = prompts.size(0), p = prompts.size(1);
   const int64_t context = zoo->context_length();
-  if (p + o.max_new_tokens > context) {
+  // The last new token is sampled, never fed back.
+  if (p + o.max_new_tokens - 1 > context) {
     return absl::InvalidArgumentError(
         absl::StrCat("prompts of ", p, " tokens and ", o.max_new_tokens,
-                     " new ones exceed the ", context, " positions '",
-                     model.description(), "' sees"));
+                     " new ones need ", p + o.max_new_tokens - 1,
+                     " positions; '", model.description(), "' sees ", context));
   }
   BatchSample out;
   const bool was_training = zoo->is_training();

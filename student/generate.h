@@ -63,7 +63,8 @@ struct BatchSample {
 // whole batch come from one generator seeded by options.seed, so the same
 // prompts, weights and seed give the same tokens. options.window is unused.
 // InvalidArgument for a TorchScript or image model, ids outside the
-// vocabulary, P + max_new_tokens beyond the context, or options out of
+// vocabulary, P + max_new_tokens - 1 positions beyond the context (the
+// last new token is never fed back), or options out of
 // range. The model's train/eval mode is restored afterwards; no gradient
 // is recorded.
 absl::StatusOr<BatchSample> GenerateBatch(Model& model,

@@ -8,6 +8,7 @@
 namespace distill::student {
 namespace {
 
+using ::distill::testing::IsOk;
 using ::distill::testing::StatusIs;
 using ::testing::HasSubstr;
 
@@ -202,9 +203,12 @@ TEST(GenerateBatchTest, RefusesWhatItCannotRun) {
   auto model = TinyLm(/*context=*/10);
   GenerateOptions options;
   options.max_new_tokens = 4;
+  // 7 + 4 tokens feed 10 positions: the last is never fed back.
   EXPECT_THAT(GenerateBatch(*model, torch::ones({2, 7}, torch::kLong), options),
+              IsOk());
+  EXPECT_THAT(GenerateBatch(*model, torch::ones({2, 8}, torch::kLong), options),
               StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("exceed the 10 positions")));
+                       HasSubstr("need 11 positions; 'gpt' sees 10")));
   EXPECT_THAT(
       GenerateBatch(*model, torch::full({1, 2}, 40L), options),
       StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("vocabulary")));

@@ -211,6 +211,9 @@ TEST_F(LmRemoteTeacherTest, ServedTeacherTrainsTheStudentAsInProcess) {
           topk);
   ASSERT_EQ(o.exit_code, 0) << o.err;
   EXPECT_GT(Summary(topk)["loss_terms"]["kd_kl"].get<double>(), 0.0);
+  // Top-k answers lack most tokens' probabilities: no teacher NLL.
+  EXPECT_FALSE(Summary(topk).contains("test_teacher_nll_of_samples"));
+  EXPECT_TRUE(a.contains("test_teacher_nll_of_samples"));
 
   // Packed top-k carries the same ids and values within their 8-bit
   // log-space rounding (scaled to sum to 1 - tail), in about half the bytes:
@@ -254,6 +257,87 @@ TEST_F(LmRemoteTeacherTest, ServedTeacherTrainsTheStudentAsInProcess) {
               a["loss_terms"]["kd_kl"].get<double>(),
               1e-2 * a["loss_terms"]["kd_kl"].get<double>());
   EXPECT_THAT(o.err, HasSubstr("fetched the teacher's output head [300, 32]"));
+  EXPECT_EQ(server.Terminate(), 0);
+}
+
+// On-policy distillation through the real binaries. A fraction of 0 is the
+// off-policy run exactly; with on-policy steps the student trains on its
+// own samples (another end), and a run stopped mid-epoch and resumed
+// samples the same windows as one that never stopped: in process, and
+// through a served teacher's hidden states with sampling overlapped, where
+// the next step's windows were already sampled when the checkpoint was
+// written and must come back from it.
+TEST_F(LmRemoteTeacherTest, OnPolicyRunsResumeOnTheSameSamples) {
+  const std::string local = std::string("model {") + kTeacherModel +
+                            " weights: \"" +
+                            (*dir_ / "teacher" / "model.pt").string() + "\" }";
+  const auto run_resumed = [&](const fs::path& config, const fs::path& run) {
+    Outcome o =
+        RunShell(BinDir() + "/distill --quiet --config " + config.string() +
+                     " --run_dir " + run.string() + " --stop_after_steps 3",
+                 *dir_);
+    ASSERT_EQ(o.exit_code, 0) << o.err;
+    ASSERT_FALSE(fs::exists(run / "summary.json"));
+    o = RunShell(BinDir() + "/distill --quiet --config " + config.string() +
+                     " --run_dir " + run.string() + " --resume",
+                 *dir_);
+    ASSERT_EQ(o.exit_code, 0) << o.err;
+  };
+  const auto test_loss = [](const fs::path& run) {
+    return Summary(run)["test_loss"].get<double>();
+  };
+
+  const fs::path off = *dir_ / "op-off";
+  ASSERT_EQ(Run(Config("op-off", local), off).exit_code, 0);
+  const fs::path zero = *dir_ / "op-zero";
+  Outcome o =
+      Run(Config("op-zero", local, "on_policy { fraction: 0 }\n"), zero);
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_EQ(test_loss(zero), test_loss(off));
+
+  const fs::path config = Config(
+      "op-half", local, "on_policy { fraction: 0.5 prompt_tokens: 8 }\n");
+  const fs::path straight = *dir_ / "op-half";
+  o = Run(config, straight);
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_NE(test_loss(straight), test_loss(off));
+  const auto records = MetricsRecords(straight, "epoch");
+  ASSERT_EQ(records.size(), 1u);
+  // 8 steps, each on-policy with probability 1/2 (seed 4 picks some of
+  // each); the student sampled on those.
+  EXPECT_GT(records[0]["on_policy_steps"].get<int>(), 0);
+  EXPECT_LT(records[0]["on_policy_steps"].get<int>(), 8);
+  EXPECT_GT(records[0]["profile_seconds"]["generate"].get<double>(), 0.0);
+  // The teacher's NLL of the student's continuations of test text: a mean
+  // of -log p over a vocabulary of 300, so in (0, a few times log 300).
+  const double nll =
+      Summary(straight)["test_teacher_nll_of_samples"].get<double>();
+  EXPECT_GT(nll, 0.0);
+  EXPECT_LT(nll, 4 * std::log(300.0));
+  const fs::path resumed = *dir_ / "op-half-resumed";
+  run_resumed(config, resumed);
+  EXPECT_EQ(test_loss(resumed), test_loss(straight));
+
+  // No waiting to batch: each of the trainer's batches is a forward of its
+  // own, which the teacher computes alike in both runs.
+  Server server(*dir_, "op-served", ServerArgs({"--max_queue_delay_us=0"}));
+  ASSERT_TRUE(server.serving()) << server.err();
+  const fs::path served_config = Config(
+      "op-served",
+      "endpoints: \"" + server.address() + "\" encoding: HIDDEN_FP16",
+      "on_policy { fraction: 1 prompt_tokens: 8 }\n"
+      "loss { name: \"generalized_jsd\" params { key: \"beta\" value: 1 } }\n");
+  const fs::path served = *dir_ / "op-served";
+  o = Run(served_config, served);
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_EQ(MetricsRecords(served, "epoch")[0]["on_policy_steps"], 8);
+  // On-policy steps train on the teacher's terms only: no hard_ce.
+  EXPECT_FALSE(Summary(served)["loss_terms"].contains("hard_ce"));
+  EXPECT_TRUE(Summary(served).contains("test_teacher_nll_of_samples"));
+  EXPECT_GT(Summary(served)["loss_terms"]["generalized_jsd"].get<double>(), 0);
+  const fs::path served_resumed = *dir_ / "op-served-resumed";
+  run_resumed(served_config, served_resumed);
+  EXPECT_EQ(test_loss(served_resumed), test_loss(served));
   EXPECT_EQ(server.Terminate(), 0);
 }
 

@@ -93,6 +93,10 @@ absl::StatusOr<std::string> SaveCheckpoint(const std::string& run_dir,
           archive.write("position/global_step",
                         c10::IValue(position.global_step));
           archive.write("rng/torch_cpu", GetRngState());
+          if (position.sampled.tokens.defined()) {
+            archive.write("position/sampled_tokens", position.sampled.tokens);
+            archive.write("position/sampled_lengths", position.sampled.lengths);
+          }
           archive.save_to(tmp);
         });
       }));
@@ -136,6 +140,12 @@ absl::StatusOr<TrainPosition> LoadCheckpoint(
         torch::Tensor rng;
         archive.read("rng/torch_cpu", rng);
         SetRngState(rng);
+        // Present only when on-policy sampling had run ahead.
+        torch::Tensor tokens, lengths;
+        if (archive.try_read("position/sampled_tokens", tokens) &&
+            archive.try_read("position/sampled_lengths", lengths)) {
+          position.sampled = {tokens, lengths};
+        }
       });
   if (!restored.ok()) {
     return absl::DataLossError(absl::StrCat(

@@ -1,5 +1,8 @@
 // ApplyDefaults: the one place the job config's defaults are written in
 // code; proto/job.proto documents each beside its field.
+#include <algorithm>
+#include <cstdint>
+
 #include "trainer/config.h"
 
 namespace distill::trainer {
@@ -71,6 +74,20 @@ void ApplyDefaults(JobConfig& c) {
   if (!opt->has_beta1()) opt->set_beta1(0.9);
   if (!opt->has_beta2()) opt->set_beta2(0.999);
   if (!opt->has_eps()) opt->set_eps(1e-8);
+
+  if (c.has_on_policy()) {
+    auto* o = c.mutable_on_policy();
+    if (!o->has_fraction()) o->set_fraction(0.5);
+    if (!o->has_prompt_tokens()) {
+      o->set_prompt_tokens(std::max<int64_t>(1, c.data().seq_len() / 4));
+    }
+    if (!o->has_temperature()) o->set_temperature(1.0);
+    if (!o->has_top_p()) o->set_top_p(1.0);
+    if (!o->has_stop_id()) o->set_stop_id(-1);
+    if (!o->has_overlap()) {
+      o->set_overlap(c.has_teacher() && IsRemoteTeacher(c.teacher()));
+    }
+  }
 
   if (c.has_teacher()) {
     auto* t = c.mutable_teacher();

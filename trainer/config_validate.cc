@@ -227,6 +227,58 @@ absl::Status ValidateLoss(const JobConfig& config) {
   return absl::OkStatus();
 }
 
+// on_policy: a zoo language model sampling from windows a teacher then
+// scores (not a target store: it holds targets for the data's windows
+// only).
+absl::Status ValidateOnPolicy(const JobConfig& c) {
+  if (!c.has_on_policy()) return absl::OkStatus();
+  const auto& o = c.on_policy();
+  if (c.mode() != JobConfig::DISTILL) {
+    return Bad("on_policy", "applies to mode DISTILL only");
+  }
+  if (c.data().dataset() != "tokens" || c.student().arch() != "gpt") {
+    return Bad("on_policy",
+               "needs a language model: data.dataset \"tokens\" and a zoo "
+               "\"gpt\" student (it samples through the model's KV cache)");
+  }
+  if (!c.teacher().store_dir().empty()) {
+    return Bad("on_policy",
+               "needs a teacher in process or on servers: a target store "
+               "holds targets for the data's own windows only");
+  }
+  DISTILL_RETURN_IF_ERROR(
+      CheckRange("on_policy.fraction", o.fraction(), Range::Closed(0, 1)));
+  DISTILL_RETURN_IF_ERROR(
+      CheckRange("on_policy.prompt_tokens", o.prompt_tokens(),
+                 Range::Closed(1, static_cast<double>(c.data().seq_len() - 1))
+                     .Noted("(data.seq_len - 1 at most)")));
+  DISTILL_RETURN_IF_ERROR(CheckRange("on_policy.temperature", o.temperature(),
+                                     Range::AtLeast(0).Finite()));
+  DISTILL_RETURN_IF_ERROR(
+      CheckRange("on_policy.top_p", o.top_p(), Range::OpenClosed(0, 1)));
+  DISTILL_RETURN_IF_ERROR(
+      CheckRange("on_policy.stop_id", o.stop_id(), Range::AtLeast(-1)));
+  if (o.overlap() && !IsRemoteTeacher(c.teacher())) {
+    return Bad("on_policy.overlap",
+               "needs teacher servers: an in-process teacher scores on the "
+               "trainer's own thread, so there is nothing to overlap");
+  }
+  bool scored = false;
+  for (const auto& term : c.loss()) {
+    const auto entry = losses::LossRegistry::Global().Find(term.name());
+    if (entry.ok() && entry->needs_teacher &&
+        (term.weight() > 0 || term.has_weight_schedule())) {
+      scored = true;
+    }
+  }
+  if (!scored) {
+    return Bad("on_policy",
+               "needs a loss term that reads the teacher (on-policy steps "
+               "train on those terms only)");
+  }
+  return absl::OkStatus();
+}
+
 // data.dataset "tokens": windows for a language model.
 absl::Status ValidateTokenData(const JobConfig& c) {
   const auto& d = c.data();
@@ -371,6 +423,7 @@ absl::Status ValidateJobConfig(const JobConfig& c) {
   }
   DISTILL_RETURN_IF_ERROR(ValidateLoss(c));
   DISTILL_RETURN_IF_ERROR(ValidateQat(c));
+  DISTILL_RETURN_IF_ERROR(ValidateOnPolicy(c));
   DISTILL_RETURN_IF_ERROR(ValidateOptimizer(c.optimizer()));
   DISTILL_RETURN_IF_ERROR(
       ValidateSchedule(c.lr_schedule(), c.optimizer().lr()));

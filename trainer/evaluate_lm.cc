@@ -1,6 +1,7 @@
 // Language-model evaluation (trainer/internal/evaluate.h).
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <optional>
 #include <vector>
@@ -10,6 +11,7 @@
 #include "common/torch_status.h"
 #include "data/loader.h"
 #include "trainer/internal/evaluate.h"
+#include "trainer/internal/on_policy.h"
 
 namespace distill::trainer {
 namespace {
@@ -136,6 +138,62 @@ absl::StatusOr<EvalResult> EvaluateLanguageModel(
     }
   }
   return result;
+}
+
+absl::StatusOr<std::optional<double>> TeacherNllOfSamples(
+    student::Model& model, const data::Dataset& dataset, int64_t batch_size,
+    TeacherClient& teacher, int64_t prompt_tokens,
+    const student::GenerateOptions& sampling, bool restore_train) {
+  std::vector<int64_t> ids(dataset.size());
+  std::iota(ids.begin(), ids.end(), 0);
+  data::LoaderOptions options;
+  options.batch_size = batch_size;
+  data::Loader loader(dataset, std::move(ids), options);
+  double nll_sum = 0;
+  int64_t tokens = 0;
+  int64_t batch_index = 0;
+  absl::Status status = [&]() -> absl::Status {
+    while (true) {
+      DISTILL_ASSIGN_OR_RETURN(std::optional<data::Batch> batch, loader.Next());
+      if (!batch) return absl::OkStatus();
+      const int64_t s = batch->inputs.size(1);
+      student::GenerateOptions options = sampling;
+      options.max_new_tokens = s + 1 - prompt_tokens;
+      options.seed = sampling.seed + static_cast<uint64_t>(batch_index++);
+      DISTILL_ASSIGN_OR_RETURN(
+          student::BatchSample sample,
+          student::GenerateBatch(
+              model, batch->inputs.narrow(1, 0, prompt_tokens), options));
+      const data::Batch sampled = SampledBatch(
+          batch->ids, {sample.tokens, sample.lengths}, prompt_tokens);
+      absl::StatusOr<losses::TeacherTargets> targets =
+          teacher.Targets(sampled, 1.0);
+      DISTILL_RETURN_IF_ERROR(Annotate(
+          targets.status(), "teacher scores of the student's samples"));
+      using Form = losses::TeacherTargets::Form;
+      if (targets->form != Form::kDense && targets->form != Form::kHidden) {
+        tokens = -1;
+        return absl::OkStatus();
+      }
+      DISTILL_RETURN_IF_ERROR(
+          TorchCall("the teacher's likelihood of the student's samples", [&] {
+            const torch::Tensor probs = targets->Materialized().probs;
+            const torch::Tensor labels = sampled.labels;
+            const torch::Tensor real = labels.ne(kIgnoreLabel);
+            const torch::Tensor p =
+                probs.gather(-1, labels.clamp_min(0).unsqueeze(-1))
+                    .squeeze(-1)
+                    .to(torch::kDouble)
+                    .clamp_min(std::numeric_limits<float>::min());
+            nll_sum += -(p.log() * real).sum().item<double>();
+            tokens += real.sum().item<int64_t>();
+          }));
+    }
+  }();
+  model.train(restore_train);
+  DISTILL_RETURN_IF_ERROR(status);
+  if (tokens <= 0) return std::nullopt;
+  return nll_sum / tokens;
 }
 
 }  // namespace distill::trainer

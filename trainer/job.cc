@@ -12,6 +12,7 @@
 #include "data/fashion_mnist.h"
 #include "data/token_file.h"
 #include "data/token_windows.h"
+#include "losses/registry.h"
 #include "trainer/internal/evaluate.h"
 #include "trainer/internal/lm_text.h"
 #include "trainer/internal/qat_stage.h"
@@ -253,6 +254,16 @@ absl::Status AssembleJob(const JobConfig& config, const WorldInfo& world,
     }
   }
   DISTILL_ASSIGN_OR_RETURN(job.loss, losses::CompositeLoss::Create(terms));
+  if (config.has_on_policy()) {
+    std::vector<losses::TermSpec> scored;
+    for (const auto& term : terms) {
+      DISTILL_ASSIGN_OR_RETURN(const losses::LossEntry entry,
+                               losses::LossRegistry::Global().Find(term.name));
+      if (entry.needs_teacher) scored.push_back(term);
+    }
+    DISTILL_ASSIGN_OR_RETURN(job.on_policy_loss,
+                             losses::CompositeLoss::Create(scored));
+  }
   DISTILL_ASSIGN_OR_RETURN(
       job.optimizer,
       MakeOptimizer(config.optimizer(), job.model->parameters()));
@@ -271,6 +282,19 @@ absl::Status AssembleJob(const JobConfig& config, const WorldInfo& world,
   DISTILL_ASSIGN_OR_RETURN(
       job.grad_sync,
       GradSync::Create(*job.comm, job.model->named_parameters(), sync_options));
+  if (config.has_on_policy()) {
+    const auto& o = config.on_policy();
+    OnPolicyOptions options;
+    options.fraction = o.fraction();
+    options.prompt_tokens = o.prompt_tokens();
+    options.sampling.temperature = o.temperature();
+    options.sampling.top_p = o.top_p();
+    options.sampling.stop_id = o.stop_id();
+    options.overlap = o.overlap();
+    options.seed = config.seed();
+    options.rank = job.comm->rank();
+    job.on_policy = std::make_unique<OnPolicySampler>(*job.model, options);
+  }
   return absl::OkStatus();
 }
 

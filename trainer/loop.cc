@@ -84,15 +84,18 @@ data::LoaderOptions LoaderOptionsFor(const JobConfig& config,
 }
 
 nlohmann::json StepProfile::ToJson() const {
-  return {{"data", data},       {"teacher", teacher},
-          {"forward", forward}, {"backward", backward},
-          {"sync", sync},       {"optimizer", optimizer}};
+  return {{"data", data},          {"generate", generate}, {"teacher", teacher},
+          {"forward", forward},    {"backward", backward}, {"sync", sync},
+          {"optimizer", optimizer}};
 }
 
 std::map<std::string, double> EpochReport::MeanTerms() const {
   std::map<std::string, double> mean;
   for (const auto& [name, sum] : term_sums) {
-    mean[name] = sum / std::max<int64_t>(samples, 1);
+    const auto counted = term_samples.find(name);
+    mean[name] =
+        sum / std::max<int64_t>(
+                  counted == term_samples.end() ? samples : counted->second, 1);
   }
   return mean;
 }
@@ -129,9 +132,11 @@ absl::StatusOr<losses::CompositeResult> RunStep(const StepParts& parts,
               pieces == 1 ? batch.labels : batch.labels.index_select(0, rows);
           const losses::TeacherTargets* teacher =
               piece_targets ? &*piece_targets : nullptr;
+          StepParts piece_parts = parts;
+          if (input.on_policy) piece_parts.loss = parts.on_policy_loss;
           DISTILL_ASSIGN_OR_RETURN(
               losses::CompositeResult piece,
-              PieceLoss(parts, settings, input, inputs, labels, teacher));
+              PieceLoss(piece_parts, settings, input, inputs, labels, teacher));
           profile.forward += SecondsSince(phase_start);
           phase_start = Clock::now();
           if (parts.grad_sync != nullptr) {
@@ -179,6 +184,18 @@ absl::StatusOr<bool> RunLoop(const LoopParts& parts,
       const EpochPlan plan,
       PlanEpochs(*config, sampler.shard_size(), world, settings.epochs));
   TeacherClient* teacher = parts.teacher;
+  OnPolicySampler* on_policy = parts.on_policy;
+  if (on_policy != nullptr && parts.step.on_policy_loss == nullptr) {
+    return absl::InternalError("an on-policy loop needs its on-policy loss");
+  }
+  if (on_policy != nullptr && position.sampled.tokens.defined()) {
+    on_policy->Restore(position.global_step, position.sampled);
+  }
+  const bool asynchronous = teacher != nullptr && teacher->asynchronous();
+  const int depth = !asynchronous ? 0
+                    : on_policy != nullptr
+                        ? (on_policy->options().overlap ? 1 : 0)
+                        : settings.prefetch_batches;
 
   for (int64_t epoch = position.epoch; epoch < settings.epochs; ++epoch) {
     sampler.SetEpoch(epoch);
@@ -190,14 +207,20 @@ absl::StatusOr<bool> RunLoop(const LoopParts& parts,
     // Teacher targets are asked for ahead of the step that needs them
     // (when the teacher answers asynchronously); the schedule gives the
     // temperature of a future step.
-    TargetPrefetcher prefetcher(loader, teacher,
-                                teacher != nullptr && teacher->asynchronous()
-                                    ? settings.prefetch_batches
-                                    : 0,
-                                [&, first = position.global_step](int64_t i) {
-                                  return settings.temperature_at(first + i,
-                                                                 plan);
-                                });
+    // On-policy steps sample their windows as the prefetcher reads them.
+    TargetPrefetcher::Rewrite rewrite;
+    if (on_policy != nullptr) {
+      rewrite = [on_policy, first = position.global_step](data::Batch batch,
+                                                          int64_t i) {
+        return on_policy->Rewrite(std::move(batch), first + i);
+      };
+    }
+    TargetPrefetcher prefetcher(
+        loader, teacher, depth,
+        [&, first = position.global_step](int64_t i) {
+          return settings.temperature_at(first + i, plan);
+        },
+        std::move(rewrite));
 
     EpochReport epoch_report;
     epoch_report.plan = &plan;
@@ -213,8 +236,12 @@ absl::StatusOr<bool> RunLoop(const LoopParts& parts,
       // the teacher's targets; the prefetcher says which share was which.
       const double teacher_seconds =
           prefetcher.teacher_seconds() - teacher_before;
+      const double generate_seconds =
+          on_policy != nullptr ? on_policy->TakeGenerateSeconds() : 0.0;
       profile.teacher += teacher_seconds;
-      profile.data += SecondsSince(phase_start) - teacher_seconds;
+      profile.generate += generate_seconds;
+      profile.data +=
+          SecondsSince(phase_start) - teacher_seconds - generate_seconds;
       if (!item.ok() && prefetcher.teacher_failed() && hooks.teacher_failed) {
         // Keep what was trained: the teacher may be back for --resume.
         DISTILL_ASSIGN_OR_RETURN(std::string saved,
@@ -235,6 +262,8 @@ absl::StatusOr<bool> RunLoop(const LoopParts& parts,
       StepInput input;
       input.batch = &batch;
       input.targets = (*item)->targets ? &*(*item)->targets : nullptr;
+      input.on_policy =
+          on_policy != nullptr && on_policy->IsOnPolicy(position.global_step);
       input.lr = settings.lr_at(position.global_step, plan);
       input.step = position.global_step;
       input.epoch = epoch;
@@ -258,10 +287,17 @@ absl::StatusOr<bool> RunLoop(const LoopParts& parts,
       position.cursor = sampler.cursor() * world;
       position.epoch = epoch;
       ++position.global_step;
+      // With overlap the next step's windows may be sampled already: a
+      // checkpoint keeps them, so a resumed run trains on the same ones.
+      position.sampled = on_policy != nullptr
+                             ? on_policy->SampledFor(position.global_step)
+                             : SampledWindows{};
       epoch_report.loss_sum += loss * n;
       for (const auto& [name, v] : step_loss.terms) {
         epoch_report.term_sums[name] += v * n;
+        epoch_report.term_samples[name] += n;
       }
+      if (input.on_policy) ++epoch_report.on_policy_steps;
       epoch_report.samples += n;
       if (!hooks.after_step) continue;
 
@@ -273,6 +309,7 @@ absl::StatusOr<bool> RunLoop(const LoopParts& parts,
       step_report.lr = input.lr;
       step_report.loss = loss;
       step_report.terms = std::move(step_loss.terms);
+      step_report.on_policy = input.on_policy;
       step_report.epoch_samples = epoch_report.samples;
       step_report.epoch_seconds = SecondsSince(epoch_start);
       step_report.take_teacher_stats = [&] {

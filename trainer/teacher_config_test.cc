@@ -276,5 +276,71 @@ TEST(TeacherConfigTest, CacheNeedsDeterministicTargets) {
       "job.pbtxt:8: teacher.cache.dir applies to cache mode DISK only");
 }
 
+// A language-model DISTILL job from line 1; `on_policy` begins on line 5.
+absl::StatusOr<JobConfig> ParseLm(const std::string& teacher,
+                                  const std::string& rest,
+                                  const std::string& mode = "DISTILL") {
+  return ParseJobConfig(
+      "mode: " + mode +
+          " run_dir: \"/tmp/x\"\n"
+          "data { dataset: \"tokens\" dir: \"d\" seq_len: 32 }\n"
+          "student { arch: \"gpt\" }\n" +
+          teacher + "\n" + rest,
+      "job.pbtxt");
+}
+
+constexpr char kServers[] = "teacher { endpoints: \"h:1\" }";
+constexpr char kInProcess[] =
+    "teacher { model { arch: \"gpt\" weights: \"t.pt\" } }";
+
+TEST(OnPolicyConfigTest, GetsDocumentedDefaults) {
+  auto c = ParseLm(kServers, "on_policy { }\n");
+  ASSERT_THAT(c, IsOk());
+  EXPECT_EQ(c->on_policy().fraction(), 0.5);
+  EXPECT_EQ(c->on_policy().prompt_tokens(), 8);  // seq_len / 4
+  EXPECT_EQ(c->on_policy().temperature(), 1.0);
+  EXPECT_EQ(c->on_policy().top_p(), 1.0);
+  EXPECT_EQ(c->on_policy().stop_id(), -1);
+  EXPECT_TRUE(c->on_policy().overlap());
+  auto local = ParseLm(kInProcess, "on_policy { fraction: 1 }\n");
+  ASSERT_THAT(local, IsOk());
+  EXPECT_FALSE(local->on_policy().overlap());
+  EXPECT_FALSE(ParseLm(kServers, "")->has_on_policy());
+}
+
+TEST(OnPolicyConfigTest, EveryBadValueIsNamed) {
+  const auto expect = [](const absl::StatusOr<JobConfig>& c,
+                         const std::string& message) {
+    EXPECT_THAT(c, StatusIs(absl::StatusCode::kInvalidArgument, message));
+  };
+  expect(ParseLm(kServers, "on_policy { fraction: 1.5 }\n"),
+         "job.pbtxt:5: on_policy.fraction must be in [0, 1] (got 1.5)");
+  expect(ParseLm(kServers, "on_policy { prompt_tokens: 32 }\n"),
+         "job.pbtxt:5: on_policy.prompt_tokens must be in [1, 31] "
+         "(data.seq_len - 1 at most) (got 32)");
+  expect(ParseLm(kServers, "on_policy { temperature: -1 }\n"),
+         "job.pbtxt:5: on_policy.temperature must be >= 0 (got -1)");
+  expect(ParseLm(kServers, "on_policy { top_p: 0 }\n"),
+         "job.pbtxt:5: on_policy.top_p must be in (0, 1] (got 0)");
+  expect(ParseLm(kServers, "on_policy { stop_id: -2 }\n"),
+         "job.pbtxt:5: on_policy.stop_id must be >= -1 (got -2)");
+  expect(ParseLm(kInProcess, "on_policy { overlap: true }\n"),
+         "job.pbtxt:5: on_policy.overlap needs teacher servers: an in-process "
+         "teacher scores on the trainer's own thread, so there is nothing to "
+         "overlap");
+  expect(ParseLm(kServers, "on_policy { }\nloss { name: \"hard_ce\" }\n"),
+         "job.pbtxt:5: on_policy needs a loss term that reads the teacher "
+         "(on-policy steps train on those terms only)");
+  expect(ParseLm("teacher { store_dir: \"s\" }", "on_policy { }\n"),
+         "job.pbtxt:5: on_policy needs a teacher in process or on servers: a "
+         "target store holds targets for the data's own windows only");
+  expect(ParseLm("", "on_policy { }\n", "TRAIN"),
+         "job.pbtxt:5: on_policy applies to mode DISTILL only");
+  EXPECT_THAT(
+      Parse("teacher { endpoints: \"h:1\" }\non_policy { }\n"),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               ::testing::HasSubstr("on_policy needs a language model")));
+}
+
 }  // namespace
 }  // namespace distill::trainer

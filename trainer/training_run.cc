@@ -151,6 +151,8 @@ LoopParts TrainingRun::Parts() const {
   parts.step.parameters = model->parameters();
   parts.step.optimizer = job_.optimizer.get();
   parts.step.loss = &*job_.loss;
+  if (job_.on_policy_loss) parts.step.on_policy_loss = &*job_.on_policy_loss;
+  parts.on_policy = job_.on_policy.get();
   parts.step.grad_sync = job_.grad_sync.get();
   parts.train = job_.train.get();
   parts.teacher = job_.teacher.get();
@@ -280,6 +282,7 @@ absl::Status TrainingRun::CloseEpoch(const EpochReport& r) {
       {"terms", last_epoch_terms_},
       {"epoch_seconds", r.seconds},
       {"profile_seconds", r.profile.ToJson()},
+      {"on_policy_steps", r.on_policy_steps},
       {"samples_per_sec", world * r.samples / std::max(r.seconds, 1e-9)}};
   record.update(r.teacher_stats);
   if ((last || done % c.eval_every_epochs() == 0) && IsTokenJob(job_)) {
@@ -323,6 +326,38 @@ absl::Status TrainingRun::CloseEpoch(const EpochReport& r) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::optional<double>> TrainingRun::TeacherNllOfTestSamples() {
+  const JobConfig& c = job_.config;
+  // The on-policy steps' sampling when the job has them; else windows a
+  // quarter prompt, sampled at T = 1.
+  v1::OnPolicyConfig on_policy = c.on_policy();
+  if (!c.has_on_policy()) {
+    on_policy.set_prompt_tokens(std::max<int64_t>(1, c.data().seq_len() / 4));
+    on_policy.set_temperature(1.0);
+    on_policy.set_top_p(1.0);
+    on_policy.set_stop_id(-1);
+  }
+  student::GenerateOptions sampling;
+  sampling.temperature = on_policy.temperature();
+  sampling.top_p = on_policy.top_p();
+  sampling.stop_id = on_policy.stop_id();
+  sampling.seed = c.seed();
+  DISTILL_ASSIGN_OR_RETURN(
+      std::optional<double> nll,
+      TeacherNllOfSamples(*job_.model, *job_.test,
+                          LmEvalWindows(c.data().seq_len()),
+                          *job_.teacher->any_input_teacher(),
+                          on_policy.prompt_tokens(), sampling, true));
+  if (verbose_ && nll) {
+    std::printf(
+        "the teacher's NLL of the student's continuations of test text: "
+        "%.3f per token\n",
+        *nll);
+    std::fflush(stdout);
+  }
+  return nll;
+}
+
 absl::StatusOr<nlohmann::json> TrainingRun::WriteSummary(
     const TrainPosition& end) {
   const std::filesystem::path dir(job_.config.run_dir());
@@ -347,6 +382,12 @@ absl::StatusOr<nlohmann::json> TrainingRun::WriteSummary(
   if (IsTokenJob(job_)) {
     DISTILL_ASSIGN_OR_RETURN(samples, EndOfJobSamples(job_, verbose_));
   }
+  std::optional<double> teacher_nll;
+  if (IsTokenJob(job_) && job_.teacher &&
+      job_.teacher->any_input_teacher() != nullptr &&
+      job_.model->zoo_module() != nullptr) {
+    DISTILL_ASSIGN_OR_RETURN(teacher_nll, TeacherNllOfTestSamples());
+  }
   nlohmann::json summary = BaseSummary(job_);
   if (!last_eval_.is_null()) summary.update(last_eval_);
   if (!test_eval_.is_null()) summary.update(test_eval_);
@@ -363,6 +404,7 @@ absl::StatusOr<nlohmann::json> TrainingRun::WriteSummary(
   summary["loss_terms"] = last_epoch_terms_;
   summary["checkpoint"] = last_checkpoint_;
   if (!samples.is_null()) summary["samples"] = samples;
+  if (teacher_nll) summary["test_teacher_nll_of_samples"] = *teacher_nll;
   DISTILL_RETURN_IF_ERROR(
       WriteJsonFile((dir / "summary.json").string(), summary));
   return summary;

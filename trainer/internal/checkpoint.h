@@ -17,6 +17,14 @@
 
 namespace distill::trainer {
 
+// On-policy windows sampled by the student: the tokens [N, S + 1] and each
+// row's length up to and including its first stop id (student::
+// BatchSample). Empty tensors: none.
+struct SampledWindows {
+  torch::Tensor tokens;
+  torch::Tensor lengths;
+};
+
 // Where training stands between two steps.
 struct TrainPosition {
   int64_t epoch = 0;  // the epoch in progress (0-based)
@@ -24,6 +32,9 @@ struct TrainPosition {
   // job can resume on another number of ranks.
   int64_t cursor = 0;
   int64_t global_step = 0;  // optimizer steps taken so far
+  // This rank's windows of the next step, when on-policy sampling ran
+  // ahead of it (overlap); the leader's are checkpointed.
+  SampledWindows sampled;
 };
 
 // Writes a checkpoint for `position` and prunes all but the newest `keep`.

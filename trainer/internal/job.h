@@ -23,6 +23,7 @@
 #include "trainer/dist/communicator.h"
 #include "trainer/dist/grad_sync.h"
 #include "trainer/dist/world.h"
+#include "trainer/internal/on_policy.h"
 #include "trainer/teacher/target_store.h"
 #include "trainer/teacher/teacher_client.h"
 
@@ -44,6 +45,10 @@ struct Job {
   std::shared_ptr<TeacherClient> teacher;
   // The rest are unset in mode EVALUATE.
   std::optional<losses::CompositeLoss> loss;
+  // With `on_policy` in the config: the sampler and the loss of on-policy
+  // steps (the terms of `loss` that read the teacher); unset otherwise.
+  std::optional<losses::CompositeLoss> on_policy_loss;
+  std::unique_ptr<OnPolicySampler> on_policy;
   std::unique_ptr<torch::optim::Optimizer> optimizer;
   std::unique_ptr<Communicator> comm;
   std::unique_ptr<GradSync> grad_sync;

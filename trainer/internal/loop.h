@@ -30,6 +30,7 @@
 #include "trainer/dist/communicator.h"
 #include "trainer/dist/grad_sync.h"
 #include "trainer/internal/checkpoint.h"
+#include "trainer/internal/on_policy.h"
 #include "trainer/teacher/teacher_client.h"
 
 namespace distill::trainer {
@@ -58,6 +59,7 @@ data::LoaderOptions LoaderOptionsFor(const JobConfig& config,
 // the clock between phases is the phase's own cost.
 struct StepProfile {
   double data = 0;       // waiting for the loader's next batch
+  double generate = 0;   // the student sampling on-policy batches
   double teacher = 0;    // teacher targets (in-process forward or remote wait)
   double forward = 0;    // student forward and loss terms
   double backward = 0;   // autograd backward (hooks start bucket all-reduces)
@@ -82,6 +84,9 @@ struct StepParts {
   std::vector<torch::Tensor> parameters;
   torch::optim::Optimizer* optimizer = nullptr;
   const losses::CompositeLoss* loss = nullptr;
+  // On-policy steps' loss: `loss`'s terms that read the teacher. Required
+  // when the loop has an on-policy sampler.
+  const losses::CompositeLoss* on_policy_loss = nullptr;
   // Synchronizes gradients across ranks; null in a single process that
   // needs none (the QAT stage).
   GradSync* grad_sync = nullptr;
@@ -105,6 +110,8 @@ struct StepInput {
   const data::Batch* batch = nullptr;
   // Null when there is no teacher.
   const losses::TeacherTargets* targets = nullptr;
+  // The batch is the student's own samples (StepParts::on_policy_loss).
+  bool on_policy = false;
   double lr = 0;
   int64_t step = 0;  // 0-based global step
   int64_t epoch = 0;
@@ -132,6 +139,10 @@ struct LoopParts {
   // Broadcast from rank 0 before every step when there are several ranks:
   // BatchNorm statistics follow rank 0, as in DDP. Default: none.
   std::vector<std::pair<std::string, torch::Tensor>> buffers;
+  // Makes a share of the steps on-policy (language models); null: none.
+  // With options().overlap and an asynchronous teacher the loop prefetches
+  // one batch ahead, else none.
+  OnPolicySampler* on_policy = nullptr;
 };
 
 struct LoopSettings {
@@ -162,6 +173,7 @@ struct StepReport {
   double lr = 0;
   double loss = 0;
   std::map<std::string, double> terms;
+  bool on_policy = false;
   int64_t epoch_samples = 0;  // this rank's samples so far this epoch
   double epoch_seconds = 0;   // since the epoch started
   // The teacher's stats since the previous call (TargetPrefetcher::
@@ -179,11 +191,15 @@ struct EpochReport {
   // Sums over this rank's samples of the loss and of each term.
   double loss_sum = 0;
   std::map<std::string, double> term_sums;
+  // Samples each term was computed on (on-policy steps leave out the terms
+  // that need no teacher).
+  std::map<std::string, int64_t> term_samples;
+  int64_t on_policy_steps = 0;
   StepProfile profile;
   // The teacher's totals for the epoch; empty when there is no teacher.
   nlohmann::json teacher_stats = nlohmann::json::object();
 
-  // term_sums per sample.
+  // term_sums per sample the term was computed on.
   std::map<std::string, double> MeanTerms() const;
 };
 

@@ -74,6 +74,10 @@ class TrainingRun {
   // Rank 0 at the end: model.pt (and model.torchscript.pt), an evaluation
   // if none ran since a resume, and summary.json, which it returns.
   absl::StatusOr<nlohmann::json> WriteSummary(const TrainPosition& end);
+  // A language model's test windows continued by the student and scored
+  // by the teacher (TeacherNllOfSamples, with the on-policy sampling when
+  // the job has it); std::nullopt when the teacher's encoding cannot say.
+  absl::StatusOr<std::optional<double>> TeacherNllOfTestSamples();
 
   // The newest checkpoint written ("" before any).
   const std::string& last_checkpoint() const { return last_checkpoint_; }

@@ -24,11 +24,12 @@ double Number(const nlohmann::json& j, const char* key) {
 
 TargetPrefetcher::TargetPrefetcher(
     data::Loader& loader, TeacherClient* teacher, int depth,
-    std::function<double(int64_t)> temperature_at)
+    std::function<double(int64_t)> temperature_at, Rewrite rewrite)
     : loader_(loader),
       teacher_(teacher),
       depth_(depth),
-      temperature_at_(std::move(temperature_at)) {}
+      temperature_at_(std::move(temperature_at)),
+      rewrite_(std::move(rewrite)) {}
 
 absl::StatusOr<std::optional<TargetPrefetcher::Item>> TargetPrefetcher::Next() {
   while (!loader_done_ && static_cast<int>(queue_.size()) <= depth_) {
@@ -37,6 +38,12 @@ absl::StatusOr<std::optional<TargetPrefetcher::Item>> TargetPrefetcher::Next() {
     if (!*batch) {
       loader_done_ = true;
       break;
+    }
+    if (rewrite_) {
+      absl::StatusOr<data::Batch> rewritten =
+          rewrite_(std::move(**batch), submitted_);
+      if (!rewritten.ok()) return rewritten.status();
+      **batch = std::move(*rewritten);
     }
     Entry entry{std::move(**batch), std::nullopt};
     if (teacher_ != nullptr) {

@@ -27,11 +27,18 @@ class TargetPrefetcher {
     std::optional<losses::TeacherTargets> targets;
   };
 
+  // Replaces the i-th batch (0-based) read from the loader before its
+  // targets are asked for (on-policy steps sample new windows); its error
+  // is returned by Next().
+  using Rewrite =
+      std::function<absl::StatusOr<data::Batch>(data::Batch, int64_t i)>;
+
   // `loader` and `teacher` (null: no targets) must outlive this.
   // `temperature_at(i)` is the temperature of the i-th batch this returns
-  // (0-based), known ahead from the schedule.
+  // (0-based), known ahead from the schedule. `rewrite` may be empty.
   TargetPrefetcher(data::Loader& loader, TeacherClient* teacher, int depth,
-                   std::function<double(int64_t)> temperature_at);
+                   std::function<double(int64_t)> temperature_at,
+                   Rewrite rewrite = nullptr);
 
   // The next batch with its targets; std::nullopt after the last. A
   // teacher's error is returned as is, and teacher_failed() says so.
@@ -58,6 +65,7 @@ class TargetPrefetcher {
   TeacherClient* const teacher_;
   const int depth_;
   const std::function<double(int64_t)> temperature_at_;
+  const Rewrite rewrite_;
   std::deque<Entry> queue_;
   bool loader_done_ = false;
   bool teacher_failed_ = false;

@@ -1,0 +1,113 @@
+#include "trainer/internal/on_policy.h"
+
+#include <chrono>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/labels.h"
+#include "common/status.h"
+#include "common/torch_status.h"
+
+namespace distill::trainer {
+namespace {
+
+// SplitMix64's finalizer: a well-mixed 64-bit hash of `x`.
+uint64_t Mix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+}  // namespace
+
+bool IsOnPolicyStep(uint64_t seed, double fraction, int64_t step) {
+  if (fraction <= 0) return false;
+  if (fraction >= 1) return true;
+  const uint64_t h = Mix(Mix(seed) ^ static_cast<uint64_t>(step));
+  // The top 53 bits as a double in [0, 1).
+  const double u = static_cast<double>(h >> 11) * 0x1.0p-53;
+  return u < fraction;
+}
+
+data::Batch SampledBatch(const torch::Tensor& ids, const SampledWindows& w,
+                         int64_t prompt_tokens) {
+  const int64_t s = w.tokens.size(1) - 1;
+  data::Batch batch;
+  batch.ids = ids;
+  batch.inputs = w.tokens.narrow(1, 0, s).contiguous();
+  torch::Tensor labels = w.tokens.narrow(1, 1, s).clone();
+  // Label j predicts token j + 1: a prompt token when j + 1 < P, a token
+  // after the row's stop id when j + 1 >= length.
+  const torch::Tensor j = torch::arange(s, torch::kLong).unsqueeze(0);
+  labels.masked_fill_(
+      (j < prompt_tokens - 1) | (j >= w.lengths.unsqueeze(1) - 1),
+      kIgnoreLabel);
+  batch.labels = labels;
+  return batch;
+}
+
+OnPolicySampler::OnPolicySampler(student::Model& model, OnPolicyOptions options)
+    : model_(model), options_(std::move(options)) {}
+
+absl::StatusOr<data::Batch> OnPolicySampler::Rewrite(data::Batch batch,
+                                                     int64_t step) {
+  if (!IsOnPolicy(step)) return batch;
+  const int64_t p = options_.prompt_tokens;
+  if (batch.inputs.dim() != 2 || batch.inputs.size(1) <= p) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("on-policy steps need token windows longer than on_policy."
+                     "prompt_tokens = ",
+                     p));
+  }
+  const int64_t n = batch.inputs.size(0), s = batch.inputs.size(1);
+  const torch::Tensor prompts = batch.inputs.narrow(1, 0, p);
+  SampledWindows windows;
+  // A checkpoint's windows are used only when they fit this batch whole.
+  const SampledWindows& r = restored_;
+  if (restored_step_ == step && r.tokens.defined() && r.lengths.defined() &&
+      r.tokens.scalar_type() == torch::kLong &&
+      r.lengths.scalar_type() == torch::kLong && r.tokens.dim() == 2 &&
+      r.tokens.size(0) == n && r.tokens.size(1) == s + 1 &&
+      r.lengths.dim() == 1 && r.lengths.size(0) == n &&
+      torch::equal(r.tokens.narrow(1, 0, p), prompts)) {
+    windows = std::move(restored_);
+  } else {
+    const auto start = std::chrono::steady_clock::now();
+    student::GenerateOptions sampling = options_.sampling;
+    sampling.max_new_tokens = s + 1 - p;
+    sampling.seed = Mix(Mix(options_.seed ^ Mix(static_cast<uint64_t>(step))) +
+                        static_cast<uint64_t>(options_.rank));
+    DISTILL_ASSIGN_OR_RETURN(student::BatchSample sample,
+                             student::GenerateBatch(model_, prompts, sampling));
+    generate_seconds_ +=
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+            .count();
+    windows = {std::move(sample.tokens), std::move(sample.lengths)};
+  }
+  restored_step_ = -1;
+  restored_ = {};
+  made_[step] = windows;
+  data::Batch sampled;
+  DISTILL_RETURN_IF_ERROR(TorchCall("an on-policy batch", [&] {
+    sampled = SampledBatch(batch.ids, windows, p);
+  }));
+  return sampled;
+}
+
+SampledWindows OnPolicySampler::SampledFor(int64_t step) {
+  made_.erase(made_.begin(), made_.lower_bound(step));
+  const auto it = made_.find(step);
+  return it == made_.end() ? SampledWindows{} : it->second;
+}
+
+void OnPolicySampler::Restore(int64_t step, SampledWindows windows) {
+  restored_step_ = step;
+  restored_ = std::move(windows);
+}
+
+double OnPolicySampler::TakeGenerateSeconds() {
+  return std::exchange(generate_seconds_, 0.0);
+}
+
+}  // namespace distill::trainer
