@@ -4,7 +4,10 @@ budget, one command: bash bench/on_policy.sh.
 The job is the language-model quickstart's distillation
 (launch/configs/lm_student_distill.pbtxt: a 2-layer gpt student, the
 4-layer teacher in process, V = 8,192, windows of 128 tokens, batch 16),
-five ways:
+five ways. GKD distils students that are already trained on the data, so
+every run starts from one student per seed: off-policy KD for one epoch
+over the first --warm_windows training windows (0: every run starts from
+fresh weights). Then, from it:
 
 1. off-policy KD: the config's kd_kl 0.5 + hard_ce 0.5 on the data's text,
    one epoch over the first --windows training windows. Its training
@@ -14,8 +17,9 @@ five ways:
    applies to the off-policy steps only). Prompts are the first 32 tokens
    of a window; the student samples the other 97 at temperature 1.
 
-Equal budget: each on-policy run first trains --calibration_steps steps to
-measure its seconds per step, then one epoch over as many windows as that
+Equal budget: a run of each on-policy fraction first trains
+--calibration_steps steps to measure its seconds per step; each on-policy
+run then trains one epoch over as many windows as that
 rate fits in the off-policy run's training seconds (its cosine schedule
 ends there, as the off-policy run's does). The table gives the training
 seconds each run actually took.
@@ -59,15 +63,19 @@ def run(cmd):
     return proc.stdout
 
 
-def config(out, name, seed, windows, weights, on_policy=None):
+def config(out, name, seed, windows, weights, on_policy=None, start=None):
     """lm_student_distill on `windows` windows with `seed` in out/name; with
-    on_policy = (fraction, beta) the generalized_jsd run."""
+    on_policy = (fraction, beta) the generalized_jsd run; from the student
+    weights `start` when given."""
     text = open(os.path.join(REPO, "launch", "configs", "lm_student_distill.pbtxt")).read()
     text = re.sub(r'run_dir: "[^"]*"', f'run_dir: "{os.path.join(out, name)}"', text)
     text = re.sub(r'weights: "[^"]*"', f'weights: "{weights}"', text)
     text = text.replace("seq_len: 128 }", f"seq_len: 128 train_limit: {windows} }}")
     text = re.sub(r"\nseed: \d+", f"\nseed: {seed}", text)
     text = re.sub(r"\nlog_every_steps: \d+", "\nlog_every_steps: 1000", text)
+    if start is not None:
+        student = text.index("student {")
+        text = text[:student] + f'student {{ weights: "{start}"' + text[student + 9:]
     if on_policy is not None:
         fraction, beta = on_policy
         text = text.replace(
@@ -100,11 +108,11 @@ def figures(run_dir):
             "sample": (summary.get("samples") or [{}])[0]}
 
 
-def seconds_per_step(out, name, seed, weights, on_policy, steps):
+def seconds_per_step(out, name, seed, weights, on_policy, steps, start):
     """Seconds per training step of an on-policy run: the training seconds
     of a run of `steps` steps (its epoch's loop, without evaluation) over
     its steps."""
-    file = config(out, name + "-calibrate", seed, steps * BATCH, weights, on_policy)
+    file = config(out, name + "-calibrate", seed, steps * BATCH, weights, on_policy, start)
     train(file)
     f = figures(os.path.join(out, name + "-calibrate"))
     return f["train_seconds"] / f["steps"]
@@ -124,13 +132,17 @@ def main():
     p.add_argument("--windows", type=int, default=2048,
                    help="training windows of the off-policy run (its time is the budget)")
     p.add_argument("--seeds", default="1,2,3")
-    p.add_argument("--calibration_steps", type=int, default=24)
+    p.add_argument("--warm_windows", type=int, default=2048,
+                   help="windows of the off-policy epoch every run starts from (0: none)")
+    p.add_argument("--calibration_steps", type=int, default=32)
     p.add_argument("--teacher_epochs", type=int, default=1)
     p.add_argument("--out", default=os.path.join(REPO, "runs", "bench_on_policy"))
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",") if s]
-    if args.windows < BATCH or not seeds or args.calibration_steps < 2:
-        p.error("--windows must be >= 16, --seeds non-empty, --calibration_steps >= 2")
+    if (args.windows < BATCH or not seeds or args.calibration_steps < 2
+            or args.warm_windows < 0):
+        p.error("--windows must be >= 16, --seeds non-empty, --calibration_steps >= 2, "
+                "--warm_windows >= 0")
     if os.path.exists(args.out):
         shutil.rmtree(args.out)
     os.makedirs(args.out)
@@ -156,23 +168,34 @@ def main():
              ("on-policy fraction 1, JSD beta 1 (reverse KL)", (1, 1))]
     results = {label: [] for label, _ in kinds}
     for seed in seeds:
+        start = None
+        if args.warm_windows > 0:
+            log(f"seed {seed}: the starting student, off-policy KD on {args.warm_windows} windows")
+            train(config(args.out, f"warm-s{seed}", seed, args.warm_windows, weights))
+            start = os.path.join(args.out, f"warm-s{seed}", "model.pt")
         log(f"seed {seed}: off-policy KD on {args.windows} windows")
-        file = config(args.out, f"off-s{seed}", seed, args.windows, weights)
+        file = config(args.out, f"off-s{seed}", seed, args.windows, weights, None, start)
         train(file)
         off = figures(os.path.join(args.out, f"off-s{seed}"))
         results[kinds[0][0]].append(off)
         budget = off["train_seconds"]
+        rates = {}
         for i, (label, on_policy) in enumerate(kinds[1:], start=1):
             name = f"on{i}-s{seed}"
-            rate = seconds_per_step(args.out, name, seed, weights, on_policy,
-                                    args.calibration_steps)
+            fraction = on_policy[0]
+            if fraction not in rates:
+                rates[fraction] = seconds_per_step(args.out, name, seed, weights, on_policy,
+                                                   args.calibration_steps, start)
+            rate = rates[fraction]
             windows = max(BATCH, int(budget / rate) * BATCH)
             log(f"seed {seed}: {label}: {rate:.3f} s/step, {windows} windows")
-            train(config(args.out, name, seed, windows, weights, on_policy))
+            train(config(args.out, name, seed, windows, weights, on_policy, start))
             results[label].append(figures(os.path.join(args.out, name)))
 
     print(f"\nEqual wall-clock budget: each run's training seconds ~ the off-policy run's "
-          f"on {args.windows} windows; seeds {args.seeds}.\n")
+          f"on {args.windows} windows; seeds {args.seeds}; "
+          + (f"every run starts from an off-policy student of {args.warm_windows} windows."
+             if args.warm_windows else "every run starts from fresh weights.") + "\n")
     print(f"{'run':<50} {'test ppl':>15} {'teacher NLL':>15} {'train s':>8} {'steps':>6} "
           f"{'generate':>9} {'teacher':>8} {'step':>7}")
     for label, _ in kinds:
