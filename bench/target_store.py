@@ -32,10 +32,11 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(REPO, "build", "bin")
-DATA = os.path.join(REPO, "runs", "lm", "data")
-QUICKSTART_TEACHER = os.path.join(REPO, "runs", "lm", "teacher", "model.pt")
+import lm_setup
+
+REPO = lm_setup.REPO
+BIN = lm_setup.BIN
+DATA = lm_setup.DATA
 TEACHER_OPTIONS = "layers=4,heads=4,d_model=256,d_ff=1024,context=128"
 # HIDDEN_FP16 on the wire: 2 bytes for each of the teacher's d_model states.
 HIDDEN_BYTES_PER_TOKEN = 2 * 256
@@ -195,20 +196,7 @@ def main():
     if os.path.exists(args.out):
         shutil.rmtree(args.out)
     os.makedirs(args.out)
-    if not os.path.exists(os.path.join(DATA, "train.tok")):
-        log("preparing the corpus into runs/lm/data")
-        run([os.path.join(BIN, "distill_prepare_text"), "--out_dir", DATA])
-    weights = QUICKSTART_TEACHER
-    if not os.path.exists(weights):
-        log(f"training the teacher (launch/configs/lm_teacher.pbtxt, {args.teacher_epochs} epochs)")
-        text = open(os.path.join(REPO, "launch", "configs", "lm_teacher.pbtxt")).read()
-        text = re.sub(r'run_dir: "[^"]*"', f'run_dir: "{os.path.join(args.out, "teacher")}"', text)
-        text = re.sub(r"\nepochs: \d+", f"\nepochs: {args.teacher_epochs}", text)
-        file = os.path.join(args.out, "teacher.pbtxt")
-        with open(file, "w") as f:
-            f.write(text)
-        train(file)
-        weights = os.path.join(args.out, "teacher", "model.pt")
+    weights = lm_setup.data_and_teacher(args.out, args.teacher_epochs, run, train, log)
     teacher_ppl = json.load(open(os.path.join(os.path.dirname(weights), "summary.json")))[
         "test_perplexity"]
 

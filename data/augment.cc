@@ -5,17 +5,10 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/mix64.h"
+
 namespace distill::data {
 namespace {
-
-// SplitMix64's output function: a bijective mixer with full avalanche, so
-// nearby (seed, epoch, id) triples give unrelated streams.
-uint64_t Mix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
 
 // A per-sample SplitMix64 stream. Hand-rolled rather than std::mt19937_64 +
 // std::uniform_int_distribution because the distributions are
@@ -28,7 +21,7 @@ class SampleRng {
                      static_cast<uint64_t>(id))) {}
 
   uint64_t Next() {
-    state_ += 0x9e3779b97f4a7c15ULL;
+    state_ += kGoldenGamma;
     return Mix64(state_);
   }
   // Uniform in [0, n); the modulo bias for n <= 2^8 is below 2^-56.

@@ -5,26 +5,16 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/labels.h"
+#include "common/mix64.h"
 #include "common/status.h"
 #include "common/torch_status.h"
 
 namespace distill::trainer {
-namespace {
-
-// SplitMix64's finalizer: a well-mixed 64-bit hash of `x`.
-uint64_t Mix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
-}  // namespace
 
 bool IsOnPolicyStep(uint64_t seed, double fraction, int64_t step) {
   if (fraction <= 0) return false;
   if (fraction >= 1) return true;
-  const uint64_t h = Mix(Mix(seed) ^ static_cast<uint64_t>(step));
+  const uint64_t h = Mix64(Mix64(seed) ^ static_cast<uint64_t>(step));
   // The top 53 bits as a double in [0, 1).
   const double u = static_cast<double>(h >> 11) * 0x1.0p-53;
   return u < fraction;
@@ -76,8 +66,9 @@ absl::StatusOr<data::Batch> OnPolicySampler::Rewrite(data::Batch batch,
     const auto start = std::chrono::steady_clock::now();
     student::GenerateOptions sampling = options_.sampling;
     sampling.max_new_tokens = s + 1 - p;
-    sampling.seed = Mix(Mix(options_.seed ^ Mix(static_cast<uint64_t>(step))) +
-                        static_cast<uint64_t>(options_.rank));
+    sampling.seed =
+        Mix64(Mix64(options_.seed ^ Mix64(static_cast<uint64_t>(step))) +
+              static_cast<uint64_t>(options_.rank));
     DISTILL_ASSIGN_OR_RETURN(student::BatchSample sample,
                              student::GenerateBatch(model_, prompts, sampling));
     generate_seconds_ +=
