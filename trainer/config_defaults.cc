@@ -84,6 +84,9 @@ void ApplyDefaults(JobConfig& c) {
     if (!o->has_temperature()) o->set_temperature(1.0);
     if (!o->has_top_p()) o->set_top_p(1.0);
     if (!o->has_stop_id()) o->set_stop_id(-1);
+    if (!o->has_new_tokens()) {
+      o->set_new_tokens(c.data().seq_len() + 1 - o->prompt_tokens());
+    }
     if (!o->has_overlap()) {
       o->set_overlap(c.has_teacher() && IsRemoteTeacher(c.teacher()));
     }

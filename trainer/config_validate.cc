@@ -252,6 +252,11 @@ absl::Status ValidateOnPolicy(const JobConfig& c) {
       CheckRange("on_policy.prompt_tokens", o.prompt_tokens(),
                  Range::Closed(1, static_cast<double>(c.data().seq_len() - 1))
                      .Noted("(data.seq_len - 1 at most)")));
+  const int64_t room = c.data().seq_len() + 1 - o.prompt_tokens();
+  DISTILL_RETURN_IF_ERROR(CheckRange(
+      "on_policy.new_tokens", o.new_tokens(),
+      Range::Closed(1, static_cast<double>(room))
+          .Noted("(data.seq_len + 1 - on_policy.prompt_tokens at most)")));
   DISTILL_RETURN_IF_ERROR(CheckRange("on_policy.temperature", o.temperature(),
                                      Range::AtLeast(0).Finite()));
   DISTILL_RETURN_IF_ERROR(

@@ -287,6 +287,7 @@ absl::Status AssembleJob(const JobConfig& config, const WorldInfo& world,
     OnPolicyOptions options;
     options.fraction = o.fraction();
     options.prompt_tokens = o.prompt_tokens();
+    options.new_tokens = o.new_tokens();
     options.sampling.temperature = o.temperature();
     options.sampling.top_p = o.top_p();
     options.sampling.stop_id = o.stop_id();

@@ -1,5 +1,6 @@
 #include "trainer/internal/on_policy.h"
 
+#include <algorithm>
 #include <chrono>
 #include <utility>
 
@@ -65,7 +66,9 @@ absl::StatusOr<data::Batch> OnPolicySampler::Rewrite(data::Batch batch,
   } else {
     const auto start = std::chrono::steady_clock::now();
     student::GenerateOptions sampling = options_.sampling;
-    sampling.max_new_tokens = s + 1 - p;
+    const int64_t room = s + 1 - p;
+    sampling.max_new_tokens =
+        options_.new_tokens > 0 ? std::min(options_.new_tokens, room) : room;
     sampling.seed =
         Mix64(Mix64(options_.seed ^ Mix64(static_cast<uint64_t>(step))) +
               static_cast<uint64_t>(options_.rank));
@@ -74,6 +77,16 @@ absl::StatusOr<data::Batch> OnPolicySampler::Rewrite(data::Batch batch,
     generate_seconds_ +=
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
             .count();
+    if (sampling.max_new_tokens < room) {
+      // Padding to the window's length: past each row's length, so no
+      // label reads it.
+      DISTILL_RETURN_IF_ERROR(TorchCall("padding on-policy windows", [&] {
+        sample.tokens = torch::cat(
+            {sample.tokens,
+             torch::zeros({n, room - sampling.max_new_tokens}, torch::kLong)},
+            1);
+      }));
+    }
     windows = {std::move(sample.tokens), std::move(sample.lengths)};
   }
   restored_step_ = -1;

@@ -102,6 +102,26 @@ TEST(OnPolicySamplerTest, SamplesTheRestOfEachWindowFromItsPrompt) {
   EXPECT_FALSE(sampler.SampledFor(3).tokens.defined());
 }
 
+TEST(OnPolicySamplerTest, FewerNewTokensPadTheWindowAndMaskThePadding) {
+  torch::manual_seed(1);
+  auto model = TinyLm();
+  OnPolicyOptions options;
+  options.fraction = 1;
+  options.prompt_tokens = 5;
+  options.new_tokens = 3;
+  options.sampling.temperature = 1;
+  OnPolicySampler sampler(*model, options);
+  auto a = sampler.Rewrite(Windows(), 0);
+  ASSERT_THAT(a, IsOk());
+  ASSERT_EQ(a->inputs.sizes(), (std::vector<int64_t>{4, 12}));
+  // Tokens 5..7 sampled, 8..12 padding: labels 4..6 read the samples.
+  EXPECT_TRUE(torch::equal(a->inputs.narrow(1, 8, 4),
+                           torch::zeros({4, 4}, torch::kLong)));
+  EXPECT_TRUE(
+      torch::equal(a->labels.narrow(1, 4, 3), a->inputs.narrow(1, 5, 3)));
+  EXPECT_EQ((a->labels != kIgnoreLabel).sum().item<int64_t>(), 4 * 3);
+}
+
 TEST(OnPolicySamplerTest, OffPolicyStepsKeepTheirBatch) {
   auto model = TinyLm();
   OnPolicyOptions options;

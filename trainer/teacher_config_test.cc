@@ -301,6 +301,7 @@ TEST(OnPolicyConfigTest, GetsDocumentedDefaults) {
   EXPECT_EQ(c->on_policy().temperature(), 1.0);
   EXPECT_EQ(c->on_policy().top_p(), 1.0);
   EXPECT_EQ(c->on_policy().stop_id(), -1);
+  EXPECT_EQ(c->on_policy().new_tokens(), 25);  // 32 + 1 - 8
   EXPECT_TRUE(c->on_policy().overlap());
   auto local = ParseLm(kInProcess, "on_policy { fraction: 1 }\n");
   ASSERT_THAT(local, IsOk());
@@ -318,6 +319,9 @@ TEST(OnPolicyConfigTest, EveryBadValueIsNamed) {
   expect(ParseLm(kServers, "on_policy { prompt_tokens: 32 }\n"),
          "job.pbtxt:5: on_policy.prompt_tokens must be in [1, 31] "
          "(data.seq_len - 1 at most) (got 32)");
+  expect(ParseLm(kServers, "on_policy { prompt_tokens: 30 new_tokens: 4 }\n"),
+         "job.pbtxt:5: on_policy.new_tokens must be in [1, 3] (data.seq_len "
+         "+ 1 - on_policy.prompt_tokens at most) (got 4)");
   expect(ParseLm(kServers, "on_policy { temperature: -1 }\n"),
          "job.pbtxt:5: on_policy.temperature must be >= 0 (got -1)");
   expect(ParseLm(kServers, "on_policy { top_p: 0 }\n"),

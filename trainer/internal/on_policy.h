@@ -27,6 +27,9 @@ struct OnPolicyOptions {
   double fraction = 0;
   // Tokens of each window kept as the prompt, >= 1.
   int64_t prompt_tokens = 1;
+  // Tokens sampled after it, at most the rest of the window; 0: the rest
+  // of the window. Positions past them are padding (id 0) no label reads.
+  int64_t new_tokens = 0;
   // Temperature, top_p and stop_id of the student's sampling; its
   // max_new_tokens and seed are set per batch.
   student::GenerateOptions sampling;
