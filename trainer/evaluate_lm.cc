@@ -11,7 +11,6 @@
 #include "common/torch_status.h"
 #include "data/loader.h"
 #include "trainer/internal/evaluate.h"
-#include "trainer/internal/on_policy.h"
 
 namespace distill::trainer {
 namespace {
@@ -142,8 +141,8 @@ absl::StatusOr<EvalResult> EvaluateLanguageModel(
 
 absl::StatusOr<std::optional<double>> TeacherNllOfSamples(
     student::Model& model, const data::Dataset& dataset, int64_t batch_size,
-    TeacherClient& teacher, int64_t prompt_tokens,
-    const student::GenerateOptions& sampling, bool restore_train) {
+    TeacherClient& teacher, const OnPolicyOptions& on_policy,
+    bool restore_train) {
   std::vector<int64_t> ids(dataset.size());
   std::iota(ids.begin(), ids.end(), 0);
   data::LoaderOptions options;
@@ -156,16 +155,13 @@ absl::StatusOr<std::optional<double>> TeacherNllOfSamples(
     while (true) {
       DISTILL_ASSIGN_OR_RETURN(std::optional<data::Batch> batch, loader.Next());
       if (!batch) return absl::OkStatus();
-      const int64_t s = batch->inputs.size(1);
-      student::GenerateOptions options = sampling;
-      options.max_new_tokens = s + 1 - prompt_tokens;
-      options.seed = sampling.seed + static_cast<uint64_t>(batch_index++);
+      const int64_t p = on_policy.prompt_tokens;
       DISTILL_ASSIGN_OR_RETURN(
-          student::BatchSample sample,
-          student::GenerateBatch(
-              model, batch->inputs.narrow(1, 0, prompt_tokens), options));
-      const data::Batch sampled = SampledBatch(
-          batch->ids, {sample.tokens, sample.lengths}, prompt_tokens);
+          const SampledWindows windows,
+          SampleWindows(model, batch->inputs.narrow(1, 0, p),
+                        batch->inputs.size(1) + 1, on_policy,
+                        on_policy.seed + static_cast<uint64_t>(batch_index++)));
+      const data::Batch sampled = SampledBatch(batch->ids, windows, p);
       absl::StatusOr<losses::TeacherTargets> targets =
           teacher.Targets(sampled, 1.0);
       DISTILL_RETURN_IF_ERROR(Annotate(

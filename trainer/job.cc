@@ -283,18 +283,8 @@ absl::Status AssembleJob(const JobConfig& config, const WorldInfo& world,
       job.grad_sync,
       GradSync::Create(*job.comm, job.model->named_parameters(), sync_options));
   if (config.has_on_policy()) {
-    const auto& o = config.on_policy();
-    OnPolicyOptions options;
-    options.fraction = o.fraction();
-    options.prompt_tokens = o.prompt_tokens();
-    options.new_tokens = o.new_tokens();
-    options.sampling.temperature = o.temperature();
-    options.sampling.top_p = o.top_p();
-    options.sampling.stop_id = o.stop_id();
-    options.overlap = o.overlap();
-    options.seed = config.seed();
-    options.rank = job.comm->rank();
-    job.on_policy = std::make_unique<OnPolicySampler>(*job.model, options);
+    job.on_policy = std::make_unique<OnPolicySampler>(
+        *job.model, OnPolicyOptionsFor(config, job.comm->rank()));
   }
   return absl::OkStatus();
 }

@@ -12,6 +12,47 @@
 
 namespace distill::trainer {
 
+OnPolicyOptions OnPolicyOptionsFor(const JobConfig& config, int rank) {
+  const auto& o = config.on_policy();
+  OnPolicyOptions options;
+  options.fraction = o.fraction();
+  options.prompt_tokens = o.prompt_tokens();
+  options.new_tokens = o.new_tokens();
+  options.sampling.temperature = o.temperature();
+  options.sampling.top_p = o.top_p();
+  options.sampling.stop_id = o.stop_id();
+  options.overlap = o.overlap();
+  options.seed = config.seed();
+  options.rank = rank;
+  return options;
+}
+
+absl::StatusOr<SampledWindows> SampleWindows(student::Model& model,
+                                             const torch::Tensor& prompts,
+                                             int64_t window_tokens,
+                                             const OnPolicyOptions& options,
+                                             uint64_t seed) {
+  const int64_t room = window_tokens - prompts.size(1);
+  student::GenerateOptions sampling = options.sampling;
+  sampling.max_new_tokens =
+      options.new_tokens > 0 ? std::min(options.new_tokens, room) : room;
+  sampling.seed = seed;
+  DISTILL_ASSIGN_OR_RETURN(student::BatchSample sample,
+                           student::GenerateBatch(model, prompts, sampling));
+  if (sampling.max_new_tokens < room) {
+    // Padding to the window's length: past each row's length, so no label
+    // reads it.
+    DISTILL_RETURN_IF_ERROR(TorchCall("padding on-policy windows", [&] {
+      sample.tokens = torch::cat(
+          {sample.tokens,
+           torch::zeros({prompts.size(0), room - sampling.max_new_tokens},
+                        torch::kLong)},
+          1);
+    }));
+  }
+  return SampledWindows{std::move(sample.tokens), std::move(sample.lengths)};
+}
+
 bool IsOnPolicyStep(uint64_t seed, double fraction, int64_t step) {
   if (fraction <= 0) return false;
   if (fraction >= 1) return true;
@@ -65,29 +106,14 @@ absl::StatusOr<data::Batch> OnPolicySampler::Rewrite(data::Batch batch,
     windows = std::move(restored_);
   } else {
     const auto start = std::chrono::steady_clock::now();
-    student::GenerateOptions sampling = options_.sampling;
-    const int64_t room = s + 1 - p;
-    sampling.max_new_tokens =
-        options_.new_tokens > 0 ? std::min(options_.new_tokens, room) : room;
-    sampling.seed =
-        Mix64(Mix64(options_.seed ^ Mix64(static_cast<uint64_t>(step))) +
-              static_cast<uint64_t>(options_.rank));
-    DISTILL_ASSIGN_OR_RETURN(student::BatchSample sample,
-                             student::GenerateBatch(model_, prompts, sampling));
+    DISTILL_ASSIGN_OR_RETURN(
+        windows, SampleWindows(model_, prompts, s + 1, options_,
+                               Mix64(Mix64(options_.seed ^
+                                           Mix64(static_cast<uint64_t>(step))) +
+                                     static_cast<uint64_t>(options_.rank))));
     generate_seconds_ +=
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
             .count();
-    if (sampling.max_new_tokens < room) {
-      // Padding to the window's length: past each row's length, so no
-      // label reads it.
-      DISTILL_RETURN_IF_ERROR(TorchCall("padding on-policy windows", [&] {
-        sample.tokens = torch::cat(
-            {sample.tokens,
-             torch::zeros({n, room - sampling.max_new_tokens}, torch::kLong)},
-            1);
-      }));
-    }
-    windows = {std::move(sample.tokens), std::move(sample.lengths)};
   }
   restored_step_ = -1;
   restored_ = {};

@@ -238,9 +238,10 @@ TEST(TeacherNllOfSamplesTest, IsTheTeachersMeanNllOfTheStudentsTokens) {
       torch::randint(40, {5, 13}, torch::dtype(torch::kLong));
   WindowSet windows(rows);
   ModelTeacher teacher(*teacher_model);
-  student::GenerateOptions greedy;
+  OnPolicyOptions greedy;  // temperature 0, the rest of each window
+  greedy.prompt_tokens = 4;
   auto nll = TeacherNllOfSamples(*student, windows, /*batch_size=*/2, teacher,
-                                 /*prompt_tokens=*/4, greedy, true);
+                                 greedy, true);
   ASSERT_THAT(nll, IsOk());
   ASSERT_TRUE(nll->has_value());
   EXPECT_TRUE(student->zoo_module()->is_training());
@@ -269,8 +270,7 @@ TEST(TeacherNllOfSamplesTest, IsTheTeachersMeanNllOfTheStudentsTokens) {
 
   // Top-k targets cannot give every sampled token's probability.
   ModelTeacher top_k(*teacher_model, /*top_k=*/5);
-  auto none =
-      TeacherNllOfSamples(*student, windows, 2, top_k, 4, greedy, false);
+  auto none = TeacherNllOfSamples(*student, windows, 2, top_k, greedy, false);
   ASSERT_THAT(none, IsOk());
   EXPECT_FALSE(none->has_value());
 }

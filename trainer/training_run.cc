@@ -327,27 +327,19 @@ absl::Status TrainingRun::CloseEpoch(const EpochReport& r) {
 }
 
 absl::StatusOr<std::optional<double>> TrainingRun::TeacherNllOfTestSamples() {
-  const JobConfig& c = job_.config;
-  // The on-policy steps' sampling when the job has them; else windows a
-  // quarter prompt, sampled at T = 1.
-  v1::OnPolicyConfig on_policy = c.on_policy();
+  // The on-policy steps' sampling when the job has them; else that of an
+  // empty on_policy section (its defaults).
+  JobConfig c = job_.config;
   if (!c.has_on_policy()) {
-    on_policy.set_prompt_tokens(std::max<int64_t>(1, c.data().seq_len() / 4));
-    on_policy.set_temperature(1.0);
-    on_policy.set_top_p(1.0);
-    on_policy.set_stop_id(-1);
+    c.mutable_on_policy();
+    ApplyDefaults(c);
   }
-  student::GenerateOptions sampling;
-  sampling.temperature = on_policy.temperature();
-  sampling.top_p = on_policy.top_p();
-  sampling.stop_id = on_policy.stop_id();
-  sampling.seed = c.seed();
   DISTILL_ASSIGN_OR_RETURN(
       std::optional<double> nll,
       TeacherNllOfSamples(*job_.model, *job_.test,
                           LmEvalWindows(c.data().seq_len()),
                           *job_.teacher->any_input_teacher(),
-                          on_policy.prompt_tokens(), sampling, true));
+                          OnPolicyOptionsFor(c, job_.comm->rank()), true));
   if (verbose_ && nll) {
     std::printf(
         "the teacher's NLL of the student's continuations of test text: "

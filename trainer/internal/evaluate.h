@@ -16,8 +16,8 @@
 
 #include "absl/status/statusor.h"
 #include "data/dataset.h"
-#include "student/generate.h"
 #include "student/model.h"
+#include "trainer/internal/on_policy.h"
 #include "trainer/teacher/teacher_client.h"
 
 namespace distill::trainer {
@@ -72,18 +72,17 @@ absl::StatusOr<EvalResult> EvaluateLanguageModel(
     int64_t chunk_tokens, TeacherClient* teacher, bool restore_train);
 
 // How much the teacher likes what the student writes (GKD's and MiniLLM's
-// measure): each window of `dataset` keeps its first `prompt_tokens`
-// tokens, the student (a zoo LM) samples the rest with `sampling` (its
-// max_new_tokens is set here), and the teacher scores the sampled windows
-// at T = 1. Returns the mean over the sampled tokens before each row's
-// stop id of -log p_teacher(token), p floored at the smallest normal
-// float. std::nullopt when the teacher's targets do not give every
-// token's probability (top-k or sampled encodings). The student is
-// restored to train(`restore_train`).
+// measure): each window of `dataset` keeps its first
+// options.prompt_tokens, the student (a zoo LM) samples on as an on-policy
+// step does (SampleWindows; batch i seeded options.seed + i), and the
+// teacher scores the sampled windows at T = 1. Returns the mean over the
+// sampled tokens before each row's stop id of -log p_teacher(token), p
+// floored at the smallest normal float. std::nullopt when the teacher's
+// targets do not give every token's probability (top-k or sampled
+// encodings). The student is restored to train(`restore_train`).
 absl::StatusOr<std::optional<double>> TeacherNllOfSamples(
     student::Model& model, const data::Dataset& dataset, int64_t batch_size,
-    TeacherClient& teacher, int64_t prompt_tokens,
-    const student::GenerateOptions& sampling, bool restore_train);
+    TeacherClient& teacher, const OnPolicyOptions& options, bool restore_train);
 
 }  // namespace distill::trainer
 

@@ -18,6 +18,7 @@
 #include "data/dataset.h"
 #include "student/generate.h"
 #include "student/model.h"
+#include "trainer/config.h"
 #include "trainer/internal/checkpoint.h"
 
 namespace distill::trainer {
@@ -40,6 +41,20 @@ struct OnPolicyOptions {
   uint64_t seed = 0;
   int rank = 0;
 };
+
+// The options of `config`'s on_policy section (defaults applied) for
+// `rank`.
+OnPolicyOptions OnPolicyOptionsFor(const JobConfig& config, int rank);
+
+// The student's windows of `window_tokens` (S + 1) tokens from `prompts`
+// [N, P]: options.new_tokens sampled (0 or more than fit: the rest of the
+// window) with options.sampling and `seed`, then padding (id 0) past each
+// row's length. Generation's errors as they are.
+absl::StatusOr<SampledWindows> SampleWindows(student::Model& model,
+                                             const torch::Tensor& prompts,
+                                             int64_t window_tokens,
+                                             const OnPolicyOptions& options,
+                                             uint64_t seed);
 
 // True when 0-based global `step` is on-policy: a uniform number in [0, 1)
 // hashed from (seed, step) is below `fraction`. The same on every rank and
