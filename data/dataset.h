@@ -24,6 +24,10 @@ struct Batch {
   torch::Tensor ids;     // int64 [N]
   torch::Tensor inputs;  // float [N, ...input_shape], or int64 [N, S] tokens
   torch::Tensor labels;  // int64 [N], or [N, S] (kIgnoreLabel where none)
+  // Optional: int64 [N(, S), k] class ids at which the teacher is asked for
+  // its probabilities instead of its usual targets (the student's own top
+  // k of an on-policy batch); undefined: the teacher's usual targets.
+  torch::Tensor teacher_indices;
 };
 
 class Dataset {

@@ -44,6 +44,20 @@ TeacherTargets Empty(TeacherTargets::Form form, double temperature,
   targets.num_classes = num_classes;
   return targets;
 }
+
+// The probability softmax(z) leaves to the classes not in `ids` ([..., k]),
+// from the full logits in log space (`log_norm` = logsumexp(z), keepdim):
+// 1 - sum(listed) in float32 is rounding noise once the tail is below ~1e-6
+// of the mass (k = 1,024 of a peaked distribution).
+torch::Tensor UnlistedMass(const torch::Tensor& z,
+                           const torch::Tensor& log_norm,
+                           const torch::Tensor& ids) {
+  const torch::Tensor unlisted =
+      z.scatter(-1, ids, -std::numeric_limits<double>::infinity());
+  return (torch::logsumexp(unlisted, -1, /*keepdim=*/true) - log_norm)
+      .exp()
+      .squeeze(-1);
+}
 }  // namespace
 
 const char* FormName(TeacherTargets::Form form) {
@@ -95,6 +109,23 @@ TeacherTargets TeacherTargets::DenseFromLogits(const torch::Tensor& logits,
   return targets;
 }
 
+TeacherTargets TeacherTargets::AtIndices(const torch::Tensor& logits,
+                                         double temperature,
+                                         const torch::Tensor& indices,
+                                         torch::Tensor* log_probs) {
+  TeacherTargets targets =
+      Empty(TeacherTargets::Form::kTopK, temperature, logits.size(-1));
+  const torch::Tensor z = logits.detach().to(ProbDtype(logits)) / temperature;
+  const torch::Tensor log_norm = torch::logsumexp(z, -1, /*keepdim=*/true);
+  const torch::Tensor ids = indices.to(z.device(), torch::kLong);
+  const torch::Tensor logp = z.gather(-1, ids) - log_norm;
+  targets.values = logp.exp();
+  targets.indices = ids;
+  targets.tail_mass = UnlistedMass(z, log_norm, ids);
+  if (log_probs != nullptr) *log_probs = logp;
+  return targets;
+}
+
 TeacherTargets TeacherTargets::TopKFromLogits(const torch::Tensor& logits,
                                               double temperature, int64_t k) {
   TeacherTargets targets =
@@ -113,15 +144,7 @@ TeacherTargets TeacherTargets::TopKFromLogits(const torch::Tensor& logits,
         torch::zeros(top_z.sizes().slice(0, top_z.dim() - 1), top_z.options());
     return targets;
   }
-  // The tail's mass in log space from the full logits: 1 - sum(values) in
-  // float32 is rounding noise once the tail is below ~1e-6 of the mass
-  // (k = 1,024 of a peaked distribution).
-  const torch::Tensor unlisted =
-      z.scatter(-1, indices, -std::numeric_limits<double>::infinity());
-  targets.tail_mass =
-      (torch::logsumexp(unlisted, -1, /*keepdim=*/true) - log_norm)
-          .exp()
-          .squeeze(-1);
+  targets.tail_mass = UnlistedMass(z, log_norm, indices);
   return targets;
 }
 

@@ -42,8 +42,9 @@ struct TeacherTargets {
 
   // kDense: float [..., C], rows sum to 1.
   torch::Tensor probs;
-  // kTopK: float [..., k] probabilities of the k largest classes, int64
-  // [..., k] their class indices, and float [...] tail = 1 - sum(values).
+  // kTopK: float [..., k] probabilities of k listed classes (the k
+  // largest, or classes a client chose, see AtIndices), int64 [..., k]
+  // their class indices, and float [...] tail = 1 - sum(values).
   // kSampled: `samples` = m ids drawn with replacement from p_T per row,
   // as float [..., m] frequencies count / m of the distinct ids (int64
   // [..., m]; unused slots have frequency 0 and id 0) and a zero tail.
@@ -65,6 +66,15 @@ struct TeacherTargets {
   // The k most probable classes of softmax(logits / temperature).
   static TeacherTargets TopKFromLogits(const torch::Tensor& logits,
                                        double temperature, int64_t k);
+  // kTopK targets at chosen classes: `indices` (integer [..., k], no class
+  // twice within a row) of softmax(logits / temperature), with the tail
+  // mass of the classes not listed computed in log space. `log_probs`, when
+  // not null, receives log softmax(logits / temperature) at the indices
+  // (float [..., k]), which exp() would round to 0 far out in the tail.
+  static TeacherTargets AtIndices(const torch::Tensor& logits,
+                                  double temperature,
+                                  const torch::Tensor& indices,
+                                  torch::Tensor* log_probs = nullptr);
 
   // m draws per row from softmax(logits / temperature), with the default
   // generator (seed it with torch::manual_seed for repeatable draws).

@@ -12,11 +12,12 @@ namespace {
 
 absl::Status CheckOptions(const GenerateOptions& o) {
   if (o.max_new_tokens < 0 || o.temperature < 0 || o.window < 0 ||
-      !(o.top_p > 0) || o.top_p > 1) {
+      !(o.top_p > 0) || o.top_p > 1 || o.top_ids < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "generation needs max_new_tokens >= 0, temperature >= 0 and top_p in "
-        "(0, 1]; got ",
-        o.max_new_tokens, ", ", o.temperature, " and ", o.top_p));
+        "generation needs max_new_tokens >= 0, temperature >= 0, top_p in "
+        "(0, 1] and top_ids >= 0; got ",
+        o.max_new_tokens, ", ", o.temperature, ", ", o.top_p, " and ",
+        o.top_ids));
   }
   return absl::OkStatus();
 }
@@ -77,6 +78,11 @@ absl::StatusOr<BatchSample> GenerateBatch(Model& model,
           return absl::InvalidArgumentError(absl::StrCat(
               "a prompt token is outside the model's vocabulary of ", vocab));
         }
+        if (o.top_ids > vocab) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("top_ids ", o.top_ids,
+                           " is more than the model's vocabulary of ", vocab));
+        }
         model.train(false);
         torch::NoGradGuard no_grad;
         torch::Generator generator = at::detail::createCPUGenerator(o.seed);
@@ -85,10 +91,18 @@ absl::StatusOr<BatchSample> GenerateBatch(Model& model,
         torch::Tensor fresh = ids;
         torch::Tensor lengths =
             torch::full({n}, p + o.max_new_tokens, torch::dtype(torch::kLong));
+        std::vector<torch::Tensor> top;
         for (int64_t i = 0; i < o.max_new_tokens; ++i) {
           const torch::Tensor hidden = zoo->Hidden(fresh, &cache);
           const torch::Tensor logits =
               Linear(hidden.select(1, hidden.size(1) - 1), zoo->HeadWeight());
+          if (o.top_ids > 0) {
+            // Every fed position's (the whole prompt's at first), apart
+            // from the sampling's logits so the draws do not depend on it.
+            const torch::Tensor all = i == 0 ? Linear(hidden, zoo->HeadWeight())
+                                             : logits.unsqueeze(1);
+            top.push_back(std::get<1>(all.topk(o.top_ids, -1)));
+          }
           const torch::Tensor next = SampleNext(logits, o, generator);
           if (o.stop_id >= 0) {
             // The first stop id of a row ends it at p + i + 1 tokens.
@@ -101,6 +115,7 @@ absl::StatusOr<BatchSample> GenerateBatch(Model& model,
         }
         out.tokens = torch::cat(pieces, 1);
         out.lengths = lengths;
+        if (!top.empty()) out.top_ids = torch::cat(top, 1);
         return absl::OkStatus();
       });
   model.train(was_training);

@@ -35,6 +35,10 @@ struct GenerateOptions {
   // Stop after generating this id (the tokenizer's end of document); -1
   // never stops early. Default: -1.
   int64_t stop_id = -1;
+  // GenerateBatch only: also record the k most likely ids (largest logits)
+  // of every position the model was fed (BatchSample::top_ids), in [0, the
+  // vocabulary]; 0: none. Default: 0.
+  int64_t top_ids = 0;
 };
 
 // Continues `prompt` (ids < the model's vocabulary, at least one) and
@@ -55,6 +59,10 @@ struct BatchSample {
   // among the new ones; P + G when none came. Tokens past it were still
   // sampled (the batch runs in step) and are not meaningful.
   torch::Tensor lengths;
+  // With options.top_ids = k > 0: int64 [N, P + G - 1, k], position j's k
+  // largest logits' ids (in decreasing order), j being each fed position
+  // (the prompt's, then every new token but the last). Else undefined.
+  torch::Tensor top_ids;
 };
 
 // Continues every row of `prompts` (int64 [N, P], N and P >= 1) by exactly

@@ -199,6 +199,50 @@ TEST(GenerateBatchTest, LengthsEndAtEachRowsFirstStopId) {
   EXPECT_LE(stopped->lengths[0].item<int64_t>(), 5);
 }
 
+TEST(GenerateBatchTest, TopIdsAreEveryFedPositionsLargestLogits) {
+  torch::manual_seed(7);
+  auto model = TinyLm();
+  const torch::Tensor prompts =
+      torch::tensor({3, 17, 5, 9, 1, 1, 2, 30, 39, 0, 0, 7}, torch::kLong)
+          .view({3, 4});
+  GenerateOptions options;
+  options.max_new_tokens = 9;
+  options.temperature = 1.3;
+  options.seed = 5;
+  auto plain = GenerateBatch(*model, prompts, options);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_FALSE(plain->top_ids.defined());
+  options.top_ids = 6;
+  auto with_ids = GenerateBatch(*model, prompts, options);
+  ASSERT_TRUE(with_ids.ok()) << with_ids.status();
+  // Recording them leaves the draws alone.
+  EXPECT_TRUE(torch::equal(with_ids->tokens, plain->tokens));
+  // Positions 0 .. P + G - 2 were fed: 4 + 9 - 1 = 12.
+  ASSERT_EQ(with_ids->top_ids.sizes(), (std::vector<int64_t>{3, 12, 6}));
+  torch::NoGradGuard no_grad;
+  model->train(false);
+  const torch::Tensor logits =
+      model->forward(with_ids->tokens.narrow(1, 0, 12));
+  const torch::Tensor best = std::get<0>(logits.topk(6, -1));
+  // The full forward's logits at the recorded ids are its 6 largest, in
+  // order (up to float rounding between the two paths).
+  EXPECT_TRUE(
+      torch::allclose(logits.gather(-1, with_ids->top_ids), best, 0, 1e-4));
+  const torch::Tensor sorted = std::get<0>(with_ids->top_ids.sort(-1));
+  EXPECT_FALSE(
+      (sorted.narrow(-1, 1, 5) == sorted.narrow(-1, 0, 5)).any().item<bool>());
+
+  options.top_ids = 41;
+  EXPECT_THAT(GenerateBatch(*model, prompts, options),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("top_ids 41 is more than the model's "
+                                 "vocabulary of 40")));
+  options.top_ids = -1;
+  EXPECT_THAT(
+      GenerateBatch(*model, prompts, options),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("top_ids >= 0")));
+}
+
 TEST(GenerateBatchTest, RefusesWhatItCannotRun) {
   auto model = TinyLm(/*context=*/10);
   GenerateOptions options;

@@ -46,7 +46,7 @@ DynamicBatcher::~DynamicBatcher() { Stop(); }
 
 void DynamicBatcher::Submit(torch::Tensor inputs,
                             const v1::StreamHeader& header, BatchOrigin origin,
-                            Done done) {
+                            Done done, torch::Tensor indices) {
   {
     absl::MutexLock lock(&mu_);
     if (!stopping_) {
@@ -54,8 +54,8 @@ void DynamicBatcher::Submit(torch::Tensor inputs,
       const uint64_t stream = origin.stream;
       std::deque<Item>& queue = queues_[stream];
       if (queue.empty()) turns_.push_back(stream);
-      queue.push_back({std::move(inputs), header, std::move(origin),
-                       std::move(done), absl::Now()});
+      queue.push_back({std::move(inputs), std::move(indices), header,
+                       std::move(origin), std::move(done), absl::Now()});
       return;
     }
   }
@@ -208,7 +208,16 @@ void DynamicBatcher::Process(std::vector<Item>& items) {
       continue;
     }
     absl::StatusOr<v1::SoftTargets> answer;
-    if (!hidden) {
+    if (item.indices.defined()) {
+      // Log-probabilities at the batch's ids, normalized over every class.
+      auto z = hidden ? TorchCall(
+                            "the teacher's output head",
+                            [&] { return model_->head->Logits((*outputs)[i]); })
+                      : absl::StatusOr<torch::Tensor>((*outputs)[i]);
+      answer =
+          z.ok() ? EncodeAtIndices(*z, item.header.temperature(), item.indices)
+                 : z.status();
+    } else if (!hidden) {
       answer = EncodeLogits((*outputs)[i], item.header);
     } else if (item.header.encoding() == v1::HIDDEN_FP16) {
       answer = EncodeTargets(

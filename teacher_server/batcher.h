@@ -86,8 +86,11 @@ class DynamicBatcher {
   // `done` runs once, on the worker thread, with the encoded targets, the
   // error of the forward, or Cancelled when `origin` was cancelled before
   // the batch's turn. After Stop, `done` runs at once with Unavailable.
+  // With `indices` (int64 [n, ..., k], validated by the caller) the answer
+  // is INDEX_LOGP at them instead of the header's encoding.
   void Submit(torch::Tensor inputs, const v1::StreamHeader& header,
-              BatchOrigin origin, Done done);
+              BatchOrigin origin, Done done,
+              torch::Tensor indices = torch::Tensor());
 
   // Whether fewer than max_queued_samples samples wait for a forward.
   bool HasRoom() const;
@@ -107,6 +110,7 @@ class DynamicBatcher {
  private:
   struct Item {
     torch::Tensor inputs;
+    torch::Tensor indices;
     v1::StreamHeader header;
     BatchOrigin origin;
     Done done;

@@ -23,6 +23,9 @@ std::vector<v1::Tensor*> RowTensors(v1::SoftTargets& t) {
   if (t.encoding() == v1::SAMPLED) {
     return {t.mutable_sample_ids(), t.mutable_sample_counts()};
   }
+  if (t.encoding() == v1::INDEX_LOGP) {
+    return {t.mutable_index_logp(), t.mutable_tail_mass()};
+  }
   if (t.encoding() == v1::HIDDEN_FP16) return {t.mutable_hidden()};
   return {t.mutable_probs()};
 }
@@ -37,6 +40,9 @@ std::vector<const v1::Tensor*> RowTensors(const v1::SoftTargets& t) {
   if (t.encoding() == v1::SAMPLED) {
     return {&t.sample_ids(), &t.sample_counts()};
   }
+  if (t.encoding() == v1::INDEX_LOGP) {
+    return {&t.index_logp(), &t.tail_mass()};
+  }
   if (t.encoding() == v1::HIDDEN_FP16) return {&t.hidden()};
   return {&t.probs()};
 }
@@ -45,7 +51,8 @@ std::vector<const v1::Tensor*> RowTensors(const v1::SoftTargets& t) {
 // a last dimension.
 bool IsTail(const v1::SoftTargets& t, int index) {
   return (t.encoding() == v1::TOP_K && index == 2) ||
-         (t.encoding() == v1::TOP_K_PACKED && index == 1);
+         (t.encoding() == v1::TOP_K_PACKED && index == 1) ||
+         (t.encoding() == v1::INDEX_LOGP && index == 1);
 }
 
 // Bytes per element of a wire dtype; 0 for none.
@@ -93,6 +100,8 @@ int64_t RowBytes(v1::Encoding encoding, int64_t num_classes, int32_t width) {
       return 5 * static_cast<int64_t>(width);
     case v1::HIDDEN_FP16:
       return 2 * static_cast<int64_t>(width);
+    case v1::INDEX_LOGP:
+      return 4 * static_cast<int64_t>(width) + 4;
     default:
       return 0;
   }

@@ -22,7 +22,8 @@ inline constexpr int64_t kChunkFramingBytes = 4096;
 
 // The most bytes one row (one sample's or one position's distribution)
 // takes on the wire in `encoding` over `num_classes` classes; `width` is
-// TOP_K's k, SAMPLED's draws per row or HIDDEN_FP16's hidden width.
+// TOP_K's k, SAMPLED's draws per row, HIDDEN_FP16's hidden width or
+// INDEX_LOGP's indices per row.
 int64_t RowBytes(v1::Encoding encoding, int64_t num_classes, int32_t width);
 
 // How many rows (a sample's or a position's distribution) `targets` holds:

@@ -258,9 +258,30 @@ absl::StatusOr<v1::SoftTargets> EncodeTargets(
                    " targets as ", EncodingName(encoding)));
 }
 
+absl::StatusOr<v1::SoftTargets> EncodeAtIndices(const torch::Tensor& logits,
+                                                double temperature,
+                                                const torch::Tensor& indices) {
+  torch::Tensor logp;
+  DISTILL_ASSIGN_OR_RETURN(
+      const losses::TeacherTargets targets,
+      TorchCall("the teacher's log-probabilities at the batch's indices", [&] {
+        return losses::TeacherTargets::AtIndices(logits, temperature, indices,
+                                                 &logp);
+      }));
+  v1::SoftTargets message;
+  message.set_temperature(temperature);
+  message.set_encoding(v1::INDEX_LOGP);
+  message.set_num_classes(targets.num_classes);
+  *message.mutable_index_logp() = ToProto(logp, v1::Tensor::FLOAT32);
+  *message.mutable_tail_mass() =
+      ToProto(targets.tail_mass, v1::Tensor::FLOAT32);
+  return message;
+}
+
 absl::StatusOr<losses::TeacherTargets> DecodeTargets(
     const v1::SoftTargets& message, int64_t expected_rows,
-    std::shared_ptr<const losses::OutputHead> head) {
+    std::shared_ptr<const losses::OutputHead> head,
+    const torch::Tensor& indices) {
   losses::TeacherTargets targets;
   if (!(message.temperature() >= kMinTemperature) ||
       !std::isfinite(message.temperature())) {
@@ -475,6 +496,51 @@ absl::StatusOr<losses::TeacherTargets> DecodeTargets(
       }
       return losses::TeacherTargets::FromHidden(hidden, std::move(head),
                                                 message.temperature());
+    }
+    case v1::INDEX_LOGP: {
+      if (!indices.defined()) {
+        return absl::InvalidArgumentError(
+            "INDEX_LOGP targets answer a batch that sent indices, and this "
+            "one sent none");
+      }
+      DISTILL_RETURN_IF_ERROR(
+          CheckTensor(message.index_logp(), "index_logp", v1::Tensor::FLOAT32));
+      DISTILL_RETURN_IF_ERROR(
+          CheckTensor(message.tail_mass(), "tail_mass", v1::Tensor::FLOAT32));
+      DISTILL_ASSIGN_OR_RETURN(torch::Tensor logp,
+                               FromProto(message.index_logp(), "index_logp"));
+      DISTILL_ASSIGN_OR_RETURN(torch::Tensor tail,
+                               FromProto(message.tail_mass(), "tail_mass"));
+      if (logp.sizes() != indices.sizes() || logp.dim() < 1 ||
+          tail.sizes() != logp.sizes().slice(0, logp.dim() - 1)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "index log-probability shapes disagree: index_logp ",
+            ShapeString(logp.sizes()), " and tail_mass ",
+            ShapeString(tail.sizes()), " for indices ",
+            ShapeString(indices.sizes()), " (want ",
+            ShapeString(indices.sizes()), " and the same without k)"));
+      }
+      DISTILL_RETURN_IF_ERROR(check_rows(logp, "index_logp"));
+      // log softmax is <= 0 up to float rounding; -inf is a probability
+      // of 0 (a teacher that masks a class).
+      if (logp.numel() > 0 && (torch::isnan(logp).any().item<bool>() ||
+                               logp.max().item<double>() > 1e-5)) {
+        return absl::InvalidArgumentError(
+            "index_logp must be log-probabilities (numbers <= 0)");
+      }
+      if (!AllWithin(tail, 0.0, 1.0 + 1e-5)) {
+        return absl::InvalidArgumentError(
+            "tail_mass must be a finite probability in [0, 1]");
+      }
+      const torch::Tensor values = logp.exp();
+      DISTILL_RETURN_IF_ERROR(CheckRowSums(values.sum(-1) + tail, 1e-3,
+                                           "index probabilities plus "
+                                           "tail_mass"));
+      targets.form = losses::TeacherTargets::Form::kTopK;
+      targets.values = values;
+      targets.indices = indices.to(torch::kLong);
+      targets.tail_mass = tail;
+      return targets;
     }
     case v1::SAMPLED: {
       DISTILL_RETURN_IF_ERROR(

@@ -34,7 +34,7 @@ inline constexpr int kMaxTensorRank = 8;
 // unbounded shape back to the peer.
 std::string ShapeString(absl::Span<const int64_t> shape);
 
-// "DENSE_FP32", "DENSE_FP16", "TOP_K", "SAMPLED", "TOP_K_PACKED".
+// "DENSE_FP32", "TOP_K", "INDEX_LOGP", ...; "encoding 42" for unknown ones.
 std::string EncodingName(v1::Encoding encoding);
 
 // TOP_K or TOP_K_PACKED: the encodings of top-k targets.
@@ -68,6 +68,13 @@ absl::StatusOr<torch::Tensor> FromProto(const v1::Tensor& message,
 absl::StatusOr<v1::SoftTargets> EncodeTargets(
     const losses::TeacherTargets& targets, v1::Encoding encoding);
 
+// The INDEX_LOGP answer for `logits` [..., C] at temperature T and the
+// batch's class ids `indices` [..., k] (validated by the caller):
+// log softmax(logits / T) at the ids, and the tail mass of the others.
+absl::StatusOr<v1::SoftTargets> EncodeAtIndices(const torch::Tensor& logits,
+                                                double temperature,
+                                                const torch::Tensor& indices);
+
 // Decodes and validates: dtypes and shapes as teacher.proto states, indices in
 // [0, num_classes), probabilities finite and in [0, 1], every row a
 // distribution (dense rows, or top-k values plus tail mass, summing to 1
@@ -81,10 +88,14 @@ absl::StatusOr<v1::SoftTargets> EncodeTargets(
 // `expected_rows` (when >= 0) is the batch size the targets must cover.
 // HIDDEN_FP16 answers need `head`, the teacher's output head (fetched with
 // OutputHead): hidden [N, S, H] with H its width, finite, over its V
-// classes.
+// classes. INDEX_LOGP answers need `indices`, the class ids the batch
+// sent (integer [N(, S), k]): index_logp must have their shape, be numbers
+// <= 0 (-inf: probability 0), and with tail_mass sum to 1 within 1e-3 per
+// row; they come back as kTopK targets at those ids.
 absl::StatusOr<losses::TeacherTargets> DecodeTargets(
     const v1::SoftTargets& message, int64_t expected_rows = -1,
-    std::shared_ptr<const losses::OutputHead> head = nullptr);
+    std::shared_ptr<const losses::OutputHead> head = nullptr,
+    const torch::Tensor& indices = torch::Tensor());
 
 }  // namespace distill::teacher
 

@@ -205,6 +205,85 @@ TEST(TargetsCodecTest, LogProbabilitiesRefuseLyingMessages) {
                        HasSubstr("with C = num_classes 4, got [1, 3]")));
 }
 
+// The log-probabilities at ids a client chose, normalized over all classes:
+// checked against log softmax computed here in double precision.
+TEST(TargetsCodecTest, IndexLogProbabilitiesAreTheLogSoftmaxAtTheIds) {
+  torch::manual_seed(3);
+  const torch::Tensor logits = 4 * torch::randn({2, 3, 10});
+  const torch::Tensor ids = torch::stack({torch::randperm(10).narrow(0, 0, 4),
+                                          torch::randperm(10).narrow(0, 0, 4),
+                                          torch::randperm(10).narrow(0, 0, 4)})
+                                .unsqueeze(0)
+                                .repeat({2, 1, 1});
+  auto message = EncodeAtIndices(logits, 2.0, ids);
+  ASSERT_THAT(message.status(), IsOk());
+  EXPECT_EQ(message->encoding(), v1::INDEX_LOGP);
+  EXPECT_EQ(message->index_logp().dtype(), v1::Tensor::FLOAT32);
+  const torch::Tensor want =
+      torch::log_softmax(logits.to(torch::kDouble) / 2.0, -1).gather(-1, ids);
+  auto logp = FromProto(message->index_logp(), "index_logp");
+  ASSERT_THAT(logp.status(), IsOk());
+  EXPECT_TRUE(torch::allclose(logp->to(torch::kDouble), want, 0, 1e-5));
+  auto tail = FromProto(message->tail_mass(), "tail_mass");
+  ASSERT_THAT(tail.status(), IsOk());
+  EXPECT_TRUE(torch::allclose(tail->to(torch::kDouble), 1 - want.exp().sum(-1),
+                              0, 1e-6));
+
+  auto decoded = DecodeTargets(*message, 2, nullptr, ids);
+  ASSERT_THAT(decoded.status(), IsOk());
+  EXPECT_EQ(decoded->form, losses::TeacherTargets::Form::kTopK);
+  EXPECT_TRUE(torch::equal(decoded->indices, ids));
+  EXPECT_TRUE(
+      torch::allclose(decoded->values.to(torch::kDouble), want.exp(), 0, 1e-6));
+  EXPECT_THAT(DecodeTargets(*message, 2).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("this one sent none")));
+  EXPECT_THAT(
+      DecodeTargets(*message, 2, nullptr, ids.narrow(-1, 0, 3)).status(),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr("index log-probability shapes disagree")));
+}
+
+TEST(TargetsCodecTest, IndexLogProbabilitiesRefuseLyingMessages) {
+  const torch::Tensor logits = torch::tensor({{1.0f, 2.0f, 3.0f, 4.0f}});
+  const torch::Tensor ids = torch::tensor({{3L, 0L}});
+  const v1::SoftTargets good = *EncodeAtIndices(logits, 1.0, ids);
+  ASSERT_THAT(DecodeTargets(good, 1, nullptr, ids).status(), IsOk());
+  const auto with = [&](std::vector<float> logp, float tail) {
+    v1::SoftTargets m = good;
+    *m.mutable_index_logp() =
+        ToProto(torch::tensor(logp).view({1, 2}), v1::Tensor::FLOAT32);
+    *m.mutable_tail_mass() =
+        ToProto(torch::tensor({tail}), v1::Tensor::FLOAT32);
+    return DecodeTargets(m, 1, nullptr, ids).status();
+  };
+  EXPECT_THAT(with({0.5f, -1.0f}, 0.0f),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "index_logp must be log-probabilities (numbers <= 0)"));
+  EXPECT_THAT(with({NAN, -1.0f}, 0.0f),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "index_logp must be log-probabilities (numbers <= 0)"));
+  // Each listed class with probability 1.
+  EXPECT_THAT(with({0.0f, 0.0f}, 0.0f),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("index probabilities plus tail_mass must each "
+                                 "sum to 1 (within 0.001); row 0 sums to 2")));
+  EXPECT_THAT(with({std::log(0.5f), std::log(0.5f)}, -0.1f),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "tail_mass must be a finite probability in [0, 1]"));
+  // A class of probability 0 (-inf) is a distribution still.
+  EXPECT_THAT(with({0.0f, -INFINITY}, 0.0f), IsOk());
+  v1::SoftTargets half = good;
+  *half.mutable_index_logp() =
+      ToProto(torch::zeros({1, 2}), v1::Tensor::FLOAT16);
+  EXPECT_THAT(
+      DecodeTargets(half, 1, nullptr, ids).status(),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("index_logp")));
+  EXPECT_THAT(DecodeTargets(good, 2, nullptr, ids).status(),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("does not cover 2 samples")));
+}
+
 // Hidden states in fp16 with the head on the trainer's side: the exact
 // full-vocabulary distribution, up to fp16 rounding of h, at 2 x H bytes
 // per position (512 at H = 256, where dense fp16 takes 64,000).

@@ -74,6 +74,7 @@ class TeacherService::DistillReactor final
 
   void OnReadDone(bool ok) override {
     std::optional<std::pair<torch::Tensor, uint64_t>> submit;
+    torch::Tensor indices;
     Slot* slot = nullptr;
     v1::StreamHeader header;
     Actions actions;
@@ -95,6 +96,8 @@ class TeacherService::DistillReactor final
           ++queued_;
           header = *header_;
           submit.emplace(*std::move(inputs), request_.batch().batch_id());
+          indices = std::move(indices_);
+          indices_ = torch::Tensor();
         }
       }
       // A batch is queued below before `reading_` clears, so no other
@@ -115,7 +118,8 @@ class TeacherService::DistillReactor final
           [this, slot, batch_id,
            max_bytes](absl::StatusOr<v1::SoftTargets> answer) {
             OnAnswer(slot, batch_id, max_bytes, std::move(answer));
-          });
+          },
+          std::move(indices));
       absl::MutexLock lock(&mu_);
       reading_ = false;
       actions = Next();
@@ -196,7 +200,14 @@ class TeacherService::DistillReactor final
       return absl::InvalidArgumentError(
           absl::StrCat("batch id ", id, " was already used in this stream"));
     }
-    return DecodeInputs(request_.batch(), service_->info_);
+    absl::StatusOr<torch::Tensor> inputs =
+        DecodeInputs(request_.batch(), service_->info_);
+    if (!inputs.ok()) return inputs;
+    absl::StatusOr<torch::Tensor> indices = DecodeIndices(
+        request_.batch(), service_->info_, *header_, inputs->size(0));
+    if (!indices.ok()) return indices.status();
+    indices_ = *std::move(indices);
+    return inputs;
   }
 
   // Splits the answer into the messages the stream header allows (outside
@@ -309,6 +320,8 @@ class TeacherService::DistillReactor final
   v1::DistillResponse out_ ABSL_GUARDED_BY(mu_);
   std::optional<v1::StreamHeader> header_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<uint64_t> batch_ids_ ABSL_GUARDED_BY(mu_);
+  // The class ids of the batch Handle() validated last, if it had any.
+  torch::Tensor indices_ ABSL_GUARDED_BY(mu_);
   std::deque<Slot> slots_ ABSL_GUARDED_BY(mu_);
   absl::Status final_ ABSL_GUARDED_BY(mu_);
   bool reading_ ABSL_GUARDED_BY(mu_) = false;
@@ -344,6 +357,7 @@ TeacherService::TeacherService(const ServedModel* model, ServiceOptions options,
   info_.add_encodings(v1::SAMPLED);
   info_.add_encodings(v1::TOP_K_PACKED);
   info_.add_encodings(v1::DENSE_LOGP_FP16);
+  info_.add_encodings(v1::INDEX_LOGP);
   if (model->head != nullptr) {
     info_.add_encodings(v1::HIDDEN_FP16);
     info_.set_hidden_size(model->hidden_size());

@@ -169,7 +169,7 @@ TEST_F(ServiceTest, InfoAndHealthDescribeTheTeacher) {
   EXPECT_THAT(info.encodings(),
               ::testing::ElementsAre(v1::DENSE_FP32, v1::DENSE_FP16, v1::TOP_K,
                                      v1::SAMPLED, v1::TOP_K_PACKED,
-                                     v1::DENSE_LOGP_FP16));
+                                     v1::DENSE_LOGP_FP16, v1::INDEX_LOGP));
   EXPECT_EQ(info.max_request_bytes(), 8 * 28 * 28 * 4 + 65536);
 
   auto health =
@@ -205,6 +205,49 @@ TEST_F(ServiceTest, OneStreamGetsOrderedDenseTargets) {
 // Four streams with different temperatures and encodings each queue 2
 // samples; the batcher waits (up to a minute) for max_batch = 8 samples, so
 // all four must share exactly one forward.
+// A batch that carries class ids is answered with the teacher's
+// log-probabilities at them, whatever the stream's encoding; the stream's
+// other batches keep its encoding.
+TEST_F(ServiceTest, BatchesWithIndicesGetTheLogSoftmaxAtThem) {
+  Start(ServerOptions());
+  const torch::Tensor inputs = TestInputs(3, 7);
+  const torch::Tensor ids =
+      torch::tensor({{9, 0, 4, 2}, {1, 3, 5, 7}, {8, 6, 2, 0}}, torch::kInt);
+  v1::DistillRequest indexed = BatchRequest(2, inputs);
+  *indexed.mutable_batch()->mutable_indices() = ToProto(ids, v1::Tensor::INT32);
+  const torch::Tensor want =
+      torch::log_softmax(
+          ReferenceLogits(*weights_, inputs).to(torch::kDouble) / 2.0, 1)
+          .gather(1, ids.to(torch::kLong));
+  auto expect_at_ids = [&](const v1::DistillResponse& response) {
+    EXPECT_EQ(response.batch_id(), 2u);
+    const v1::SoftTargets& t = response.targets();
+    EXPECT_EQ(t.encoding(), v1::INDEX_LOGP);
+    EXPECT_EQ(t.temperature(), 2.0);
+    auto logp = FromProto(t.index_logp(), "index_logp");
+    auto tail = FromProto(t.tail_mass(), "tail_mass");
+    ASSERT_TRUE(logp.ok() && tail.ok());
+    ASSERT_EQ(logp->sizes(), want.sizes());
+    EXPECT_TRUE(torch::allclose(logp->to(torch::kDouble), want, 0, 1e-5))
+        << *logp << want;
+    EXPECT_TRUE(torch::allclose(tail->to(torch::kDouble), 1 - want.exp().sum(1),
+                                0, 1e-6));
+  };
+  for (const v1::Encoding encoding : {v1::TOP_K, v1::INDEX_LOGP}) {
+    SCOPED_TRACE(EncodingName(encoding));
+    std::vector<v1::DistillRequest> requests = {HeaderRequest(2.0, encoding, 3),
+                                                indexed};
+    if (encoding == v1::TOP_K) requests.push_back(BatchRequest(3, inputs));
+    StreamResult result = RunStream(*stub_, requests);
+    ASSERT_TRUE(result.status.ok()) << result.status.error_message();
+    ASSERT_EQ(result.responses.size(), requests.size() - 1);
+    expect_at_ids(result.responses[0]);
+    if (encoding == v1::TOP_K) {
+      ExpectTargets(result.responses[1], 3, inputs, 2.0, v1::TOP_K, 3);
+    }
+  }
+}
+
 TEST_F(ServiceTest, StreamsShareOneForwardAtTheirOwnTemperatures) {
   ServerOptions options;
   options.batcher.max_batch = 8;
@@ -431,6 +474,12 @@ TEST_F(ServiceTest, EachBadRequestEndsOnlyItsStream) {
     *r.mutable_batch()->mutable_inputs() = tensor;
     return r;
   };
+  auto with_indices = [&](const torch::Tensor& ids,
+                          v1::Tensor::DType dtype = v1::Tensor::INT32) {
+    v1::DistillRequest r = good_batch;
+    *r.mutable_batch()->mutable_indices() = ToProto(ids, dtype);
+    return r;
+  };
   v1::Tensor short_bytes =
       ToProto(torch::zeros({1, 1, 28, 28}), v1::Tensor::FLOAT32);
   short_bytes.set_data(std::string(20, '\0'));
@@ -515,12 +564,45 @@ TEST_F(ServiceTest, EachBadRequestEndsOnlyItsStream) {
        grpc::StatusCode::INVALID_ARGUMENT,
        "header.encoding ENCODING_UNSPECIFIED is not supported; supported: "
        "DENSE_FP32, DENSE_FP16, TOP_K, SAMPLED, TOP_K_PACKED, "
-       "DENSE_LOGP_FP16"},
+       "DENSE_LOGP_FP16, INDEX_LOGP"},
       {"unknown encoding",
        {HeaderRequest(1, static_cast<v1::Encoding>(9)), good_batch},
        grpc::StatusCode::INVALID_ARGUMENT,
        "header.encoding encoding 9 is not supported; supported: DENSE_FP32, "
-       "DENSE_FP16, TOP_K, SAMPLED, TOP_K_PACKED, DENSE_LOGP_FP16"},
+       "DENSE_FP16, TOP_K, SAMPLED, TOP_K_PACKED, DENSE_LOGP_FP16, "
+       "INDEX_LOGP"},
+      {"indices out of range",
+       {good_header, with_indices(torch::tensor({{0, 10}, {1, 2}}))},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "batch 1: index 10 is outside the teacher's classes [0, 10)"},
+      {"negative index",
+       {good_header, with_indices(torch::tensor({{0, -1}, {1, 2}}))},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "batch 1: index -1 is outside the teacher's classes [0, 10)"},
+      {"an index twice",
+       {good_header, with_indices(torch::tensor({{4, 4}, {1, 2}}))},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "batch 1: indices name a class twice within a row; each row must "
+       "list distinct classes"},
+      {"indices for another batch size",
+       {good_header, with_indices(torch::tensor({{0, 1}}))},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "batch 1: indices shape [1, 2] must be [2, k]"},
+      {"more indices than classes",
+       {good_header, with_indices(torch::arange(22).view({2, 11}) % 10)},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "batch 1: indices per row must be in [1, 10] (the teacher's classes), "
+       "got 11"},
+      {"INT64 indices",
+       {good_header,
+        with_indices(torch::tensor({{0L, 1L}, {1L, 2L}}), v1::Tensor::INT64)},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "batch 1: indices must be INT32, got INT64"},
+      {"INDEX_LOGP without indices",
+       {HeaderRequest(1, v1::INDEX_LOGP), good_batch},
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "batch 1 carries no indices; a stream with encoding INDEX_LOGP must "
+       "send them with every batch"},
       {"batch first",
        {BatchRequest(7, TestInputs(1, 1)), good_header},
        grpc::StatusCode::INVALID_ARGUMENT,
@@ -588,7 +670,7 @@ TEST_F(ServiceTest, EachBadRequestEndsOnlyItsStream) {
       std::count_if(cases.begin(), cases.end(), [](const BadCase& c) {
         return c.code == grpc::StatusCode::INVALID_ARGUMENT;
       });
-  EXPECT_EQ(invalid, 20);
+  EXPECT_EQ(invalid, 27);
   EXPECT_THAT(server_->metrics().Text(),
               HasSubstr(absl::StrCat("distill_teacher_calls_total{code=\"",
                                      "INVALID_ARGUMENT\",rpc=\"Distill\"} ",

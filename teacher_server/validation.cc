@@ -108,4 +108,80 @@ absl::StatusOr<torch::Tensor> DecodeInputs(const v1::InputBatch& batch,
   return tensor;
 }
 
+absl::StatusOr<torch::Tensor> DecodeIndices(const v1::InputBatch& batch,
+                                            const v1::InfoResponse& info,
+                                            const v1::StreamHeader& header,
+                                            int64_t rows) {
+  const uint64_t id = batch.batch_id();
+  if (!batch.has_indices()) {
+    if (header.encoding() == v1::INDEX_LOGP) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "batch ", id,
+          " carries no indices; a stream with encoding INDEX_LOGP must send "
+          "them with every batch"));
+    }
+    return torch::Tensor();
+  }
+  const v1::Tensor& message = batch.indices();
+  const int64_t classes = info.num_classes();
+  std::vector<int64_t> want = {rows};
+  want.insert(want.end(), info.output_shape().begin(),
+              info.output_shape().end() - 1);
+  const std::string shape = absl::StrCat("[", absl::StrJoin(want, ", "),
+                                         want.empty() ? "" : ", ", "k]");
+  if (message.dtype() != v1::Tensor::INT32) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("batch ", id, ": indices must be INT32, got ",
+                     DTypeName(message.dtype())));
+  }
+  if (message.shape_size() != static_cast<int>(want.size()) + 1 ||
+      !std::equal(want.begin(), want.end(), message.shape().begin())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("batch ", id, ": indices shape ",
+                     ShapeString(message.shape()), " must be ", shape));
+  }
+  const int64_t k = message.shape(message.shape_size() - 1);
+  if (k < 1 || k > classes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("batch ", id, ": indices per row must be in [1, ", classes,
+                     "] (the teacher's classes), got ", k));
+  }
+  const int64_t row =
+      RowBytes(v1::INDEX_LOGP, classes, static_cast<int32_t>(k)) +
+      kChunkFramingBytes;
+  if (header.max_answer_bytes() > 0 && header.max_answer_bytes() < row) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "batch ", id, ": ", k, " indices per row need answers of ", row,
+        " bytes per row with framing; the stream's max_answer_bytes is ",
+        header.max_answer_bytes()));
+  }
+  absl::StatusOr<torch::Tensor> tensor = FromProto(message, "indices");
+  if (!tensor.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("batch ", id, ": ", tensor.status().message()));
+  }
+  torch::Tensor ids = tensor->to(torch::kLong);
+  if (ids.numel() > 0 &&
+      (ids.min().item<int64_t>() < 0 || ids.max().item<int64_t>() >= classes)) {
+    const int64_t bad = ids.min().item<int64_t>() < 0
+                            ? ids.min().item<int64_t>()
+                            : ids.max().item<int64_t>();
+    return absl::InvalidArgumentError(
+        absl::StrCat("batch ", id, ": index ", bad,
+                     " is outside the teacher's classes [0, ", classes, ")"));
+  }
+  if (k > 1) {
+    const torch::Tensor sorted = std::get<0>(ids.sort(-1));
+    if ((sorted.narrow(-1, 1, k - 1) == sorted.narrow(-1, 0, k - 1))
+            .any()
+            .item<bool>()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("batch ", id,
+                       ": indices name a class twice within a row; each row "
+                       "must list distinct classes"));
+    }
+  }
+  return ids;
+}
+
 }  // namespace distill::teacher

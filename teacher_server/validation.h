@@ -23,6 +23,16 @@ absl::Status ValidateHeader(const v1::StreamHeader& header,
 absl::StatusOr<torch::Tensor> DecodeInputs(const v1::InputBatch& batch,
                                            const v1::InfoResponse& info);
 
+// The batch's class ids `indices` as int64 [N, output_shape[:-1]..., k]
+// (an undefined tensor when it has none): INT32 of that shape for its N =
+// `rows` samples, 1 <= k <= num_classes, every id in [0, num_classes) and
+// none twice within a row, and an answer row (4 k + 4 bytes) that fits
+// the stream's max_answer_bytes.
+absl::StatusOr<torch::Tensor> DecodeIndices(const v1::InputBatch& batch,
+                                            const v1::InfoResponse& info,
+                                            const v1::StreamHeader& header,
+                                            int64_t rows);
+
 }  // namespace distill::teacher
 
 #endif  // DISTILL_TEACHER_SERVER_VALIDATION_H_

@@ -21,6 +21,12 @@ offering HIDDEN_FP16 (H = 8) and then:
   head_hash   sends its output head under a hash the head does not have
   hidden_wide says its hidden states are V wide (no smaller than dense)
   hidden_nan  sends an honest head, then hidden states of NaN
+or like a language model offering TOP_K and INDEX_LOGP, answering batches
+without indices with a uniform top-k, and those with indices:
+  index_ignored  in TOP_K form, as if it had not read them
+  index_positive with log-probabilities of +0.5
+  index_short    with one log-probability fewer per row than ids sent
+  index_hidden   (offers TOP_K only) honestly, though Info does not say so
 
 Writes its port to --port_file once it serves, and serves until killed.
 Prints one line per batch it received to stdout (for the test to count).
@@ -51,13 +57,17 @@ def main():
     p.add_argument("--lie", required=True,
                    choices=["internal", "unknown_id", "silent", "zeros",
                             "wrong_rank", "flood", "huge", "stall",
-                            "head_hash", "hidden_wide", "hidden_nan"])
+                            "head_hash", "hidden_wide", "hidden_nan",
+                            "index_ignored", "index_positive", "index_short",
+                            "index_hidden"])
     p.add_argument("--port_file", required=True)
     p.add_argument("--vocab", type=int, default=0)
     p.add_argument("--seq", type=int, default=0)
     p.add_argument("--tokenizer_sha256", default="")
     a = p.parse_args()
-    language_model = a.lie in ("head_hash", "hidden_wide", "hidden_nan")
+    indexed = a.lie.startswith("index_")
+    language_model = indexed or a.lie in ("head_hash", "hidden_wide",
+                                          "hidden_nan")
     if language_model and (a.vocab < 2 or a.seq < 1 or not a.tokenizer_sha256):
         p.error(f"--lie {a.lie} needs --vocab, --seq and --tokenizer_sha256")
     width = a.vocab if a.lie == "hidden_wide" else 8
@@ -77,8 +87,48 @@ def main():
         return pb2.Tensor(dtype=pb2.Tensor.FLOAT32, shape=list(array.shape),
                           data=array.tobytes())
 
+    def index_answer(batch, n, temperature, top_k):
+        targets = pb2.SoftTargets(temperature=temperature,
+                                  num_classes=a.vocab)
+        k = batch.indices.shape[-1] if batch.HasField("indices") else 0
+        if k == 0 or a.lie == "index_ignored":
+            k = top_k
+            values = np.full((n, a.seq, k), 1.0 / a.vocab, dtype="<f2")
+            ids = np.broadcast_to(np.arange(k, dtype="<i4"), (n, a.seq, k))
+            targets.encoding = pb2.TOP_K
+            targets.topk_values.CopyFrom(pb2.Tensor(
+                dtype=pb2.Tensor.FLOAT16, shape=[n, a.seq, k],
+                data=values.tobytes()))
+            targets.topk_indices.CopyFrom(pb2.Tensor(
+                dtype=pb2.Tensor.INT32, shape=[n, a.seq, k],
+                data=np.ascontiguousarray(ids).tobytes()))
+            targets.tail_mass.CopyFrom(floats(
+                np.full((n, a.seq), 1 - k / a.vocab)))
+            return targets
+        width = k - 1 if a.lie == "index_short" else k
+        logp = np.full((n, a.seq, width), -np.log(a.vocab))
+        if a.lie == "index_positive":
+            logp[:] = 0.5
+        targets.encoding = pb2.INDEX_LOGP
+        targets.index_logp.CopyFrom(floats(logp))
+        targets.tail_mass.CopyFrom(floats(
+            np.full((n, a.seq), 1 - width / a.vocab)))
+        return targets
+
     class Liar(pb2_grpc.TeacherServicer):
         def Info(self, request, context):
+            if indexed:
+                offered = [pb2.TOP_K]
+                if a.lie != "index_hidden":
+                    offered.append(pb2.INDEX_LOGP)
+                return pb2.InfoResponse(
+                    model_name="liar", model_hash="0" * 64,
+                    input_shape=[a.seq], input_dtype=pb2.Tensor.INT32,
+                    output_shape=[a.seq, a.vocab], num_classes=a.vocab,
+                    max_batch=1024, encodings=offered,
+                    max_request_bytes=64 << 20,
+                    tokenizer_sha256=a.tokenizer_sha256,
+                    context_length=a.seq)
             if language_model:
                 return pb2.InfoResponse(
                     model_name="liar", model_hash="0" * 64,
@@ -114,10 +164,11 @@ def main():
                     print("stream", flush=True)
                 ended.wait()
                 return
-            temperature = 1.0
+            temperature, top_k = 1.0, 1
             for request in request_iterator:
                 if request.WhichOneof("kind") == "header":
                     temperature = request.header.temperature
+                    top_k = max(1, request.header.top_k)
                     continue
                 batch = request.batch
                 n = batch.inputs.shape[0]
@@ -126,6 +177,11 @@ def main():
                 if a.lie == "internal":
                     context.abort(grpc.StatusCode.INTERNAL, "liar: internal")
                 if a.lie == "silent":
+                    continue
+                if indexed:
+                    yield pb2.DistillResponse(
+                        batch_id=batch.batch_id,
+                        targets=index_answer(batch, n, temperature, top_k))
                     continue
                 if a.lie == "hidden_nan":
                     nan = np.full((n, a.seq, width), np.nan, dtype="<f2")

@@ -148,6 +148,34 @@ class LmRemoteTeacherTest : public ::testing::Test {
                     *dir_);
   }
 
+  // A job whose teacher is tests/broken_teacher.py lying as `mode` (a
+  // language model of the data's vocabulary and tokenizer), with `teacher`
+  // settings beside its endpoint and `extra` config: it must end with exit
+  // 1 naming `wanted`, and write no summary.
+  void ExpectLiarRefused(const std::string& mode, const std::string& teacher,
+                         const std::string& extra, const std::string& wanted) {
+    const fs::path port_file = *dir_ / (mode + ".port");
+    Process liar = Process::Start(
+        {"/usr/bin/python3", SourceDir() + "/tests/broken_teacher.py",
+         "--proto_dir", SourceDir() + "/proto", "--lie", mode, "--port_file",
+         port_file.string(), "--vocab", std::to_string(kVocab), "--seq", "32",
+         "--tokenizer_sha256", Sha256(Data() / "tokenizer.model", *dir_)},
+        *dir_ / (mode + ".out"), *dir_ / (mode + ".err"));
+    ASSERT_TRUE(WaitForFile(port_file)) << ReadFile(*dir_ / (mode + ".err"));
+    const fs::path run = *dir_ / ("liar-" + mode);
+    const Outcome o =
+        Run(Config("liar-" + mode,
+                   "endpoints: \"127.0.0.1:" +
+                       std::to_string(std::stoi(ReadFile(port_file))) + "\" " +
+                       teacher + " max_attempts: 2 failover_grace_seconds: 5",
+                   extra),
+            run);
+    EXPECT_EQ(o.exit_code, 1) << o.err;
+    EXPECT_THAT(o.err, HasSubstr(wanted));
+    EXPECT_FALSE(fs::exists(run / "summary.json"));
+    // The liar is killed and reaped as `liar` goes out of scope.
+  }
+
   // A job against `server` that must be refused at connect with one line
   // holding every piece of `wanted`, before any step.
   void ExpectRefused(const Server& server, const std::string& name,
@@ -211,8 +239,12 @@ TEST_F(LmRemoteTeacherTest, ServedTeacherTrainsTheStudentAsInProcess) {
           topk);
   ASSERT_EQ(o.exit_code, 0) << o.err;
   EXPECT_GT(Summary(topk)["loss_terms"]["kd_kl"].get<double>(), 0.0);
-  // Top-k answers lack most tokens' probabilities: no teacher NLL.
-  EXPECT_FALSE(Summary(topk).contains("test_teacher_nll_of_samples"));
+  // Top-k answers lack most tokens' probabilities: the teacher's NLL of
+  // the student's samples asks the server at the sampled tokens instead
+  // (INDEX_LOGP), a mean -log p over 300 tokens.
+  EXPECT_GT(Summary(topk)["test_teacher_nll_of_samples"].get<double>(), 0.0);
+  EXPECT_LT(Summary(topk)["test_teacher_nll_of_samples"].get<double>(),
+            4 * std::log(300.0));
   EXPECT_TRUE(a.contains("test_teacher_nll_of_samples"));
 
   // Packed top-k carries the same ids and values within their 8-bit
@@ -338,6 +370,49 @@ TEST_F(LmRemoteTeacherTest, OnPolicyRunsResumeOnTheSameSamples) {
   const fs::path served_resumed = *dir_ / "op-served-resumed";
   run_resumed(served_config, served_resumed);
   EXPECT_EQ(test_loss(served_resumed), test_loss(served));
+
+  // A top-k server asked for its log-probabilities at the student's own 16
+  // likeliest tokens of every position (INDEX_LOGP answers): the same run
+  // as the in-process teacher asked at the same ids, up to float rounding
+  // of the two forwards; other than the teacher's own top 4; and resumed
+  // (with the ids of the windows sampled ahead) it ends where it would have.
+  const std::string at_ids =
+      "on_policy { fraction: 1 prompt_tokens: 8 student_top_k: 16 "
+      "overlap: false }\n"
+      "loss { name: \"generalized_jsd\" params { key: \"beta\" value: 1 } "
+      "}\n";
+  const std::string top4 =
+      "endpoints: \"" + server.address() + "\" encoding: TOP_K top_k: 4";
+  const fs::path local_ids = *dir_ / "op-ids-local";
+  o = Run(Config("op-ids-local", local, at_ids), local_ids);
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  const fs::path served_ids = *dir_ / "op-ids-served";
+  o = Run(Config("op-ids-served", top4, at_ids), served_ids);
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_NEAR(test_loss(served_ids), test_loss(local_ids),
+              1e-4 * test_loss(local_ids));
+  // The top-k server gives the teacher's NLL of the student's samples too,
+  // asked at the sampled tokens: the in-process teacher's from its dense
+  // targets, up to float rounding.
+  const auto nll_of = [](const fs::path& run) {
+    return Summary(run)["test_teacher_nll_of_samples"].get<double>();
+  };
+  EXPECT_NEAR(nll_of(served_ids), nll_of(local_ids), 1e-4);
+  const fs::path served_top4 = *dir_ / "op-top4-served";
+  std::string teacher_top4 = at_ids;
+  teacher_top4.replace(teacher_top4.find(" student_top_k: 16"), 18, "");
+  o = Run(Config("op-top4-served", top4, teacher_top4), served_top4);
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_GT(std::abs(test_loss(served_top4) - test_loss(served_ids)), 1e-3);
+  std::string overlapped = at_ids;
+  overlapped.replace(overlapped.find("overlap: false"), 14, "overlap: true");
+  const fs::path overlap_config = Config("op-ids-overlap", top4, overlapped);
+  const fs::path ids_straight = *dir_ / "op-ids-overlap";
+  o = Run(overlap_config, ids_straight);
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  const fs::path ids_resumed = *dir_ / "op-ids-overlap-resumed";
+  run_resumed(overlap_config, ids_resumed);
+  EXPECT_EQ(test_loss(ids_resumed), test_loss(ids_straight));
   EXPECT_EQ(server.Terminate(), 0);
 }
 
@@ -601,7 +676,6 @@ TEST_F(LmRemoteTeacherTest, OtherTokenizersAndVocabulariesAreRefused) {
 // smaller than the vocabulary, hidden states of NaN. Each run ends with
 // exit 1 naming the fault instead of training on it.
 TEST_F(LmRemoteTeacherTest, LyingHiddenStateServersAreRefused) {
-  const std::string tokenizer = Sha256(Data() / "tokenizer.model", *dir_);
   struct Lie {
     std::string mode;
     std::string wanted;
@@ -613,26 +687,34 @@ TEST_F(LmRemoteTeacherTest, LyingHiddenStateServersAreRefused) {
                          "is not in [1, 300)"},
                         {"hidden_nan", "hidden must be finite numbers"}}) {
     SCOPED_TRACE(lie.mode);
-    const fs::path port_file = *dir_ / (lie.mode + ".port");
-    Process liar = Process::Start(
-        {"/usr/bin/python3", SourceDir() + "/tests/broken_teacher.py",
-         "--proto_dir", SourceDir() + "/proto", "--lie", lie.mode,
-         "--port_file", port_file.string(), "--vocab", std::to_string(kVocab),
-         "--seq", "32", "--tokenizer_sha256", tokenizer},
-        *dir_ / (lie.mode + ".out"), *dir_ / (lie.mode + ".err"));
-    ASSERT_TRUE(WaitForFile(port_file))
-        << ReadFile(*dir_ / (lie.mode + ".err"));
-    const fs::path run = *dir_ / ("liar-" + lie.mode);
-    const Outcome o =
-        Run(Config("liar-" + lie.mode,
-                   "endpoints: \"127.0.0.1:" +
-                       std::to_string(std::stoi(ReadFile(port_file))) +
-                       "\" encoding: HIDDEN_FP16 max_attempts: 2 "
-                       "failover_grace_seconds: 5"),
-            run);
-    EXPECT_EQ(o.exit_code, 1) << o.err;
-    EXPECT_THAT(o.err, HasSubstr(lie.wanted));
-    // The liar is killed and reaped as `liar` goes out of scope.
+    ExpectLiarRefused(lie.mode, "encoding: HIDDEN_FP16", "", lie.wanted);
+  }
+}
+
+// Servers that lie about the teacher's log-probabilities at the student's
+// ids, written from teacher.proto alone (tests/broken_teacher.py): each
+// on-policy run asking at the student's top 8 ends with exit 1 naming the
+// fault, before a step trains on it.
+TEST_F(LmRemoteTeacherTest, LyingIndexServersAreRefused) {
+  struct Lie {
+    std::string mode;
+    std::string wanted;
+  };
+  for (const Lie& lie : std::vector<Lie>{
+           {"index_ignored", "encoding TOP_K instead of INDEX_LOGP"},
+           {"index_positive",
+            "index_logp must be log-probabilities (numbers <= 0)"},
+           {"index_short",
+            "index log-probability shapes disagree: index_logp [16, 32, 7]"},
+           {"index_hidden",
+            "does not answer batches with indices (INDEX_LOGP is not among "
+            "its encodings), which on_policy.student_top_k needs"}}) {
+    SCOPED_TRACE(lie.mode);
+    ExpectLiarRefused(
+        lie.mode, "encoding: TOP_K top_k: 4",
+        "on_policy { fraction: 1 prompt_tokens: 8 student_top_k: 8 }\n"
+        "loss { name: \"reverse_kl\" }\n",
+        lie.wanted);
   }
 }
 
@@ -652,6 +734,22 @@ TEST_F(LmRemoteTeacherTest, ClientFromTheProtoSeesTokensPerPosition) {
                               Sha256(Data() / "tokenizer.model", *dir_)));
   EXPECT_THAT(text, HasSubstr("dense: shape=[2, 32, 300] max_row_error="));
   EXPECT_THAT(text, HasSubstr("topk: k=8 tail_error="));
+  // The teacher's log-probabilities at ids the client chose equal the log
+  // of its dense answer there, also in chunks; a row naming an id twice is
+  // refused.
+  EXPECT_THAT(text, HasSubstr("index: encoding=INDEX_LOGP shape=[2, 32, 32] "
+                              "max_logp_error="));
+  {
+    const size_t at = text.find("max_logp_error=");
+    ASSERT_NE(at, std::string::npos) << text;
+    EXPECT_LT(std::stod(text.substr(at + 15)), 1e-4) << text;
+    const size_t tail = text.find("tail_error=", at);
+    ASSERT_NE(tail, std::string::npos) << text;
+    EXPECT_LT(std::stod(text.substr(tail + 11)), 1e-5) << text;
+  }
+  EXPECT_THAT(text, HasSubstr("index chunked: chunks=7 equal=True"));
+  EXPECT_THAT(text, HasSubstr("repeated index: INVALID_ARGUMENT batch 7: "
+                              "indices name a class twice within a row"));
   EXPECT_THAT(text, HasSubstr("sampled: m=32 width="));
   EXPECT_THAT(text, HasSubstr(" sums_ok=True max_z="));
   // Each row's probabilities sum to 1, and the tail is the rest, to float32

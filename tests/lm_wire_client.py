@@ -6,6 +6,13 @@ Prints one line per check for the C++ test to read:
   info num_classes=V context_length=S input_dtype=INT32 tokenizer_sha256=HEX
   dense: shape=[2, S, V] max_row_error=E
   topk: k=K tail_error=E          (tail against the dense answer, in float64)
+  index: encoding=INDEX_LOGP shape=[2, S, 32] max_logp_error=E tail_error=E
+                          (at the 16 most and 16 least likely ids of each
+                           position, chosen here, shuffled, in a TOP_K
+                           stream: against the log of the dense answer)
+  index chunked: chunks=N equal=True  (an INDEX_LOGP stream, 10 positions a
+                                       chunk, joined here)
+  repeated index: INVALID_ARGUMENT <message>
   bad id V: INVALID_ARGUMENT <message>
   bad id -1: INVALID_ARGUMENT <message>
   wrong dtype: INVALID_ARGUMENT <message>
@@ -56,12 +63,16 @@ def main():
             return pb2.Tensor(dtype=dtype, shape=list(ids.shape),
                               data=ids.astype(width).tobytes())
 
-        def call(encoding, inputs, k=0, max_answer_bytes=0, samples=0):
+        def call(encoding, inputs, k=0, max_answer_bytes=0, samples=0,
+                 indices=None):
+            batch = pb2.InputBatch(batch_id=7, inputs=inputs)
+            if indices is not None:
+                batch.indices.CopyFrom(indices)
             requests = [
                 pb2.DistillRequest(header=pb2.StreamHeader(
                     temperature=1.0, encoding=encoding, top_k=k,
                     max_answer_bytes=max_answer_bytes, samples=samples)),
-                pb2.DistillRequest(batch=pb2.InputBatch(batch_id=7, inputs=inputs))]
+                pb2.DistillRequest(batch=batch)]
             return list(stub.Distill(iter(requests), timeout=60))
 
         rng = np.random.default_rng(5)
@@ -77,6 +88,36 @@ def main():
         want = probs.sum(-1) - listed.sum(-1)
         print(f"topk: k={indices.shape[-1]} "
               f"tail_error={np.abs(tail - want).max():.3g}", flush=True)
+
+        # Ids this client chose: each position's 16 most and 16 least likely
+        # (by the dense answer), shuffled.
+        order = np.argsort(probs, -1)
+        chosen = rng.permuted(np.concatenate([order[..., :16], order[..., -16:]],
+                                             -1), axis=-1)
+        answer = call(pb2.TOP_K, tensor(ids), a.top_k,
+                      indices=tensor(chosen))[0].targets
+        logp = to_array(pb2, answer.index_logp).astype(np.float64)
+        at = np.take_along_axis(probs, chosen, -1)
+        itail = to_array(pb2, answer.tail_mass).astype(np.float64)
+        print(f"index: encoding={pb2.Encoding.Name(answer.encoding)} "
+              f"shape={list(logp.shape)} "
+              f"max_logp_error={np.abs(logp - np.log(at)).max():.3g} "
+              f"tail_error={np.abs(itail - (probs.sum(-1) - at.sum(-1))).max():.3g}",
+              flush=True)
+        parts = call(pb2.INDEX_LOGP, tensor(ids), indices=tensor(chosen),
+                     max_answer_bytes=4096 + 10 * (4 * 32 + 4))
+        joined = np.concatenate([to_array(pb2, c.targets.index_logp)
+                                 for c in parts]).reshape(logp.shape)
+        print(f"index chunked: chunks={len(parts)} "
+              f"equal={np.array_equal(joined, logp.astype(np.float32))}",
+              flush=True)
+        twice = chosen.copy()
+        twice[0, 5, 1] = twice[0, 5, 0]
+        try:
+            call(pb2.TOP_K, tensor(ids), a.top_k, indices=tensor(twice))
+            print("repeated index: answered", flush=True)
+        except grpc.RpcError as e:
+            print(f"repeated index: {e.code().name} {e.details()}", flush=True)
 
         # m draws per position: counts sum to m, and over all positions the
         # drawn frequencies of each id are its summed probability within a

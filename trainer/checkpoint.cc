@@ -96,6 +96,10 @@ absl::StatusOr<std::string> SaveCheckpoint(const std::string& run_dir,
           if (position.sampled.tokens.defined()) {
             archive.write("position/sampled_tokens", position.sampled.tokens);
             archive.write("position/sampled_lengths", position.sampled.lengths);
+            if (position.sampled.top_ids.defined()) {
+              archive.write("position/sampled_top_ids",
+                            position.sampled.top_ids);
+            }
           }
           archive.save_to(tmp);
         });
@@ -141,10 +145,11 @@ absl::StatusOr<TrainPosition> LoadCheckpoint(
         archive.read("rng/torch_cpu", rng);
         SetRngState(rng);
         // Present only when on-policy sampling had run ahead.
-        torch::Tensor tokens, lengths;
+        torch::Tensor tokens, lengths, top_ids;
         if (archive.try_read("position/sampled_tokens", tokens) &&
             archive.try_read("position/sampled_lengths", lengths)) {
-          position.sampled = {tokens, lengths};
+          archive.try_read("position/sampled_top_ids", top_ids);
+          position.sampled = {tokens, lengths, top_ids};
         }
       });
   if (!restored.ok()) {

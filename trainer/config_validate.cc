@@ -263,6 +263,17 @@ absl::Status ValidateOnPolicy(const JobConfig& c) {
       CheckRange("on_policy.top_p", o.top_p(), Range::OpenClosed(0, 1)));
   DISTILL_RETURN_IF_ERROR(
       CheckRange("on_policy.stop_id", o.stop_id(), Range::AtLeast(-1)));
+  DISTILL_RETURN_IF_ERROR(CheckRange("on_policy.student_top_k",
+                                     o.student_top_k(), Range::AtLeast(0)));
+  for (const auto& term : c.loss()) {
+    if (o.student_top_k() > 0 &&
+        (term.name() == "dkd" || term.name() == "mse_logits")) {
+      return Bad("on_policy.student_top_k",
+                 absl::StrCat("gives the teacher's probabilities at the "
+                              "student's ids only, and loss ",
+                              term.name(), " needs all of them (dense)"));
+    }
+  }
   if (o.overlap() && !IsRemoteTeacher(c.teacher())) {
     return Bad("on_policy.overlap",
                "needs teacher servers: an in-process teacher scores on the "

@@ -151,6 +151,13 @@ absl::StatusOr<std::optional<double>> TeacherNllOfSamples(
   double nll_sum = 0;
   int64_t tokens = 0;
   int64_t batch_index = 0;
+  // The teacher's probability of each sampled token is wanted, not its
+  // values at the student's top ids.
+  OnPolicyOptions sampling = on_policy;
+  sampling.student_top_k = 0;
+  // Whether to ask the teacher at the sampled tokens (INDEX_LOGP): when
+  // its usual targets lack some tokens' probabilities (top-k, sampled).
+  bool at_tokens = false;
   absl::Status status = [&]() -> absl::Status {
     while (true) {
       DISTILL_ASSIGN_OR_RETURN(std::optional<data::Batch> batch, loader.Next());
@@ -159,26 +166,37 @@ absl::StatusOr<std::optional<double>> TeacherNllOfSamples(
       DISTILL_ASSIGN_OR_RETURN(
           const SampledWindows windows,
           SampleWindows(model, batch->inputs.narrow(1, 0, p),
-                        batch->inputs.size(1) + 1, on_policy,
+                        batch->inputs.size(1) + 1, sampling,
                         on_policy.seed + static_cast<uint64_t>(batch_index++)));
-      const data::Batch sampled = SampledBatch(batch->ids, windows, p);
+      data::Batch sampled = SampledBatch(batch->ids, windows, p);
+      const torch::Tensor at_labels = sampled.labels.clamp_min(0).unsqueeze(-1);
+      if (at_tokens) sampled.teacher_indices = at_labels;
       absl::StatusOr<losses::TeacherTargets> targets =
           teacher.Targets(sampled, 1.0);
       DISTILL_RETURN_IF_ERROR(Annotate(
           targets.status(), "teacher scores of the student's samples"));
       using Form = losses::TeacherTargets::Form;
-      if (targets->form != Form::kDense && targets->form != Form::kHidden) {
-        tokens = -1;
-        return absl::OkStatus();
+      if (!at_tokens && targets->form != Form::kDense &&
+          targets->form != Form::kHidden) {
+        if (!teacher.scores_at_indices()) {
+          tokens = -1;
+          return absl::OkStatus();
+        }
+        at_tokens = true;
+        sampled.teacher_indices = at_labels;
+        targets = teacher.Targets(sampled, 1.0);
+        DISTILL_RETURN_IF_ERROR(Annotate(
+            targets.status(), "teacher scores of the student's samples"));
       }
       DISTILL_RETURN_IF_ERROR(
           TorchCall("the teacher's likelihood of the student's samples", [&] {
-            const torch::Tensor probs = targets->Materialized().probs;
             const torch::Tensor labels = sampled.labels;
             const torch::Tensor real = labels.ne(kIgnoreLabel);
+            const torch::Tensor at =
+                at_tokens ? targets->values
+                          : targets->Materialized().probs.gather(-1, at_labels);
             const torch::Tensor p =
-                probs.gather(-1, labels.clamp_min(0).unsqueeze(-1))
-                    .squeeze(-1)
+                at.squeeze(-1)
                     .to(torch::kDouble)
                     .clamp_min(std::numeric_limits<float>::min());
             nll_sum += -(p.log() * real).sum().item<double>();

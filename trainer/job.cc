@@ -255,6 +255,12 @@ absl::Status AssembleJob(const JobConfig& config, const WorldInfo& world,
   }
   DISTILL_ASSIGN_OR_RETURN(job.loss, losses::CompositeLoss::Create(terms));
   if (config.has_on_policy()) {
+    if (config.on_policy().student_top_k() > job.test->num_classes()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "on_policy.student_top_k ", config.on_policy().student_top_k(),
+          " is more than the data's vocabulary of ", job.test->num_classes(),
+          " tokens"));
+    }
     std::vector<losses::TermSpec> scored;
     for (const auto& term : terms) {
       DISTILL_ASSIGN_OR_RETURN(const losses::LossEntry entry,

@@ -22,6 +22,7 @@ OnPolicyOptions OnPolicyOptionsFor(const JobConfig& config, int rank) {
   options.sampling.top_p = o.top_p();
   options.sampling.stop_id = o.stop_id();
   options.overlap = o.overlap();
+  options.student_top_k = o.student_top_k();
   options.seed = config.seed();
   options.rank = rank;
   return options;
@@ -37,20 +38,27 @@ absl::StatusOr<SampledWindows> SampleWindows(student::Model& model,
   sampling.max_new_tokens =
       options.new_tokens > 0 ? std::min(options.new_tokens, room) : room;
   sampling.seed = seed;
+  sampling.top_ids = options.student_top_k;
   DISTILL_ASSIGN_OR_RETURN(student::BatchSample sample,
                            student::GenerateBatch(model, prompts, sampling));
   if (sampling.max_new_tokens < room) {
     // Padding to the window's length: past each row's length, so no label
-    // reads it.
+    // reads it (nor the ids asked at its positions).
     DISTILL_RETURN_IF_ERROR(TorchCall("padding on-policy windows", [&] {
-      sample.tokens = torch::cat(
-          {sample.tokens,
-           torch::zeros({prompts.size(0), room - sampling.max_new_tokens},
-                        torch::kLong)},
-          1);
+      const int64_t n = prompts.size(0), pad = room - sampling.max_new_tokens;
+      sample.tokens =
+          torch::cat({sample.tokens, torch::zeros({n, pad}, torch::kLong)}, 1);
+      if (sample.top_ids.defined()) {
+        const int64_t k = sample.top_ids.size(2);
+        sample.top_ids =
+            torch::cat({sample.top_ids,
+                        torch::arange(k, torch::kLong).expand({n, pad, k})},
+                       1);
+      }
     }));
   }
-  return SampledWindows{std::move(sample.tokens), std::move(sample.lengths)};
+  return SampledWindows{std::move(sample.tokens), std::move(sample.lengths),
+                        std::move(sample.top_ids)};
 }
 
 bool IsOnPolicyStep(uint64_t seed, double fraction, int64_t step) {
@@ -76,8 +84,21 @@ data::Batch SampledBatch(const torch::Tensor& ids, const SampledWindows& w,
       (j < prompt_tokens - 1) | (j >= w.lengths.unsqueeze(1) - 1),
       kIgnoreLabel);
   batch.labels = labels;
+  if (w.top_ids.defined()) batch.teacher_indices = w.top_ids;
   return batch;
 }
+
+namespace {
+
+// Whether a checkpoint's top ids are what this run would record: none
+// without student_top_k, else int64 [n, s, k] ids.
+bool RestoredIdsFit(const torch::Tensor& ids, int64_t n, int64_t s, int64_t k) {
+  if (k == 0) return !ids.defined();
+  return ids.defined() && ids.scalar_type() == torch::kLong &&
+         ids.sizes() == torch::IntArrayRef({n, s, k});
+}
+
+}  // namespace
 
 OnPolicySampler::OnPolicySampler(student::Model& model, OnPolicyOptions options)
     : model_(model), options_(std::move(options)) {}
@@ -102,7 +123,8 @@ absl::StatusOr<data::Batch> OnPolicySampler::Rewrite(data::Batch batch,
       r.lengths.scalar_type() == torch::kLong && r.tokens.dim() == 2 &&
       r.tokens.size(0) == n && r.tokens.size(1) == s + 1 &&
       r.lengths.dim() == 1 && r.lengths.size(0) == n &&
-      torch::equal(r.tokens.narrow(1, 0, p), prompts)) {
+      torch::equal(r.tokens.narrow(1, 0, p), prompts) &&
+      RestoredIdsFit(r.top_ids, n, s, options_.student_top_k)) {
     windows = std::move(restored_);
   } else {
     const auto start = std::chrono::steady_clock::now();

@@ -122,6 +122,51 @@ TEST(OnPolicySamplerTest, FewerNewTokensPadTheWindowAndMaskThePadding) {
   EXPECT_EQ((a->labels != kIgnoreLabel).sum().item<int64_t>(), 4 * 3);
 }
 
+// With student_top_k the batch asks the teacher at the student's own k
+// likeliest ids of each position: those of a full forward of the sampled
+// window, checked here; padded positions ask at ids 0 .. k - 1.
+TEST(OnPolicySamplerTest, StudentTopKAsksTheTeacherAtTheStudentsLikeliestIds) {
+  torch::manual_seed(1);
+  auto model = TinyLm();
+  OnPolicyOptions options;
+  options.fraction = 1;
+  options.prompt_tokens = 5;
+  options.new_tokens = 3;
+  options.sampling.temperature = 1;
+  options.student_top_k = 4;
+  OnPolicySampler sampler(*model, options);
+  auto a = sampler.Rewrite(Windows(), 0);
+  ASSERT_THAT(a, IsOk());
+  ASSERT_EQ(a->teacher_indices.sizes(), (std::vector<int64_t>{4, 12, 4}));
+  {
+    torch::NoGradGuard no_grad;
+    model->train(false);
+    // Positions 0..6 were fed (5 prompt tokens, then 2 of the 3 samples).
+    const torch::Tensor logits = model->forward(a->inputs).narrow(1, 0, 7);
+    EXPECT_TRUE(
+        torch::allclose(logits.gather(-1, a->teacher_indices.narrow(1, 0, 7)),
+                        std::get<0>(logits.topk(4, -1)), 0, 1e-4));
+    EXPECT_TRUE(torch::equal(a->teacher_indices.narrow(1, 7, 5),
+                             torch::arange(4, torch::kLong).expand({4, 5, 4})));
+  }
+  // The ids travel with the windows into a checkpoint, and a restored run
+  // asks at the same ones; windows saved without them are sampled again.
+  const SampledWindows saved = sampler.SampledFor(0);
+  ASSERT_TRUE(torch::equal(saved.top_ids, a->teacher_indices));
+  OnPolicySampler restored(*model, options);
+  SampledWindows marked = saved;
+  marked.top_ids = saved.top_ids.flip(-1);
+  restored.Restore(0, marked);
+  EXPECT_TRUE(torch::equal(restored.Rewrite(Windows(), 0)->teacher_indices,
+                           marked.top_ids));
+  restored.Restore(0, {saved.tokens, saved.lengths, torch::Tensor()});
+  EXPECT_TRUE(torch::equal(restored.Rewrite(Windows(), 0)->teacher_indices,
+                           saved.top_ids));
+  restored.Restore(
+      0, {saved.tokens, saved.lengths, saved.top_ids.narrow(-1, 0, 3)});
+  EXPECT_EQ(restored.Rewrite(Windows(), 0)->teacher_indices.size(2), 4);
+}
+
 TEST(OnPolicySamplerTest, OffPolicyStepsKeepTheirBatch) {
   auto model = TinyLm();
   OnPolicyOptions options;
@@ -180,16 +225,23 @@ TEST(OnPolicySamplerTest, RefusesWindowsNoLongerThanThePrompt) {
                        HasSubstr("prompt_tokens = 12")));
 }
 
-// A teacher that is a model in this process, giving dense targets or (with
-// top_k) only its k most likely tokens.
+// A teacher that is a model in this process, giving dense targets, (with
+// top_k) only its k most likely tokens, or its probabilities at a batch's
+// teacher_indices.
 class ModelTeacher final : public TeacherClient {
  public:
-  ModelTeacher(student::Model& model, int64_t top_k = 0)
-      : model_(model), top_k_(top_k) {}
+  ModelTeacher(student::Model& model, int64_t top_k = 0,
+               bool at_indices = false)
+      : model_(model), top_k_(top_k), at_indices_(at_indices) {}
+  bool scores_at_indices() const override { return at_indices_; }
   absl::StatusOr<losses::TeacherTargets> Targets(const data::Batch& batch,
                                                  double t) override {
     torch::NoGradGuard no_grad;
     const torch::Tensor logits = model_.forward(batch.inputs);
+    if (batch.teacher_indices.defined()) {
+      return losses::TeacherTargets::AtIndices(logits, t,
+                                               batch.teacher_indices);
+    }
     return top_k_ > 0
                ? losses::TeacherTargets::TopKFromLogits(logits, t, top_k_)
                : losses::TeacherTargets::DenseFromLogits(logits, t);
@@ -200,6 +252,7 @@ class ModelTeacher final : public TeacherClient {
  private:
   student::Model& model_;
   int64_t top_k_;
+  bool at_indices_;
 };
 
 // Token windows held in memory: window i is rows[i] (S + 1 tokens).
@@ -267,8 +320,25 @@ TEST(TeacherNllOfSamplesTest, IsTheTeachersMeanNllOfTheStudentsTokens) {
     }
   }
   EXPECT_NEAR(**nll, sum / count, 1e-5);
+  // Asking the teacher at the student's top ids on training steps does not
+  // change what the measure asks for.
+  OnPolicyOptions with_ids = greedy;
+  with_ids.student_top_k = 3;
+  auto same =
+      TeacherNllOfSamples(*student, windows, 2, teacher, with_ids, false);
+  ASSERT_THAT(same, IsOk());
+  ASSERT_TRUE(same->has_value());
+  EXPECT_NEAR(**same, sum / count, 1e-5);
 
-  // Top-k targets cannot give every sampled token's probability.
+  // Top-k targets cannot give every sampled token's probability: a top-k
+  // teacher that scores at indices is asked at the sampled tokens, one
+  // that does not gives no measure.
+  ModelTeacher top_k_at_ids(*teacher_model, /*top_k=*/5, /*at_indices=*/true);
+  auto at_ids =
+      TeacherNllOfSamples(*student, windows, 2, top_k_at_ids, greedy, false);
+  ASSERT_THAT(at_ids, IsOk());
+  ASSERT_TRUE(at_ids->has_value());
+  EXPECT_NEAR(**at_ids, sum / count, 1e-5);
   ModelTeacher top_k(*teacher_model, /*top_k=*/5);
   auto none = TeacherNllOfSamples(*student, windows, 2, top_k, greedy, false);
   ASSERT_THAT(none, IsOk());

@@ -303,6 +303,7 @@ TEST(OnPolicyConfigTest, GetsDocumentedDefaults) {
   EXPECT_EQ(c->on_policy().stop_id(), -1);
   EXPECT_EQ(c->on_policy().new_tokens(), 25);  // 32 + 1 - 8
   EXPECT_TRUE(c->on_policy().overlap());
+  EXPECT_EQ(c->on_policy().student_top_k(), 0);
   auto local = ParseLm(kInProcess, "on_policy { fraction: 1 }\n");
   ASSERT_THAT(local, IsOk());
   EXPECT_FALSE(local->on_policy().overlap());
@@ -328,6 +329,13 @@ TEST(OnPolicyConfigTest, EveryBadValueIsNamed) {
          "job.pbtxt:5: on_policy.top_p must be in (0, 1] (got 0)");
   expect(ParseLm(kServers, "on_policy { stop_id: -2 }\n"),
          "job.pbtxt:5: on_policy.stop_id must be >= -1 (got -2)");
+  expect(ParseLm(kServers, "on_policy { student_top_k: -1 }\n"),
+         "job.pbtxt:5: on_policy.student_top_k must be >= 0 (got -1)");
+  expect(ParseLm(kServers,
+                 "on_policy { student_top_k: 8 }\nloss { name: \"dkd\" }\n"),
+         "job.pbtxt:5: on_policy.student_top_k gives the teacher's "
+         "probabilities at the student's ids only, and loss dkd needs all of "
+         "them (dense)");
   expect(ParseLm(kInProcess, "on_policy { overlap: true }\n"),
          "job.pbtxt:5: on_policy.overlap needs teacher servers: an in-process "
          "teacher scores on the trainer's own thread, so there is nothing to "

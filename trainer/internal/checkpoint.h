@@ -23,6 +23,9 @@ namespace distill::trainer {
 struct SampledWindows {
   torch::Tensor tokens;
   torch::Tensor lengths;
+  // With on_policy.student_top_k = k: int64 [N, S, k], the student's k most
+  // likely ids at each input position (the teacher is asked at them).
+  torch::Tensor top_ids;
 };
 
 // Where training stands between two steps.

@@ -77,9 +77,11 @@ absl::StatusOr<EvalResult> EvaluateLanguageModel(
 // step does (SampleWindows; batch i seeded options.seed + i), and the
 // teacher scores the sampled windows at T = 1. Returns the mean over the
 // sampled tokens before each row's stop id of -log p_teacher(token), p
-// floored at the smallest normal float. std::nullopt when the teacher's
-// targets do not give every token's probability (top-k or sampled
-// encodings). The student is restored to train(`restore_train`).
+// floored at the smallest normal float. A teacher whose targets do not give
+// every token's probability (top-k or sampled encodings) is asked at the
+// sampled tokens instead (teacher_indices) when it scores at indices;
+// std::nullopt when it does not. The student is restored to
+// train(`restore_train`).
 absl::StatusOr<std::optional<double>> TeacherNllOfSamples(
     student::Model& model, const data::Dataset& dataset, int64_t batch_size,
     TeacherClient& teacher, const OnPolicyOptions& options, bool restore_train);

@@ -37,6 +37,10 @@ struct OnPolicyOptions {
   // Sample the next batch while the teacher scores this one (the loop
   // prefetches one batch ahead instead of none).
   bool overlap = false;
+  // Record the student's k most likely ids at every position of the
+  // sampled windows and ask the teacher at them (data::Batch::
+  // teacher_indices); 0: the teacher's usual targets.
+  int64_t student_top_k = 0;
   // The job's seed, and this rank: a step's draws are a function of both.
   uint64_t seed = 0;
   int rank = 0;
@@ -49,7 +53,9 @@ OnPolicyOptions OnPolicyOptionsFor(const JobConfig& config, int rank);
 // The student's windows of `window_tokens` (S + 1) tokens from `prompts`
 // [N, P]: options.new_tokens sampled (0 or more than fit: the rest of the
 // window) with options.sampling and `seed`, then padding (id 0) past each
-// row's length. Generation's errors as they are.
+// row's length; with options.student_top_k = k, also the student's top k
+// ids at the S input positions (ids 0 .. k - 1 at padded ones).
+// Generation's errors as they are.
 absl::StatusOr<SampledWindows> SampleWindows(student::Model& model,
                                              const torch::Tensor& prompts,
                                              int64_t window_tokens,
@@ -103,7 +109,7 @@ class OnPolicySampler {
 // The training batch of sampled windows `w` ([N, S + 1] tokens, lengths
 // [N]) whose first `prompt_tokens` are the prompt: inputs w[:, :S], labels
 // w[:, 1:] with kIgnoreLabel before position prompt_tokens - 1 and from
-// position length - 1 on.
+// position length - 1 on, and teacher_indices w.top_ids (when set).
 data::Batch SampledBatch(const torch::Tensor& ids, const SampledWindows& w,
                          int64_t prompt_tokens);
 

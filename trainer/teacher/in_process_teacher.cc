@@ -91,6 +91,11 @@ absl::StatusOr<losses::TeacherTargets> InProcessTeacher::Targets(
     // NoGradGuard rather than InferenceMode: the targets are saved for the
     // student's backward pass, which inference tensors do not allow.
     torch::NoGradGuard no_grad;
+    const torch::Tensor& ids = batch.teacher_indices;
+    if (ids.defined() && models_.size() == 1) {
+      return losses::TeacherTargets::AtIndices(
+          models_.front()->forward(batch.inputs), temperature, ids);
+    }
     losses::TeacherTargets targets = losses::TeacherTargets::DenseFromLogits(
         models_.front()->forward(batch.inputs), temperature);
     // An ensemble averages probabilities, not logits: each member's
@@ -103,6 +108,14 @@ absl::StatusOr<losses::TeacherTargets> InProcessTeacher::Targets(
     }
     if (models_.size() > 1) {
       targets.probs = targets.probs / static_cast<double>(models_.size());
+    }
+    if (ids.defined()) {  // an ensemble's mean distribution at the ids
+      const torch::Tensor listed = ids.to(torch::kLong);
+      targets.form = losses::TeacherTargets::Form::kTopK;
+      targets.values = targets.probs.gather(-1, listed);
+      targets.indices = listed;
+      targets.tail_mass = targets.probs.scatter(-1, listed, 0.0).sum(-1);
+      targets.probs = torch::Tensor();
     }
     return targets;
   });

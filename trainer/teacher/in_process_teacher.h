@@ -38,6 +38,7 @@ class InProcessTeacher final : public TeacherClient {
 
   absl::StatusOr<losses::TeacherTargets> Targets(const data::Batch& batch,
                                                  double temperature) override;
+  bool scores_at_indices() const override { return true; }
   int64_t num_classes() const override { return num_classes_; }
   std::string description() const override;
   // How the forward runs (student::InferenceModel::how() of the first

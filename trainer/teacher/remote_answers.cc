@@ -48,10 +48,14 @@ Result RemoteTeacher::Impl::Decode(const Endpoint& endpoint,
                                             " answered batch ", pending.id,
                                             " with bad targets: ", what));
   };
-  if (targets.encoding() != options_.encoding) {
+  // A batch that sent class ids is answered at them, whatever the stream's
+  // encoding.
+  const v1::Encoding want_encoding =
+      pending.indices.defined() ? v1::INDEX_LOGP : options_.encoding;
+  if (targets.encoding() != want_encoding) {
     return bad(
         absl::StrCat("encoding ", teacher::EncodingName(targets.encoding()),
-                     " instead of ", teacher::EncodingName(options_.encoding)));
+                     " instead of ", teacher::EncodingName(want_encoding)));
   }
   if (std::abs(targets.temperature() - pending.temperature) >
       1e-9 * pending.temperature) {
@@ -64,18 +68,18 @@ Result RemoteTeacher::Impl::Decode(const Endpoint& endpoint,
   }
   // The width the stream asked for: a server that answers with another k
   // or m would break the batches' concatenation and the cache.
-  if (options_.encoding == v1::SAMPLED &&
-      targets.samples() != options_.samples) {
+  if (want_encoding == v1::SAMPLED && targets.samples() != options_.samples) {
     return bad(absl::StrCat(targets.samples(), " samples per row instead of ",
                             options_.samples));
   }
-  if (teacher::IsTopK(options_.encoding) &&
+  if (teacher::IsTopK(want_encoding) &&
       teacher::TopKWidth(targets) != options_.top_k) {
     return bad(
         absl::StrCat("top-k answers with k = ", teacher::TopKWidth(targets),
                      " instead of ", options_.top_k, " per row"));
   }
-  Result decoded = teacher::DecodeTargets(targets, pending.rows, head_);
+  Result decoded =
+      teacher::DecodeTargets(targets, pending.rows, head_, pending.indices);
   if (!decoded.ok()) return bad(std::string(decoded.status().message()));
   // One distribution per sample, or per position of a token sequence:
   // targets of another rank would fail deep in the loss or the cache.

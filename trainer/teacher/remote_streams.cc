@@ -3,6 +3,7 @@
 // stream for its temperature. Per stream, a writer thread opens the call
 // and writes the queued batches, and a reader thread pairs answers with
 // batches by id and resends what a broken stream leaves unanswered.
+#include <algorithm>
 #include <cstdio>
 
 #include "absl/strings/str_cat.h"
@@ -35,6 +36,11 @@ TargetsFuture RemoteTeacher::Impl::Submit(const data::Batch& batch,
   pending->start = Clock::now();
   *pending->request.mutable_batch()->mutable_inputs() =
       teacher::ToProto(batch.inputs, options_.input_dtype);
+  if (batch.teacher_indices.defined()) {
+    pending->indices = batch.teacher_indices.to(torch::kLong);
+    *pending->request.mutable_batch()->mutable_indices() =
+        teacher::ToProto(pending->indices, v1::Tensor::INT32);
+  }
   absl::MutexLock lock(&mu_);
   pending->id = next_id_++;
   pending->request.mutable_batch()->set_batch_id(pending->id);
@@ -148,11 +154,16 @@ void RemoteTeacher::Impl::WriteLoop(std::shared_ptr<Endpoint> endpoint,
 
 int64_t RemoteTeacher::Impl::AnswerRowBytes() const {
   // HIDDEN_FP16's width is at most the vocabulary (CheckTeacherInfo).
-  return teacher::RowBytes(options_.encoding, options_.num_classes,
-                           options_.encoding == v1::SAMPLED ? options_.samples
-                           : options_.encoding == v1::HIDDEN_FP16
-                               ? options_.num_classes
-                               : options_.top_k);
+  const int64_t row = teacher::RowBytes(
+      options_.encoding, options_.num_classes,
+      options_.encoding == v1::SAMPLED       ? options_.samples
+      : options_.encoding == v1::HIDDEN_FP16 ? options_.num_classes
+                                             : options_.top_k);
+  // Batches with indices are answered as INDEX_LOGP (one id a row at
+  // least: the teacher's NLL of the student's samples asks at its tokens).
+  return std::max(row, teacher::RowBytes(v1::INDEX_LOGP, options_.num_classes,
+                                         static_cast<int32_t>(std::max<int64_t>(
+                                             1, options_.index_top_k))));
 }
 
 void RemoteTeacher::Impl::ReadLoop(std::shared_ptr<Endpoint> endpoint,
@@ -238,7 +249,9 @@ void RemoteTeacher::Impl::ReadLoop(std::shared_ptr<Endpoint> endpoint,
         latencies_ms_.push_back(1000 *
                                 SecondsBetween(pending->start, Clock::now()));
         samples_ += pending->rows;
-        if (result->form == losses::TeacherTargets::Form::kTopK) {
+        // The teacher's own top-k (not the classes a batch chose).
+        if (result->form == losses::TeacherTargets::Form::kTopK &&
+            !pending->indices.defined()) {
           topk_mass_sum_ +=
               (1 - result->tail_mass).sum().item<double>() /
               std::max<int64_t>(1, result->tail_mass.numel() / pending->rows);

@@ -1,6 +1,8 @@
 // RemoteTeacher's public face: connecting, shutting down (every stream
 // cancelled, every thread joined, every waiting future failed), and the
 // TeacherClient calls, which go to Impl.
+#include <algorithm>
+
 #include "absl/status/status.h"
 #include "common/status.h"
 #include "trainer/teacher/internal/remote_state.h"
@@ -60,6 +62,12 @@ int64_t RemoteTeacher::num_classes() const {
 }
 
 std::string RemoteTeacher::description() const { return impl_->description(); }
+
+bool RemoteTeacher::scores_at_indices() const {
+  const auto& offered = impl_->info().encodings();
+  return impl_->index_top_k() > 0 || std::find(offered.begin(), offered.end(),
+                                               v1::INDEX_LOGP) != offered.end();
+}
 
 int64_t RemoteTeacher::hidden_size() const { return impl_->hidden_size(); }
 

@@ -127,7 +127,9 @@ absl::StatusOr<losses::TeacherTargets> CachingTeacher::Targets(
 
 TargetsFuture CachingTeacher::Submit(const data::Batch& batch,
                                      double temperature) {
-  const bool cacheable = temperature == key_.temperature;
+  // Targets at a batch's own class ids are not the table's.
+  const bool cacheable =
+      temperature == key_.temperature && !batch.teacher_indices.defined();
   if (cacheable && AllCached(batch.ids)) {
     hits_ += batch.ids.numel();
     std::promise<Result> done;

@@ -27,12 +27,18 @@ class TeacherClient {
   virtual ~TeacherClient() = default;
   // Soft targets softmax(z / temperature) for every sample of `batch`, in
   // the batch's order. `batch.inputs` are un-augmented or augmented inputs
-  // exactly as the student sees them.
+  // exactly as the student sees them. With `batch.teacher_indices`, top-k
+  // form targets at those class ids instead (the teacher's probabilities
+  // there and the mass of the rest) from the teachers that can (in process
+  // and servers; others fail).
   virtual absl::StatusOr<losses::TeacherTargets> Targets(
       const data::Batch& batch, double temperature) = 0;
   // Starts on the targets of `batch` and returns their future; a future may
   // be dropped unread. Default: computes them now with Targets().
   virtual TargetsFuture Submit(const data::Batch& batch, double temperature);
+  // True when the targets honour `batch.teacher_indices` (see Targets).
+  // Default: false.
+  virtual bool scores_at_indices() const { return false; }
   // True when Submit returns before the targets are ready, so submitting
   // ahead overlaps teacher work with the caller's. Default: false.
   virtual bool asynchronous() const { return false; }

@@ -36,6 +36,9 @@ absl::StatusOr<std::shared_ptr<TeacherClient>> ConnectRemoteTeacher(
   options.encoding = static_cast<v1::Encoding>(t.encoding());
   options.top_k = t.top_k();
   options.samples = t.samples();
+  if (config.has_on_policy() && config.on_policy().fraction() > 0) {
+    options.index_top_k = config.on_policy().student_top_k();
+  }
   options.connect_timeout_seconds = t.connect_timeout_seconds();
   options.failover_grace_seconds = t.failover_grace_seconds();
   options.answer_timeout_seconds = t.answer_timeout_seconds();

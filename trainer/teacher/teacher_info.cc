@@ -131,6 +131,18 @@ absl::Status CheckTeacherInfo(const std::string& address,
                      teacher::EncodingName(options.encoding), " (offers ",
                      absl::StrJoin(names, ", "), ")"));
   }
+  if (options.index_top_k > 0 && std::find(offered.begin(), offered.end(),
+                                           v1::INDEX_LOGP) == offered.end()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        who,
+        " does not answer batches with indices (INDEX_LOGP is not among its "
+        "encodings), which on_policy.student_top_k needs"));
+  }
+  if (options.index_top_k > info.num_classes()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "on_policy.student_top_k ", options.index_top_k, " is larger than the ",
+        info.num_classes(), " classes of ", who));
+  }
   // Hidden states wider than the vocabulary would cost more than dense
   // answers; a claimed width beyond that is not believed.
   if (options.encoding == v1::HIDDEN_FP16 &&

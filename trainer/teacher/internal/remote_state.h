@@ -57,6 +57,9 @@ struct Pending {
   // Token data: the positions per sample (S); 0 for images.
   int64_t positions = 0;
   double temperature = 0;
+  // The class ids the batch asks the teacher's log-probabilities at (int64
+  // [rows(, positions), k]); undefined for the stream's own encoding.
+  torch::Tensor indices;
   v1::DistillRequest request;
   std::promise<Result> promise;
   Clock::time_point start;
@@ -139,6 +142,7 @@ class RemoteTeacher::Impl {
   TargetsFuture Submit(const data::Batch& batch, double temperature);
   nlohmann::json TakeStats();
   const v1::InfoResponse& info() const { return info_; }
+  int64_t index_top_k() const { return options_.index_top_k; }
   int64_t hidden_size() const {
     return head_ == nullptr ? 0 : head_->weight.size(1);
   }

@@ -42,6 +42,10 @@ struct RemoteTeacherOptions {
   int32_t top_k = 0;
   // SAMPLED only, in [1, 255].
   int32_t samples = 0;
+  // The most class ids per row a batch may carry (data::Batch's
+  // teacher_indices, answered as INDEX_LOGP whatever `encoding` is); every
+  // server must offer INDEX_LOGP. 0: batches carry none.
+  int64_t index_top_k = 0;
   // Deadline of each Info call, > 0.
   double connect_timeout_seconds = 0;
   // > 0.
@@ -86,6 +90,9 @@ class RemoteTeacher final : public TeacherClient {
                                                  double temperature) override;
   TargetsFuture Submit(const data::Batch& batch, double temperature) override;
   bool asynchronous() const override { return true; }
+  // When on_policy.student_top_k had every server checked for INDEX_LOGP,
+  // or the first one offered it.
+  bool scores_at_indices() const override;
   // teacher_batches, teacher_samples, teacher_latency_ms_mean/_p95,
   // teacher_resent_batches, teacher_endpoint_failures and, for top-k,
   // teacher_topk_mass_mean (mean of 1 - tail mass).
