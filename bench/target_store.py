@@ -37,7 +37,6 @@ import lm_setup
 REPO = lm_setup.REPO
 BIN = lm_setup.BIN
 DATA = lm_setup.DATA
-TEACHER_OPTIONS = "layers=4,heads=4,d_model=256,d_ff=1024,context=128"
 # HIDDEN_FP16 on the wire: 2 bytes for each of the teacher's d_model states.
 HIDDEN_BYTES_PER_TOKEN = 2 * 256
 
@@ -208,24 +207,8 @@ def main():
     model = teacher_model_section(text)
 
     log("starting one teacher_server")
-    port_file = os.path.join(args.out, "server.port")
-    server = subprocess.Popen(
-        [os.path.join(BIN, "teacher_server"), "--arch=gpt",
-         f"--arch_options={TEACHER_OPTIONS}", f"--weights={weights}",
-         "--input_shape=128", "--input_dtype=int32", "--num_classes=8192",
-         f"--tokenizer={os.path.join(DATA, 'tokenizer.model')}",
-         f"--port_file={port_file}"],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while not os.path.exists(port_file):
-            if server.poll() is not None:
-                sys.exit(f"target_store: teacher_server exited {server.returncode}")
-            time.sleep(0.1)
-        port = int(open(port_file).read())
+    with lm_setup.teacher_server(weights, os.path.join(args.out, "server.port")) as port:
         writes, quality = measure(args, rows, weights, model, port)
-    finally:
-        server.terminate()
-        server.wait()
 
     base = rows["in process (dense fp32)"]["seconds_per_step"]
     flags = "".join(f" --{k} {v}" for k, v, d in (
