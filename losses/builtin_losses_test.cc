@@ -437,6 +437,35 @@ TEST(GeneralizedJsdTest, EndsAreForwardAndReverseKlAndMiddleIsJs) {
   }
 }
 
+// Targets at ids the student chose (its own top 2 per row, as on-policy
+// steps with student_top_k ask the teacher): reverse KL (beta 1) over those
+// buckets and the tail, by hand.
+TEST(GeneralizedJsdTest, StudentChosenIdsMatchTheHandFormula) {
+  torch::manual_seed(8);
+  const torch::Tensor s = Randn({3, 6});
+  const torch::Tensor t = Randn({3, 6});
+  const double temp = 2.0;
+  const torch::Tensor ids = std::get<1>(s.topk(2, -1));
+  const TeacherTargets at_ids = TeacherTargets::AtIndices(t, temp, ids);
+  double expected = 0.0;
+  for (int64_t i = 0; i < 3; ++i) {
+    const std::vector<double> log_q = HandLogSoftmax(Row(s, i), temp);
+    const std::vector<double> log_p = HandLogSoftmax(Row(t, i), temp);
+    double p_tail = 1.0, q_tail = 1.0;
+    for (int64_t j = 0; j < 2; ++j) {
+      const int64_t c = ids[i][j].item<int64_t>();
+      expected += std::exp(log_q[c]) * (log_q[c] - log_p[c]);
+      p_tail -= std::exp(log_p[c]);
+      q_tail -= std::exp(log_q[c]);
+    }
+    expected += q_tail * (std::log(q_tail) - std::log(p_tail));
+  }
+  expected = temp * temp * expected / 3;
+  EXPECT_NEAR(
+      Evaluate("generalized_jsd", s, &at_ids, {}, {{"beta", 1.0}}).value,
+      expected, 1e-6);
+}
+
 TEST(GeneralizedJsdTest, MovesFromForwardToReverseKlWithBeta) {
   torch::manual_seed(22);
   const torch::Tensor s = Randn({6, 9});
