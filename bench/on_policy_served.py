@@ -76,7 +76,7 @@ def main():
               f"encoding: TOP_K top_k: {k}", f"student_top_k: {k} ", 4 * k + 4)]
     results = {label: [] for label, _, _, _ in kinds}
     with lm_setup.teacher_server(weights, os.path.join(args.out, "server.port"),
-                                 ["--max_queue_delay_us=0"]) as port:
+                                 ["--max_queue_delay_us=0", f"--max_index_k={k}"]) as port:
         for seed in seeds:
             log(f"seed {seed}: the starting student, off-policy KD on {args.warm_windows} windows")
             train(on_policy.config(args.out, f"warm-s{seed}", seed, args.warm_windows, weights))

@@ -25,6 +25,15 @@ int64_t SampleBytes(const ServedModel& model) {
   return n;
 }
 
+// Distributions per sample: 1, or S for a language model's [S, V].
+int64_t OutputRows(const ServedModel& model) {
+  int64_t rows = 1;
+  for (size_t i = 0; i + 1 < model.output_shape.size(); ++i) {
+    rows *= model.output_shape[i];
+  }
+  return rows;
+}
+
 std::string HostPort(const std::string& host, int port) {
   return absl::StrContains(host, ':') ? absl::StrCat("[", host, "]:", port)
                                       : absl::StrCat(host, ":", port);
@@ -75,8 +84,11 @@ absl::StatusOr<std::unique_ptr<TeacherServer>> TeacherServer::Start(
   service_options.max_request_bytes =
       options.max_request_bytes > 0
           ? options.max_request_bytes
-          : options.batcher.max_batch * SampleBytes(*server->model_) +
+          : options.batcher.max_batch *
+                    (SampleBytes(*server->model_) +
+                     4 * options.max_index_k * OutputRows(*server->model_)) +
                 (64 << 10);
+  service_options.max_index_k = options.max_index_k;
   service_options.max_inflight_per_stream = options.max_inflight_per_stream;
   service_options.max_streams = options.max_streams;
   service_options.token = options.token;

@@ -31,9 +31,11 @@ struct ServerOptions {
   int port = 0;
   BatcherOptions batcher;
   // The largest request message accepted; gRPC refuses larger ones with
-  // RESOURCE_EXHAUSTED. 0: room for max_batch samples plus 64 KiB.
-  // Default: 0.
+  // RESOURCE_EXHAUSTED. 0: room for max_batch samples, their max_index_k
+  // ids per output row, and 64 KiB. Default: 0.
   int64_t max_request_bytes = 0;
+  // See ServiceOptions. Default: 32.
+  int64_t max_index_k = 32;
   // See ServiceOptions. Default: 64.
   int max_inflight_per_stream = 64;
   // See ServiceOptions. Default: 256.

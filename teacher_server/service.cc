@@ -203,8 +203,9 @@ class TeacherService::DistillReactor final
     absl::StatusOr<torch::Tensor> inputs =
         DecodeInputs(request_.batch(), service_->info_);
     if (!inputs.ok()) return inputs;
-    absl::StatusOr<torch::Tensor> indices = DecodeIndices(
-        request_.batch(), service_->info_, *header_, inputs->size(0));
+    absl::StatusOr<torch::Tensor> indices =
+        DecodeIndices(request_.batch(), service_->info_, *header_,
+                      inputs->size(0), service_->options_.max_index_k);
     if (!indices.ok()) return indices.status();
     indices_ = *std::move(indices);
     return inputs;
@@ -357,7 +358,7 @@ TeacherService::TeacherService(const ServedModel* model, ServiceOptions options,
   info_.add_encodings(v1::SAMPLED);
   info_.add_encodings(v1::TOP_K_PACKED);
   info_.add_encodings(v1::DENSE_LOGP_FP16);
-  info_.add_encodings(v1::INDEX_LOGP);
+  if (options_.max_index_k > 0) info_.add_encodings(v1::INDEX_LOGP);
   if (model->head != nullptr) {
     info_.add_encodings(v1::HIDDEN_FP16);
     info_.set_hidden_size(model->hidden_size());

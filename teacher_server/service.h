@@ -28,6 +28,9 @@ struct ServiceOptions {
   BatcherOptions batcher;
   // Reported in Info; the server's gRPC receive limit. Required (> 0).
   int64_t max_request_bytes = 0;
+  // The most class ids per output row a batch may carry (INDEX_LOGP
+  // answers); 0: none, and INDEX_LOGP is not offered. Default: 32.
+  int64_t max_index_k = 32;
   // Batches one stream may have read but not yet answered; the stream stops
   // reading (and gRPC flow control holds the client) beyond that.
   // Default: 64.

@@ -170,7 +170,8 @@ TEST_F(ServiceTest, InfoAndHealthDescribeTheTeacher) {
               ::testing::ElementsAre(v1::DENSE_FP32, v1::DENSE_FP16, v1::TOP_K,
                                      v1::SAMPLED, v1::TOP_K_PACKED,
                                      v1::DENSE_LOGP_FP16, v1::INDEX_LOGP));
-  EXPECT_EQ(info.max_request_bytes(), 8 * 28 * 28 * 4 + 65536);
+  // Room for 8 samples and 32 class ids each (--max_index_k), and framing.
+  EXPECT_EQ(info.max_request_bytes(), 8 * (28 * 28 * 4 + 4 * 32) + 65536);
 
   auto health =
       grpc::health::v1::Health::NewStub(PlainChannel(server_->address()));
@@ -246,6 +247,23 @@ TEST_F(ServiceTest, BatchesWithIndicesGetTheLogSoftmaxAtThem) {
       ExpectTargets(result.responses[1], 3, inputs, 2.0, v1::TOP_K, 3);
     }
   }
+
+  // A server that takes at most 3 ids a row refuses 4, naming its flag;
+  // one that takes none does not offer INDEX_LOGP.
+  ServerOptions three;
+  three.max_index_k = 3;
+  Start(three);
+  StreamResult refused =
+      RunStream(*stub_, {HeaderRequest(2.0, v1::TOP_K, 3), indexed});
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(refused.status.error_message(),
+            "batch 2: indices per row must be in [1, 3] (the server's "
+            "--max_index_k), got 4");
+  ServerOptions none;
+  none.max_index_k = 0;
+  Start(none);
+  EXPECT_THAT(server_->info().encodings(),
+              ::testing::Not(::testing::Contains(v1::INDEX_LOGP)));
 }
 
 TEST_F(ServiceTest, StreamsShareOneForwardAtTheirOwnTemperatures) {

@@ -76,6 +76,10 @@ ABSL_FLAG(int64_t, max_queue_delay_us, 2000,
           "How long a batch may wait for others to share its forward.");
 ABSL_FLAG(int64_t, max_request_bytes, 0,
           "Largest request accepted; 0: max_batch samples plus 64 KiB.");
+ABSL_FLAG(int64_t, max_index_k, 32,
+          "Most class ids per output row (position) a batch may ask the "
+          "teacher's log-probabilities at (INDEX_LOGP); the default request "
+          "limit makes room for them. 0: not offered.");
 ABSL_FLAG(int, threads, 0,
           "LibTorch threads for the forward; 0: LibTorch's default.");
 ABSL_FLAG(std::string, tls_cert, "",
@@ -191,6 +195,10 @@ absl::StatusOr<teacher::ServerOptions> OptionsFromFlags() {
   }
   options.batcher.max_queue_delay = absl::Microseconds(delay_us);
   options.max_request_bytes = absl::GetFlag(FLAGS_max_request_bytes);
+  options.max_index_k = absl::GetFlag(FLAGS_max_index_k);
+  if (options.max_index_k < 0) {
+    return absl::InvalidArgumentError("--max_index_k must be >= 0");
+  }
   if (options.max_request_bytes < 0) {
     return absl::InvalidArgumentError("--max_request_bytes must be >= 0");
   }

@@ -111,7 +111,7 @@ absl::StatusOr<torch::Tensor> DecodeInputs(const v1::InputBatch& batch,
 absl::StatusOr<torch::Tensor> DecodeIndices(const v1::InputBatch& batch,
                                             const v1::InfoResponse& info,
                                             const v1::StreamHeader& header,
-                                            int64_t rows) {
+                                            int64_t rows, int64_t max_k) {
   const uint64_t id = batch.batch_id();
   if (!batch.has_indices()) {
     if (header.encoding() == v1::INDEX_LOGP) {
@@ -141,10 +141,13 @@ absl::StatusOr<torch::Tensor> DecodeIndices(const v1::InputBatch& batch,
                      ShapeString(message.shape()), " must be ", shape));
   }
   const int64_t k = message.shape(message.shape_size() - 1);
-  if (k < 1 || k > classes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("batch ", id, ": indices per row must be in [1, ", classes,
-                     "] (the teacher's classes), got ", k));
+  const int64_t most = std::min(classes, max_k);
+  if (k < 1 || k > most) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "batch ", id, ": indices per row must be in [1, ", most, "] (",
+        most == classes ? "the teacher's classes"
+                        : "the server's --max_index_k",
+        "), got ", k));
   }
   const int64_t row =
       RowBytes(v1::INDEX_LOGP, classes, static_cast<int32_t>(k)) +

@@ -25,13 +25,13 @@ absl::StatusOr<torch::Tensor> DecodeInputs(const v1::InputBatch& batch,
 
 // The batch's class ids `indices` as int64 [N, output_shape[:-1]..., k]
 // (an undefined tensor when it has none): INT32 of that shape for its N =
-// `rows` samples, 1 <= k <= num_classes, every id in [0, num_classes) and
-// none twice within a row, and an answer row (4 k + 4 bytes) that fits
-// the stream's max_answer_bytes.
+// `rows` samples, 1 <= k <= min(num_classes, max_k), every id in
+// [0, num_classes) and none twice within a row, and an answer row
+// (4 k + 4 bytes) that fits the stream's max_answer_bytes.
 absl::StatusOr<torch::Tensor> DecodeIndices(const v1::InputBatch& batch,
                                             const v1::InfoResponse& info,
                                             const v1::StreamHeader& header,
-                                            int64_t rows);
+                                            int64_t rows, int64_t max_k);
 
 }  // namespace distill::teacher
 

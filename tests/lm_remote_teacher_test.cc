@@ -413,6 +413,32 @@ TEST_F(LmRemoteTeacherTest, OnPolicyRunsResumeOnTheSameSamples) {
   const fs::path ids_resumed = *dir_ / "op-ids-overlap-resumed";
   run_resumed(overlap_config, ids_resumed);
   EXPECT_EQ(test_loss(ids_resumed), test_loss(ids_straight));
+
+  // A server whose requests have no room for 16 ids a position is refused
+  // at connect; one that takes 8 ids a row refuses the first batch asking
+  // at 16, and the run ends naming its flag.
+  for (const auto& [flag, wanted] :
+       std::vector<std::pair<std::string, std::string>>{
+           {"--max_request_bytes=200000",
+            "with on_policy.student_top_k ids (lower it or batch_size, or "
+            "raise the server's --max_index_k)"},
+           {"--max_index_k=8",
+            "indices per row must be in [1, 8] (the server's --max_index_k), "
+            "got 16"}}) {
+    SCOPED_TRACE(flag);
+    const std::string name = "op-narrow-" + flag.substr(6, 7);
+    Server narrow(*dir_, name, ServerArgs({flag}));
+    ASSERT_TRUE(narrow.serving()) << narrow.err();
+    const fs::path narrow_run = *dir_ / name;
+    o = Run(Config(name,
+                   "endpoints: \"" + narrow.address() +
+                       "\" encoding: TOP_K top_k: 4",
+                   at_ids),
+            narrow_run);
+    EXPECT_EQ(o.exit_code, 1) << o.err;
+    EXPECT_THAT(o.err, HasSubstr(wanted));
+    EXPECT_FALSE(fs::exists(narrow_run / "summary.json"));
+  }
   EXPECT_EQ(server.Terminate(), 0);
 }
 

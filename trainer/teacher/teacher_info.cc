@@ -167,14 +167,24 @@ absl::Status CheckTeacherInfo(const std::string& address,
   }
   int64_t sample_bytes = 4;  // FLOAT32 and INT32 alike
   for (int64_t d : options.input_shape) sample_bytes *= d;
-  // 1 KiB covers the request's framing and tensor header.
+  // On-policy batches also carry index_top_k INT32 ids per position.
+  const int64_t positions =
+      options.tokenizer_sha256.empty() || options.input_shape.empty()
+          ? 1
+          : options.input_shape[0];
+  sample_bytes += 4 * options.index_top_k * positions;
+  // 1 KiB covers the request's framing and tensor headers.
   const int64_t request_bytes = options.max_batch_rows * sample_bytes + 1024;
   if (info.max_request_bytes() > 0 &&
       request_bytes > info.max_request_bytes()) {
     return absl::FailedPreconditionError(absl::StrCat(
         who, " accepts requests of at most ", info.max_request_bytes(),
         " bytes but a batch of ", options.max_batch_rows, " takes ",
-        request_bytes, " (lower batch_size)"));
+        request_bytes,
+        options.index_top_k > 0
+            ? " with on_policy.student_top_k ids (lower it or batch_size, or "
+              "raise the server's --max_index_k)"
+            : " (lower batch_size)"));
   }
   return absl::OkStatus();
 }
