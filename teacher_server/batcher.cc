@@ -208,26 +208,26 @@ void DynamicBatcher::Process(std::vector<Item>& items) {
       continue;
     }
     absl::StatusOr<v1::SoftTargets> answer;
-    if (item.indices.defined()) {
-      // Log-probabilities at the batch's ids, normalized over every class.
-      auto z = hidden ? TorchCall(
-                            "the teacher's output head",
-                            [&] { return model_->head->Logits((*outputs)[i]); })
-                      : absl::StatusOr<torch::Tensor>((*outputs)[i]);
-      answer =
-          z.ok() ? EncodeAtIndices(*z, item.header.temperature(), item.indices)
-                 : z.status();
-    } else if (!hidden) {
-      answer = EncodeLogits((*outputs)[i], item.header);
-    } else if (item.header.encoding() == v1::HIDDEN_FP16) {
+    if (hidden && item.header.encoding() == v1::HIDDEN_FP16 &&
+        !item.indices.defined()) {
       answer = EncodeTargets(
           losses::TeacherTargets::FromHidden((*outputs)[i], model_->head,
                                              item.header.temperature()),
           v1::HIDDEN_FP16);
     } else {
-      auto z = TorchCall("the teacher's output head",
-                         [&] { return model_->head->Logits((*outputs)[i]); });
-      answer = z.ok() ? EncodeLogits(*z, item.header) : z.status();
+      // The logits: the forward's, or the head over its hidden states.
+      auto z = hidden ? TorchCall(
+                            "the teacher's output head",
+                            [&] { return model_->head->Logits((*outputs)[i]); })
+                      : absl::StatusOr<torch::Tensor>((*outputs)[i]);
+      if (!z.ok()) {
+        answer = z.status();
+      } else if (item.indices.defined()) {
+        // Log-probabilities at the batch's ids, normalized over every class.
+        answer = EncodeAtIndices(*z, item.header.temperature(), item.indices);
+      } else {
+        answer = EncodeLogits(*z, item.header);
+      }
     }
     if (metrics_ != nullptr)
       metrics_->ObserveLatency(absl::Now() - item.enqueued);
