@@ -157,6 +157,26 @@ TEST_F(BrokenTeacherTest, ServerThatNeverAnswersEndsTheRun) {
   EXPECT_GE(seconds_, 2.0);  // two timeouts of 1 s passed before the end
 }
 
+// Info answers, batches never do, and the server is back (Info) after each
+// timeout: before, every reconnect restarted failover_grace_seconds, so only
+// max_attempts (here 100 x 2 s) could end the run. The grace period now
+// runs until a batch is answered.
+TEST_F(BrokenTeacherTest, GracePeriodCountsAnswersNotReconnects) {
+  const std::string address = StartLiar("silent");
+  ASSERT_FALSE(address.empty());
+  const Outcome o = Distill(address,
+                            "max_attempts: 100 answer_timeout_seconds: 1 "
+                            "failover_grace_seconds: 3 prefetch_batches: 0");
+  EXPECT_EQ(o.exit_code, 1) << o.err;
+  EXPECT_THAT(
+      o.err,
+      HasSubstr("no teacher server has answered for 3s: " + address + " ("));
+  EXPECT_THAT(o.err, Not(HasSubstr("teacher.max_attempts")));
+  // It reconnected and was sent the batch again before the end.
+  EXPECT_GE(BatchesReceived(), 2);
+  ExpectNoPartialCheckpoint();
+}
+
 // A server that stops reading its streams: the client's writes of 100 KB
 // batches block on HTTP/2 flow control. Before, the supervisor resent the
 // first timed-out batch itself and blocked in that write for good, so no

@@ -292,7 +292,7 @@ void RemoteTeacher::Impl::MarkDown(Endpoint& endpoint,
     stream->accepting = false;
     stream->context.TryCancel();
   }
-  if (!AnyUp() && !all_down_since_) all_down_since_ = Clock::now();
+  if (!AnyUp() && !unanswered_since_) unanswered_since_ = Clock::now();
   wake_.Signal();
 }
 
@@ -321,6 +321,15 @@ void RemoteTeacher::Impl::MarkSilentEndpointsDown(Clock::time_point now) {
     endpoint->next_retry = now + std::chrono::milliseconds(static_cast<int64_t>(
                                      1000 * options_.answer_timeout_seconds));
   }
+}
+
+bool RemoteTeacher::Impl::AnyInFlight() const {
+  for (const auto& endpoint : endpoints_) {
+    for (const auto& stream : endpoint->streams) {
+      if (!stream->inflight.empty()) return true;
+    }
+  }
+  return false;
 }
 
 bool RemoteTeacher::Impl::AnyUp() const {
@@ -377,7 +386,6 @@ void RemoteTeacher::Impl::Supervise() {
       if (status.ok() && fits.ok()) {
         endpoint->up = true;
         endpoint->last_error.clear();
-        all_down_since_.reset();
         std::fprintf(stderr, "distill: teacher server %s is serving\n",
                      endpoint->address.c_str());
       } else if (status.ok()) {
@@ -400,17 +408,30 @@ void RemoteTeacher::Impl::Supervise() {
       ready.swap(waiting_);
       for (auto& pending : ready) Dispatch(std::move(pending));
     }
-    if (!waiting_.empty() && all_down_since_ &&
-        SecondsBetween(*all_down_since_, Clock::now()) >=
+    // The grace clock runs from the moment every endpoint was down until a
+    // batch is answered: reconnecting (Info) does not stop it.
+    if (failed_.ok() && (!waiting_.empty() || AnyInFlight()) &&
+        unanswered_since_ &&
+        SecondsBetween(*unanswered_since_, Clock::now()) >=
             options_.failover_grace_seconds) {
       std::vector<std::string> lines;
       for (const auto& endpoint : endpoints_) {
-        lines.push_back(absl::StrCat(
-            endpoint->address, " (last error: ", endpoint->last_error, ")"));
+        lines.push_back(
+            endpoint->up
+                ? absl::StrCat(endpoint->address,
+                               " (connected, but no batch answered)")
+                : absl::StrCat(endpoint->address,
+                               " (last error: ", endpoint->last_error, ")"));
       }
-      FailEverything(absl::UnavailableError(absl::StrCat(
+      const std::string reason = absl::StrCat(
           "no teacher server has answered for ",
-          options_.failover_grace_seconds, "s: ", absl::StrJoin(lines, ", "))));
+          options_.failover_grace_seconds, "s: ", absl::StrJoin(lines, ", "));
+      FailEverything(absl::UnavailableError(reason));
+      // Batches in flight come back to Dispatch when their streams end,
+      // which fails them with the same status.
+      for (const auto& endpoint : endpoints_) {
+        if (endpoint->up) MarkDown(*endpoint, reason);
+      }
     }
     // Sleep until the next retry or grace deadline, or until woken.
     absl::Duration wait = absl::Seconds(0.5);
@@ -420,7 +441,7 @@ void RemoteTeacher::Impl::Supervise() {
                         absl::FromChrono(endpoint->next_retry - Clock::now()));
       }
     }
-    if (all_down_since_) wait = std::min(wait, absl::Milliseconds(50));
+    if (unanswered_since_) wait = std::min(wait, absl::Milliseconds(50));
     if (wait > absl::ZeroDuration()) wake_.WaitWithTimeout(&mu_, wait);
   }
 }

@@ -246,6 +246,7 @@ void RemoteTeacher::Impl::ReadLoop(std::shared_ptr<Endpoint> endpoint,
       absl::MutexLock lock(&mu_);
       if (result.ok()) {
         endpoint->failures_in_a_row = 0;
+        unanswered_since_.reset();
         latencies_ms_.push_back(1000 *
                                 SecondsBetween(pending->start, Clock::now()));
         samples_ += pending->rows;

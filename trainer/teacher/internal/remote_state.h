@@ -184,6 +184,7 @@ class RemoteTeacher::Impl {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void MarkSilentEndpointsDown(Clock::time_point now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool AnyInFlight() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool AnyUp() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FailEverything(const absl::Status& status)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -199,8 +200,9 @@ class RemoteTeacher::Impl {
   std::vector<std::shared_ptr<Endpoint>> endpoints_ ABSL_GUARDED_BY(mu_);
   // Batches no endpoint could take, in submission order.
   std::deque<std::shared_ptr<Pending>> waiting_ ABSL_GUARDED_BY(mu_);
-  // Set once no endpoint is up, reset when one comes back.
-  std::optional<Clock::time_point> all_down_since_ ABSL_GUARDED_BY(mu_);
+  // Set once no endpoint is up; reset only when a batch is answered, so a
+  // server that answers Info but no batch does not stop the grace clock.
+  std::optional<Clock::time_point> unanswered_since_ ABSL_GUARDED_BY(mu_);
   absl::Status failed_ ABSL_GUARDED_BY(mu_);
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
