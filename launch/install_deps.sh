@@ -22,6 +22,9 @@ PACKAGES=(
   # Checks LibTorch's zip archives (checkpoints, weights) before LibTorch
   # reads them: common/zip_check.h.
   libzip-dev
+  # Reads a loss plugin's API version from the file before loading it:
+  # losses/plugin_loader.cc.
+  libelf-dev
   # The fuzz targets (tests/fuzz/): clang with libFuzzer and the sanitizers.
   clang libclang-rt-14-dev
   dataset-fashion-mnist

@@ -52,6 +52,8 @@
 #ifndef DISTILL_LOSSES_PLUGIN_H_
 #define DISTILL_LOSSES_PLUGIN_H_
 
+#include <cstdint>
+
 #include "absl/status/status.h"
 #include "losses/loss.h"
 #include "losses/registry.h"
@@ -61,7 +63,8 @@ namespace distill::losses {
 
 // Bumped whenever loss.h, teacher_targets.h, registry.h or the entry below
 // change in a way a built plugin would notice.
-inline constexpr int kDistillLossPluginApiVersion = 2;
+// 3: the version is also in the plugin mark below.
+inline constexpr int kDistillLossPluginApiVersion = 3;
 
 // Registers the plugin's losses. The registry passed in is a staging one:
 // the loader moves its entries into the job's registry only when every name
@@ -79,7 +82,19 @@ struct DistillLossPluginEntry {
   distill::losses::LossPluginRegisterFn register_losses;
 };
 
+// The plugin mark: the API version again, in an ELF section of its own
+// (DISTILL_LOSS_PLUGIN_SECTION), where the loader reads it from the file
+// before loading it. A plugin's static constructors run at dlopen, so a
+// plugin of another version is refused before any of its code runs. The
+// section holds exactly one mark.
+struct DistillLossPluginMark {
+  char magic[8];  // "distill" and its NUL
+  int32_t api_version;
+};
+
 }  // extern "C"
+
+#define DISTILL_LOSS_PLUGIN_SECTION ".distill_plugin"
 
 // The one symbol a plugin exports; its name is what the loader looks up.
 #define DISTILL_LOSS_PLUGIN_ENTRY_SYMBOL "distill_loss_plugin_entry"
@@ -87,11 +102,18 @@ struct DistillLossPluginEntry {
 // Defines the plugin's entry: `register_fn` is an
 // absl::Status(distill::losses::LossRegistry&) function. Use once per plugin,
 // at namespace scope.
-#define DISTILL_LOSS_PLUGIN(register_fn)                                   \
-  extern "C" __attribute__((visibility("default"))) DistillLossPluginEntry \
-  distill_loss_plugin_entry() {                                            \
-    return DistillLossPluginEntry{                                         \
-        ::distill::losses::kDistillLossPluginApiVersion, &(register_fn)};  \
+#define DISTILL_LOSS_PLUGIN(register_fn)                                    \
+  __attribute__((                                                           \
+      used,                                                                 \
+      section(                                                              \
+          DISTILL_LOSS_PLUGIN_SECTION))) static const DistillLossPluginMark \
+      distill_loss_plugin_mark = {                                          \
+          {'d', 'i', 's', 't', 'i', 'l', 'l', '\0'},                        \
+          ::distill::losses::kDistillLossPluginApiVersion};                 \
+  extern "C" __attribute__((visibility("default"))) DistillLossPluginEntry  \
+  distill_loss_plugin_entry() {                                             \
+    return DistillLossPluginEntry{                                          \
+        ::distill::losses::kDistillLossPluginApiVersion, &(register_fn)};   \
   }
 
 #endif  // DISTILL_LOSSES_PLUGIN_H_

@@ -5,6 +5,9 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
 #include <string>
 
 #include "common/testing/status_matchers.h"
@@ -131,9 +134,47 @@ TEST(PluginLoaderTest, FileThatIsNotALibrary) {
     std::fputs("not an ELF file", f);
     std::fclose(f);
   }
+  EXPECT_THAT(
+      LoadLossPlugin(path, registry),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               "cannot load loss plugin " + path + ": not an ELF file"));
+}
+
+// The example plugin with its section headers' offset made to point 1 TB
+// past the end of the file: refused from the file, nothing loaded.
+TEST(PluginLoaderTest, LibraryWhoseHeaderLiesIsRefused) {
+  LossRegistry registry;
+  const std::string path = std::string(::testing::TempDir()) + "/lying.so";
+  std::filesystem::copy_file(kCosineKd, path,
+                             std::filesystem::copy_options::overwrite_existing);
+  {
+    std::FILE* f = std::fopen(path.c_str(), "r+b");
+    ASSERT_NE(f, nullptr);
+    const uint64_t far = uint64_t{1} << 40;
+    ASSERT_EQ(std::fseek(f, 0x28, SEEK_SET), 0);  // e_shoff of ELF64
+    ASSERT_EQ(std::fwrite(&far, sizeof(far), 1, f), 1u);
+    std::fclose(f);
+  }
   EXPECT_THAT(LoadLossPlugin(path, registry),
               StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("cannot load loss plugin " + path + ": ")));
+                       HasSubstr("cannot load loss plugin " + path +
+                                 ": its header places the section table at "
+                                 "byte 1099511627776, past the end of the "
+                                 "file (")));
+  EXPECT_TRUE(registry.Names().empty());
+}
+
+// A plugin-mark section of 3 bytes: refused from the file. The library
+// aborts when loaded, so reaching the check proves it was not.
+TEST(PluginLoaderTest, DamagedMarkIsRefusedBeforeLoading) {
+  LossRegistry registry;
+  const std::string path = DISTILL_BAD_MARK_PLUGIN;
+  EXPECT_THAT(LoadLossPlugin(path, registry),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       "cannot load loss plugin " + path +
+                           ": its .distill_plugin section holds 3 bytes, not "
+                           "one plugin mark (12)"));
+  EXPECT_TRUE(registry.Names().empty());
 }
 
 TEST(PluginLoaderTest, LibraryWithoutEntryIsNotAPlugin) {
@@ -142,11 +183,14 @@ TEST(PluginLoaderTest, LibraryWithoutEntryIsNotAPlugin) {
   EXPECT_THAT(
       LoadLossPlugin(path, registry),
       StatusIs(absl::StatusCode::kInvalidArgument,
-               HasSubstr(path + " is not a distill loss plugin: it exports "
-                                "no distill_loss_plugin_entry")));
+               HasSubstr(path + " is not a distill loss plugin: it has no "
+                                ".distill_plugin section")));
   EXPECT_TRUE(registry.Names().empty());
 }
 
+// Its mark says version 999, and it aborts when loaded (a static
+// constructor): before, dlopen ran that constructor before the version was
+// read, and the process died. Now it is refused from the file.
 TEST(PluginLoaderTest, OtherApiVersionIsRefused) {
   LossRegistry registry;
   const std::string path = DISTILL_WRONG_VERSION_PLUGIN;

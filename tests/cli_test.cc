@@ -223,8 +223,11 @@ TEST_F(CliTest, LibraryThatIsNotAPlugin) {
           config.string() + " --run_dir " + (dir_ / "run").string());
   EXPECT_EQ(o.exit_code, 1);
   EXPECT_EQ(o.err, std::string("distill: error: ") + DISTILL_NOT_A_PLUGIN +
-                       " is not a distill loss plugin: it exports no "
-                       "distill_loss_plugin_entry\n");
+                       " is not a distill loss plugin: it has no "
+                       ".distill_plugin section (DISTILL_LOSS_PLUGIN puts one "
+                       "there since plugin API version 3; rebuild a plugin "
+                       "made for an older release against this release's "
+                       "headers)\n");
   EXPECT_FALSE(fs::exists(dir_ / "run"));
 }
 

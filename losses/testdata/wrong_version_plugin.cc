@@ -1,6 +1,8 @@
-// A loss plugin built for a future API version (999), with the entry written
-// by hand as a newer header's macro would. Used by plugin_loader_test: the
-// loader must refuse it without calling its register function.
+// A loss plugin built for a future API version (999), with its mark and
+// entry written by hand as a newer header's macro would, and a static
+// constructor that aborts. Used by plugin_loader_test: the loader must
+// refuse it from its mark, before loading it runs that constructor, and
+// without calling its register function.
 #include <cstdlib>
 
 #include "losses/plugin.h"
@@ -8,6 +10,12 @@
 namespace {
 
 absl::Status NeverCalled(distill::losses::LossRegistry&) { std::abort(); }
+
+__attribute__((constructor)) void AbortWhenLoaded() { std::abort(); }
+
+__attribute__((used, section(DISTILL_LOSS_PLUGIN_SECTION)))
+const DistillLossPluginMark kMark = {{'d', 'i', 's', 't', 'i', 'l', 'l', '\0'},
+                                     999};
 
 }  // namespace
 
