@@ -32,6 +32,9 @@
 ABSL_FLAG(std::string, teacher_weights, "",
           "Weights of a trained cnn_teacher (default: fresh random weights).");
 ABSL_FLAG(int, batch_size, 64, "Samples per request.");
+ABSL_FLAG(int64_t, max_transport_mb, -1,
+          "The servers' gRPC resource quota, as teacher_server's flag: -1 "
+          "automatic (its default), 0 none.");
 ABSL_FLAG(int, batches, 40, "Requests per measurement at C = 10.");
 ABSL_FLAG(int, vocab_batches, 10, "Requests per measurement at V = 32,000.");
 ABSL_FLAG(int, vocab, 32000,
@@ -212,6 +215,14 @@ double MeanKl(const torch::Tensor& p, const torch::Tensor& q) {
   return terms.sum(-1).mean().item<double>();
 }
 
+// Every server of the benchmark runs under the same transport quota.
+teacher::ServerOptions BenchServerOptions() {
+  teacher::ServerOptions options;
+  const int64_t mb = absl::GetFlag(FLAGS_max_transport_mb);
+  options.max_transport_bytes = mb < 0 ? -1 : mb << 20;
+  return options;
+}
+
 void EncodingTable(const std::string& title, teacher::ServedModel model,
                    double temperature, int batches) {
   const int64_t classes = model.num_classes();
@@ -219,7 +230,7 @@ void EncodingTable(const std::string& title, teacher::ServedModel model,
   // client turns into probabilities with the head (its one-time transfer,
   // 4 x V x (H + 1) bytes, not counted per sample).
   const std::shared_ptr<const distill::losses::OutputHead> head = model.head;
-  teacher::ServerOptions options;
+  teacher::ServerOptions options = BenchServerOptions();
   options.batcher.max_batch = absl::GetFlag(FLAGS_batch_size);
   options.batcher.max_queue_delay = absl::ZeroDuration();
   auto server = OrDie(teacher::TeacherServer::Start(std::move(model), options));
@@ -327,7 +338,7 @@ void BatchingTable(const std::string& dir) {
               "samples/forward", "forwards");
   double base = 0;
   for (bool on : {false, true}) {
-    teacher::ServerOptions options;
+    teacher::ServerOptions options = BenchServerOptions();
     options.batcher.max_batch = on ? 256 : size;
     options.batcher.max_queue_delay =
         on ? absl::Milliseconds(2) : absl::ZeroDuration();

@@ -2,6 +2,7 @@
 
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/resource_quota.h>
+#include <grpcpp/server_posix.h>
 
 #include <algorithm>
 #include <limits>
@@ -11,6 +12,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "teacher_server/listener.h"
 
 namespace distill::teacher {
 namespace {
@@ -58,6 +60,10 @@ absl::StatusOr<std::unique_ptr<TeacherServer>> TeacherServer::Start(
       options.keepalive_time <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError(
         "idle_timeout, handshake_timeout and keepalive_time must be > 0");
+  }
+  if (options.max_transport_bytes < -1) {
+    return absl::InvalidArgumentError(
+        "max_transport_bytes must be -1 (automatic), 0 (none) or positive");
   }
   if (options.max_streams < 1) {
     return absl::InvalidArgumentError("max_streams must be >= 1");
@@ -107,7 +113,18 @@ absl::StatusOr<std::unique_ptr<TeacherServer>> TeacherServer::Start(
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   const std::string address = HostPort(options.host, options.port);
-  builder.AddListeningPort(address, credentials, &server->port_);
+  if (options.tls_cert_pem.empty()) {
+    // Our listener, which survives running out of descriptors (listener.h).
+    auto listener = Listener::Bind(options.host, options.port);
+    if (!listener.ok()) {
+      server->service_->StopBatcher();
+      return listener.status();
+    }
+    server->listener_ = *std::move(listener);
+    server->port_ = server->listener_->port();
+  } else {
+    builder.AddListeningPort(address, credentials, &server->port_);
+  }
   builder.SetMaxReceiveMessageSize(static_cast<int>(std::min<int64_t>(
       service_options.max_request_bytes, std::numeric_limits<int>::max())));
   auto milliseconds = [](absl::Duration d) {
@@ -123,9 +140,15 @@ absl::StatusOr<std::unique_ptr<TeacherServer>> TeacherServer::Start(
                              milliseconds(options.keepalive_time));
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  if (options.max_transport_bytes > 0) {
+  server->max_transport_bytes_ =
+      options.max_transport_bytes >= 0
+          ? options.max_transport_bytes
+          : std::max(
+                kMinAutoTransportBytes,
+                kAutoTransportRequests * service_options.max_request_bytes);
+  if (server->max_transport_bytes_ > 0) {
     grpc::ResourceQuota quota("teacher_server");
-    quota.Resize(static_cast<size_t>(options.max_transport_bytes));
+    quota.Resize(static_cast<size_t>(server->max_transport_bytes_));
     builder.SetResourceQuota(quota);
   }
   builder.RegisterService(server->service_.get());
@@ -138,6 +161,12 @@ absl::StatusOr<std::unique_ptr<TeacherServer>> TeacherServer::Start(
       server->server_->GetHealthCheckService();
   health->SetServingStatus("", true);
   health->SetServingStatus(kTeacherServiceName, true);
+  if (server->listener_ != nullptr) {
+    grpc::Server* grpc_server = server->server_.get();
+    server->listener_->Start([grpc_server](int fd) {
+      grpc::AddInsecureChannelFromFd(grpc_server, fd);
+    });
+  }
 
   if (options.metrics_port != 0) {
     absl::Status serving =
@@ -158,6 +187,8 @@ void TeacherServer::Shutdown() {
   absl::MutexLock lock(&shutdown_mu_);
   if (shut_down_) return;
   shut_down_ = true;
+  // No new connections once draining starts.
+  if (listener_ != nullptr) listener_->Stop();
   if (server_ != nullptr) {
     // Health first, so balancers stop sending work before streams end.
     server_->GetHealthCheckService()->SetServingStatus(false);

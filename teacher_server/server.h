@@ -15,6 +15,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "teacher_server/batcher.h"
+#include "teacher_server/listener.h"
 #include "teacher_server/metrics.h"
 #include "teacher_server/served_model.h"
 #include "teacher_server/service.h"
@@ -53,8 +54,10 @@ struct ServerOptions {
   absl::Duration drain_timeout = absl::Seconds(30);
   // A connection with no call open this long is closed. Default: 5 min.
   absl::Duration idle_timeout = absl::Minutes(5);
-  // A connection that has not finished its TLS / HTTP/2 handshake this long
-  // after it was accepted is closed (gRPC's default is 2 min). Default: 10 s.
+  // A TLS connection that has not finished its handshake this long after it
+  // was accepted is closed (gRPC's default is 2 min). Plaintext connections
+  // (accepted by Listener) have no handshake; idle_timeout closes a silent
+  // one. Default: 10 s.
   absl::Duration handshake_timeout = absl::Seconds(10);
   // The server pings a connection silent this long and closes it when the
   // ping is not answered within 20 s: dead peers free their descriptors.
@@ -62,9 +65,14 @@ struct ServerOptions {
   absl::Duration keepalive_time = absl::Minutes(1);
   // gRPC's resource quota: the memory its transports may take for buffers
   // (reads, writes, flow-control windows), across connections. Near it,
-  // gRPC shrinks windows and reads less. 0: no quota. Default: 0.
-  int64_t max_transport_bytes = 0;
+  // gRPC shrinks windows and reads less. 0: no quota. -1 (the default):
+  // kAutoTransportRequests x the largest request, at least
+  // kMinAutoTransportBytes.
+  int64_t max_transport_bytes = -1;
 };
+
+inline constexpr int64_t kMinAutoTransportBytes = int64_t{256} << 20;
+inline constexpr int64_t kAutoTransportRequests = 4;
 
 class TeacherServer {
  public:
@@ -79,6 +87,8 @@ class TeacherServer {
   int port() const { return port_; }
   // "host:port" for clients.
   std::string address() const;
+  // gRPC's resource quota in force; 0: none.
+  int64_t max_transport_bytes() const { return max_transport_bytes_; }
 
   // Graceful stop: health turns NOT_SERVING, new calls are refused, every
   // open stream answers the batches it has read and ends, the batcher
@@ -94,11 +104,14 @@ class TeacherServer {
 
   std::string host_;
   int port_ = 0;
+  int64_t max_transport_bytes_ = 0;
   absl::Duration drain_timeout_;
   std::unique_ptr<ServedModel> model_;
   std::unique_ptr<ServerMetrics> metrics_;
   std::unique_ptr<TeacherService> service_;
   std::unique_ptr<grpc::Server> server_;
+  // Plaintext servers accept here rather than in gRPC (listener.h).
+  std::unique_ptr<Listener> listener_;
   absl::Mutex shutdown_mu_;
   bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;
 };

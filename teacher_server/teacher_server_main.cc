@@ -51,6 +51,10 @@ ABSL_FLAG(std::string, tokenizer, "",
           "trainers refuse a teacher whose tokenizer is not their data's.");
 ABSL_FLAG(std::string, host, "127.0.0.1", "Address to listen on.");
 ABSL_FLAG(int, port, 0, "Port to listen on; 0 picks a free one.");
+ABSL_FLAG(int64_t, max_open_files, 0,
+          "Open files (connections) the server may hold; 0: as many as the "
+          "kernel allows it (the hard RLIMIT_NOFILE). Beyond it, new "
+          "connections are closed unserved until some close.");
 ABSL_FLAG(std::string, port_file, "",
           "Once serving, write the port here (atomically) as \"<port>\\n\".");
 ABSL_FLAG(std::string, registry_dir, "",
@@ -69,9 +73,10 @@ ABSL_FLAG(int64_t, idle_timeout_s, 300,
 ABSL_FLAG(int, max_streams, 256,
           "Distill streams served at once; more are refused "
           "RESOURCE_EXHAUSTED.");
-ABSL_FLAG(int64_t, max_transport_mb, 0,
+ABSL_FLAG(int64_t, max_transport_mb, -1,
           "Memory gRPC's transports may take for buffers, across "
-          "connections (its resource quota); 0: no quota.");
+          "connections (its resource quota); -1: 4 x the largest request, "
+          "at least 256 MiB; 0: no quota.");
 ABSL_FLAG(int64_t, max_queue_delay_us, 2000,
           "How long a batch may wait for others to share its forward.");
 ABSL_FLAG(int64_t, max_request_bytes, 0,
@@ -225,11 +230,13 @@ absl::StatusOr<teacher::ServerOptions> OptionsFromFlags() {
         absl::StrCat("--max_streams must be >= 1, got ", options.max_streams));
   }
   const int64_t transport_mb = absl::GetFlag(FLAGS_max_transport_mb);
-  if (transport_mb < 0 || transport_mb > (int64_t{1} << 20)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--max_transport_mb must be in [0, 1048576], got ", transport_mb));
+  if (transport_mb < -1 || transport_mb > (int64_t{1} << 20)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_transport_mb must be -1 (automatic) or in [0, "
+                     "1048576], got ",
+                     transport_mb));
   }
-  options.max_transport_bytes = transport_mb << 20;
+  options.max_transport_bytes = transport_mb < 0 ? -1 : transport_mb << 20;
   if (options.port < 0 || options.port > 65535) {
     return absl::InvalidArgumentError(
         absl::StrCat("--port must be in [0, 65535], got ", options.port));
@@ -265,17 +272,27 @@ absl::StatusOr<teacher::ServerOptions> OptionsFromFlags() {
   return options;
 }
 
-// Every connection costs a descriptor, and gRPC's listener stops accepting
-// for good once accept fails with EMFILE. The usual soft limit (1024) is far
-// below what the kernel allows this process (the hard limit): take it all.
-// Returns the limit now in force.
-rlim_t RaiseOpenFilesLimit() {
+// Every connection costs a descriptor. The usual soft limit (1024) is far
+// below what the kernel allows this process (the hard limit): take it all,
+// or `wanted` (> 0) when that is less. Returns the limit now in force.
+absl::StatusOr<rlim_t> SetOpenFilesLimit(int64_t wanted) {
   rlimit limit{};
-  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return 0;
-  if (limit.rlim_cur < limit.rlim_max) {
-    rlimit raised = limit;
-    raised.rlim_cur = limit.rlim_max;
-    if (setrlimit(RLIMIT_NOFILE, &raised) == 0) return raised.rlim_cur;
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return rlim_t{0};
+  if (wanted < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_open_files must be >= 0, got ", wanted));
+  }
+  if (wanted > 0 && static_cast<rlim_t>(wanted) > limit.rlim_max) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_open_files ", wanted,
+                     " is above the hard open-files limit ", limit.rlim_max));
+  }
+  const rlim_t target =
+      wanted > 0 ? static_cast<rlim_t>(wanted) : limit.rlim_max;
+  if (limit.rlim_cur != target) {
+    rlimit changed = limit;
+    changed.rlim_cur = target;
+    if (setrlimit(RLIMIT_NOFILE, &changed) == 0) return target;
   }
   return limit.rlim_cur;
 }
@@ -305,7 +322,9 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  const rlim_t open_files = RaiseOpenFilesLimit();
+  const absl::StatusOr<rlim_t> open_files =
+      SetOpenFilesLimit(absl::GetFlag(FLAGS_max_open_files));
+  if (!open_files.ok()) return Fail(std::string(open_files.status().message()));
   auto source = SourceFromFlags();
   if (!source.ok()) return Fail(std::string(source.status().message()));
   auto options = OptionsFromFlags();
@@ -338,7 +357,18 @@ int main(int argc, char** argv) {
   // Said before the port file announces the server, like everything a
   // launcher may read once it sees that file.
   std::printf("teacher_server: up to %llu open files (connections)\n",
-              static_cast<unsigned long long>(open_files));
+              static_cast<unsigned long long>(*open_files));
+  const int64_t transport = (*server)->max_transport_bytes();
+  if (transport > 0) {
+    std::printf(
+        "teacher_server: transport buffers up to %.0f MiB "
+        "(--max_transport_mb)\n",
+        static_cast<double>(transport) / (1 << 20));
+  } else {
+    std::printf(
+        "teacher_server: transport buffers unbounded "
+        "(--max_transport_mb 0)\n");
+  }
   std::fflush(stdout);
 
   // The port file comes last: whoever waits for it (a launcher, a test)

@@ -124,8 +124,9 @@ TEST_F(TeacherServerBinaryTest, BadFlagsExitOneWithOneLine) {
              "'cnn_teacher'");
   expect("--arch cnn_student --weights " + weights_ + " --max_batch 0",
          "--max_batch must be >= 1, got 0");
-  expect("--arch cnn_student --weights " + weights_ + " --max_transport_mb -1",
-         "--max_transport_mb must be in [0, 1048576], got -1");
+  expect("--arch cnn_student --weights " + weights_ + " --max_transport_mb -2",
+         "--max_transport_mb must be -1 (automatic) or in [0, 1048576], got "
+         "-2");
   expect("--arch cnn_student --weights " + weights_ + " --input_shape 1,x,28",
          "--input_shape must be positive integers separated by commas, got "
          "'1,x,28'");
@@ -239,6 +240,74 @@ TEST_F(TeacherServerBinaryTest, IdleConnectionsDoNotExhaustDescriptors) {
   ASSERT_EQ(client.exit_code, 0) << client.err;
   EXPECT_THAT(client.out, HasSubstr("info with 300 idle connections: OK"));
   EXPECT_THAT(client.out, HasSubstr("info after closing them: OK"));
+  EXPECT_EQ(server_->Terminate(), 0);
+}
+
+// 300 idle TCP connections against a server that may hold only 128 open
+// files: accept fails with EMFILE. Before, gRPC's listener then never
+// accepted again, even after every connection closed. The server's own
+// listener sheds what it cannot serve (says so once), and a client written
+// from the proto gets Info again once the connections close.
+TEST_F(TeacherServerBinaryTest, ListenerRecoversFromRunningOutOfDescriptors) {
+  const int port = StartServer({"--max_open_files", "128"});
+  ASSERT_GT(port, 0);
+  EXPECT_THAT(server_->out(),
+              HasSubstr("teacher_server: up to 128 open files (connections)"));
+  const Outcome client =
+      RunShell("/usr/bin/python3 " + SourceDir() + "/tests/hostile_client.py" +
+                   " --proto_dir " + SourceDir() +
+                   "/proto --address 127.0.0.1:" + std::to_string(port) +
+                   " --connections 300 --retry_seconds 20",
+               dir_);
+  ASSERT_EQ(client.exit_code, 0) << client.err;
+  EXPECT_THAT(client.out, HasSubstr("info after closing them: OK"));
+  EXPECT_EQ(server_->Terminate(), 0);
+  EXPECT_THAT(server_->err(),
+              HasSubstr("teacher_server: no descriptor free for a new "
+                        "connection (open files limit 128): "));
+}
+
+// gRPC's transport buffers are bounded by default: 4 x the largest request,
+// at least 256 MiB (the test teacher's requests are small); 0 lifts it.
+TEST_F(TeacherServerBinaryTest, TransportBuffersAreBoundedByDefault) {
+  ASSERT_GT(StartServer({}), 0);
+  EXPECT_THAT(server_->out(), HasSubstr("teacher_server: transport buffers up "
+                                        "to 256 MiB (--max_transport_mb)"));
+  EXPECT_EQ(server_->Terminate(), 0);
+  // 4 x 100,000,000 bytes = 381 MiB.
+  ASSERT_GT(StartServer({"--max_request_bytes", "100000000"}), 0);
+  EXPECT_THAT(server_->out(), HasSubstr("teacher_server: transport buffers up "
+                                        "to 381 MiB (--max_transport_mb)"));
+  EXPECT_EQ(server_->Terminate(), 0);
+  ASSERT_GT(StartServer({"--max_transport_mb", "0"}), 0);
+  EXPECT_THAT(server_->out(),
+              HasSubstr("teacher_server: transport buffers unbounded "
+                        "(--max_transport_mb 0)"));
+  EXPECT_EQ(server_->Terminate(), 0);
+}
+
+// A TCP connection that never says a word of HTTP/2 holds a descriptor: the
+// server closes it after --idle_timeout_s. The read below returns 0 (the
+// server's close) or -1 when its own 30 s receive timeout passes first.
+TEST_F(TeacherServerBinaryTest, SilentConnectionIsClosedAfterTheIdleTimeout) {
+  const int port = StartServer({"--idle_timeout_s", "1"});
+  ASSERT_GT(port, 0);
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  const timeval wait = {30, 0};
+  ASSERT_EQ(::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof(wait)), 0);
+  // The server may send its HTTP/2 settings first; read to the end.
+  char buffer[4096];
+  ssize_t n;
+  while ((n = ::read(fd, buffer, sizeof(buffer))) > 0) {
+  }
+  EXPECT_EQ(n, 0) << "the connection was still open after 30 s";
+  ::close(fd);
   EXPECT_EQ(server_->Terminate(), 0);
 }
 

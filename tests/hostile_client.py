@@ -8,7 +8,11 @@ Info on a fresh channel; closes them and calls Info again. Prints:
   info after closing them: OK | <status code> <details>
 Exits 1 when it cannot open the connections itself.
 
+--retry_seconds S: calls Info after closing them until it is OK or S
+seconds have passed.
+
 usage: hostile_client.py --proto_dir DIR --address HOST:PORT --connections N
+                         [--retry_seconds S]
 """
 import argparse
 import os
@@ -16,6 +20,7 @@ import resource
 import socket
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "..", "teacher_server", "testdata"))
@@ -37,6 +42,7 @@ def main():
     p.add_argument("--proto_dir", required=True)
     p.add_argument("--address", required=True)
     p.add_argument("--connections", type=int, required=True)
+    p.add_argument("--retry_seconds", type=float, default=0)
     a = p.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = a.connections + 256
@@ -53,8 +59,14 @@ def main():
               f"{info(pb2, pb2_grpc, a.address)}", flush=True)
         for s in held:
             s.close()
-        print(f"info after closing them: {info(pb2, pb2_grpc, a.address)}",
-              flush=True)
+        # The server frees their descriptors as it reads each close; the
+        # first Info after may still find none free. Retried until OK or
+        # --retry_seconds pass (0: once).
+        deadline = time.monotonic() + a.retry_seconds
+        after = info(pb2, pb2_grpc, a.address)
+        while after != "OK" and time.monotonic() < deadline:
+            after = info(pb2, pb2_grpc, a.address)
+        print(f"info after closing them: {after}", flush=True)
 
 
 if __name__ == "__main__":
