@@ -19,19 +19,8 @@ class GraphBuilder {
  public:
   explicit GraphBuilder(onnx::GraphProto* graph) : graph_(graph) {}
 
-  // A float or int8 initializer from a contiguous CPU tensor.
   std::string Initializer(const std::string& name, const torch::Tensor& t) {
-    torch::Tensor c = t.detach().contiguous().cpu();
-    onnx::TensorProto* init = graph_->add_initializer();
-    init->set_name(name);
-    for (int64_t d : c.sizes()) init->add_dims(d);
-    if (c.scalar_type() == torch::kInt8) {
-      init->set_data_type(onnx::TensorProto::INT8);
-    } else {
-      c = c.to(torch::kFloat32);
-      init->set_data_type(onnx::TensorProto::FLOAT);
-    }
-    init->set_raw_data(c.data_ptr(), c.numel() * c.element_size());
+    AddOnnxInitializer(graph_, name, t);
     return name;
   }
 
@@ -63,14 +52,6 @@ void IntsAttribute(onnx::NodeProto* node, const std::string& name,
   for (int64_t v : values) a->add_ints(v);
 }
 
-void IntAttribute(onnx::NodeProto* node, const std::string& name,
-                  int64_t value) {
-  onnx::AttributeProto* a = node->add_attribute();
-  a->set_name(name);
-  a->set_type(onnx::AttributeProto::INT);
-  a->set_i(value);
-}
-
 void SetValueInfo(onnx::ValueInfoProto* info, const std::string& name,
                   const std::vector<int64_t>& dims) {
   info->set_name(name);
@@ -82,6 +63,31 @@ void SetValueInfo(onnx::ValueInfoProto* info, const std::string& name,
 }
 
 }  // namespace
+
+void AddOnnxInitializer(onnx::GraphProto* graph, const std::string& name,
+                        const torch::Tensor& t) {
+  torch::Tensor c = t.detach().contiguous().cpu();
+  onnx::TensorProto* init = graph->add_initializer();
+  init->set_name(name);
+  for (int64_t d : c.sizes()) init->add_dims(d);
+  if (c.scalar_type() == torch::kInt8) {
+    init->set_data_type(onnx::TensorProto::INT8);
+  } else if (c.scalar_type() == torch::kUInt8) {
+    init->set_data_type(onnx::TensorProto::UINT8);
+  } else {
+    c = c.to(torch::kFloat32);
+    init->set_data_type(onnx::TensorProto::FLOAT);
+  }
+  init->set_raw_data(c.data_ptr(), c.numel() * c.element_size());
+}
+
+void SetIntAttribute(onnx::NodeProto* node, const std::string& name,
+                     int64_t value) {
+  onnx::AttributeProto* a = node->add_attribute();
+  a->set_name(name);
+  a->set_type(onnx::AttributeProto::INT);
+  a->set_i(value);
+}
 
 absl::StatusOr<onnx::ModelProto> BuildOnnxModel(
     const std::vector<ExportStep>& plan, const OnnxExportOptions& options) {
@@ -147,7 +153,7 @@ absl::StatusOr<onnx::ModelProto> BuildOnnxModel(
                 g.Initializer(l.name + ".weight_zero_point",
                               torch::zeros({l.weight.size(0)}, torch::kInt8));
             weight = g.Fresh(l.name + ".weight_dq");
-            IntAttribute(
+            SetIntAttribute(
                 g.Node("DequantizeLinear", {w_q, w_scale, w_zero}, weight),
                 "axis", 0);
           } else {
@@ -163,9 +169,10 @@ absl::StatusOr<onnx::ModelProto> BuildOnnxModel(
                 node, "pads",
                 {l.padding[0], l.padding[1], l.padding[0], l.padding[1]});
             IntsAttribute(node, "dilations", l.dilation);
-            IntAttribute(node, "group", l.groups);
+            SetIntAttribute(node, "group", l.groups);
           } else {
-            IntAttribute(g.Node("Gemm", {x, weight, bias}, out), "transB", 1);
+            SetIntAttribute(g.Node("Gemm", {x, weight, bias}, out), "transB",
+                            1);
           }
           break;
         }
@@ -179,7 +186,7 @@ absl::StatusOr<onnx::ModelProto> BuildOnnxModel(
           break;
         }
         case ExportStep::Kind::kFlatten:
-          IntAttribute(g.Node("Flatten", {x}, out), "axis", 1);
+          SetIntAttribute(g.Node("Flatten", {x}, out), "axis", 1);
           break;
       }
       x = out;

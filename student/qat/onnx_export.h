@@ -37,6 +37,14 @@ struct OnnxExportOptions {
   std::string graph_name = "student";
 };
 
+// An initializer from a tensor: INT8 for int8, UINT8 for uint8, FLOAT for
+// anything else (converted).
+void AddOnnxInitializer(onnx::GraphProto* graph, const std::string& name,
+                        const torch::Tensor& t);
+// An INT attribute on `node`.
+void SetIntAttribute(onnx::NodeProto* node, const std::string& name,
+                     int64_t value);
+
 // Builds the model and runs onnx::checker::check_model on it.
 // InvalidArgument when the plan is empty or a quantized layer lacks scales;
 // Internal with the checker's message when the checker refuses the model.

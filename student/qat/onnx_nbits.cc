@@ -12,29 +12,6 @@
 namespace distill::student::qat {
 namespace {
 
-void AddInitializer(onnx::GraphProto* graph, const std::string& name,
-                    const torch::Tensor& t) {
-  torch::Tensor c = t.detach().contiguous().cpu();
-  onnx::TensorProto* init = graph->add_initializer();
-  init->set_name(name);
-  for (int64_t d : c.sizes()) init->add_dims(d);
-  if (c.scalar_type() == torch::kUInt8) {
-    init->set_data_type(onnx::TensorProto::UINT8);
-  } else {
-    c = c.to(torch::kFloat32);
-    init->set_data_type(onnx::TensorProto::FLOAT);
-  }
-  init->set_raw_data(c.data_ptr(), c.numel() * c.element_size());
-}
-
-void IntAttribute(onnx::NodeProto* node, const std::string& name,
-                  int64_t value) {
-  onnx::AttributeProto* a = node->add_attribute();
-  a->set_name(name);
-  a->set_type(onnx::AttributeProto::INT);
-  a->set_i(value);
-}
-
 void SetMatrixInfo(onnx::ValueInfoProto* info, const std::string& name,
                    int64_t columns) {
   info->set_name(name);
@@ -79,20 +56,20 @@ absl::Status AddMatMulNBits(onnx::GraphProto* graph, const std::string& name,
         node->add_input(input);
         node->add_input(name + ".B");
         node->add_input(name + ".scales");
-        AddInitializer(graph, name + ".B", packed.b);
-        AddInitializer(graph, name + ".scales", packed.scales);
+        AddOnnxInitializer(graph, name + ".B", packed.b);
+        AddOnnxInitializer(graph, name + ".scales", packed.scales);
         if (packed.zero_points.defined()) {
           node->add_input(name + ".zero_points");
-          AddInitializer(graph, name + ".zero_points", packed.zero_points);
+          AddOnnxInitializer(graph, name + ".zero_points", packed.zero_points);
         }
         const std::string product = bias.defined() ? name + ".product" : output;
         node->add_output(product);
-        IntAttribute(node, "K", weight.size(1));
-        IntAttribute(node, "N", weight.size(0));
-        IntAttribute(node, "bits", spec.bits);
-        IntAttribute(node, "block_size", spec.group_size);
+        SetIntAttribute(node, "K", weight.size(1));
+        SetIntAttribute(node, "N", weight.size(0));
+        SetIntAttribute(node, "bits", spec.bits);
+        SetIntAttribute(node, "block_size", spec.group_size);
         if (bias.defined()) {
-          AddInitializer(graph, name + ".bias", bias);
+          AddOnnxInitializer(graph, name + ".bias", bias);
           onnx::NodeProto* add = graph->add_node();
           add->set_op_type("Add");
           add->set_name(name + ".add_bias");
