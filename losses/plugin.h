@@ -86,7 +86,8 @@ struct DistillLossPluginEntry {
 // (DISTILL_LOSS_PLUGIN_SECTION), where the loader reads it from the file
 // before loading it. A plugin's static constructors run at dlopen, so a
 // plugin of another version is refused before any of its code runs. The
-// section holds exactly one mark.
+// section holds exactly one mark; the entry returns the mark's version, so
+// a linker that drops unreferenced sections (--gc-sections) keeps it.
 struct DistillLossPluginMark {
   char magic[8];  // "distill" and its NUL
   int32_t api_version;
@@ -112,8 +113,8 @@ struct DistillLossPluginMark {
           ::distill::losses::kDistillLossPluginApiVersion};                 \
   extern "C" __attribute__((visibility("default"))) DistillLossPluginEntry  \
   distill_loss_plugin_entry() {                                             \
-    return DistillLossPluginEntry{                                          \
-        ::distill::losses::kDistillLossPluginApiVersion, &(register_fn)};   \
+    return DistillLossPluginEntry{distill_loss_plugin_mark.api_version,     \
+                                  &(register_fn)};                          \
   }
 
 #endif  // DISTILL_LOSSES_PLUGIN_H_

@@ -120,12 +120,24 @@ void Listener::Run(const std::function<void(int fd)>& take) {
   using Clock = std::chrono::steady_clock;
   std::optional<Clock::time_point> last_report;
   pollfd watched[2] = {{fd_, POLLIN, 0}, {wake_[0], POLLIN, 0}};
-  // Waits on the wake pipe alone, for a pause that Stop() can cut short.
-  auto pause = [&watched] { return poll(&watched[1], 1, 100) != 0; };
+  // Waits 100 ms on the wake pipe alone; true when Stop() asked to end.
+  // A signal (EINTR) only cuts the pause short.
+  auto pause = [&watched] {
+    watched[1].revents = 0;
+    return poll(&watched[1], 1, 100) > 0 && (watched[1].revents & POLLIN);
+  };
   while (true) {
+    // The reserve, if it could not be taken back after shedding.
+    if (reserve_ < 0) reserve_ = OpenReserve();
     watched[0].revents = watched[1].revents = 0;
-    if (poll(watched, 2, -1) < 0 && errno != EINTR) return;
-    if (watched[1].revents != 0) return;
+    if (poll(watched, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      std::fprintf(stderr, "teacher_server: listener poll failed: %s\n",
+                   std::strerror(errno));
+      if (pause()) return;
+      continue;
+    }
+    if (watched[1].revents & POLLIN) return;
     if ((watched[0].revents & POLLIN) == 0) continue;
     const int fd = accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
     if (fd >= 0) {

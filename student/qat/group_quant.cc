@@ -56,7 +56,8 @@ GroupQuantParams GroupQuantParamsFromWeight(const torch::Tensor& weight,
                         .to(torch::kFloat32)
                         .clamp_min(kMinScale)
                         .reshape(shape);
-    params.zero_points = torch::full(shape, half, torch::kInt32);
+    params.zero_points =
+        torch::full(shape, half, weight.options().dtype(torch::kInt32));
     return params;
   }
   const torch::Tensor low = torch::nan_to_num(g.amin(1), 0.0).clamp_max(0);

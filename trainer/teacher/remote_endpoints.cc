@@ -332,6 +332,22 @@ bool RemoteTeacher::Impl::AnyInFlight() const {
   return false;
 }
 
+bool RemoteTeacher::Impl::AnyUpEndpointWithinAnswerTimeout(
+    Clock::time_point now) const {
+  for (const auto& endpoint : endpoints_) {
+    if (!endpoint->up) continue;
+    for (const auto& stream : endpoint->streams) {
+      for (const auto& [id, pending] : stream->inflight) {
+        if (SecondsBetween(pending->sent, now) <
+            options_.answer_timeout_seconds) {
+          return true;
+        }
+      }
+    }
+  }
+  return false;
+}
+
 bool RemoteTeacher::Impl::AnyUp() const {
   for (const auto& endpoint : endpoints_) {
     if (endpoint->up) return true;
@@ -408,12 +424,22 @@ void RemoteTeacher::Impl::Supervise() {
       ready.swap(waiting_);
       for (auto& pending : ready) Dispatch(std::move(pending));
     }
-    // The grace clock runs from the moment every endpoint was down until a
-    // batch is answered: reconnecting (Info) does not stop it.
-    if (failed_.ok() && (!waiting_.empty() || AnyInFlight()) &&
-        unanswered_since_ &&
+    // The grace clock runs while work is outstanding, from the moment every
+    // endpoint was down until a batch is answered: reconnecting (Info) does
+    // not stop it. With no work outstanding there is nothing to wait for
+    // (the trainer evaluates, checkpoints), so it starts again with the
+    // next batch if every endpoint is still down then. A server that is up
+    // again still gets answer_timeout_seconds for the batches it was sent.
+    const bool outstanding = !waiting_.empty() || AnyInFlight();
+    if (!outstanding) {
+      unanswered_since_.reset();
+    } else if (!unanswered_since_ && !AnyUp()) {
+      unanswered_since_ = Clock::now();
+    }
+    if (failed_.ok() && outstanding && unanswered_since_ &&
         SecondsBetween(*unanswered_since_, Clock::now()) >=
-            options_.failover_grace_seconds) {
+            options_.failover_grace_seconds &&
+        !AnyUpEndpointWithinAnswerTimeout(Clock::now())) {
       std::vector<std::string> lines;
       for (const auto& endpoint : endpoints_) {
         lines.push_back(

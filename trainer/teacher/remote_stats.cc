@@ -18,6 +18,9 @@ nlohmann::json RemoteTeacher::Impl::TakeStats() {
   stats["teacher_samples"] = samples_;
   stats["teacher_resent_batches"] = resent_;
   stats["teacher_endpoint_failures"] = failures_;
+  int64_t up = 0;
+  for (const auto& endpoint : endpoints_) up += endpoint->up;
+  stats["teacher_endpoints_up"] = up;
   if (batches > 0) {
     std::sort(latencies_ms_.begin(), latencies_ms_.end());
     double sum = 0;

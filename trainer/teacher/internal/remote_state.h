@@ -185,6 +185,10 @@ class RemoteTeacher::Impl {
   void MarkSilentEndpointsDown(Clock::time_point now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool AnyInFlight() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether an endpoint that is up has a batch out for less than
+  // answer_timeout_seconds.
+  bool AnyUpEndpointWithinAnswerTimeout(Clock::time_point now) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool AnyUp() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FailEverything(const absl::Status& status)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -200,8 +204,9 @@ class RemoteTeacher::Impl {
   std::vector<std::shared_ptr<Endpoint>> endpoints_ ABSL_GUARDED_BY(mu_);
   // Batches no endpoint could take, in submission order.
   std::deque<std::shared_ptr<Pending>> waiting_ ABSL_GUARDED_BY(mu_);
-  // Set once no endpoint is up; reset only when a batch is answered, so a
-  // server that answers Info but no batch does not stop the grace clock.
+  // Set once no endpoint is up while work is outstanding; reset when a
+  // batch is answered or no work is outstanding, not when a server answers
+  // Info, so one that answers Info but no batch does not stop the clock.
   std::optional<Clock::time_point> unanswered_since_ ABSL_GUARDED_BY(mu_);
   absl::Status failed_ ABSL_GUARDED_BY(mu_);
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;

@@ -94,7 +94,8 @@ class RemoteTeacher final : public TeacherClient {
   // or the first one offered it.
   bool scores_at_indices() const override;
   // teacher_batches, teacher_samples, teacher_latency_ms_mean/_p95,
-  // teacher_resent_batches, teacher_endpoint_failures and, for top-k,
+  // teacher_resent_batches, teacher_endpoint_failures,
+  // teacher_endpoints_up (now) and, for top-k,
   // teacher_topk_mass_mean (mean of 1 - tail mass).
   nlohmann::json TakeStats() override;
   int64_t num_classes() const override;
