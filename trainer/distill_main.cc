@@ -104,6 +104,10 @@ int Fail(const std::string& message) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // A rank that dies leaves its peers' sockets broken: a write to one must
+  // fail with EPIPE, which Gloo reports as an error naming the collective,
+  // not kill this rank with SIGPIPE before it can say so (or checkpoint).
+  std::signal(SIGPIPE, SIG_IGN);
   // Large tensors reused from the heap, not faulted in again every step.
   distill::TuneMallocForTensors();
   absl::SetProgramUsageMessage(
