@@ -9,7 +9,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -100,8 +99,6 @@ Listener::~Listener() {
   CloseIfOpen(reserve_);
 }
 
-int64_t Listener::shed() const { return shed_.load(); }
-
 void Listener::Start(std::function<void(int fd)> take) {
   thread_ = std::thread([this, take = std::move(take)] { Run(take); });
 }
@@ -160,7 +157,7 @@ void Listener::Run(const std::function<void(int fd)>& take) {
       if (unserved >= 0) {
         close(unserved);
         shed_one = true;
-        shed_.fetch_add(1);
+        ++shed_;
       }
       reserve_ = OpenReserve();
     }
@@ -173,7 +170,7 @@ void Listener::Run(const std::function<void(int fd)>& take) {
                    "(open files limit %llu): %lld connections closed unserved "
                    "so far\n",
                    static_cast<unsigned long long>(limit.rlim_cur),
-                   static_cast<long long>(shed_.load()));
+                   static_cast<long long>(shed_));
       std::fflush(stderr);
       last_report = now;
     }

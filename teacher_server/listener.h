@@ -11,7 +11,6 @@
 #ifndef DISTILL_TEACHER_SERVER_LISTENER_H_
 #define DISTILL_TEACHER_SERVER_LISTENER_H_
 
-#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -38,9 +37,6 @@ class Listener {
   // Stops accepting and closes the listening socket. Idempotent.
   void Stop();
 
-  // Connections closed unserved because no descriptor was free.
-  int64_t shed() const;
-
  private:
   Listener() = default;
   void Run(const std::function<void(int fd)>& take);
@@ -50,7 +46,8 @@ class Listener {
   int wake_[2] = {-1, -1};  // a pipe: writing to it ends Run
   int reserve_ = -1;        // /dev/null, freed to shed a connection
   std::thread thread_;
-  std::atomic<int64_t> shed_{0};
+  // Connections closed unserved because no descriptor was free (Run's).
+  int64_t shed_ = 0;
 };
 
 }  // namespace distill::teacher

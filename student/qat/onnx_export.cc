@@ -196,13 +196,19 @@ absl::StatusOr<onnx::ModelProto> BuildOnnxModel(
   if (!built.ok()) return built;
   SetValueInfo(graph->add_output(), "logits", {options.num_classes});
 
+  DISTILL_RETURN_IF_ERROR(CheckOnnxModel(model, "exported model"));
+  return model;
+}
+
+absl::Status CheckOnnxModel(const onnx::ModelProto& model,
+                            const std::string& what) {
   try {
     onnx::checker::check_model(model);
   } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat(
-        "the ONNX checker refused the exported model: ", e.what()));
+    return absl::InternalError(
+        absl::StrCat("the ONNX checker refused the ", what, ": ", e.what()));
   }
-  return model;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<int64_t> WriteOnnxModel(const onnx::ModelProto& model,

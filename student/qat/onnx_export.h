@@ -45,6 +45,11 @@ void AddOnnxInitializer(onnx::GraphProto* graph, const std::string& name,
 void SetIntAttribute(onnx::NodeProto* node, const std::string& name,
                      int64_t value);
 
+// onnx::checker::check_model as a Status: Internal with the checker's
+// message, naming `what` ("the ONNX checker refused the <what>: ...").
+absl::Status CheckOnnxModel(const onnx::ModelProto& model,
+                            const std::string& what);
+
 // Builds the model and runs onnx::checker::check_model on it.
 // InvalidArgument when the plan is empty or a quantized layer lacks scales;
 // Internal with the checker's message when the checker refuses the model.

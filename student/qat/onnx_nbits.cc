@@ -1,12 +1,10 @@
 #include "student/qat/onnx_nbits.h"
 
-#include <exception>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "common/torch_status.h"
-#include "onnx/checker.h"
 #include "student/qat/onnx_export.h"
 
 namespace distill::student::qat {
@@ -102,12 +100,7 @@ absl::StatusOr<onnx::ModelProto> MatMulNBitsLinearModel(
   DISTILL_RETURN_IF_ERROR(
       AddMatMulNBits(graph, "linear", "x", "y", weight, bias, params, spec));
   SetMatrixInfo(graph->add_output(), "y", weight.size(0));
-  try {
-    onnx::checker::check_model(model);
-  } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat(
-        "the ONNX checker refused the MatMulNBits model: ", e.what()));
-  }
+  DISTILL_RETURN_IF_ERROR(CheckOnnxModel(model, "MatMulNBits model"));
   return model;
 }
 

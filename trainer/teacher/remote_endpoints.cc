@@ -292,8 +292,7 @@ void RemoteTeacher::Impl::MarkDown(Endpoint& endpoint,
     stream->accepting = false;
     stream->context.TryCancel();
   }
-  if (!AnyUp() && !unanswered_since_) unanswered_since_ = Clock::now();
-  wake_.Signal();
+  wake_.Signal();  // the supervisor starts the grace clock if all are down
 }
 
 void RemoteTeacher::Impl::MarkSilentEndpointsDown(Clock::time_point now) {
