@@ -12,10 +12,21 @@ namespace {
 
 using torch::indexing::Slice;
 
+// x W^T + b of the Linear `layer`, through `q` when there is one.
+torch::Tensor QuantLinear(GptQuantizer* q, const std::string& layer,
+                          const torch::Tensor& x,
+                          const torch::nn::Linear& linear) {
+  if (q == nullptr) return Linear(x, linear->weight, linear->bias);
+  return Linear(q->Input(layer, x), q->Weight(layer, linear->weight),
+                linear->bias);
+}
+
 class AttentionImpl : public torch::nn::Module {
  public:
-  AttentionImpl(int64_t d_model, int64_t heads, double dropout)
-      : heads_(heads),
+  AttentionImpl(const std::string& name, int64_t d_model, int64_t heads,
+                double dropout)
+      : name_(name),
+        heads_(heads),
         qkv_(register_module("qkv", torch::nn::Linear(d_model, 3 * d_model))),
         proj_(register_module("proj", torch::nn::Linear(d_model, d_model))),
         attn_drop_(register_module("attn_drop", torch::nn::Dropout(dropout))),
@@ -26,11 +37,11 @@ class AttentionImpl : public torch::nn::Module {
   // hold the keys and values of positions 0 .. past - 1 ([N, h, past, hd],
   // undefined when past == 0) and are extended in place.
   torch::Tensor forward(const torch::Tensor& x, torch::Tensor* k_cache,
-                        torch::Tensor* v_cache) {
+                        torch::Tensor* v_cache, GptQuantizer* quantizer) {
     const int64_t n = x.size(0), s = x.size(1), d = x.size(2);
     const int64_t hd = d / heads_;
     std::vector<torch::Tensor> qkv =
-        Linear(x, qkv_->weight, qkv_->bias).split(d, -1);
+        QuantLinear(quantizer, name_ + ".qkv", x, qkv_).split(d, -1);
     auto heads = [&](const torch::Tensor& t) {
       return t.view({n, s, heads_, hd}).transpose(1, 2);
     };
@@ -55,10 +66,11 @@ class AttentionImpl : public torch::nn::Module {
     att = att.masked_fill(future, -std::numeric_limits<float>::infinity());
     att = attn_drop_(torch::softmax(att, -1));
     torch::Tensor y = Matmul(att, v).transpose(1, 2).reshape({n, s, d});
-    return resid_drop_(Linear(y, proj_->weight, proj_->bias));
+    return resid_drop_(QuantLinear(quantizer, name_ + ".proj", y, proj_));
   }
 
  private:
+  std::string name_;
   int64_t heads_;
   torch::nn::Linear qkv_;
   torch::nn::Linear proj_;
@@ -69,12 +81,13 @@ TORCH_MODULE(Attention);
 
 class BlockImpl : public torch::nn::Module {
  public:
-  BlockImpl(const GptOptions& o)
-      : ln1_(register_module(
+  BlockImpl(const std::string& name, const GptOptions& o)
+      : name_(name),
+        ln1_(register_module(
             "ln1",
             torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.d_model})))),
-        attn_(
-            register_module("attn", Attention(o.d_model, o.heads, o.dropout))),
+        attn_(register_module(
+            "attn", Attention(name + ".attn", o.d_model, o.heads, o.dropout))),
         ln2_(register_module(
             "ln2",
             torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.d_model})))),
@@ -83,14 +96,25 @@ class BlockImpl : public torch::nn::Module {
         drop_(register_module("drop", torch::nn::Dropout(o.dropout))) {}
 
   torch::Tensor forward(torch::Tensor x, torch::Tensor* k_cache,
-                        torch::Tensor* v_cache) {
-    x = x + attn_->forward(ln1_(x), k_cache, v_cache);
+                        torch::Tensor* v_cache, GptQuantizer* quantizer) {
+    x = x + attn_->forward(ln1_(x), k_cache, v_cache, quantizer);
     const torch::Tensor hidden =
-        torch::gelu(Linear(ln2_(x), fc_->weight, fc_->bias));
-    return x + drop_(Linear(hidden, proj_->weight, proj_->bias));
+        torch::gelu(QuantLinear(quantizer, name_ + ".fc", ln2_(x), fc_));
+    return x + drop_(QuantLinear(quantizer, name_ + ".proj", hidden, proj_));
+  }
+
+  // This block's Linear layers by name, in forward order.
+  void AddLinears(std::vector<std::pair<std::string, torch::Tensor>>& out) {
+    out.emplace_back(name_ + ".attn.qkv",
+                     attn_->named_parameters()["qkv.weight"]);
+    out.emplace_back(name_ + ".attn.proj",
+                     attn_->named_parameters()["proj.weight"]);
+    out.emplace_back(name_ + ".fc", fc_->weight);
+    out.emplace_back(name_ + ".proj", proj_->weight);
   }
 
  private:
+  std::string name_;
   torch::nn::LayerNorm ln1_;
   Attention attn_;
   torch::nn::LayerNorm ln2_;
@@ -107,7 +131,9 @@ GptImpl::GptImpl(const GptOptions& o) : options_(o) {
   wpe_ = register_module("wpe", torch::nn::Embedding(o.context, o.d_model));
   drop_ = register_module("drop", torch::nn::Dropout(o.dropout));
   blocks_ = register_module("blocks", torch::nn::ModuleList());
-  for (int64_t i = 0; i < o.layers; ++i) blocks_->push_back(Block(o));
+  for (int64_t i = 0; i < o.layers; ++i) {
+    blocks_->push_back(Block(absl::StrCat("blocks.", i), o));
+  }
   ln_f_ = register_module(
       "ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.d_model})));
   if (!o.tied_embedding) {
@@ -149,17 +175,43 @@ torch::Tensor GptImpl::Hidden(const torch::Tensor& tokens, KvCache* cache) {
   }
   const torch::Tensor positions = torch::arange(
       past, past + s, torch::dtype(torch::kLong).device(tokens.device()));
-  torch::Tensor x = drop_(wte_(tokens) + wpe_(positions));
+  torch::Tensor x;
+  if (quantizer_ == nullptr) {
+    x = wte_(tokens) + wpe_(positions);
+  } else {
+    x = torch::embedding(quantizer_->Weight("wte", wte_->weight), tokens) +
+        torch::embedding(quantizer_->Weight("wpe", wpe_->weight), positions);
+  }
+  x = drop_(x);
   for (int64_t i = 0; i < options_.layers; ++i) {
     x = blocks_[i]->as<BlockImpl>()->forward(
         x, cache != nullptr ? &cache->keys[i] : nullptr,
-        cache != nullptr ? &cache->values[i] : nullptr);
+        cache != nullptr ? &cache->values[i] : nullptr, quantizer_);
   }
-  return ln_f_(x);
+  x = ln_f_(x);
+  return quantizer_ == nullptr ? x : quantizer_->Input("lm_head", x);
 }
 
 torch::Tensor GptImpl::HeadWeight() {
-  return lm_head_ ? lm_head_->weight : wte_->weight;
+  if (quantizer_ == nullptr) {
+    return lm_head_ ? lm_head_->weight : wte_->weight;
+  }
+  return lm_head_ ? quantizer_->Weight("lm_head", lm_head_->weight)
+                  : quantizer_->Weight("wte", wte_->weight);
+}
+
+void GptImpl::SetQuantizer(GptQuantizer* quantizer) { quantizer_ = quantizer; }
+
+std::vector<std::pair<std::string, torch::Tensor>>
+GptImpl::QuantizableWeights() {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (int64_t i = 0; i < options_.layers; ++i) {
+    blocks_[i]->as<BlockImpl>()->AddLinears(out);
+  }
+  if (lm_head_) out.emplace_back("lm_head", lm_head_->weight);
+  out.emplace_back("wte", wte_->weight);
+  out.emplace_back("wpe", wpe_->weight);
+  return out;
 }
 
 torch::Tensor GptImpl::forward(torch::Tensor tokens) {

@@ -10,11 +10,31 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "student/zoo.h"
 
 namespace distill::student {
+
+// Where quantization enters a Gpt (student/qat/gpt_quant.h): every weight
+// matrix is read through Weight() and every Linear's input through Input(),
+// so training, evaluation and generation all run the quantized model. Layer
+// names: "wte" (the token embedding, and the head when tied), "wpe",
+// "blocks.<i>.attn.qkv", "blocks.<i>.attn.proj", "blocks.<i>.fc",
+// "blocks.<i>.proj", and "lm_head" (the head's input, and its weight when
+// not tied).
+class GptQuantizer {
+ public:
+  virtual ~GptQuantizer() = default;
+  // The weight `layer` computes with, given its float `weight`.
+  virtual torch::Tensor Weight(const std::string& layer,
+                               const torch::Tensor& weight) = 0;
+  // The input Linear `layer` computes with, given the float `x`.
+  virtual torch::Tensor Input(const std::string& layer,
+                              const torch::Tensor& x) = 0;
+};
 
 struct GptOptions {
   int64_t vocab_size = 0;
@@ -42,6 +62,13 @@ class GptImpl : public ZooModule {
   torch::Tensor HeadWeight() override;
 
   const GptOptions& options() const { return options_; }
+  // Routes weights and Linear inputs through `quantizer` (not owned; it
+  // must outlive its use), or runs in float again when null.
+  void SetQuantizer(GptQuantizer* quantizer);
+  // The float weight of every matrix by the layer names above, Linear
+  // layers first in forward order, then "wte" and "wpe"; the head is
+  // "lm_head" only when it is not tied.
+  std::vector<std::pair<std::string, torch::Tensor>> QuantizableWeights();
 
  private:
   GptOptions options_;
@@ -51,6 +78,7 @@ class GptImpl : public ZooModule {
   torch::nn::ModuleList blocks_{nullptr};
   torch::nn::LayerNorm ln_f_{nullptr};
   torch::nn::Linear lm_head_{nullptr};  // null when tied
+  GptQuantizer* quantizer_ = nullptr;
 };
 TORCH_MODULE(Gpt);
 

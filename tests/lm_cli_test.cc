@@ -147,6 +147,93 @@ TEST_F(LmCliTest, TrainsATeacherAndDistillsAStudentFromIt) {
   EXPECT_LT(student["test_perplexity"].get<double>(), kVocab / 2.0);
 }
 
+// The QAT stage on a trained gpt: six forms measured on the test windows,
+// with the weight bytes each would store, counted here by hand for
+// kTinyGpt at V = 300 (tied head): weight matrices wte 300x32, wpe 32x32,
+// and per layer qkv 96x32, attn.proj 32x32, fc 64x32, proj 32x64 — 27,008
+// weights in 780 rows — and 768 bias and LayerNorm values.
+TEST_F(LmCliTest, QuantizesAGptStudentSixWays) {
+  const fs::path data = Prepare("tokens");
+  const fs::path trained = dir_ / "trained";
+  Outcome o =
+      Run("--quiet --config " +
+          Write("train.pbtxt", Config("TRAIN", data, kTinyGpt, "epochs: 2\n"))
+              .string() +
+          " --run_dir " + trained.string());
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  const nlohmann::json summary = Summary(trained);
+
+  const fs::path run = dir_ / "quantized";
+  const std::string student = std::string(kTinyGpt) + " weights: \"" +
+                              (trained / "model.pt").string() + "\"";
+  o = Run("--config " +
+          Write("qat.pbtxt",
+                Config("QUANTIZE", data, student,
+                       "qat { calibration_batches: 4 epochs: 1 lr: 0.001 "
+                       "group_size: 32 awq_rows: 512 teacher_guided: false "
+                       "}\n"))
+              .string() +
+          " --run_dir " + run.string());
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_THAT(o.out, HasSubstr("4-bit AWQ"));
+  const nlohmann::json report = nlohmann::json::parse(
+      std::ifstream(run / "qat" / "quantization_report.json"));
+  const nlohmann::json& rows = report["rows"];
+  ASSERT_EQ(rows.size(), 6u) << report;
+  const char* names[] = {"FP32",      "INT8 PTQ",  "INT8 QAT",
+                         "4-bit RTN", "4-bit AWQ", "4-bit QAT"};
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(rows[i]["name"], names[i]);
+  // The FP32 row is the trained model as its own run measured it.
+  EXPECT_NEAR(rows[0]["perplexity"].get<double>(),
+              summary["test_perplexity"].get<double>(), 1e-6);
+  const int64_t weights = 27008, matrix_rows = 780, others = 768;
+  EXPECT_EQ(rows[0]["weight_bytes"], 4 * (weights + others));
+  EXPECT_EQ(rows[1]["weight_bytes"], weights + 4 * matrix_rows + 4 * others);
+  EXPECT_EQ(rows[3]["weight_bytes"],
+            weights / 2 + 4 * (weights / 32) + 4 * others);
+  // AWQ-style scales: one float per input of every Linear layer (32, 32,
+  // 32, 64 a layer) and of the tied head (32).
+  EXPECT_EQ(rows[4]["weight_bytes"],
+            rows[3]["weight_bytes"].get<int64_t>() + 4 * (2 * 160 + 32));
+  // Quantization moves the model, INT8 a little, 4-bit round-to-nearest more.
+  const double fp32 = rows[0]["perplexity"];
+  EXPECT_NE(rows[1]["perplexity"].get<double>(), fp32);
+  EXPECT_LT(rows[1]["perplexity"].get<double>(), 1.10 * fp32);
+  EXPECT_GT(rows[3]["perplexity"].get<double>(), fp32);
+  // Every test position falls in one frequency bucket; the rare bucket is
+  // about a tenth of the text.
+  for (const auto& row : rows) {
+    const auto& b = row["loss_by_token_frequency"];
+    const int64_t total = b["frequent"]["tokens"].get<int64_t>() +
+                          b["middle"]["tokens"].get<int64_t>() +
+                          b["rare"]["tokens"].get<int64_t>();
+    EXPECT_EQ(total, summary["test_tokens"].get<int64_t>());
+    const double rare = b["rare"]["tokens"].get<double>() / total;
+    EXPECT_GT(rare, 0.03);
+    EXPECT_LT(rare, 0.3);
+    // Rare tokens are harder to predict.
+    EXPECT_GT(b["rare"]["loss"].get<double>(),
+              b["frequent"]["loss"].get<double>());
+  }
+  for (const auto& [layer, search] : report["awq_search"].items()) {
+    EXPECT_LE(search["output_mse"].get<double>(),
+              search["rtn_output_mse"].get<double>())
+        << layer;
+  }
+  EXPECT_EQ(report["awq_search"].size(), 9u);  // 4 Linear a layer + the head
+  EXPECT_TRUE(fs::exists(run / "qat" / "student_int8_qat_weights.pt"));
+  EXPECT_TRUE(fs::exists(run / "qat" / "student_4bit_qat_weights.pt"));
+  EXPECT_EQ(Summary(run)["qat"]["perplexity"]["4-bit QAT"],
+            rows[5]["perplexity"]);
+
+  // A group size that does not divide a layer's width: one line, before
+  // any work.
+  ExpectRefused(Config("QUANTIZE", data, student,
+                       "qat { group_size: 64 teacher_guided: false }\n"),
+                "qat.group_size: group size 64 does not divide the input "
+                "width 32 of layer 'blocks.0.attn.qkv'");
+}
+
 TEST_F(LmCliTest, BadInputIsOneLineAndWritesNothing) {
   const fs::path data = Prepare("tokens");
   // Windows longer than the model's context.

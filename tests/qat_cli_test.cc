@@ -228,9 +228,10 @@ TEST_F(QatRefusalTest, OutOfRangeField) {
 TEST_F(QatRefusalTest, TorchScriptStudent) {
   ExpectRefused("mode: TRAIN\nstudent { torchscript: \"m.pt\" }\nqat {}\n",
                 (dir_ / "bad.pbtxt").string() +
-                    ":3: qat supports zoo students only (student.arch): a "
-                    "TorchScript student's layers cannot be rewritten for "
-                    "quantization here");
+                    ":3: qat supports zoo students only (student.arch: "
+                    "cnn_student, cnn_teacher, mlp or gpt): a TorchScript "
+                    "student's layers cannot be rewritten for quantization "
+                    "here");
 }
 
 TEST_F(QatRefusalTest, MissingStudentCheckpoint) {

@@ -128,6 +128,9 @@ void ApplyDefaults(JobConfig& c) {
       q->set_freeze_bn_after_epochs(0.5 * q->epochs());
     }
     if (!q->has_teacher_guided()) q->set_teacher_guided(HasTeacher(c));
+    if (!q->has_group_size()) q->set_group_size(32);
+    if (!q->has_group_zero_points()) q->set_group_zero_points(false);
+    if (!q->has_awq_rows()) q->set_awq_rows(4096);
   }
 
   auto* s = c.mutable_lr_schedule();

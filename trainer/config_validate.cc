@@ -137,8 +137,9 @@ absl::Status ValidateQat(const JobConfig& c) {
   }
   if (c.student().has_torchscript()) {
     return Bad("qat",
-               "supports zoo students only (student.arch): a TorchScript "
-               "student's layers cannot be rewritten for quantization here");
+               "supports zoo students only (student.arch: cnn_student, "
+               "cnn_teacher, mlp or gpt): a TorchScript student's layers "
+               "cannot be rewritten for quantization here");
   }
   const auto& q = c.qat();
   DISTILL_RETURN_IF_ERROR(CheckRange(
@@ -171,6 +172,12 @@ absl::Status ValidateQat(const JobConfig& c) {
                  absl::StrCat("'", q.skip_layers(i), "' is listed twice"));
     }
   }
+  if (q.group_size() != 32 && q.group_size() != 64 && q.group_size() != 128) {
+    return Bad("qat.group_size",
+               absl::StrCat("must be 32, 64 or 128, not ", q.group_size()));
+  }
+  DISTILL_RETURN_IF_ERROR(
+      CheckRange("qat.awq_rows", q.awq_rows(), Range::AtLeast(16)));
   if (q.teacher_guided() && !HasTeacher(c)) {
     return Bad("qat.teacher_guided",
                "needs a teacher: mode DISTILL, or QUANTIZE with a `teacher`");
@@ -317,11 +324,6 @@ absl::Status ValidateTokenData(const JobConfig& c) {
     return Bad("teacher.cache.mode",
                "caches per-sample targets of image jobs; a language model's "
                "[S, V] targets per window are not cached yet (mode NONE)");
-  }
-  if (c.has_qat()) {
-    return Bad("qat",
-               "quantizes image models only; a language-model job has no "
-               "QAT stage yet");
   }
   return absl::OkStatus();
 }

@@ -21,6 +21,9 @@ struct TokenCounts {
   int64_t tokens = 0;
   int64_t correct = 0;
   int64_t agree = 0;
+  // Per token-frequency bucket (double [B] and int64 [B]), when asked.
+  torch::Tensor bucket_loss;
+  torch::Tensor bucket_tokens;
 };
 
 // The teacher's most likely token at every position of `targets` (for
@@ -47,16 +50,25 @@ torch::Tensor TeacherTop1(const losses::TeacherTargets& targets) {
 }
 
 // Adds one chunk of logits [T, V] with labels [T] (and the teacher's top-1
-// [T] when defined) to `counts`.
+// [T] when defined) to `counts`; `token_bucket` as EvaluateLanguageModel's.
 void Count(const torch::Tensor& logits, const torch::Tensor& labels,
-           const torch::Tensor& teacher_top1, TokenCounts& counts) {
-  counts.loss_sum += torch::nn::functional::cross_entropy(
-                         logits, labels,
-                         torch::nn::functional::CrossEntropyFuncOptions()
-                             .ignore_index(kIgnoreLabel)
-                             .reduction(torch::kSum))
-                         .item<double>();
+           const torch::Tensor& teacher_top1, const torch::Tensor& token_bucket,
+           TokenCounts& counts) {
+  const torch::Tensor losses = torch::nn::functional::cross_entropy(
+      logits, labels,
+      torch::nn::functional::CrossEntropyFuncOptions()
+          .ignore_index(kIgnoreLabel)
+          .reduction(torch::kNone));
+  counts.loss_sum += losses.sum().item<double>();
   const torch::Tensor real = labels.ne(kIgnoreLabel);
+  if (token_bucket.defined()) {
+    const torch::Tensor kept = real.nonzero().squeeze(1);
+    const torch::Tensor bucket =
+        token_bucket.index_select(0, labels.index_select(0, kept));
+    counts.bucket_loss.index_add_(
+        0, bucket, losses.index_select(0, kept).to(torch::kDouble));
+    counts.bucket_tokens.index_add_(0, bucket, torch::ones_like(bucket));
+  }
   const torch::Tensor top1 = logits.argmax(-1);
   counts.tokens += real.sum().item<int64_t>();
   counts.correct += (top1.eq(labels) & real).sum().item<int64_t>();
@@ -68,7 +80,9 @@ void Count(const torch::Tensor& logits, const torch::Tensor& labels,
 // Runs every batch of `dataset` through `model` (already in eval mode).
 absl::Status CountDataset(student::Model& model, const data::Dataset& dataset,
                           int64_t batch_size, int64_t chunk_tokens,
-                          TeacherClient* teacher, TokenCounts& counts) {
+                          TeacherClient* teacher,
+                          const torch::Tensor& token_bucket,
+                          TokenCounts& counts) {
   std::vector<int64_t> ids(dataset.size());
   std::iota(ids.begin(), ids.end(), 0);
   data::LoaderOptions options;
@@ -95,7 +109,7 @@ absl::Status CountDataset(student::Model& model, const data::Dataset& dataset,
       if (zoo == nullptr) {
         const torch::Tensor logits = model.forward(batch->inputs);
         Count(logits.reshape({-1, logits.size(-1)}), labels, teacher_top1,
-              counts);
+              token_bucket, counts);
         return;
       }
       const torch::Tensor hidden = zoo->Hidden(batch->inputs, nullptr);
@@ -107,7 +121,7 @@ absl::Status CountDataset(student::Model& model, const data::Dataset& dataset,
               labels.narrow(0, at, n),
               teacher_top1.defined() ? teacher_top1.narrow(0, at, n)
                                      : torch::Tensor(),
-              counts);
+              token_bucket, counts);
       }
     }));
   }
@@ -117,11 +131,18 @@ absl::Status CountDataset(student::Model& model, const data::Dataset& dataset,
 
 absl::StatusOr<EvalResult> EvaluateLanguageModel(
     student::Model& model, const data::Dataset& dataset, int64_t batch_size,
-    int64_t chunk_tokens, TeacherClient* teacher, bool restore_train) {
+    int64_t chunk_tokens, TeacherClient* teacher, bool restore_train,
+    const torch::Tensor& token_bucket) {
   TokenCounts counts;
+  if (token_bucket.defined()) {
+    const int64_t buckets =
+        token_bucket.numel() == 0 ? 0 : token_bucket.max().item<int64_t>() + 1;
+    counts.bucket_loss = torch::zeros({buckets}, torch::kDouble);
+    counts.bucket_tokens = torch::zeros({buckets}, torch::kLong);
+  }
   model.train(false);
-  const absl::Status counted =
-      CountDataset(model, dataset, batch_size, chunk_tokens, teacher, counts);
+  const absl::Status counted = CountDataset(
+      model, dataset, batch_size, chunk_tokens, teacher, token_bucket, counts);
   model.train(restore_train);
   DISTILL_RETURN_IF_ERROR(counted);
   EvalResult result;
@@ -135,6 +156,13 @@ absl::StatusOr<EvalResult> EvaluateLanguageModel(
       result.teacher_agreement =
           static_cast<double>(counts.agree) / counts.tokens;
     }
+  }
+  for (int64_t b = 0; token_bucket.defined() && b < counts.bucket_loss.numel();
+       ++b) {
+    const int64_t n = counts.bucket_tokens[b].item<int64_t>();
+    result.bucket_tokens.push_back(n);
+    result.bucket_loss.push_back(
+        n > 0 ? counts.bucket_loss[b].item<double>() / n : 0.0);
   }
   return result;
 }

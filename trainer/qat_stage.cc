@@ -54,120 +54,22 @@ absl::Status WriteBytes(const std::string& path, const void* data,
 }
 
 // PTQ: the float network (BatchNorm on running statistics) runs over the
-// first `calibration_batches` of a shuffled pass while the observers record
-// every quantized layer's input; then the scales freeze.
+// calibration batches while the observers record every quantized layer's
+// input; then the scales freeze.
 absl::Status Calibrate(const JobConfig& c, const data::Dataset& train,
                        QatNet& net) {
-  data::SamplerOptions sampler_options;
-  sampler_options.seed = c.seed();
-  data::Sampler sampler(train.size(), sampler_options);
-  sampler.SetEpoch(0);
-  data::Loader loader(
-      train, sampler.Remaining(),
-      LoaderOptionsFor(c, c.batch_size(), /*epoch=*/0, /*augment=*/false));
   net.train(false);
   net.SetObserving(true);
   DISTILL_RETURN_IF_ERROR(net.SetFakeQuant(false));
-  for (int i = 0; i < c.qat().calibration_batches(); ++i) {
-    DISTILL_ASSIGN_OR_RETURN(std::optional<data::Batch> batch, loader.Next());
-    if (!batch) break;
-    DISTILL_RETURN_IF_ERROR(TorchCall("calibrating the observers", [&] {
-      torch::NoGradGuard no_grad;
-      net.forward(batch->inputs);
-    }));
-  }
+  DISTILL_RETURN_IF_ERROR(
+      ForEachCalibrationBatch(c, train, [&](const data::Batch& batch) {
+        return TorchCall("calibrating the observers", [&] {
+          torch::NoGradGuard no_grad;
+          net.forward(batch.inputs);
+        });
+      }));
   net.SetObserving(false);
   return net.SetFakeQuant(true);
-}
-
-// Fine-tuning with fake quantization in the one training loop, on one
-// process: straight-through gradients, cosine learning rate from qat.lr to
-// 0, BatchNorm and observers frozen on schedule. Returns the last epoch's
-// mean loss terms and "total".
-absl::StatusOr<std::map<std::string, double>> FineTune(
-    const QatStageInputs& in, QatNet& net, const losses::CompositeLoss& loss,
-    bool guided) {
-  const JobConfig& c = *in.config;
-  const QatConfig& q = c.qat();
-  DISTILL_ASSIGN_OR_RETURN(std::unique_ptr<torch::optim::Optimizer> optimizer,
-                           in.make_optimizer(in.model->parameters(), q.lr()));
-  DISTILL_ASSIGN_OR_RETURN(
-      std::unique_ptr<Communicator> local,
-      CreateCommunicator(WorldInfo{}, CommunicatorOptions{}));
-  LoopParts parts;
-  parts.step.forward = [&net](const torch::Tensor& x) {
-    return net.forward(x);
-  };
-  parts.step.parameters = in.model->parameters();
-  parts.step.optimizer = optimizer.get();
-  parts.step.loss = &loss;
-  parts.train = in.train;
-  parts.teacher = guided ? in.teacher : nullptr;
-  parts.comm = local.get();
-
-  LoopSettings settings;
-  settings.config = &c;
-  settings.step.grad_clip_norm = c.grad_clip_norm();
-  settings.step.name = "QAT step";
-  settings.epochs = q.epochs();
-  settings.sampler_seed = c.seed() + 1;  // not the distillation epochs' order
-  settings.prefetch_batches = c.teacher().prefetch_batches();
-  settings.lr_at = [&q](int64_t step, const EpochPlan& plan) {
-    return 0.5 * q.lr() *
-           (1 + std::cos(kPi * step / std::max<int64_t>(plan.total_steps, 1)));
-  };
-  settings.temperature_at = [&c](int64_t, const EpochPlan&) {
-    return c.temperature();
-  };
-  settings.diverged = [](double value, int64_t step) {
-    return absl::InternalError(
-        absl::StrCat("QAT loss became ", value, " at step ", step + 1,
-                     " (lower qat.lr or set grad_clip_norm)"));
-  };
-
-  LoopHooks hooks;
-  hooks.before_step = [&](const TrainPosition& at, const EpochPlan& plan) {
-    const double progress =
-        static_cast<double>(at.global_step) / plan.steps_per_epoch;
-    if (!net.batch_norm_frozen() && progress >= q.freeze_bn_after_epochs()) {
-      net.FreezeBatchNorm();
-    }
-    if (net.observing() && progress >= q.freeze_observers_after_epochs()) {
-      net.SetObserving(false);
-    }
-    return absl::OkStatus();
-  };
-  hooks.after_step = [&](const StepReport& r) -> absl::StatusOr<bool> {
-    const int64_t step = r.position.global_step;
-    if (in.verbose && (step % c.log_every_steps() == 0 ||
-                       step % r.plan->steps_per_epoch == 0)) {
-      std::printf(
-          "qat epoch %lld/%d step %lld/%lld loss %.4f lr %.4g%s%s "
-          "%.0f samples/s\n",
-          static_cast<long long>(r.position.epoch + 1), q.epochs(),
-          static_cast<long long>(step),
-          static_cast<long long>(r.plan->total_steps), r.loss, r.lr,
-          net.batch_norm_frozen() ? " [bn frozen]" : "",
-          net.observing() ? "" : " [observers frozen]",
-          r.epoch_samples / std::max(r.epoch_seconds, 1e-9));
-      std::fflush(stdout);
-    }
-    return false;
-  };
-  std::map<std::string, double> last_terms;
-  hooks.close_epoch = [&](const EpochReport& r) {
-    last_terms = r.MeanTerms();
-    last_terms["total"] = r.loss_sum / std::max<int64_t>(r.samples, 1);
-    return absl::OkStatus();
-  };
-
-  net.SetObserving(true);
-  net.train(true);
-  TrainPosition position;
-  DISTILL_RETURN_IF_ERROR(RunLoop(parts, settings, hooks, position).status());
-  net.SetObserving(false);
-  net.train(false);
-  return last_terms;
 }
 
 nlohmann::json Settings(const QatConfig& q, bool guided, double temperature) {
@@ -189,14 +91,124 @@ nlohmann::json Settings(const QatConfig& q, bool guided, double temperature) {
 
 }  // namespace
 
+absl::Status ForEachCalibrationBatch(
+    const JobConfig& c, const data::Dataset& train,
+    const std::function<absl::Status(const data::Batch&)>& run) {
+  data::SamplerOptions sampler_options;
+  sampler_options.seed = c.seed();
+  data::Sampler sampler(train.size(), sampler_options);
+  sampler.SetEpoch(0);
+  data::Loader loader(
+      train, sampler.Remaining(),
+      LoaderOptionsFor(c, c.batch_size(), /*epoch=*/0, /*augment=*/false));
+  for (int i = 0; i < c.qat().calibration_batches(); ++i) {
+    DISTILL_ASSIGN_OR_RETURN(std::optional<data::Batch> batch, loader.Next());
+    if (!batch) break;
+    DISTILL_RETURN_IF_ERROR(run(*batch));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::map<std::string, double>> FineTuneQuantized(
+    const QatStageInputs& in, const QatFineTune& tune,
+    const losses::CompositeLoss& loss, bool guided) {
+  const JobConfig& c = *in.config;
+  const QatConfig& q = c.qat();
+  DISTILL_ASSIGN_OR_RETURN(std::unique_ptr<torch::optim::Optimizer> optimizer,
+                           in.make_optimizer(in.model->parameters(), q.lr()));
+  DISTILL_ASSIGN_OR_RETURN(
+      std::unique_ptr<Communicator> local,
+      CreateCommunicator(WorldInfo{}, CommunicatorOptions{}));
+  LoopParts parts;
+  parts.step.forward = tune.forward;
+  parts.step.hidden = tune.hidden;
+  parts.step.head_weight = tune.head_weight;
+  parts.step.parameters = in.model->parameters();
+  parts.step.optimizer = optimizer.get();
+  parts.step.loss = &loss;
+  parts.train = in.train;
+  parts.teacher = guided ? in.teacher : nullptr;
+  parts.comm = local.get();
+
+  LoopSettings settings;
+  settings.config = &c;
+  settings.step.grad_clip_norm = c.grad_clip_norm();
+  settings.step.chunk_tokens = c.loss_chunk_tokens();
+  settings.step.name = tune.name;
+  settings.epochs = q.epochs();
+  settings.sampler_seed = c.seed() + 1;  // not the distillation epochs' order
+  settings.prefetch_batches = c.teacher().prefetch_batches();
+  settings.lr_at = [&q](int64_t step, const EpochPlan& plan) {
+    return 0.5 * q.lr() *
+           (1 + std::cos(kPi * step / std::max<int64_t>(plan.total_steps, 1)));
+  };
+  settings.temperature_at = [&c](int64_t, const EpochPlan&) {
+    return c.temperature();
+  };
+  settings.diverged = [](double value, int64_t step) {
+    return absl::InternalError(
+        absl::StrCat("QAT loss became ", value, " at step ", step + 1,
+                     " (lower qat.lr or set grad_clip_norm)"));
+  };
+
+  LoopHooks hooks;
+  hooks.before_step = [&](const TrainPosition& at, const EpochPlan& plan) {
+    if (tune.before_step) {
+      tune.before_step(static_cast<double>(at.global_step) /
+                       plan.steps_per_epoch);
+    }
+    return absl::OkStatus();
+  };
+  hooks.after_step = [&](const StepReport& r) -> absl::StatusOr<bool> {
+    const int64_t step = r.position.global_step;
+    if (in.verbose && (step % c.log_every_steps() == 0 ||
+                       step % r.plan->steps_per_epoch == 0)) {
+      std::printf(
+          "%s epoch %lld/%d step %lld/%lld loss %.4f lr %.4g%s "
+          "%.0f samples/s\n",
+          tune.label.c_str(), static_cast<long long>(r.position.epoch + 1),
+          q.epochs(), static_cast<long long>(step),
+          static_cast<long long>(r.plan->total_steps), r.loss, r.lr,
+          tune.state ? tune.state().c_str() : "",
+          r.epoch_samples / std::max(r.epoch_seconds, 1e-9));
+      std::fflush(stdout);
+    }
+    return false;
+  };
+  std::map<std::string, double> last_terms;
+  hooks.close_epoch = [&](const EpochReport& r) {
+    last_terms = r.MeanTerms();
+    last_terms["total"] = r.loss_sum / std::max<int64_t>(r.samples, 1);
+    return absl::OkStatus();
+  };
+
+  TrainPosition position;
+  DISTILL_RETURN_IF_ERROR(RunLoop(parts, settings, hooks, position).status());
+  return last_terms;
+}
+
+absl::StatusOr<const losses::CompositeLoss*> FineTuneLoss(
+    const QatStageInputs& in, bool guided,
+    std::optional<losses::CompositeLoss>& hard_only) {
+  if (guided) return in.loss;
+  std::vector<losses::TermSpec> terms(1);
+  terms[0].name = "hard_ce";
+  terms[0].weight = 1.0;
+  DISTILL_ASSIGN_OR_RETURN(hard_only, losses::CompositeLoss::Create(terms));
+  return &*hard_only;
+}
+
 absl::Status CheckQatSupported(const JobConfig& config, student::Model& model) {
   student::ZooModule* zoo = model.zoo_module();
   if (zoo == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "qat supports zoo students only: '", model.description(),
+        "qat supports zoo students only (cnn_student, cnn_teacher, mlp or "
+        "gpt): '",
+        model.description(),
         "' is a TorchScript model, whose layers cannot be rewritten for "
         "quantization here"));
   }
+  if (zoo->is_language_model()) return CheckLmQatSupported(config, model);
   const std::vector<std::string> known = QatNet::QuantizableLayers(*zoo);
   const auto& skip = config.qat().skip_layers();
   for (int i = 0; i < skip.size(); ++i) {
@@ -220,6 +232,7 @@ absl::StatusOr<nlohmann::json> RunQatStage(const QatStageInputs& in) {
   const JobConfig& c = *in.config;
   const QatConfig& q = c.qat();
   DISTILL_RETURN_IF_ERROR(CheckQatSupported(c, *in.model));
+  if (in.model->zoo_module()->is_language_model()) return RunLmQatStage(in);
   const bool guided = q.teacher_guided() && in.teacher != nullptr;
   const fs::path dir = fs::path(c.run_dir()) / "qat";
   std::error_code ec;
@@ -283,14 +296,31 @@ absl::StatusOr<nlohmann::json> RunQatStage(const QatStageInputs& in) {
   std::map<std::string, double> qat_terms;
   if (q.epochs() > 0) {
     std::optional<losses::CompositeLoss> hard_only;
-    if (!guided) {
-      std::vector<losses::TermSpec> terms(1);
-      terms[0].name = "hard_ce";
-      terms[0].weight = 1.0;
-      DISTILL_ASSIGN_OR_RETURN(hard_only, losses::CompositeLoss::Create(terms));
-    }
-    DISTILL_ASSIGN_OR_RETURN(
-        qat_terms, FineTune(in, *net, guided ? *in.loss : *hard_only, guided));
+    DISTILL_ASSIGN_OR_RETURN(const losses::CompositeLoss* loss,
+                             FineTuneLoss(in, guided, hard_only));
+    QatFineTune tune;
+    tune.forward = [&net](const torch::Tensor& x) { return net->forward(x); };
+    tune.before_step = [&net, &q](double epochs_done) {
+      if (!net->batch_norm_frozen() &&
+          epochs_done >= q.freeze_bn_after_epochs()) {
+        net->FreezeBatchNorm();
+      }
+      if (net->observing() &&
+          epochs_done >= q.freeze_observers_after_epochs()) {
+        net->SetObserving(false);
+      }
+    };
+    tune.state = [&net]() {
+      return absl::StrCat(net->batch_norm_frozen() ? " [bn frozen]" : "",
+                          net->observing() ? "" : " [observers frozen]");
+    };
+    net->SetObserving(true);
+    net->train(true);
+    absl::StatusOr<std::map<std::string, double>> terms =
+        FineTuneQuantized(in, tune, *loss, guided);
+    net->SetObserving(false);
+    net->train(false);
+    DISTILL_ASSIGN_OR_RETURN(qat_terms, std::move(terms));
     DISTILL_ASSIGN_OR_RETURN(qat, evaluate_net());
   }
 

@@ -65,9 +65,11 @@ absl::Status Quantize(Job& job, const RunOptions& options, RunResult& result) {
   in.verbose = options.verbose;
   DISTILL_ASSIGN_OR_RETURN(nlohmann::json report, RunQatStage(in));
   if (result.summary.is_null()) result.summary = BaseSummary(job);
-  result.summary["qat"] = {{"report", "qat/quantization_report.json"},
-                           {"accuracy", report["accuracy"]},
-                           {"onnx_file_bytes", report["onnx_file_bytes"]}};
+  nlohmann::json& qat = result.summary["qat"];
+  qat = {{"report", "qat/quantization_report.json"}};
+  for (const char* key : {"accuracy", "onnx_file_bytes", "perplexity"}) {
+    if (report.contains(key)) qat[key] = report[key];
+  }
   return WriteJsonFile(
       (std::filesystem::path(job.config.run_dir()) / "summary.json").string(),
       result.summary);

@@ -33,6 +33,10 @@ struct EvalResult {
   // Share of tokens where the student's most likely next token is the
   // teacher's; negative when there was no teacher.
   double teacher_agreement = -1;
+  // With token buckets: the mean cross entropy of the positions whose label
+  // is in bucket b, and how many there were.
+  std::vector<double> bucket_loss;
+  std::vector<int64_t> bucket_tokens;
 
   // {"<split>_accuracy", "<split>_loss", ...}; `split` is "test" or
   // "validation".
@@ -67,9 +71,12 @@ inline int64_t LmEvalWindows(int64_t seq_len) {
 // `chunk_tokens` positions at a time, so its [N, S, V] logits are never all
 // alive; a TorchScript LM's forward gives them whole. `teacher`, when not
 // null, is asked for targets of the same batches for the agreement.
+// `token_bucket`, when defined, is an int64 [V] bucket id in [0, B) per
+// token, and the result has each bucket's loss.
 absl::StatusOr<EvalResult> EvaluateLanguageModel(
     student::Model& model, const data::Dataset& dataset, int64_t batch_size,
-    int64_t chunk_tokens, TeacherClient* teacher, bool restore_train);
+    int64_t chunk_tokens, TeacherClient* teacher, bool restore_train,
+    const torch::Tensor& token_bucket = {});
 
 // How much the teacher likes what the student writes (GKD's and MiniLLM's
 // measure): each window of `dataset` keeps its first

@@ -12,8 +12,11 @@
 #include <torch/torch.h>
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -43,6 +46,57 @@ struct QatStageInputs {
   // Print progress lines. Default: true.
   bool verbose = true;
 };
+
+// Runs `run` on the first qat.calibration_batches batches (of batch_size)
+// of a pass over `train` shuffled with the job's seed, unaugmented; stops
+// at the first error.
+absl::Status ForEachCalibrationBatch(
+    const JobConfig& config, const data::Dataset& train,
+    const std::function<absl::Status(const data::Batch&)>& run);
+
+// What quantization-aware fine-tuning trains, as StepParts names it: the
+// quantized network's `forward` (and, for a language model, `hidden` and
+// `head_weight`, so that the loss runs over the head chunk by chunk).
+struct QatFineTune {
+  std::function<torch::Tensor(const torch::Tensor&)> forward;
+  std::function<torch::Tensor(const torch::Tensor&)> hidden;
+  std::function<torch::Tensor()> head_weight;
+  // Called before each step with the fine-tuning epochs done so far
+  // (fractions), to freeze statistics on schedule. Optional.
+  std::function<void(double epochs_done)> before_step;
+  // Appended to each progress line (" [bn frozen]"). Optional.
+  std::function<std::string()> state;
+  // Starts each progress line. Default: "qat".
+  std::string label = "qat";
+  // Names the step in errors. Default: "QAT step".
+  std::string name = "QAT step";
+};
+
+// Fine-tuning with fake quantization in the one training loop, on one
+// process: straight-through gradients, cosine learning rate from qat.lr to
+// 0, the job's optimizer over in.model's parameters, qat.epochs passes
+// (sampler seed + 1: not the distillation epochs' order), the teacher's
+// targets when `guided`. Returns the last epoch's mean loss terms and
+// "total".
+absl::StatusOr<std::map<std::string, double>> FineTuneQuantized(
+    const QatStageInputs& in, const QatFineTune& tune,
+    const losses::CompositeLoss& loss, bool guided);
+
+// The loss fine-tuning optimizes: the job's when `guided`, else hard-label
+// cross entropy alone, made into `hard_only` (which must outlive its use).
+absl::StatusOr<const losses::CompositeLoss*> FineTuneLoss(
+    const QatStageInputs& in, bool guided,
+    std::optional<losses::CompositeLoss>& hard_only);
+
+// CheckQatSupported for a language model: a gpt student, no skip_layers,
+// and a qat.group_size that divides its widths.
+absl::Status CheckLmQatSupported(const JobConfig& config,
+                                 student::Model& model);
+
+// The QAT stage of a `gpt` student (trainer/qat_stage_lm.cc): FP32, INT8
+// PTQ and QAT, 4-bit round-to-nearest, AWQ-style and QAT, each evaluated on
+// the test windows; writes <run_dir>/qat/quantization_report.json.
+absl::StatusOr<nlohmann::json> RunLmQatStage(const QatStageInputs& in);
 
 // Checks, before any work starts, that `model` can be quantized as
 // `config.qat` asks: InvalidArgument "qat.skip_layers[i]: ..." for a name
