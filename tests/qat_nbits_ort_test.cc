@@ -1,6 +1,9 @@
-// Group-wise quantized Linear layers exported as ONNX Runtime's MatMulNBits
-// (student/qat/onnx_nbits.h) and run in ONNX Runtime (npm's
-// onnxruntime-node, tests/onnx/run_model.js): the runtime's product must be
+// Quantized exports run in ONNX Runtime (npm's onnxruntime-node,
+// tests/onnx/run_model.js and greedy.js) against LibTorch. Whole gpt
+// language models (student/qat/onnx_gpt.h) in FP32, INT8 QDQ and 4-bit
+// MatMulNBits forms must give the fake-quantized model's logits and greedy
+// tokens. Group-wise quantized Linear layers exported as ONNX Runtime's
+// MatMulNBits (student/qat/onnx_nbits.h): the runtime's product must be
 // LibTorch's x · FakeQuantGroupwise(W)ᵀ + b, for 4 bits (all that ONNX
 // Runtime 1.20's MatMulNBits runs), symmetric and with zero points, an odd
 // number of groups a row (the zero points' padding) and one group a row. A
@@ -11,6 +14,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -20,7 +24,10 @@
 #include "common/testing/scratch_dir.h"
 #include "common/testing/status_matchers.h"
 #include "nlohmann/json.hpp"
+#include "student/gpt.h"
+#include "student/qat/gpt_quant.h"
 #include "student/qat/group_quant.h"
+#include "student/qat/onnx_gpt.h"
 #include "student/qat/onnx_nbits.h"
 
 namespace distill::student::qat {
@@ -52,6 +59,167 @@ torch::Tensor ReadFloats(const fs::path& path, std::vector<int64_t> shape) {
 }
 
 class MatMulNBitsOrtTest : public ScratchDirTest {};
+
+// A gpt with weights large enough that its logits are far apart (GPT-2's
+// 0.02 initialization gives nearly equal ones, where greedy ties are noise).
+Gpt SharpGpt() {
+  GptOptions o;
+  o.vocab_size = 64;
+  o.context = 16;
+  o.layers = 2;
+  o.heads = 2;
+  o.d_model = 32;
+  o.d_ff = 64;
+  Gpt model(o);
+  torch::NoGradGuard no_grad;
+  for (auto& p : model->named_parameters()) {
+    if (p.key().find("ln") != std::string::npos) continue;
+    p.value().normal_(0, 0.3);
+  }
+  model->train(false);
+  return model;
+}
+
+class GptOrtTest : public ScratchDirTest {
+ protected:
+  // ONNX Runtime's logits [rows, 16, 64] for `tokens` [rows, 16].
+  torch::Tensor OrtLogits(const fs::path& model, const torch::Tensor& tokens) {
+    const torch::Tensor ids = tokens.to(torch::kLong).contiguous();
+    std::ofstream(dir_ / "tokens.bin", std::ios::binary)
+        .write(reinterpret_cast<const char*>(ids.data_ptr<int64_t>()),
+               ids.numel() * sizeof(int64_t));
+    const Outcome ort =
+        RunShell(std::string(DISTILL_NODE) + " " + Script("run_model.js") +
+                     " --dtype int64 --model " + model.string() + " --input " +
+                     (dir_ / "tokens.bin").string() + " --shape " +
+                     std::to_string(ids.size(0)) + ",16 --output " +
+                     (dir_ / "logits.bin").string(),
+                 dir_);
+    EXPECT_EQ(ort.exit_code, 0) << ort.err;
+    return ReadFloats(dir_ / "logits.bin", {ids.size(0), 16, 64});
+  }
+
+  // Greedy continuation of `prompt` by ONNX Runtime.
+  std::vector<int64_t> OrtGreedy(const fs::path& model,
+                                 const std::vector<int64_t>& prompt,
+                                 int steps) {
+    std::string list;
+    for (int64_t t : prompt)
+      list += (list.empty() ? "" : ",") + std::to_string(t);
+    const Outcome ort =
+        RunShell(std::string(DISTILL_NODE) + " " + Script("greedy.js") +
+                     " --model " + model.string() + " --length 16 --prompt " +
+                     list + " --steps " + std::to_string(steps),
+                 dir_);
+    EXPECT_EQ(ort.exit_code, 0) << ort.err;
+    return nlohmann::json::parse(ort.out)["tokens"].get<std::vector<int64_t>>();
+  }
+
+  static std::string Script(const std::string& name) {
+    return (fs::path(DISTILL_SOURCE_DIR) / "tests/onnx" / name).string();
+  }
+};
+
+// The same continuation by LibTorch, the model as it is quantized now.
+std::vector<int64_t> TorchGreedy(Gpt& model, std::vector<int64_t> tokens,
+                                 int steps) {
+  torch::NoGradGuard no_grad;
+  for (int i = 0; i < steps && tokens.size() < 16; ++i) {
+    const torch::Tensor logits =
+        model->forward(torch::tensor(tokens, torch::kLong).unsqueeze(0));
+    tokens.push_back(logits[0][-1].argmax().item<int64_t>());
+  }
+  return tokens;
+}
+
+TEST_F(GptOrtTest, EveryFormRunsInOnnxRuntimeAsInLibTorch) {
+  ASSERT_FALSE(std::string(DISTILL_NODE).empty())
+      << "node not found: run launch/install_deps.sh";
+  torch::manual_seed(5);
+  Gpt model = SharpGpt();
+  const torch::Tensor tokens = torch::randint(0, 64, {6, 16}, torch::kLong);
+  const std::vector<int64_t> prompt = {3, 17, 40, 9};
+  struct Case {
+    std::string label;
+    GptOnnxForm form;
+    GroupQuantSpec spec;
+    bool awq;
+  };
+  const std::vector<Case> cases = {
+      {"fp32", GptOnnxForm::kFloat, {4, 32, true}, false},
+      {"int8", GptOnnxForm::kInt8, {4, 32, true}, false},
+      {"4-bit symmetric", GptOnnxForm::kNBits, {4, 32, true}, false},
+      {"4-bit zero points, AWQ", GptOnnxForm::kNBits, {4, 32, false}, true},
+  };
+  torch::Tensor float_logits;
+  {
+    torch::NoGradGuard no_grad;
+    float_logits = model->forward(tokens);
+  }
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.label);
+    GptQuantOptions options;
+    options.group = c.spec;
+    auto quant = GptQuant::Create(model, options);
+    ASSERT_TRUE(quant.ok()) << quant.status();
+    GptQuant& q = **quant;
+    {
+      torch::NoGradGuard no_grad;
+      if (c.form == GptOnnxForm::kInt8) {
+        q.SetMode(GptQuantMode::kInt8);
+        q.SetObserving(true);
+        model->forward(torch::randint(0, 64, {8, 16}, torch::kLong));
+        q.SetObserving(false);
+        q.SetActivationQuant(true);
+      }
+      if (c.awq) {
+        q.StartCapture(256);
+        for (int i = 0; i < 8; ++i) {
+          model->forward(torch::randint(0, 64, {4, 16}, torch::kLong));
+        }
+        q.StopCapture();
+        q.SearchAwq();
+        ASSERT_TRUE(q.AwqScales("blocks.0.fc").defined());
+      }
+      if (c.form == GptOnnxForm::kNBits) q.SetMode(GptQuantMode::kGroupwise);
+    }
+    auto onnx = BuildGptOnnx(model, q, c.form, 16);
+    ASSERT_TRUE(onnx.ok()) << onnx.status();
+    const fs::path file = dir_ / "gpt.onnx";
+    {
+      std::ofstream out(file, std::ios::binary);
+      ASSERT_TRUE(onnx->SerializeToOstream(&out));
+    }
+    torch::Tensor want;
+    {
+      torch::NoGradGuard no_grad;
+      want = model->forward(tokens);
+    }
+    const torch::Tensor got = OrtLogits(file, tokens);
+    const double error = (got - want).abs().max().item<double>();
+    const double mean_error = (got - want).abs().mean().item<double>();
+    const double scale = want.abs().max().item<double>();
+    std::printf(
+        "%s: ONNX Runtime's logits off by %.3g at most, %.3g on "
+        "average (largest logit %.3g)\n",
+        c.label.c_str(), error, mean_error, scale);
+    if (c.form == GptOnnxForm::kInt8) {
+      // ONNX Runtime fuses the QDQ pairs into its integer kernels, which
+      // move a few logits by up to ~0.5% of the largest here (0 with
+      // --graph_optimization disabled); the rest agree to float rounding.
+      EXPECT_LT(error, 1e-2 * scale);
+      EXPECT_LT(mean_error, 1e-4 * scale);
+    } else {
+      EXPECT_LT(error, 1e-4 * scale);
+    }
+    if (c.form != GptOnnxForm::kFloat) {
+      // Quantization moved the logits: the check is not of a float model.
+      EXPECT_GT((want - float_logits).abs().mean().item<double>(),
+                100 * mean_error);
+    }
+    EXPECT_EQ(OrtGreedy(file, prompt, 10), TorchGreedy(model, prompt, 10));
+  }
+}
 
 TEST_F(MatMulNBitsOrtTest, OnnxRuntimeComputesTheFakeQuantizedLinear) {
   const std::string node = DISTILL_NODE;

@@ -14,44 +14,6 @@
 namespace distill::student::qat {
 namespace {
 
-// Builds the graph node by node, naming every tensor uniquely.
-class GraphBuilder {
- public:
-  explicit GraphBuilder(onnx::GraphProto* graph) : graph_(graph) {}
-
-  std::string Initializer(const std::string& name, const torch::Tensor& t) {
-    AddOnnxInitializer(graph_, name, t);
-    return name;
-  }
-
-  onnx::NodeProto* Node(const std::string& op,
-                        const std::vector<std::string>& inputs,
-                        const std::string& output) {
-    onnx::NodeProto* node = graph_->add_node();
-    node->set_op_type(op);
-    node->set_name(absl::StrCat(op, "_", graph_->node_size()));
-    for (const auto& in : inputs) node->add_input(in);
-    node->add_output(output);
-    return node;
-  }
-
-  std::string Fresh(const std::string& stem) {
-    return absl::StrCat(stem, "_", ++counter_);
-  }
-
- private:
-  onnx::GraphProto* graph_;
-  int counter_ = 0;
-};
-
-void IntsAttribute(onnx::NodeProto* node, const std::string& name,
-                   const std::vector<int64_t>& values) {
-  onnx::AttributeProto* a = node->add_attribute();
-  a->set_name(name);
-  a->set_type(onnx::AttributeProto::INTS);
-  for (int64_t v : values) a->add_ints(v);
-}
-
 void SetValueInfo(onnx::ValueInfoProto* info, const std::string& name,
                   const std::vector<int64_t>& dims) {
   info->set_name(name);
@@ -72,6 +34,10 @@ void AddOnnxInitializer(onnx::GraphProto* graph, const std::string& name,
   for (int64_t d : c.sizes()) init->add_dims(d);
   if (c.scalar_type() == torch::kInt8) {
     init->set_data_type(onnx::TensorProto::INT8);
+  } else if (c.scalar_type() == torch::kLong) {
+    init->set_data_type(onnx::TensorProto::INT64);
+  } else if (c.scalar_type() == torch::kInt) {
+    init->set_data_type(onnx::TensorProto::INT32);
   } else if (c.scalar_type() == torch::kUInt8) {
     init->set_data_type(onnx::TensorProto::UINT8);
   } else {
@@ -79,6 +45,35 @@ void AddOnnxInitializer(onnx::GraphProto* graph, const std::string& name,
     init->set_data_type(onnx::TensorProto::FLOAT);
   }
   init->set_raw_data(c.data_ptr(), c.numel() * c.element_size());
+}
+
+std::string OnnxGraphBuilder::Initializer(const std::string& name,
+                                          const torch::Tensor& t) {
+  AddOnnxInitializer(graph_, name, t);
+  return name;
+}
+
+onnx::NodeProto* OnnxGraphBuilder::Node(const std::string& op,
+                                        const std::vector<std::string>& inputs,
+                                        const std::string& output) {
+  onnx::NodeProto* node = graph_->add_node();
+  node->set_op_type(op);
+  node->set_name(absl::StrCat(op, "_", graph_->node_size()));
+  for (const auto& in : inputs) node->add_input(in);
+  node->add_output(output);
+  return node;
+}
+
+std::string OnnxGraphBuilder::Fresh(const std::string& stem) {
+  return absl::StrCat(stem, "_", ++counter_);
+}
+
+void IntsAttribute(onnx::NodeProto* node, const std::string& name,
+                   const std::vector<int64_t>& values) {
+  onnx::AttributeProto* a = node->add_attribute();
+  a->set_name(name);
+  a->set_type(onnx::AttributeProto::INTS);
+  for (int64_t v : values) a->add_ints(v);
 }
 
 void SetIntAttribute(onnx::NodeProto* node, const std::string& name,
@@ -120,7 +115,7 @@ absl::StatusOr<onnx::ModelProto> BuildOnnxModel(
   SetValueInfo(graph->add_input(), "input", options.input_shape);
 
   auto built = TorchCall("building the ONNX graph", [&]() -> absl::Status {
-    GraphBuilder g(graph);
+    OnnxGraphBuilder g(graph);
     std::string x = "input";
     for (size_t i = 0; i < plan.size(); ++i) {
       const ExportStep& step = plan[i];

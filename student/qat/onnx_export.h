@@ -37,10 +37,32 @@ struct OnnxExportOptions {
   std::string graph_name = "student";
 };
 
-// An initializer from a tensor: INT8 for int8, UINT8 for uint8, FLOAT for
-// anything else (converted).
+// Builds a graph node by node, naming every tensor uniquely.
+class OnnxGraphBuilder {
+ public:
+  explicit OnnxGraphBuilder(onnx::GraphProto* graph) : graph_(graph) {}
+  // Adds `t` as initializer `name` (AddOnnxInitializer); returns the name.
+  std::string Initializer(const std::string& name, const torch::Tensor& t);
+  // Adds a node of `op` (default domain) named after it.
+  onnx::NodeProto* Node(const std::string& op,
+                        const std::vector<std::string>& inputs,
+                        const std::string& output);
+  // A name not used before: "<stem>_<n>".
+  std::string Fresh(const std::string& stem);
+  onnx::GraphProto* graph() { return graph_; }
+
+ private:
+  onnx::GraphProto* graph_;
+  int counter_ = 0;
+};
+
+// An initializer from a tensor: INT8 for int8, UINT8 for uint8, INT32 for
+// int32, INT64 for int64, FLOAT for anything else (converted).
 void AddOnnxInitializer(onnx::GraphProto* graph, const std::string& name,
                         const torch::Tensor& t);
+// An INTS attribute on `node`.
+void IntsAttribute(onnx::NodeProto* node, const std::string& name,
+                   const std::vector<int64_t>& values);
 // An INT attribute on `node`.
 void SetIntAttribute(onnx::NodeProto* node, const std::string& name,
                      int64_t value);

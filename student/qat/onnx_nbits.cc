@@ -22,12 +22,11 @@ void SetMatrixInfo(onnx::ValueInfoProto* info, const std::string& name,
 
 }  // namespace
 
-absl::Status AddMatMulNBits(onnx::GraphProto* graph, const std::string& name,
-                            const std::string& input, const std::string& output,
-                            const torch::Tensor& weight,
-                            const torch::Tensor& bias,
-                            const GroupQuantParams& params,
-                            const GroupQuantSpec& spec) {
+absl::Status AddMatMulNBitsWeights(onnx::GraphProto* graph,
+                                   const std::string& name,
+                                   const torch::Tensor& weight,
+                                   const GroupQuantParams& params,
+                                   const GroupQuantSpec& spec) {
   DISTILL_RETURN_IF_ERROR(CheckGroupQuantSpec(spec));
   if (spec.bits != 4) {
     return absl::InvalidArgumentError(
@@ -43,40 +42,57 @@ absl::Status AddMatMulNBits(onnx::GraphProto* graph, const std::string& name,
   }
   DISTILL_RETURN_IF_ERROR(CheckGroupQuantFits(spec, name, weight.size(1)));
   return TorchCall(
-      absl::StrCat("exporting layer '", name, "' as MatMulNBits"),
-      [&]() -> absl::Status {
+      absl::StrCat("packing layer '", name, "' for MatMulNBits"), [&] {
         const MatMulNBitsWeights packed = PackMatMulNBits(
             QuantizeGroupwise(weight, params, spec), params, spec);
-        onnx::NodeProto* node = graph->add_node();
-        node->set_op_type("MatMulNBits");
-        node->set_domain(kOnnxRuntimeDomain);
-        node->set_name(name);
-        node->add_input(input);
-        node->add_input(name + ".B");
-        node->add_input(name + ".scales");
         AddOnnxInitializer(graph, name + ".B", packed.b);
         AddOnnxInitializer(graph, name + ".scales", packed.scales);
         if (packed.zero_points.defined()) {
-          node->add_input(name + ".zero_points");
           AddOnnxInitializer(graph, name + ".zero_points", packed.zero_points);
         }
-        const std::string product = bias.defined() ? name + ".product" : output;
-        node->add_output(product);
-        SetIntAttribute(node, "K", weight.size(1));
-        SetIntAttribute(node, "N", weight.size(0));
-        SetIntAttribute(node, "bits", spec.bits);
-        SetIntAttribute(node, "block_size", spec.group_size);
-        if (bias.defined()) {
-          AddOnnxInitializer(graph, name + ".bias", bias);
-          onnx::NodeProto* add = graph->add_node();
-          add->set_op_type("Add");
-          add->set_name(name + ".add_bias");
-          add->add_input(product);
-          add->add_input(name + ".bias");
-          add->add_output(output);
-        }
-        return absl::OkStatus();
       });
+}
+
+void AddMatMulNBitsNode(onnx::GraphProto* graph, const std::string& name,
+                        const std::string& input, const std::string& output,
+                        int64_t n, int64_t k, const GroupQuantSpec& spec,
+                        const torch::Tensor& bias) {
+  onnx::NodeProto* node = graph->add_node();
+  node->set_op_type("MatMulNBits");
+  node->set_domain(kOnnxRuntimeDomain);
+  node->set_name(name);
+  node->add_input(input);
+  node->add_input(name + ".B");
+  node->add_input(name + ".scales");
+  if (!spec.symmetric) node->add_input(name + ".zero_points");
+  const std::string product = bias.defined() ? name + ".product" : output;
+  node->add_output(product);
+  SetIntAttribute(node, "K", k);
+  SetIntAttribute(node, "N", n);
+  SetIntAttribute(node, "bits", spec.bits);
+  SetIntAttribute(node, "block_size", spec.group_size);
+  if (bias.defined()) {
+    AddOnnxInitializer(graph, name + ".bias", bias);
+    onnx::NodeProto* add = graph->add_node();
+    add->set_op_type("Add");
+    add->set_name(name + ".add_bias");
+    add->add_input(product);
+    add->add_input(name + ".bias");
+    add->add_output(output);
+  }
+}
+
+absl::Status AddMatMulNBits(onnx::GraphProto* graph, const std::string& name,
+                            const std::string& input, const std::string& output,
+                            const torch::Tensor& weight,
+                            const torch::Tensor& bias,
+                            const GroupQuantParams& params,
+                            const GroupQuantSpec& spec) {
+  DISTILL_RETURN_IF_ERROR(
+      AddMatMulNBitsWeights(graph, name, weight, params, spec));
+  AddMatMulNBitsNode(graph, name, input, output, weight.size(0), weight.size(1),
+                     spec, bias);
+  return absl::OkStatus();
 }
 
 absl::StatusOr<onnx::ModelProto> MatMulNBitsLinearModel(

@@ -33,6 +33,20 @@ absl::Status AddMatMulNBits(onnx::GraphProto* graph, const std::string& name,
                             const GroupQuantParams& params,
                             const GroupQuantSpec& spec);
 
+// The two halves of AddMatMulNBits, for a packed weight that more than one
+// node reads (a head tied to the embedding): the initializers <name>.B,
+// <name>.scales and, unless symmetric, <name>.zero_points (same errors);
+// and a MatMulNBits node of N outputs and K inputs reading them.
+absl::Status AddMatMulNBitsWeights(onnx::GraphProto* graph,
+                                   const std::string& name,
+                                   const torch::Tensor& weight,
+                                   const GroupQuantParams& params,
+                                   const GroupQuantSpec& spec);
+void AddMatMulNBitsNode(onnx::GraphProto* graph, const std::string& name,
+                        const std::string& input, const std::string& output,
+                        int64_t n, int64_t k, const GroupQuantSpec& spec,
+                        const torch::Tensor& bias);
+
 // A model of one Linear: input "x" float [rows, K], output "y" float
 // [rows, N], checked by ONNX's checker.
 absl::StatusOr<onnx::ModelProto> MatMulNBitsLinearModel(
