@@ -40,6 +40,62 @@ constexpr char kTinyGpt[] = R"pb(
   options { key: "context" value: 32 }
 )pb";
 
+// A token file's ids, read here from its documented layout
+// (data/token_file.h): a 64-byte header whose bytes 12..15 give the bytes
+// per id and 24..31 the count, little endian.
+std::vector<int64_t> ReadIds(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(in)),
+                                   std::istreambuf_iterator<char>());
+  auto field = [&](int at, int size) {
+    int64_t v = 0;
+    for (int i = size - 1; i >= 0; --i) v = v * 256 + bytes.at(at + i);
+    return v;
+  };
+  const int64_t width = field(12, 4), count = field(24, 8);
+  std::vector<int64_t> ids(count);
+  for (int64_t i = 0; i < count; ++i) ids[i] = field(64 + i * width, width);
+  return ids;
+}
+
+// The perplexity ONNX Runtime's logits give on `ids` in windows of
+// `seq_len` (stride seq_len, each predicting the next tokens; the last
+// right-padded with 0 and its padding not scored), computed here.
+double OrtPerplexity(const fs::path& model, const std::vector<int64_t>& ids,
+                     int64_t seq_len, int64_t vocab, const fs::path& dir) {
+  const int64_t count = static_cast<int64_t>(ids.size());
+  const int64_t windows = (count - 2) / seq_len + 1;
+  std::vector<int64_t> inputs(windows * seq_len, 0);
+  for (int64_t i = 0; i + 1 < count; ++i) inputs[i] = ids[i];
+  {
+    std::ofstream out(dir / "windows.bin", std::ios::binary);
+    out.write(reinterpret_cast<const char*>(inputs.data()),
+              inputs.size() * sizeof(int64_t));
+  }
+  const Outcome ort = RunShell(
+      std::string(DISTILL_NODE) + " " + DISTILL_SOURCE_DIR +
+          "/tests/onnx/run_model.js --dtype int64 --model " + model.string() +
+          " --input " + (dir / "windows.bin").string() + " --shape " +
+          std::to_string(windows) + "," + std::to_string(seq_len) +
+          " --output " + (dir / "logits.bin").string(),
+      dir);
+  EXPECT_EQ(ort.exit_code, 0) << ort.err;
+  std::ifstream in(dir / "logits.bin", std::ios::binary);
+  std::vector<float> logits(windows * seq_len * vocab);
+  in.read(reinterpret_cast<char*>(logits.data()),
+          logits.size() * sizeof(float));
+  EXPECT_TRUE(in) << "ONNX Runtime wrote too few logits";
+  double nll = 0;
+  for (int64_t i = 0; i + 1 < count; ++i) {
+    const float* row = logits.data() + i * vocab;
+    const double top = *std::max_element(row, row + vocab);
+    double sum = 0;
+    for (int64_t v = 0; v < vocab; ++v) sum += std::exp(row[v] - top);
+    nll += top + std::log(sum) - row[ids[i + 1]];
+  }
+  return std::exp(nll / (count - 1));
+}
+
 class LmCliTest : public ScratchDirTest {
  protected:
   Outcome Run(const std::string& args) {
@@ -225,6 +281,29 @@ TEST_F(LmCliTest, QuantizesAGptStudentSixWays) {
   EXPECT_TRUE(fs::exists(run / "qat" / "student_4bit_qat_weights.pt"));
   EXPECT_EQ(Summary(run)["qat"]["perplexity"]["4-bit QAT"],
             rows[5]["perplexity"]);
+
+  // The exports, run in ONNX Runtime over the test windows, score what the
+  // stage's fake-quantized models scored.
+  ASSERT_FALSE(std::string(DISTILL_NODE).empty())
+      << "node not found: run launch/install_deps.sh";
+  const std::vector<int64_t> test_ids = ReadIds(data / "test.tok");
+  for (int i : {0, 2, 5}) {
+    SCOPED_TRACE(rows[i]["name"].get<std::string>());
+    const nlohmann::json& file = rows[i]["onnx_file"];
+    ASSERT_TRUE(file.is_object()) << rows[i];
+    const fs::path onnx = run / "qat" / file["name"].get<std::string>();
+    EXPECT_EQ(static_cast<int64_t>(fs::file_size(onnx)), file["bytes"]);
+    const double ort = OrtPerplexity(onnx, test_ids, 32, kVocab, dir_);
+    const double stage = rows[i]["perplexity"];
+    EXPECT_NEAR(ort / stage, 1.0, 0.01) << "ONNX Runtime " << ort;
+    // The file holds the weights as the row counts them, and a graph of a
+    // few hundred small nodes and constants (the 32 x 32 float mask among
+    // them) besides: no weight is stored twice or in float by mistake.
+    const int64_t bytes = file["bytes"], weight_bytes = rows[i]["weight_bytes"];
+    EXPECT_GE(bytes, weight_bytes);
+    EXPECT_LE(bytes, weight_bytes + 24000);
+  }
+  EXPECT_EQ(rows[1]["onnx_file"], nullptr);
 
   // A group size that does not divide a layer's width: one line, before
   // any work.

@@ -22,6 +22,8 @@
 #include "data/token_windows.h"
 #include "student/gpt.h"
 #include "student/qat/gpt_quant.h"
+#include "student/qat/onnx_export.h"
+#include "student/qat/onnx_gpt.h"
 #include "trainer/internal/evaluate.h"
 #include "trainer/internal/metrics.h"
 #include "trainer/internal/qat_stage.h"
@@ -30,6 +32,7 @@ namespace distill::trainer {
 namespace {
 
 namespace fs = std::filesystem;
+using ::distill::student::qat::GptOnnxForm;
 using ::distill::student::qat::GptQuant;
 using ::distill::student::qat::GptQuantMode;
 using ::distill::v1::QatConfig;
@@ -100,6 +103,9 @@ struct Row {
   std::string name;
   EvalResult eval;
   int64_t weight_bytes = 0;
+  // The ONNX file of this form, when it was exported.
+  std::string onnx_file;
+  int64_t file_bytes = 0;
 };
 
 nlohmann::json RowJson(const Row& row, const Row& fp32) {
@@ -108,7 +114,14 @@ nlohmann::json RowJson(const Row& row, const Row& fp32) {
     buckets[kBucketNames[b]] = {{"loss", row.eval.bucket_loss[b]},
                                 {"tokens", row.eval.bucket_tokens[b]}};
   }
+  nlohmann::json file = nullptr, file_ratio = nullptr;
+  if (!row.onnx_file.empty()) {
+    file = {{"name", row.onnx_file}, {"bytes", row.file_bytes}};
+    file_ratio = static_cast<double>(row.file_bytes) / fp32.file_bytes;
+  }
   return {{"name", row.name},
+          {"onnx_file", file},
+          {"file_bytes_vs_fp32", file_ratio},
           {"perplexity", row.eval.perplexity},
           {"perplexity_vs_fp32", row.eval.perplexity / fp32.eval.perplexity},
           {"loss", row.eval.loss},
@@ -200,6 +213,19 @@ absl::StatusOr<nlohmann::json> RunLmQatStage(const QatStageInputs& in) {
       });
     });
   };
+  // Writes the model as it is quantized now to <dir>/`file` and notes it
+  // on the last row.
+  auto export_onnx = [&](GptOnnxForm form,
+                         const std::string& file) -> absl::Status {
+    DISTILL_ASSIGN_OR_RETURN(
+        onnx::ModelProto onnx,
+        student::qat::BuildGptOnnx(gpt, *quant, form, c.data().seq_len()));
+    DISTILL_ASSIGN_OR_RETURN(
+        rows.back().file_bytes,
+        student::qat::WriteOnnxModel(onnx, (dir / file).string()));
+    rows.back().onnx_file = file;
+    return absl::OkStatus();
+  };
   std::optional<losses::CompositeLoss> hard_only;
   DISTILL_ASSIGN_OR_RETURN(const losses::CompositeLoss* loss,
                            FineTuneLoss(in, guided, hard_only));
@@ -230,6 +256,8 @@ absl::StatusOr<nlohmann::json> RunLmQatStage(const QatStageInputs& in) {
 
   const std::vector<torch::Tensor> fp32_weights = Snapshot(model);
   DISTILL_RETURN_IF_ERROR(measure("FP32", GptQuantMode::kFloat));
+  DISTILL_RETURN_IF_ERROR(
+      export_onnx(GptOnnxForm::kFloat, "student_fp32.onnx"));
 
   // INT8: the observers see the float activations of the calibration
   // batches, then the activations are quantized at their scales.
@@ -240,7 +268,10 @@ absl::StatusOr<nlohmann::json> RunLmQatStage(const QatStageInputs& in) {
   quant->SetObserving(false);
   quant->SetActivationQuant(true);
   DISTILL_RETURN_IF_ERROR(measure("INT8 PTQ", GptQuantMode::kInt8));
-  if (q.epochs() > 0) {
+  if (q.epochs() == 0) {
+    DISTILL_RETURN_IF_ERROR(
+        export_onnx(GptOnnxForm::kInt8, "student_int8.onnx"));
+  } else {
     GptQuant& qt = *quant;
     qt.SetObserving(true);
     DISTILL_RETURN_IF_ERROR(fine_tune(
@@ -254,6 +285,8 @@ absl::StatusOr<nlohmann::json> RunLmQatStage(const QatStageInputs& in) {
         [&qt] { return qt.observing() ? "" : " [observers frozen]"; }));
     qt.SetObserving(false);
     DISTILL_RETURN_IF_ERROR(measure("INT8 QAT", GptQuantMode::kInt8));
+    DISTILL_RETURN_IF_ERROR(
+        export_onnx(GptOnnxForm::kInt8, "student_int8.onnx"));
     DISTILL_RETURN_IF_ERROR(
         model.SaveFile((dir / "student_int8_qat_weights.pt").string()));
     Restore(model, fp32_weights);
@@ -276,9 +309,14 @@ absl::StatusOr<nlohmann::json> RunLmQatStage(const QatStageInputs& in) {
                   {"rtn_output_mse", search.rtn_error}};
   }
   DISTILL_RETURN_IF_ERROR(measure("4-bit AWQ", GptQuantMode::kGroupwise));
-  if (q.epochs() > 0) {
+  if (q.epochs() == 0) {
+    DISTILL_RETURN_IF_ERROR(
+        export_onnx(GptOnnxForm::kNBits, "student_4bit.onnx"));
+  } else {
     DISTILL_RETURN_IF_ERROR(fine_tune("qat 4-bit", nullptr, nullptr));
     DISTILL_RETURN_IF_ERROR(measure("4-bit QAT", GptQuantMode::kGroupwise));
+    DISTILL_RETURN_IF_ERROR(
+        export_onnx(GptOnnxForm::kNBits, "student_4bit.onnx"));
     DISTILL_RETURN_IF_ERROR(
         model.SaveFile((dir / "student_4bit_qat_weights.pt").string()));
     Restore(model, fp32_weights);
@@ -350,6 +388,9 @@ absl::StatusOr<nlohmann::json> RunLmQatStage(const QatStageInputs& in) {
   json["goals"] = {
       {"int8",
        {{"row", int8->name},
+        {"file_bytes_vs_fp32",
+         static_cast<double>(int8->file_bytes) / fp32.file_bytes},
+        {"at_most_0.3x_file", int8->file_bytes <= 0.3 * fp32.file_bytes},
         {"perplexity_vs_fp32", int8->eval.perplexity / fp32.eval.perplexity},
         {"within_2_percent",
          int8->eval.perplexity <= 1.02 * fp32.eval.perplexity}}},
@@ -366,27 +407,42 @@ absl::StatusOr<nlohmann::json> RunLmQatStage(const QatStageInputs& in) {
         {"its_perplexity_vs_rtn",
          best_scaled->eval.perplexity / rtn->eval.perplexity},
         {"beats_rtn", best_scaled->eval.perplexity < rtn->eval.perplexity}}}};
-  json["onnx"] =
-      "not exported yet: the language-model ONNX export (QDQ and "
-      "MatMulNBits) is still to come";
+  json["onnx"] = {
+      {"opset", student::qat::kGptOnnxOpset},
+      {"input", absl::StrCat("tokens int64 [batch, ", c.data().seq_len(),
+                             "], right-padded (causal: padding never changes "
+                             "the positions before it)")},
+      {"output", "logits float [batch, seq_len, vocab]"},
+      {"int8",
+       "QDQ: int8 weights per row with DequantizeLinear, "
+       "QuantizeLinear/DequantizeLinear on every Linear input"},
+      {"4bit",
+       "com.microsoft MatMulNBits; the embeddings unpack the same "
+       "codes in the graph"},
+      {"exported",
+       "FP32; INT8 QAT (INT8 PTQ when qat.epochs is 0); 4-bit "
+       "QAT (4-bit AWQ when qat.epochs is 0)"}};
   // What the job summary reads.
   json["perplexity"] = nlohmann::json::object();
   for (const Row& r : rows) json["perplexity"][r.name] = r.eval.perplexity;
   DISTILL_RETURN_IF_ERROR(
       WriteJsonFile((dir / "quantization_report.json").string(), json));
   if (in.verbose) {
-    std::printf("\n%-10s %10s %8s %12s %8s %10s %10s %10s\n", "form",
-                "test ppl", "vs FP32", "weight bytes", "x FP32", "frequent",
-                "middle", "rare loss");
+    std::printf("\n%-10s %10s %8s %12s %8s %11s %10s %10s %10s\n", "form",
+                "test ppl", "vs FP32", "weight bytes", "x FP32", "ONNX bytes",
+                "frequent", "middle", "rare loss");
     for (const Row& r : rows) {
       const auto& b = r.eval.bucket_loss;
-      std::printf("%-10s %10.3f %+7.2f%% %12lld %8.3f %10.4f %10.4f %10.4f\n",
-                  r.name.c_str(), r.eval.perplexity,
-                  100 * (r.eval.perplexity / fp32.eval.perplexity - 1),
-                  static_cast<long long>(r.weight_bytes),
-                  static_cast<double>(r.weight_bytes) / fp32.weight_bytes,
-                  b.size() > 0 ? b[0] : 0.0, b.size() > 1 ? b[1] : 0.0,
-                  b.size() > 2 ? b[2] : 0.0);
+      const std::string file_bytes =
+          r.onnx_file.empty() ? "-" : absl::StrCat(r.file_bytes);
+      std::printf(
+          "%-10s %10.3f %+7.2f%% %12lld %8.3f %11s %10.4f %10.4f %10.4f\n",
+          r.name.c_str(), r.eval.perplexity,
+          100 * (r.eval.perplexity / fp32.eval.perplexity - 1),
+          static_cast<long long>(r.weight_bytes),
+          static_cast<double>(r.weight_bytes) / fp32.weight_bytes,
+          file_bytes.c_str(), b.size() > 0 ? b[0] : 0.0,
+          b.size() > 1 ? b[1] : 0.0, b.size() > 2 ? b[2] : 0.0);
     }
     std::printf("report in %s\n",
                 (dir / "quantization_report.json").string().c_str());
