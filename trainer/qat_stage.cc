@@ -33,12 +33,7 @@ using ::distill::v1::QatConfig;
 
 student::qat::QatNetOptions NetOptions(const QatConfig& q) {
   student::qat::QatNetOptions options;
-  options.observer.method =
-      q.observer() == QatConfig::PERCENTILE
-          ? student::qat::ObserverMethod::kPercentile
-          : student::qat::ObserverMethod::kMovingAverageMinMax;
-  options.observer.percentile = q.percentile();
-  options.observer.averaging_constant = q.averaging_constant();
+  options.observer = ObserverOptionsOf(q);
   options.skip_layers.assign(q.skip_layers().begin(), q.skip_layers().end());
   return options;
 }
@@ -90,6 +85,16 @@ nlohmann::json Settings(const QatConfig& q, bool guided, double temperature) {
 }
 
 }  // namespace
+
+student::qat::ObserverOptions ObserverOptionsOf(const QatConfig& q) {
+  student::qat::ObserverOptions options;
+  options.method = q.observer() == QatConfig::PERCENTILE
+                       ? student::qat::ObserverMethod::kPercentile
+                       : student::qat::ObserverMethod::kMovingAverageMinMax;
+  options.percentile = q.percentile();
+  options.averaging_constant = q.averaging_constant();
+  return options;
+}
 
 absl::Status ForEachCalibrationBatch(
     const JobConfig& c, const data::Dataset& train,

@@ -87,12 +87,7 @@ absl::StatusOr<student::Gpt> GptOf(student::Model& model) {
 
 student::qat::GptQuantOptions QuantOptions(const QatConfig& q) {
   student::qat::GptQuantOptions options;
-  options.observer.method =
-      q.observer() == QatConfig::PERCENTILE
-          ? student::qat::ObserverMethod::kPercentile
-          : student::qat::ObserverMethod::kMovingAverageMinMax;
-  options.observer.percentile = q.percentile();
-  options.observer.averaging_constant = q.averaging_constant();
+  options.observer = ObserverOptionsOf(q);
   options.group.bits = 4;
   options.group.group_size = q.group_size();
   options.group.symmetric = !q.group_zero_points();

@@ -10,26 +10,13 @@
 'use strict';
 
 const ort = require('onnxruntime-node');
-
-function parseArgs(argv) {
-  const args = {};
-  for (let i = 2; i < argv.length; i += 2) {
-    if (!argv[i].startsWith('--') || i + 1 >= argv.length) {
-      throw new Error(`bad argument '${argv[i]}'; usage: --model M ` +
-                      '--length S --prompt T0,T1 --steps N');
-    }
-    args[argv[i].slice(2)] = argv[i + 1];
-  }
-  for (const required of ['model', 'prompt', 'steps', 'length']) {
-    if (!args[required]) throw new Error(`--${required} is required`);
-  }
-  return args;
-}
+const {parseArgs} = require('./args');
 
 async function main() {
   let args;
   try {
-    args = parseArgs(process.argv);
+    args = parseArgs(process.argv, ['model', 'prompt', 'steps', 'length'],
+                     '--model M --length S --prompt T0,T1 --steps N');
   } catch (e) {
     console.error(`greedy: ${e.message}`);
     process.exit(2);

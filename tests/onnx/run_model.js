@@ -13,26 +13,13 @@
 
 const fs = require('fs');
 const ort = require('onnxruntime-node');
-
-function parseArgs(argv) {
-  const args = {};
-  for (let i = 2; i < argv.length; i += 2) {
-    if (!argv[i].startsWith('--') || i + 1 >= argv.length) {
-      throw new Error(`bad argument '${argv[i]}'; usage: --model M --input X ` +
-                      '--shape D0,D1 --output Y');
-    }
-    args[argv[i].slice(2)] = argv[i + 1];
-  }
-  for (const required of ['model', 'input', 'shape', 'output']) {
-    if (!args[required]) throw new Error(`--${required} is required`);
-  }
-  return args;
-}
+const {parseArgs} = require('./args');
 
 async function main() {
   let args;
   try {
-    args = parseArgs(process.argv);
+    args = parseArgs(process.argv, ['model', 'input', 'shape', 'output'],
+                     '--model M --input X --shape D0,D1 --output Y');
   } catch (e) {
     console.error(`run_model: ${e.message}`);
     process.exit(2);

@@ -24,6 +24,7 @@
 #include "data/dataset.h"
 #include "losses/composite.h"
 #include "student/model.h"
+#include "student/qat/observer.h"
 #include "trainer/config.h"
 #include "trainer/teacher/teacher_client.h"
 
@@ -46,6 +47,10 @@ struct QatStageInputs {
   // Print progress lines. Default: true.
   bool verbose = true;
 };
+
+// The activation observers `q` asks for (observer, percentile,
+// averaging_constant).
+student::qat::ObserverOptions ObserverOptionsOf(const v1::QatConfig& q);
 
 // Runs `run` on the first qat.calibration_batches batches (of batch_size)
 // of a pass over `train` shuffled with the job's seed, unaugmented; stops
