@@ -65,6 +65,7 @@ class GptImpl : public ZooModule {
   // Routes weights and Linear inputs through `quantizer` (not owned; it
   // must outlive its use), or runs in float again when null.
   void SetQuantizer(GptQuantizer* quantizer);
+  GptQuantizer* quantizer() const { return quantizer_; }
   // The float weight of every matrix by the layer names above, Linear
   // layers first in forward order, then "wte" and "wpe"; the head is
   // "lm_head" only when it is not tied.

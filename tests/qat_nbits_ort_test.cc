@@ -62,8 +62,9 @@ class MatMulNBitsOrtTest : public ScratchDirTest {};
 
 // A gpt with weights large enough that its logits are far apart (GPT-2's
 // 0.02 initialization gives nearly equal ones, where greedy ties are noise).
-Gpt SharpGpt() {
+Gpt SharpGpt(bool tied) {
   GptOptions o;
+  o.tied_embedding = tied;
   o.vocab_size = 64;
   o.context = 16;
   o.layers = 2;
@@ -115,10 +116,36 @@ class GptOrtTest : public ScratchDirTest {
     return nlohmann::json::parse(ort.out)["tokens"].get<std::vector<int64_t>>();
   }
 
+  void RunEveryForm(bool tied);
+
   static std::string Script(const std::string& name) {
     return (fs::path(DISTILL_SOURCE_DIR) / "tests/onnx" / name).string();
   }
 };
+
+// Bytes of the int8 and uint8 initializers of more than one value (the
+// quantized matrices and their zero points), and the names of the float
+// initializers of two or more dimensions.
+int64_t QuantizedBytes(const onnx::ModelProto& model) {
+  int64_t bytes = 0;
+  for (const auto& init : model.graph().initializer()) {
+    const bool quantized = init.data_type() == onnx::TensorProto::INT8 ||
+                           init.data_type() == onnx::TensorProto::UINT8;
+    if (quantized && init.raw_data().size() > 1)
+      bytes += init.raw_data().size();
+  }
+  return bytes;
+}
+
+std::vector<std::string> FloatMatrices(const onnx::ModelProto& model) {
+  std::vector<std::string> names;
+  for (const auto& init : model.graph().initializer()) {
+    if (init.data_type() == onnx::TensorProto::FLOAT && init.dims_size() >= 2) {
+      names.push_back(init.name());
+    }
+  }
+  return names;
+}
 
 // The same continuation by LibTorch, the model as it is quantized now.
 std::vector<int64_t> TorchGreedy(Gpt& model, std::vector<int64_t> tokens,
@@ -133,10 +160,27 @@ std::vector<int64_t> TorchGreedy(Gpt& model, std::vector<int64_t> tokens,
 }
 
 TEST_F(GptOrtTest, EveryFormRunsInOnnxRuntimeAsInLibTorch) {
+  for (bool tied : {true, false}) {
+    SCOPED_TRACE(tied ? "tied head" : "own head");
+    RunEveryForm(tied);
+  }
+}
+
+void GptOrtTest::RunEveryForm(bool tied) {
   ASSERT_FALSE(std::string(DISTILL_NODE).empty())
       << "node not found: run launch/install_deps.sh";
   torch::manual_seed(5);
-  Gpt model = SharpGpt();
+  Gpt model = SharpGpt(tied);
+  // What each form stores, counted from the matrices: a byte a weight and
+  // a zero point a row for int8; half a byte a weight, and a zero-point
+  // byte per two groups of a row (rounded up), for 4 bits.
+  int64_t weights = 0, rows = 0, zero_bytes = 0;
+  for (const auto& p : model->named_parameters()) {
+    if (p.value().dim() != 2) continue;
+    weights += p.value().numel();
+    rows += p.value().size(0);
+    zero_bytes += p.value().size(0) * ((p.value().size(1) / 32 + 1) / 2);
+  }
   const torch::Tensor tokens = torch::randint(0, 64, {6, 16}, torch::kLong);
   const std::vector<int64_t> prompt = {3, 17, 40, 9};
   struct Case {
@@ -179,12 +223,24 @@ TEST_F(GptOrtTest, EveryFormRunsInOnnxRuntimeAsInLibTorch) {
         }
         q.StopCapture();
         q.SearchAwq();
-        ASSERT_TRUE(q.AwqScales("blocks.0.fc").defined());
+        ASSERT_TRUE(q.AwqScales("blocks.0.fc").defined() ||
+                    q.AwqScales("blocks.0.attn.qkv").defined());
       }
       if (c.form == GptOnnxForm::kNBits) q.SetMode(GptQuantMode::kGroupwise);
     }
     auto onnx = BuildGptOnnx(model, q, c.form, 16);
     ASSERT_TRUE(onnx.ok()) << onnx.status();
+    // Every matrix stored once, in its quantized form.
+    if (c.form == GptOnnxForm::kInt8) {
+      EXPECT_EQ(QuantizedBytes(*onnx), weights + rows);
+    }
+    if (c.form == GptOnnxForm::kNBits) {
+      EXPECT_EQ(QuantizedBytes(*onnx),
+                weights / 2 + (c.spec.symmetric ? 0 : zero_bytes));
+    }
+    if (c.form != GptOnnxForm::kFloat) {
+      EXPECT_EQ(FloatMatrices(*onnx), std::vector<std::string>{"causal_mask"});
+    }
     const fs::path file = dir_ / "gpt.onnx";
     {
       std::ofstream out(file, std::ios::binary);

@@ -4,9 +4,10 @@
 // on the calibration batches), INT8 fine-tuned with fake quantization,
 // 4-bit weights by round-to-nearest, with AWQ-style input-channel scales
 // searched on the calibration batches, and fine-tuned with 4-bit fake
-// quantization from the AWQ-scaled start. Each is evaluated on the test
-// windows, with the loss split by how frequent the next token is in the
-// training split.
+// quantization from the AWQ-scaled start; and, as a control, the FP32
+// model fine-tuned the same way without quantization. Each is evaluated on
+// the test windows, with the loss split by how frequent the next token is
+// in the training split.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -261,6 +262,11 @@ absl::StatusOr<nlohmann::json> RunLmQatStage(const QatStageInputs& in) {
   quant->SetObserving(true);
   DISTILL_RETURN_IF_ERROR(run_calibration("calibrating the INT8 observers"));
   quant->SetObserving(false);
+  if (!quant->Calibrated()) {
+    return absl::FailedPreconditionError(
+        "qat: the INT8 calibration saw no training batch (fewer training "
+        "windows than batch_size with data.drop_last_batch?)");
+  }
   quant->SetActivationQuant(true);
   DISTILL_RETURN_IF_ERROR(measure("INT8 PTQ", GptQuantMode::kInt8));
   if (q.epochs() == 0) {
@@ -314,6 +320,14 @@ absl::StatusOr<nlohmann::json> RunLmQatStage(const QatStageInputs& in) {
         export_onnx(GptOnnxForm::kNBits, "student_4bit.onnx"));
     DISTILL_RETURN_IF_ERROR(
         model.SaveFile((dir / "student_4bit_qat_weights.pt").string()));
+    Restore(model, fp32_weights);
+
+    // The control: the same fine-tuning without quantization, so that what
+    // the QAT rows gained from one more epoch of training is not credited
+    // to quantization.
+    quant->SetMode(GptQuantMode::kFloat);
+    DISTILL_RETURN_IF_ERROR(fine_tune("fp32 control", nullptr, nullptr));
+    DISTILL_RETURN_IF_ERROR(measure("FP32 tuned", GptQuantMode::kFloat));
     Restore(model, fp32_weights);
   }
   quant->SetMode(GptQuantMode::kFloat);
@@ -380,6 +394,12 @@ absl::StatusOr<nlohmann::json> RunLmQatStage(const QatStageInputs& in) {
       qat4 != nullptr && qat4->eval.perplexity < best_scaled->eval.perplexity) {
     best_scaled = qat4;
   }
+  // Against the FP32 model fine-tuned as the QAT rows were, when it was.
+  const Row* tuned = find("FP32 tuned");
+  auto vs_tuned = [&](const Row* r) -> nlohmann::json {
+    if (tuned == nullptr) return nullptr;
+    return r->eval.perplexity / tuned->eval.perplexity;
+  };
   json["goals"] = {
       {"int8",
        {{"row", int8->name},
@@ -387,11 +407,13 @@ absl::StatusOr<nlohmann::json> RunLmQatStage(const QatStageInputs& in) {
          static_cast<double>(int8->file_bytes) / fp32.file_bytes},
         {"at_most_0.3x_file", int8->file_bytes <= 0.3 * fp32.file_bytes},
         {"perplexity_vs_fp32", int8->eval.perplexity / fp32.eval.perplexity},
+        {"perplexity_vs_fp32_tuned", vs_tuned(int8)},
         {"within_2_percent",
          int8->eval.perplexity <= 1.02 * fp32.eval.perplexity}}},
       {"4bit",
        {{"best_row", best4->name},
         {"perplexity_vs_fp32", best4->eval.perplexity / fp32.eval.perplexity},
+        {"perplexity_vs_fp32_tuned", vs_tuned(best4)},
         {"within_5_percent",
          best4->eval.perplexity <= 1.05 * fp32.eval.perplexity},
         {"weight_bytes_vs_fp32",

@@ -30,12 +30,15 @@ absl::StatusOr<std::unique_ptr<GptQuant>> GptQuant::Create(
     std::string input = name;
     if (name == "wte") input = tied ? "lm_head" : "";
     if (name == "wpe") input = "";
-    quant->layers_.push_back({name, weight, input});
+    const bool awq = !input.empty() && name != "wte";
+    quant->layers_.push_back({name, weight, input, awq});
   }
   return quant;
 }
 
-GptQuant::~GptQuant() { model_->SetQuantizer(nullptr); }
+GptQuant::~GptQuant() {
+  if (model_->quantizer() == this) model_->SetQuantizer(nullptr);
+}
 
 void GptQuant::SetMode(GptQuantMode mode) {
   mode_ = mode;
@@ -80,10 +83,10 @@ std::vector<std::pair<std::string, AwqSearch>> GptQuant::SearchAwq(int grid) {
   std::vector<std::pair<std::string, AwqSearch>> searches;
   for (const GptQuantLayer& layer : layers_) {
     auto it = captured_.find(layer.input);
-    if (layer.input.empty() || it == captured_.end()) continue;
+    if (!layer.awq || it == captured_.end()) continue;
     AwqSearch search = SearchAwqScales(layer.weight, torch::cat(it->second),
                                        options_.group, grid);
-    awq_scales_[layer.name] = search.scales;
+    if (search.alpha > 0) awq_scales_[layer.name] = search.scales;
     searches.emplace_back(layer.name, std::move(search));
   }
   return searches;

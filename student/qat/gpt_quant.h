@@ -50,6 +50,11 @@ struct GptQuantLayer {
   // "lm_head" for a tied "wte", empty for "wpe" (and an untied "wte"),
   // which are only looked up.
   std::string input;
+  // Whether the AWQ-style search scales it: every matrix that only
+  // multiplies (Linear layers, an untied head). Not a tied "wte": its
+  // scales would also reshape the embedding rows' quantization, which the
+  // search, measuring the head's output alone, does not see.
+  bool awq = false;
 };
 
 class GptQuant : public GptQuantizer {
@@ -83,8 +88,8 @@ class GptQuant : public GptQuantizer {
   void StopCapture();
 
   // kGroupwise: searches AWQ-style scales (grid of `grid` + 1 α values) for
-  // every matrix with captured inputs and keeps them; the others stay
-  // round-to-nearest. Returns each search, by layer.
+  // every `awq` matrix with captured inputs and keeps those with α > 0; the
+  // others stay round-to-nearest. Returns each search, by layer.
   std::vector<std::pair<std::string, AwqSearch>> SearchAwq(int grid = 20);
   void ClearAwq() { awq_scales_.clear(); }
   // The scales of `layer`, undefined when it has none.

@@ -189,11 +189,25 @@ class GptExporter {
     const absl::Status added =
         AddMatMulNBitsWeights(g_.graph(), layer, scaled, params, spec);
     TORCH_CHECK(added.ok(), added.message());
-    if (!spec.symmetric) {
-      g_.Initializer(layer + ".zero_codes",
-                     params.zero_points.to(torch::kUInt8));
-    }
     if (s.defined()) g_.Initializer(layer + ".awq_inverse", 1.0 / s);
+  }
+
+  // The 4-bit codes in rows `ids` of `packed` (uint8 [rows, bytes], two
+  // codes a byte, the first in the low nibble): int32 [ids..., 2 * bytes].
+  std::string Nibbles(const std::string& packed, const std::string& ids,
+                      int64_t bytes) {
+    const std::string b =
+        Cast(Binary("Gather", packed, ids), onnx::TensorProto::INT32);
+    const std::string sixteen =
+        g_.Initializer(g_.Fresh("sixteen"), torch::tensor(16, torch::kInt));
+    const std::string high = Binary("Div", b, sixteen);
+    const std::string low = Binary("Sub", b, Binary("Mul", high, sixteen));
+    onnx::NodeProto* pair =
+        g_.Node("Concat", {Unsqueeze(low), Unsqueeze(high)}, g_.Fresh("codes"));
+    SetIntAttribute(pair, "axis", -1);
+    std::vector<int64_t> shape(id_dims_, 0);
+    shape.push_back(2 * bytes);
+    return Reshape(pair->output(0), shape);
   }
 
   // Rows `ids` (int64 of `id_dims` dimensions) of the matrix `layer`.
@@ -207,6 +221,7 @@ class GptExporter {
       return Binary("Gather", Int8Matrix(layer), ids);
     }
     Packed(layer);
+    id_dims_ = id_dims;
     const GroupQuantSpec& spec = quant_.group_spec();
     const int64_t rows = w.size(0), in = w.size(1);
     const int64_t groups = in / spec.group_size;
@@ -216,24 +231,28 @@ class GptExporter {
       out.insert(out.end(), tail.begin(), tail.end());
       return out;
     };
-    // Two codes a byte, the first in the low nibble.
-    const std::string bytes =
-        Cast(Binary("Gather", Reshape(layer + ".B", {rows, in / 2}), ids),
-             onnx::TensorProto::INT32);
-    const std::string sixteen =
-        g_.Initializer(g_.Fresh("sixteen"), torch::tensor(16, torch::kInt));
-    const std::string high = Binary("Div", bytes, sixteen);
-    const std::string low = Binary("Sub", bytes, Binary("Mul", high, sixteen));
-    onnx::NodeProto* pair =
-        g_.Node("Concat", {Unsqueeze(low), Unsqueeze(high)}, g_.Fresh("codes"));
-    SetIntAttribute(pair, "axis", -1);
-    std::string codes = Reshape(Cast(pair->output(0), onnx::TensorProto::FLOAT),
-                                shape({groups, spec.group_size}));
-    const std::string zero =
-        spec.symmetric
-            ? Scalar("zero_point", 8)
-            : Unsqueeze(Cast(Binary("Gather", layer + ".zero_codes", ids),
-                             onnx::TensorProto::FLOAT));
+    std::string codes = Reshape(
+        Cast(Nibbles(Reshape(layer + ".B", {rows, in / 2}), ids, in / 2),
+             onnx::TensorProto::FLOAT),
+        shape({groups, spec.group_size}));
+    std::string zero;
+    if (spec.symmetric) {
+      zero = Scalar("zero_point", 8);
+    } else {
+      // Each row's zero points, packed like the codes and padded to a byte.
+      const int64_t zero_bytes = (groups + 1) / 2;
+      zero = Nibbles(Reshape(layer + ".zero_points", {rows, zero_bytes}), ids,
+                     zero_bytes);
+      if (2 * zero_bytes != groups) {
+        zero = g_.Node("Slice",
+                       {zero, g_.Initializer(g_.Fresh("starts"), Int64s({0})),
+                        g_.Initializer(g_.Fresh("ends"), Int64s({groups})),
+                        g_.Initializer(g_.Fresh("axes"), Int64s({-1}))},
+                       g_.Fresh("zero_points"))
+                   ->output(0);
+      }
+      zero = Unsqueeze(Cast(zero, onnx::TensorProto::FLOAT));
+    }
     const std::string scales = Unsqueeze(
         Binary("Gather", Reshape(layer + ".scales", {rows, groups}), ids));
     std::string values =
@@ -302,6 +321,8 @@ class GptExporter {
   GptOnnxForm form_;
   torch::OrderedDict<std::string, torch::Tensor> params_;
   std::string mask_;
+  // Dimensions of the ids the current Lookup reads.
+  int id_dims_ = 0;
   // Each matrix's float value (FloatMatrix or Int8Matrix), by layer.
   std::map<std::string, std::string> dequantized_;
   std::set<std::string> packed_;

@@ -99,8 +99,10 @@ absl::Status CheckLmQatSupported(const JobConfig& config,
                                  student::Model& model);
 
 // The QAT stage of a `gpt` student (trainer/qat_stage_lm.cc): FP32, INT8
-// PTQ and QAT, 4-bit round-to-nearest, AWQ-style and QAT, each evaluated on
-// the test windows; writes <run_dir>/qat/quantization_report.json.
+// PTQ and QAT, 4-bit round-to-nearest, AWQ-style and QAT, and FP32
+// fine-tuned as the QAT forms were (the control), each evaluated on the
+// test windows; exports FP32, INT8 and 4-bit ONNX models and writes
+// <run_dir>/qat/quantization_report.json.
 absl::StatusOr<nlohmann::json> RunLmQatStage(const QatStageInputs& in);
 
 // Checks, before any work starts, that `model` can be quantized as
