@@ -303,7 +303,7 @@ TEST_F(LmCliTest, QuantizesAGptStudentSixWaysWithAControl) {
   ASSERT_FALSE(std::string(DISTILL_NODE).empty())
       << "node not found: run launch/install_deps.sh";
   const std::vector<int64_t> test_ids = ReadIds(data / "test.tok");
-  for (int i : {0, 2, 5}) {
+  for (int i = 0; i < 6; ++i) {
     SCOPED_TRACE(rows[i]["name"].get<std::string>());
     const nlohmann::json& file = rows[i]["onnx_file"];
     ASSERT_TRUE(file.is_object()) << rows[i];
@@ -322,7 +322,7 @@ TEST_F(LmCliTest, QuantizesAGptStudentSixWaysWithAControl) {
     EXPECT_GE(bytes, weight_bytes);
     EXPECT_LE(bytes - weight_bytes, fp32_graph + 9000);
   }
-  EXPECT_EQ(rows[1]["onnx_file"], nullptr);
+  EXPECT_EQ(rows[6]["onnx_file"], nullptr);
 
   // A group size that does not divide a layer's width: one line, before
   // any work.
