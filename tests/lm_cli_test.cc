@@ -212,6 +212,10 @@ TEST_F(LmCliTest, TrainsATeacherAndDistillsAStudentFromIt) {
 // and per layer qkv 96x32, attn.proj 32x32, fc 64x32, proj 32x64 — 27,008
 // weights in 780 rows — and 768 bias and LayerNorm values.
 TEST_F(LmCliTest, QuantizesAGptStudentSixWaysWithAControl) {
+  auto report_of = [](const fs::path& run) {
+    return nlohmann::json::parse(
+        std::ifstream(run / "qat" / "quantization_report.json"));
+  };
   const fs::path data = Prepare("tokens");
   const fs::path trained = dir_ / "trained";
   Outcome o =
@@ -229,14 +233,22 @@ TEST_F(LmCliTest, QuantizesAGptStudentSixWaysWithAControl) {
           Write("qat.pbtxt",
                 Config("QUANTIZE", data, student,
                        "qat { calibration_batches: 4 epochs: 1 lr: 0.001 "
-                       "group_size: 32 awq_rows: 512 teacher_guided: false "
-                       "}\n"))
+                       "group_size: 32 awq_rows: 512 }\n"
+                       "loss { name: \"kd_kl\" weight: 0.5 }\n"
+                       "loss { name: \"hard_ce\" weight: 0.5 }\n"
+                       "teacher { model {" +
+                           student + " } }\n"))
               .string() +
           " --run_dir " + run.string());
   ASSERT_EQ(o.exit_code, 0) << o.err;
   EXPECT_THAT(o.out, HasSubstr("4-bit AWQ"));
-  const nlohmann::json report = nlohmann::json::parse(
-      std::ifstream(run / "qat" / "quantization_report.json"));
+  const nlohmann::json report = report_of(run);
+  // The teacher (here the trained model itself) guided every fine-tuning.
+  for (const char* tune : {"qat int8", "qat 4-bit", "fp32 control"}) {
+    EXPECT_TRUE(
+        report["fine_tuning"][tune]["last_epoch_loss_terms"].contains("kd_kl"))
+        << tune;
+  }
   const nlohmann::json& rows = report["rows"];
   ASSERT_EQ(rows.size(), 7u) << report;
   const char* names[] = {"FP32",      "INT8 PTQ",  "INT8 QAT",  "4-bit RTN",
