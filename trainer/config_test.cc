@@ -289,6 +289,9 @@ TEST(ConfigTest, QatGetsDocumentedDefaults) {
   EXPECT_DOUBLE_EQ(q.freeze_bn_after_epochs(), 0.5);
   EXPECT_DOUBLE_EQ(q.freeze_observers_after_epochs(), 0.75);
   EXPECT_TRUE(q.teacher_guided());  // DISTILL has a teacher
+  EXPECT_EQ(q.group_size(), 32);
+  EXPECT_FALSE(q.group_zero_points());
+  EXPECT_EQ(q.awq_rows(), 4096);
 
   auto train = ParseJobConfig(
       "mode: TRAIN run_dir: \"r\" student { arch: \"mlp\" } qat { epochs: 4 }",
@@ -325,6 +328,8 @@ TEST(ConfigTest, QatFieldsAreValidated) {
        "qat.freeze_bn_after_epochs must be in [0, qat.epochs] = [0, 1] (got "
        "2)"},
       {"skip_layers: \"\"", "qat.skip_layers[0] must name a layer"},
+      {"group_size: 48", "qat.group_size must be 32, 64 or 128, not 48"},
+      {"awq_rows: 8", "qat.awq_rows must be >= 16 (got 8)"},
   };
   for (const Case& c : cases) {
     EXPECT_THAT(
