@@ -96,6 +96,17 @@ student::qat::ObserverOptions ObserverOptionsOf(const QatConfig& q) {
   return options;
 }
 
+absl::StatusOr<std::filesystem::path> MakeQatDir(const JobConfig& c) {
+  const fs::path dir = fs::path(c.run_dir()) / "qat";
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("cannot create ", dir.string(), ": ", ec.message()));
+  }
+  return dir;
+}
+
 absl::Status ForEachCalibrationBatch(
     const JobConfig& c, const data::Dataset& train,
     const std::function<absl::Status(const data::Batch&)>& run) {
@@ -239,13 +250,7 @@ absl::StatusOr<nlohmann::json> RunQatStage(const QatStageInputs& in) {
   DISTILL_RETURN_IF_ERROR(CheckQatSupported(c, *in.model));
   if (in.model->zoo_module()->is_language_model()) return RunLmQatStage(in);
   const bool guided = q.teacher_guided() && in.teacher != nullptr;
-  const fs::path dir = fs::path(c.run_dir()) / "qat";
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("cannot create ", dir.string(), ": ", ec.message()));
-  }
+  DISTILL_ASSIGN_OR_RETURN(const fs::path dir, MakeQatDir(c));
   const int64_t eval_batch = 512;
   const student::ZooInput shape{in.test->input_shape(), in.test->num_classes()};
   student::qat::OnnxExportOptions onnx_options;

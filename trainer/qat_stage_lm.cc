@@ -172,13 +172,7 @@ absl::StatusOr<nlohmann::json> RunLmQatStage(const QatStageInputs& in) {
   DISTILL_ASSIGN_OR_RETURN(std::unique_ptr<GptQuant> quant,
                            GptQuant::Create(gpt, QuantOptions(q)));
   const bool guided = q.teacher_guided() && in.teacher != nullptr;
-  const fs::path dir = fs::path(c.run_dir()) / "qat";
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("cannot create ", dir.string(), ": ", ec.message()));
-  }
+  DISTILL_ASSIGN_OR_RETURN(const fs::path dir, MakeQatDir(c));
   DISTILL_ASSIGN_OR_RETURN(const torch::Tensor buckets,
                            TokenBuckets(*in.train));
   std::vector<Row> rows;
@@ -199,13 +193,12 @@ absl::StatusOr<nlohmann::json> RunLmQatStage(const QatStageInputs& in) {
     }
     return absl::OkStatus();
   };
+  model.train(false);
   auto run_calibration = [&](const char* what) {
     return ForEachCalibrationBatch(c, *in.train, [&](const data::Batch& b) {
       return TorchCall(what, [&] {
         torch::NoGradGuard no_grad;
-        model.train(false);
-        gpt->Hidden(b.inputs, nullptr);
-        gpt->HeadWeight();
+        gpt->Hidden(b.inputs, nullptr);  // observes the head's input too
       });
     });
   };

@@ -192,10 +192,11 @@ class GptExporter {
     if (s.defined()) g_.Initializer(layer + ".awq_inverse", 1.0 / s);
   }
 
-  // The 4-bit codes in rows `ids` of `packed` (uint8 [rows, bytes], two
-  // codes a byte, the first in the low nibble): int32 [ids..., 2 * bytes].
+  // The 4-bit codes in rows `ids` (of `id_dims` dimensions) of `packed`
+  // (uint8 [rows, bytes], two codes a byte, the first in the low nibble):
+  // int32 [ids..., 2 * bytes].
   std::string Nibbles(const std::string& packed, const std::string& ids,
-                      int64_t bytes) {
+                      int id_dims, int64_t bytes) {
     const std::string b =
         Cast(Binary("Gather", packed, ids), onnx::TensorProto::INT32);
     const std::string sixteen =
@@ -205,7 +206,7 @@ class GptExporter {
     onnx::NodeProto* pair =
         g_.Node("Concat", {Unsqueeze(low), Unsqueeze(high)}, g_.Fresh("codes"));
     SetIntAttribute(pair, "axis", -1);
-    std::vector<int64_t> shape(id_dims_, 0);
+    std::vector<int64_t> shape(id_dims, 0);
     shape.push_back(2 * bytes);
     return Reshape(pair->output(0), shape);
   }
@@ -221,7 +222,6 @@ class GptExporter {
       return Binary("Gather", Int8Matrix(layer), ids);
     }
     Packed(layer);
-    id_dims_ = id_dims;
     const GroupQuantSpec& spec = quant_.group_spec();
     const int64_t rows = w.size(0), in = w.size(1);
     const int64_t groups = in / spec.group_size;
@@ -231,10 +231,11 @@ class GptExporter {
       out.insert(out.end(), tail.begin(), tail.end());
       return out;
     };
-    std::string codes = Reshape(
-        Cast(Nibbles(Reshape(layer + ".B", {rows, in / 2}), ids, in / 2),
-             onnx::TensorProto::FLOAT),
-        shape({groups, spec.group_size}));
+    std::string codes =
+        Reshape(Cast(Nibbles(Reshape(layer + ".B", {rows, in / 2}), ids,
+                             id_dims, in / 2),
+                     onnx::TensorProto::FLOAT),
+                shape({groups, spec.group_size}));
     std::string zero;
     if (spec.symmetric) {
       zero = Scalar("zero_point", 8);
@@ -242,7 +243,7 @@ class GptExporter {
       // Each row's zero points, packed like the codes and padded to a byte.
       const int64_t zero_bytes = (groups + 1) / 2;
       zero = Nibbles(Reshape(layer + ".zero_points", {rows, zero_bytes}), ids,
-                     zero_bytes);
+                     id_dims, zero_bytes);
       if (2 * zero_bytes != groups) {
         zero = g_.Node("Slice",
                        {zero, g_.Initializer(g_.Fresh("starts"), Int64s({0})),
@@ -321,8 +322,6 @@ class GptExporter {
   GptOnnxForm form_;
   torch::OrderedDict<std::string, torch::Tensor> params_;
   std::string mask_;
-  // Dimensions of the ids the current Lookup reads.
-  int id_dims_ = 0;
   // Each matrix's float value (FloatMatrix or Int8Matrix), by layer.
   std::map<std::string, std::string> dequantized_;
   std::set<std::string> packed_;

@@ -11,6 +11,7 @@
 
 #include <torch/torch.h>
 
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
@@ -51,6 +52,10 @@ struct QatStageInputs {
 // The activation observers `q` asks for (observer, percentile,
 // averaging_constant).
 student::qat::ObserverOptions ObserverOptionsOf(const v1::QatConfig& q);
+
+// Creates <run_dir>/qat and returns it; PermissionDenied naming it when it
+// cannot be made.
+absl::StatusOr<std::filesystem::path> MakeQatDir(const JobConfig& config);
 
 // Runs `run` on the first qat.calibration_batches batches (of batch_size)
 // of a pass over `train` shuffled with the job's seed, unaugmented; stops
